@@ -1,0 +1,241 @@
+//! What keel concludes: a finding names a kind, the locus it points at, the
+//! cause it is attributed to, and the evidence that decided it
+//! (`spec/taxonomy.md`, `spec/trace-format.md` "Findings").
+
+use crate::{Name, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What a finding points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocusKind {
+    Rank,
+    Gpu,
+    Node,
+    Job,
+    Link,
+    Cluster,
+}
+
+macro_rules! finding_kinds {
+    ($( $variant:ident => $wire:literal, $locus:ident; )*) => {
+        /// Every finding kind of the taxonomy, by its wire name.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum FindingKind { $( $variant, )* }
+
+        impl FindingKind {
+            pub const ALL: &'static [FindingKind] = &[ $( FindingKind::$variant, )* ];
+
+            pub fn wire(self) -> &'static str {
+                match self { $( FindingKind::$variant => $wire, )* }
+            }
+
+            pub fn locus_kind(self) -> LocusKind {
+                match self { $( FindingKind::$variant => LocusKind::$locus, )* }
+            }
+
+            pub fn from_wire(name: &str) -> Option<FindingKind> {
+                match name { $( $wire => Some(FindingKind::$variant), )* _ => None }
+            }
+        }
+    };
+}
+
+finding_kinds! {
+    // East-west (seed 000, Table 3c)
+    TpStraggler => "tp_straggler", Rank;
+    PpBubble => "pp_bubble", Job;
+    CrossNodeLoadSkew => "cross_node_load_skew", Node;
+    NetworkCongestion => "network_congestion", Cluster;
+    HeadOfLineBlocking => "head_of_line_blocking", Node;
+    RetransmitStorm => "retransmit_storm", Node;
+    RdmaCreditStarvation => "rdma_credit_starvation", Node;
+    KvTransferBottleneck => "kv_transfer_bottleneck", Job;
+    EarlyStopSkew => "early_stop_skew", Job;
+    // PCIe observer (seed 000, Table 3b)
+    H2dStarvation => "h2d_starvation", Gpu;
+    D2hBacklog => "d2h_backlog", Gpu;
+    LaunchLatency => "launch_latency", Gpu;
+    IntraNodeGpuSkew => "intra_node_gpu_skew", Gpu;
+    PcieSaturation => "pcie_saturation", Node;
+    P2pThrottling => "p2p_throttling", Node;
+    PinnedMemoryShortage => "pinned_memory_shortage", Node;
+    HostCpuBottleneck => "host_cpu_bottleneck", Node;
+    MemoryRegistrationChurn => "memory_registration_churn", Node;
+    DecodeEarlyStopSkew => "decode_early_stop_skew", Gpu;
+    // North-south (seed 000, Table 3a)
+    IngressBurstBacklog => "ingress_burst_backlog", Node;
+    IngressStarvation => "ingress_starvation", Node;
+    FlowSkew => "flow_skew", Node;
+    IngressRetransmit => "ingress_retransmit", Node;
+    EgressBacklog => "egress_backlog", Node;
+    EgressJitter => "egress_jitter", Node;
+    EgressRetransmit => "egress_retransmit", Node;
+    EarlyCompletionSkew => "early_completion_skew", Job;
+    NicSaturation => "nic_saturation", Node;
+    // Engine and cluster (seed 001)
+    KvCacheSaturation => "kv_cache_saturation", Node;
+    SwapThrashing => "swap_thrashing", Node;
+    EngineStall => "engine_stall", Node;
+    GpuSquatter => "gpu_squatter", Gpu;
+    OomKill => "oom_kill", Node;
+    // Tail and tenancy (seed 002)
+    TailLatency => "tail_latency", Job;
+    NoisyNeighbor => "noisy_neighbor", Node;
+}
+
+impl fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.wire())
+    }
+}
+
+/// Attribution classes: where the trouble comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    Network,
+    Pcie,
+    Host,
+    Gpu,
+    Engine,
+    Workload,
+}
+
+impl Cause {
+    pub const ALL: &'static [Cause] = &[
+        Cause::Network,
+        Cause::Pcie,
+        Cause::Host,
+        Cause::Gpu,
+        Cause::Engine,
+        Cause::Workload,
+    ];
+
+    pub fn wire(self) -> &'static str {
+        match self {
+            Cause::Network => "network",
+            Cause::Pcie => "pcie",
+            Cause::Host => "host",
+            Cause::Gpu => "gpu",
+            Cause::Engine => "engine",
+            Cause::Workload => "workload",
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.wire())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// The thing a finding or label points at; two agree when their loci are equal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Locus {
+    Rank { job: Name, rank: u32 },
+    Gpu { node: Name, gpu: u32 },
+    Node { node: Name },
+    Job { job: Name },
+    Link { a: Name, b: Name },
+    Cluster,
+}
+
+impl Locus {
+    /// Builds the locus a kind needs from the optional fields that findings and
+    /// labels carry; `None` when a needed field is missing.
+    pub fn for_kind(
+        kind: FindingKind,
+        job: Option<&Name>,
+        node: Option<&Name>,
+        rank: Option<u32>,
+        gpu: Option<u32>,
+        peer: Option<&Name>,
+    ) -> Option<Locus> {
+        Some(match kind.locus_kind() {
+            LocusKind::Rank => Locus::Rank {
+                job: job?.clone(),
+                rank: rank?,
+            },
+            LocusKind::Gpu => Locus::Gpu {
+                node: node?.clone(),
+                gpu: gpu?,
+            },
+            LocusKind::Node => Locus::Node {
+                node: node?.clone(),
+            },
+            LocusKind::Job => Locus::Job { job: job?.clone() },
+            LocusKind::Link => {
+                let (a, b) = (node?.clone(), peer?.clone());
+                if a <= b {
+                    Locus::Link { a, b }
+                } else {
+                    Locus::Link { a: b, b: a }
+                }
+            }
+            LocusKind::Cluster => Locus::Cluster,
+        })
+    }
+}
+
+impl fmt::Display for Locus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Locus::Rank { job, rank } => write!(f, "job {job} rank {rank}"),
+            Locus::Gpu { node, gpu } => write!(f, "{node} gpu {gpu}"),
+            Locus::Node { node } => write!(f, "{node}"),
+            Locus::Job { job } => write!(f, "job {job}"),
+            Locus::Link { a, b } => write!(f, "link {a}<->{b}"),
+            Locus::Cluster => write!(f, "cluster"),
+        }
+    }
+}
+
+/// One finding episode, as `keel replay` writes it (one line per episode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Trace time at which keel concluded.
+    pub ts: Timestamp,
+    pub kind: FindingKind,
+    pub cause: Cause,
+    pub severity: Severity,
+    /// 0..1: how sure the attribution is; lower when few signals were present.
+    pub confidence: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<u32>,
+    /// Network device, for findings about a NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Name>,
+    /// Sentences an operator can check against the telemetry.
+    #[serde(default)]
+    pub evidence: Vec<String>,
+}
+
+impl Finding {
+    pub fn locus(&self) -> Option<Locus> {
+        Locus::for_kind(
+            self.kind,
+            self.job.as_ref(),
+            self.node.as_ref(),
+            self.rank,
+            self.gpu,
+            None,
+        )
+    }
+}

@@ -1,0 +1,133 @@
+//! Metric names as the exporters a real cluster runs write them, and the labels
+//! keel reads from them. An unknown name is not an error: readers count it and
+//! move on, because exporters add metrics all the time.
+
+use crate::Name;
+use serde::{Deserialize, Serialize};
+
+/// Whether a metric is a gauge (a reading) or a counter (monotonic, may reset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Gauge,
+    Counter,
+}
+
+macro_rules! metric_names {
+    ($( $variant:ident => $wire:literal, $kind:ident; )*) => {
+        /// A metric keel understands. The wire name is the exporter's own.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum MetricName { $( $variant, )* }
+
+        impl MetricName {
+            pub const ALL: &'static [MetricName] = &[ $( MetricName::$variant, )* ];
+
+            /// The exporter's name for this metric.
+            pub fn wire(self) -> &'static str {
+                match self { $( MetricName::$variant => $wire, )* }
+            }
+
+            pub fn kind(self) -> MetricKind {
+                match self { $( MetricName::$variant => MetricKind::$kind, )* }
+            }
+
+            /// Parses an exporter's name; `None` for names keel does not use.
+            pub fn from_wire(name: &str) -> Option<MetricName> {
+                match name {
+                    $( $wire => Some(MetricName::$variant), )*
+                    // vLLM before the V1 engine called the KV-cache gauge this.
+                    "vllm:gpu_cache_usage_perc" => Some(MetricName::VllmKvCacheUsage),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+metric_names! {
+    GpuUtil => "DCGM_FI_DEV_GPU_UTIL", Gauge;
+    FbUsed => "DCGM_FI_DEV_FB_USED", Gauge;
+    FbFree => "DCGM_FI_DEV_FB_FREE", Gauge;
+    PowerUsage => "DCGM_FI_DEV_POWER_USAGE", Gauge;
+    SmClock => "DCGM_FI_DEV_SM_CLOCK", Gauge;
+    GpuTemp => "DCGM_FI_DEV_GPU_TEMP", Gauge;
+    XidErrors => "DCGM_FI_DEV_XID_ERRORS", Gauge;
+    PcieTxBytes => "DCGM_FI_PROF_PCIE_TX_BYTES", Gauge;
+    PcieRxBytes => "DCGM_FI_PROF_PCIE_RX_BYTES", Gauge;
+    VllmKvCacheUsage => "vllm:kv_cache_usage_perc", Gauge;
+    VllmRequestsWaiting => "vllm:num_requests_waiting", Gauge;
+    VllmRequestsRunning => "vllm:num_requests_running", Gauge;
+    VllmPreemptions => "vllm:num_preemptions_total", Counter;
+    TcpRetransSegs => "node_netstat_Tcp_RetransSegs", Counter;
+    TcpOutSegs => "node_netstat_Tcp_OutSegs", Counter;
+    NetRxBytes => "node_network_receive_bytes_total", Counter;
+    NetTxBytes => "node_network_transmit_bytes_total", Counter;
+    NetRxDrop => "node_network_receive_drop_total", Counter;
+    NetTxDrop => "node_network_transmit_drop_total", Counter;
+    CpuPressureWaiting => "node_pressure_cpu_waiting_seconds_total", Counter;
+    DpuNicLinkUtil => "dpu_nic_link_util", Gauge;
+    DpuNicQueueDepth => "dpu_nic_queue_depth", Gauge;
+    DpuPcieH2dBytes => "dpu_pcie_h2d_bytes_total", Counter;
+    DpuPcieD2hBytes => "dpu_pcie_d2h_bytes_total", Counter;
+    DpuPcieLinkUtil => "dpu_pcie_link_util", Gauge;
+    DpuPcieDoorbellGap => "dpu_pcie_doorbell_gap_us", Gauge;
+    DpuRdmaCreditStall => "dpu_rdma_credit_stall_us_total", Counter;
+}
+
+impl Serialize for MetricName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.wire())
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        MetricName::from_wire(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown metric name {name:?}")))
+    }
+}
+
+/// Traffic direction of a NIC metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dir {
+    Rx,
+    Tx,
+}
+
+/// The labels keel reads. Exporters attach many more (`UUID`, `Hostname`,
+/// `pci_bus_id`, ...); those are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MetricLabels {
+    /// GPU index on its node (dcgm-exporter writes it as a string).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "gpu_label")]
+    pub gpu: Option<u32>,
+    /// Network device (`mlx5_0`, `eth0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<Dir>,
+    /// vLLM's served model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_name: Option<Name>,
+}
+
+/// Prometheus label values are strings; the GPU index is written `"3"`.
+mod gpu_label {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(gpu: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+        match gpu {
+            Some(g) => s.serialize_str(&g.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        raw.trim()
+            .parse::<u32>()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("gpu label {raw:?} is not an index")))
+    }
+}

@@ -1,0 +1,159 @@
+//! Trace records (`spec/trace-format.md`): what sensors saw, one per line.
+//!
+//! `Record` serialises to the spec's JSON shape (`"t"` names the type). Parsing
+//! lives in `adapters`, which reads these lines fast and tolerantly.
+
+use crate::{MetricLabels, MetricName, Name, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Record {
+    Job(JobRecord),
+    Collective(CollectiveRecord),
+    Metric(MetricSample),
+    Request(RequestRecord),
+}
+
+impl Record {
+    /// When the record was produced, on its node's clock.
+    pub fn ts(&self) -> Timestamp {
+        match self {
+            Record::Job(r) => r.ts,
+            Record::Collective(r) => r.ts,
+            Record::Metric(r) => r.ts,
+            Record::Request(r) => r.ts,
+        }
+    }
+}
+
+/// Slurm job states, plus `Other` for states keel has no use for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Pending,
+    Running,
+    Completing,
+    Completed,
+    Failed,
+    Timeout,
+    OutOfMemory,
+    Cancelled,
+    NodeFail,
+    Preempted,
+    Suspended,
+    #[serde(other)]
+    Other,
+}
+
+impl JobState {
+    /// The job no longer runs: any GPU memory still held for it is held by nothing useful.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed
+                | JobState::Failed
+                | JobState::Timeout
+                | JobState::OutOfMemory
+                | JobState::Cancelled
+                | JobState::NodeFail
+                | JobState::Preempted
+        )
+    }
+}
+
+/// Job topology; a later record for the same job replaces the earlier one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub ts: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Name>,
+    pub job: Name,
+    pub state: JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<Name>,
+    #[serde(default)]
+    pub nodes: Vec<Name>,
+    /// node -> ranks on it
+    #[serde(default)]
+    pub ranks: BTreeMap<Name, Vec<u32>>,
+    /// rank -> GPU index on its node
+    #[serde(default)]
+    pub gpus: BTreeMap<u32, u32>,
+    /// rank -> network device carrying its traffic
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nics: BTreeMap<u32, Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tp: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pp: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<Name>,
+}
+
+impl JobRecord {
+    /// The node a rank runs on.
+    pub fn node_of(&self, rank: u32) -> Option<&Name> {
+        self.ranks
+            .iter()
+            .find(|(_, ranks)| ranks.contains(&rank))
+            .map(|(node, _)| node)
+    }
+
+    pub fn rank_count(&self) -> usize {
+        self.ranks.values().map(Vec::len).sum()
+    }
+}
+
+/// One rank's part in one collective operation. `arrive` and `ts` are on the
+/// rank's node clock; `dur_us` is measured on that one clock, so it is the
+/// only timing that compares across nodes without clock sync.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectiveRecord {
+    pub ts: Timestamp,
+    pub node: Name,
+    pub job: Name,
+    pub rank: u32,
+    pub op: Name,
+    pub seq: u64,
+    #[serde(default)]
+    pub bytes: u64,
+    pub arrive: Timestamp,
+    pub dur_us: f64,
+}
+
+/// One sample of a gauge or counter, with a finite value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSample {
+    pub ts: Timestamp,
+    pub node: Name,
+    pub name: MetricName,
+    #[serde(default)]
+    pub labels: MetricLabels,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestPhase {
+    Arrive,
+    FirstToken,
+    Done,
+}
+
+/// A serving event (north-south traffic).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub ts: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Name>,
+    pub id: Name,
+    pub phase: RequestPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u32>,
+}
