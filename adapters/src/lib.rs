@@ -1,1 +1,12 @@
-//! adapters
+//! keel's edge to the outside world.
+//!
+//! Sources turn what a cluster emits into `keel_model::Record`s for the
+//! detectors; executors (later) carry planned actions out. Each source is one
+//! module under `sources/`. The first is trace replay: a tolerant, streaming
+//! reader of the JSON Lines format of `spec/trace-format.md`, which real
+//! recorders and other people's generators write too.
+
+pub mod sources;
+
+pub use sources::replay::{open_trace, ReadStats, TraceReader};
+pub use sources::trace_line::{parse_line, LineError, Parsed};

@@ -1,0 +1,4 @@
+//! Telemetry sources, one module each.
+
+pub mod replay;
+pub mod trace_line;

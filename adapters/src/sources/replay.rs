@@ -1,0 +1,395 @@
+//! Trace replay: a streaming, tolerant reader of JSON Lines traces.
+//!
+//! Memory does not grow with the trace: lines are read one at a time (each
+//! capped in length), and the only buffer is the reorder window, which holds
+//! the last `REORDER_WINDOW_S` seconds of records so that records written up to
+//! that far out of order come out in time order. Bad lines are counted and
+//! reported by line number; the replay always goes on.
+
+use super::trace_line::{parse_line, LineError, Parsed};
+use keel_model::Record;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+/// The spec lets records arrive up to 5 s out of order.
+pub const REORDER_WINDOW_S: f64 = 5.0;
+/// A longer line is garbage (the longest real record, a job of thousands of
+/// ranks, is far below this); it is skipped without being held in memory.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// Errors kept verbatim for the summary; the rest are only counted.
+const KEPT_ERRORS: usize = 20;
+/// Distinct unknown names remembered for the summary.
+const KEPT_NAMES: usize = 32;
+
+/// What the reader saw, for the summary on stderr.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadStats {
+    pub lines: u64,
+    pub bytes: u64,
+    pub records: u64,
+    pub malformed: u64,
+    pub non_finite: u64,
+    pub unknown_fields: u64,
+    pub unknown_types: BTreeMap<String, u64>,
+    pub unknown_metrics: BTreeMap<String, u64>,
+    /// Records more than the reorder window older than the newest seen: passed
+    /// on as they are (never dropped), but out of order.
+    pub late: u64,
+    /// The first few malformed lines, with their numbers and reasons.
+    pub errors: Vec<LineError>,
+}
+
+impl ReadStats {
+    fn note_error(&mut self, e: LineError) {
+        self.malformed += 1;
+        if self.errors.len() < KEPT_ERRORS {
+            self.errors.push(e);
+        }
+    }
+
+    fn note_name(map: &mut BTreeMap<String, u64>, name: String) {
+        let full = map.len() >= KEPT_NAMES;
+        match map.get_mut(&name) {
+            Some(n) => *n += 1,
+            None if !full => {
+                map.insert(name, 1);
+            }
+            None => *map.entry("(others)".into()).or_insert(0) += 1,
+        }
+    }
+
+    pub fn unknown_type_count(&self) -> u64 {
+        self.unknown_types.values().sum()
+    }
+
+    pub fn unknown_metric_count(&self) -> u64 {
+        self.unknown_metrics.values().sum()
+    }
+}
+
+impl fmt::Display for ReadStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "read {} lines, {} records; {} malformed, {} non-finite values skipped, {} late (> {REORDER_WINDOW_S} s out of order)",
+            self.lines, self.records, self.malformed, self.non_finite, self.late
+        )?;
+        let list = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, v)| format!("{k} x{v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.unknown_types.is_empty() {
+            writeln!(
+                f,
+                "ignored {} records of unknown type: {}",
+                self.unknown_type_count(),
+                list(&self.unknown_types)
+            )?;
+        }
+        if !self.unknown_metrics.is_empty() {
+            writeln!(
+                f,
+                "ignored {} samples of unknown metrics: {}",
+                self.unknown_metric_count(),
+                list(&self.unknown_metrics)
+            )?;
+        }
+        if self.unknown_fields > 0 {
+            writeln!(f, "ignored {} unknown fields", self.unknown_fields)?;
+        }
+        for e in &self.errors {
+            writeln!(f, "  {e}")?;
+        }
+        if self.malformed > self.errors.len() as u64 {
+            writeln!(
+                f,
+                "  ... and {} more malformed lines",
+                self.malformed - self.errors.len() as u64
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A record waiting in the reorder window; earliest `ts` first, then file order.
+struct Pending {
+    ts: f64,
+    order: u64,
+    record: Record,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: reverse so the earliest comes out first.
+        other
+            .ts
+            .total_cmp(&self.ts)
+            .then_with(|| other.order.cmp(&self.order))
+    }
+}
+
+/// Streams time-ordered records out of a JSON Lines trace.
+pub struct TraceReader<R> {
+    src: R,
+    line: Vec<u8>,
+    stats: ReadStats,
+    window: BinaryHeap<Pending>,
+    newest: f64,
+    released: f64,
+    order: u64,
+    eof: bool,
+}
+
+/// Opens a trace file, or standard input for `-`.
+pub fn open_trace(path: &Path) -> io::Result<TraceReader<Box<dyn BufRead>>> {
+    let src: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(BufReader::with_capacity(1 << 16, io::stdin()))
+    } else {
+        let file = File::open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Box::new(BufReader::with_capacity(1 << 16, file))
+    };
+    Ok(TraceReader::new(src))
+}
+
+impl<R: BufRead> TraceReader<R> {
+    pub fn new(src: R) -> Self {
+        TraceReader {
+            src,
+            line: Vec::with_capacity(512),
+            stats: ReadStats::default(),
+            window: BinaryHeap::new(),
+            newest: f64::NEG_INFINITY,
+            released: f64::NEG_INFINITY,
+            order: 0,
+            eof: false,
+        }
+    }
+
+    pub fn stats(&self) -> &ReadStats {
+        &self.stats
+    }
+
+    /// Bytes consumed so far (for progress).
+    pub fn bytes_read(&self) -> u64 {
+        self.stats.bytes
+    }
+
+    /// Reads one line into `self.line`, at most `MAX_LINE_BYTES` of it.
+    /// Returns `Ok(false)` at end of input, `Ok(true)` with `oversize` set when
+    /// the line was too long and has been skipped.
+    fn read_line(&mut self, oversize: &mut bool) -> io::Result<bool> {
+        self.line.clear();
+        *oversize = false;
+        let mut any = false;
+        loop {
+            let buf = match self.src.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if buf.is_empty() {
+                return Ok(any);
+            }
+            any = true;
+            let (chunk, done) = match memchr_newline(buf) {
+                Some(i) => (&buf[..i], i + 1),
+                None => (buf, buf.len()),
+            };
+            if !*oversize {
+                if self.line.len() + chunk.len() > MAX_LINE_BYTES {
+                    *oversize = true;
+                    self.line.clear();
+                } else {
+                    self.line.extend_from_slice(chunk);
+                }
+            }
+            let found_newline = done > chunk.len();
+            self.stats.bytes += done as u64;
+            self.src.consume(done);
+            if found_newline {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Reads lines until one yields a record (or input ends). I/O errors end
+    /// the input and are reported as an error on the line where they happened.
+    fn pull(&mut self) -> Option<Record> {
+        loop {
+            let mut oversize = false;
+            match self.read_line(&mut oversize) {
+                Ok(false) => return None,
+                Ok(true) => {}
+                Err(e) => {
+                    let line = self.stats.lines + 1;
+                    self.stats.note_error(LineError {
+                        line,
+                        reason: format!("read error, input ends here: {e}"),
+                    });
+                    return None;
+                }
+            }
+            self.stats.lines += 1;
+            let line = self.stats.lines;
+            if oversize {
+                self.stats.note_error(LineError {
+                    line,
+                    reason: format!("line longer than {MAX_LINE_BYTES} bytes"),
+                });
+                continue;
+            }
+            match parse_line(&self.line, line) {
+                Ok(Parsed::Record {
+                    record,
+                    unknown_fields,
+                }) => {
+                    self.stats.unknown_fields += u64::from(unknown_fields);
+                    self.stats.records += 1;
+                    return Some(record);
+                }
+                Ok(Parsed::UnknownType(t)) => {
+                    ReadStats::note_name(&mut self.stats.unknown_types, t)
+                }
+                Ok(Parsed::UnknownMetric(m)) => {
+                    ReadStats::note_name(&mut self.stats.unknown_metrics, m)
+                }
+                Ok(Parsed::NonFinite) => self.stats.non_finite += 1,
+                Ok(Parsed::Blank) => {}
+                Err(e) => self.stats.note_error(e),
+            }
+        }
+    }
+
+    fn release(&mut self) -> Option<Record> {
+        let p = self.window.pop()?;
+        self.released = self.released.max(p.ts);
+        Some(p.record)
+    }
+}
+
+fn memchr_newline(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|&b| b == b'\n')
+}
+
+impl<R: BufRead> Iterator for TraceReader<R> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        while !self.eof {
+            if let Some(top) = self.window.peek() {
+                if top.ts <= self.newest - REORDER_WINDOW_S {
+                    return self.release();
+                }
+            }
+            let Some(record) = self.pull() else {
+                self.eof = true;
+                break;
+            };
+            let ts = record.ts();
+            if ts < self.released {
+                // Beyond the window: the records it belongs among are gone.
+                self.stats.late += 1;
+                return Some(record);
+            }
+            self.newest = self.newest.max(ts);
+            self.order += 1;
+            self.window.push(Pending {
+                ts,
+                order: self.order,
+                record,
+            });
+        }
+        self.release()
+    }
+}
+
+/// Reads everything from `r`: convenient for tests and small traces.
+pub fn read_all<R: Read>(r: R) -> (Vec<Record>, ReadStats) {
+    let mut reader = TraceReader::new(BufReader::new(r));
+    let records: Vec<Record> = reader.by_ref().collect();
+    (records, reader.stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(ts: f64) -> String {
+        format!(
+            r#"{{"t":"metric","ts":{ts},"node":"n1","name":"DCGM_FI_DEV_GPU_UTIL","labels":{{"gpu":"0"}},"value":1}}"#
+        )
+    }
+
+    #[test]
+    fn puts_records_back_in_time_order_within_the_window() {
+        let base = 1_763_800_000.0;
+        let order = [0.0, 1.0, 4.0, 2.0, 3.0, 0.5, 6.0, 5.5, 10.0, 7.0];
+        let text: String = order.iter().map(|d| metric(base + d) + "\n").collect();
+        let (records, stats) = read_all(text.as_bytes());
+        let got: Vec<f64> = records.iter().map(|r| r.ts() - base).collect();
+        let mut want = order.to_vec();
+        want.sort_by(f64::total_cmp);
+        assert_eq!(got, want);
+        assert_eq!(stats.late, 0);
+        assert_eq!(stats.records, order.len() as u64);
+    }
+
+    #[test]
+    fn a_record_later_than_the_window_is_passed_on_and_counted() {
+        let base = 1_763_800_000.0;
+        let text = [0.0, 10.0, 20.0, 1.0]
+            .iter()
+            .map(|d| metric(base + d) + "\n")
+            .collect::<String>();
+        let (records, stats) = read_all(text.as_bytes());
+        assert_eq!(records.len(), 4, "nothing accepted is lost");
+        assert_eq!(stats.late, 1);
+    }
+
+    #[test]
+    fn malformed_lines_are_reported_by_number_and_the_replay_goes_on() {
+        let base = 1_763_800_000.0;
+        let text = format!(
+            "{}\nnot json\n{{\"t\":\"metric\"\n\n{}\n\"NaN\"\n{}",
+            metric(base),
+            metric(base + 1.0),
+            metric(base + 2.0) // no trailing newline
+        );
+        let (records, stats) = read_all(text.as_bytes());
+        assert_eq!(records.len(), 3);
+        assert_eq!(stats.lines, 7);
+        assert_eq!(stats.malformed, 3);
+        let lines: Vec<u64> = stats.errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![2, 3, 6]);
+        assert!(stats.to_string().contains("line 2: bad JSON"));
+    }
+
+    #[test]
+    fn an_oversize_line_is_skipped_without_buffering_it() {
+        let base = 1_763_800_000.0;
+        let huge = "x".repeat(MAX_LINE_BYTES + 10);
+        let text = format!("{huge}\n{}\n", metric(base));
+        let (records, stats) = read_all(text.as_bytes());
+        assert_eq!(records.len(), 1);
+        assert_eq!(stats.malformed, 1);
+        assert!(stats.errors[0].reason.contains("longer than"));
+    }
+}

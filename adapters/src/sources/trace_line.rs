@@ -1,0 +1,401 @@
+//! Parsing one trace line into a `Record`.
+//!
+//! A hand-driven serde visitor rather than a derived struct: it lets the
+//! reader count unknown fields (a derive would drop them silently, `flatten`
+//! would buffer every line), borrows strings straight from the line, and
+//! decides the record type only once every field has been seen, since `t`
+//! need not come first.
+
+use keel_model::{
+    CollectiveRecord, JobRecord, MetricLabels, MetricName, MetricSample, Name, Record,
+    RequestPhase, RequestRecord,
+};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+
+/// Earliest and latest plausible trace times (2001 .. 2286): a `ts` outside
+/// them is garbage, and letting it in would wreck the reorder window.
+pub const TS_MIN: f64 = 1.0e9;
+pub const TS_MAX: f64 = 1.0e10;
+
+/// What one line turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    Record {
+        record: Record,
+        /// Fields the spec does not define for this record type.
+        unknown_fields: u32,
+    },
+    /// A record type keel does not know (`t` names it); ignored and counted.
+    UnknownType(String),
+    /// A metric keel does not use; ignored and counted.
+    UnknownMetric(String),
+    /// A sample whose value is `"NaN"`, `"+Inf"` or `"-Inf"`; skipped and counted.
+    NonFinite,
+    /// Nothing on the line.
+    Blank,
+}
+
+/// Why a line was rejected; the reader adds the line number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    pub line: u64,
+    pub reason: String,
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+/// A metric value: a number, or the strings Prometheus text writes.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Finite(f64),
+    NonFinite,
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number or \"NaN\"/\"+Inf\"/\"-Inf\"")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+                Ok(Value::Finite(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+                Ok(Value::Finite(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+                Ok(Value::Finite(v as f64))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+                match v.trim().parse::<f64>() {
+                    Ok(x) if x.is_finite() => Ok(Value::Finite(x)),
+                    Ok(_) => Ok(Value::NonFinite),
+                    Err(_) => Err(E::custom(format!("value {v:?} is not a number"))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A string borrowed from the line when it has no escapes. serde's own
+/// `Cow<str>` always allocates; this one borrows like `#[serde(borrow)]`.
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// Job ids are strings in the spec; Slurm-fed tools sometimes write numbers.
+struct Id(Name);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an integer id")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
+                Ok(Id(Name::from(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
+                Ok(Id(Name::from(v.to_string())))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
+                Ok(Id(Name::from(v.to_string())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Default)]
+struct Fields<'a> {
+    t: Option<Cow<'a, str>>,
+    ts: Option<f64>,
+    node: Option<Cow<'a, str>>,
+    job: Option<Name>,
+    rank: Option<u32>,
+    op: Option<Cow<'a, str>>,
+    seq: Option<u64>,
+    bytes: Option<u64>,
+    arrive: Option<f64>,
+    dur_us: Option<f64>,
+    name: Option<Cow<'a, str>>,
+    labels: Option<MetricLabels>,
+    value: Option<Value>,
+    id: Option<Name>,
+    phase: Option<RequestPhase>,
+    prompt_tokens: Option<u32>,
+    output_tokens: Option<u32>,
+    /// Keys only a job record has; it is parsed again whole when `t` is "job".
+    job_keys: u32,
+    unknown: u32,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Fields<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'a>, M::Error> {
+                let mut f = Fields::default();
+                while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+                    match key.as_ref() {
+                        "t" => f.t = Some(map.next_value::<Str>()?.0),
+                        "ts" => f.ts = Some(map.next_value()?),
+                        "node" => f.node = map.next_value::<Option<Str>>()?.map(|s| s.0),
+                        "job" => f.job = map.next_value::<Option<Id>>()?.map(|i| i.0),
+                        "rank" => f.rank = Some(map.next_value()?),
+                        "op" => f.op = Some(map.next_value::<Str>()?.0),
+                        "seq" => f.seq = Some(map.next_value()?),
+                        "bytes" => f.bytes = Some(map.next_value()?),
+                        "arrive" => f.arrive = Some(map.next_value()?),
+                        "dur_us" => f.dur_us = Some(map.next_value()?),
+                        "name" => f.name = Some(map.next_value::<Str>()?.0),
+                        "labels" => f.labels = Some(map.next_value()?),
+                        "value" => f.value = Some(map.next_value()?),
+                        "id" => f.id = Some(map.next_value::<Id>()?.0),
+                        "phase" => f.phase = Some(map.next_value()?),
+                        "prompt_tokens" => f.prompt_tokens = map.next_value()?,
+                        "output_tokens" => f.output_tokens = map.next_value()?,
+                        "state" | "tenant" | "nodes" | "ranks" | "gpus" | "nics" | "tp" | "pp"
+                        | "replica" => {
+                            map.next_value::<IgnoredAny>()?;
+                            f.job_keys += 1;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            f.unknown += 1;
+                        }
+                    }
+                }
+                Ok(f)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+fn need<T>(field: Option<T>, t: &str, name: &str) -> Result<T, String> {
+    field.ok_or_else(|| format!("{t} record: missing field `{name}`"))
+}
+
+fn finite(x: f64, name: &str) -> Result<f64, String> {
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(format!("field `{name}` is not finite"))
+    }
+}
+
+/// Parses one line (without its newline). `line` numbers the error.
+pub fn parse_line(bytes: &[u8], line: u64) -> Result<Parsed, LineError> {
+    parse(bytes).map_err(|reason| LineError { line, reason })
+}
+
+fn parse(bytes: &[u8]) -> Result<Parsed, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Parsed::Blank);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 ({e})"))?;
+    let f: Fields = serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?;
+    let t = f.t.as_deref().ok_or("missing field `t`")?;
+    let ts = finite(need(f.ts, t, "ts")?, "ts")?;
+    if !(TS_MIN..=TS_MAX).contains(&ts) {
+        return Err(format!(
+            "field `ts` = {ts} is not a plausible Unix time in seconds"
+        ));
+    }
+    let unknown = f.unknown;
+    let node = f.node.as_deref().map(Name::from);
+    let record = match t {
+        "collective" => {
+            let arrive = finite(need(f.arrive, t, "arrive")?, "arrive")?;
+            let dur_us = finite(need(f.dur_us, t, "dur_us")?, "dur_us")?;
+            if dur_us < 0.0 {
+                return Err(format!("field `dur_us` = {dur_us} is negative"));
+            }
+            Record::Collective(CollectiveRecord {
+                ts,
+                node: need(node, t, "node")?,
+                job: need(f.job, t, "job")?,
+                rank: need(f.rank, t, "rank")?,
+                op: f.op.as_deref().map(Name::from).unwrap_or_default(),
+                seq: need(f.seq, t, "seq")?,
+                bytes: f.bytes.unwrap_or(0),
+                arrive,
+                dur_us,
+            })
+        }
+        "metric" => {
+            let raw_name = need(f.name, t, "name")?;
+            let Some(name) = MetricName::from_wire(&raw_name) else {
+                return Ok(Parsed::UnknownMetric(raw_name.into_owned()));
+            };
+            let value = match need(f.value, t, "value")? {
+                Value::Finite(v) => v,
+                Value::NonFinite => return Ok(Parsed::NonFinite),
+            };
+            Record::Metric(MetricSample {
+                ts,
+                node: need(node, t, "node")?,
+                name,
+                labels: f.labels.unwrap_or_default(),
+                value,
+            })
+        }
+        "job" => {
+            let job: JobRecord =
+                serde_json::from_str(text).map_err(|e| format!("job record: {e}"))?;
+            Record::Job(job)
+        }
+        "request" => Record::Request(RequestRecord {
+            ts,
+            node,
+            job: f.job,
+            id: need(f.id, t, "id")?,
+            phase: need(f.phase, t, "phase")?,
+            prompt_tokens: f.prompt_tokens,
+            output_tokens: f.output_tokens,
+        }),
+        other => return Ok(Parsed::UnknownType(other.to_string())),
+    };
+    let unknown_fields = if matches!(record, Record::Job(_)) {
+        unknown
+    } else {
+        unknown + f.job_keys
+    };
+    Ok(Parsed::Record {
+        record,
+        unknown_fields,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(line: &str) -> Parsed {
+        parse_line(line.as_bytes(), 1).expect("parses")
+    }
+
+    #[test]
+    fn parses_the_specs_examples() {
+        let job = ok(
+            r#"{"t":"job","ts":1763800000.0,"job":"4242","state":"RUNNING","tenant":"team-a","nodes":["n01","n02"],"ranks":{"n01":[0,1,2,3],"n02":[4,5,6,7]},"gpus":{"0":0,"1":1,"2":2,"3":3,"4":0,"5":1,"6":2,"7":3},"nics":{"0":"mlx5_0","1":"mlx5_1","2":"mlx5_2","3":"mlx5_3","4":"mlx5_0","5":"mlx5_1","6":"mlx5_2","7":"mlx5_3"},"tp":8,"pp":1,"replica":"r1"}"#,
+        );
+        let Parsed::Record {
+            record: Record::Job(job),
+            unknown_fields: 0,
+        } = job
+        else {
+            panic!("not a job: {job:?}")
+        };
+        assert_eq!(job.node_of(5).map(|n| n.as_str()), Some("n02"));
+        assert_eq!(job.gpus[&5], 1);
+        assert_eq!(job.nics[&7], "mlx5_3");
+
+        let c = ok(
+            r#"{"t":"collective","ts":1763800001.2034,"node":"n02","job":"4242","rank":5,"op":"allreduce","seq":1187,"bytes":16777216,"arrive":1763800001.2021,"dur_us":1312.0}"#,
+        );
+        assert!(
+            matches!(c, Parsed::Record { record: Record::Collective(ref c), .. } if c.rank == 5 && c.seq == 1187)
+        );
+
+        let m = ok(
+            r#"{"t":"metric","ts":1763800001.0,"node":"n02","name":"DCGM_FI_DEV_GPU_UTIL","labels":{"gpu":"1"},"value":97.0}"#,
+        );
+        assert!(
+            matches!(m, Parsed::Record { record: Record::Metric(ref m), .. } if m.labels.gpu == Some(1) && m.value == 97.0)
+        );
+    }
+
+    #[test]
+    fn counts_unknown_fields_types_and_metrics() {
+        let p = ok(
+            r#"{"t":"metric","ts":1763800001.0,"node":"n","name":"DCGM_FI_DEV_GPU_UTIL","labels":{"gpu":"0","UUID":"GPU-1"},"value":1,"extra":{"a":[1,2]}}"#,
+        );
+        assert!(matches!(
+            p,
+            Parsed::Record {
+                unknown_fields: 1,
+                ..
+            }
+        ));
+        assert_eq!(
+            ok(r#"{"t":"kernel","ts":1763800001.0}"#),
+            Parsed::UnknownType("kernel".into())
+        );
+        assert_eq!(
+            ok(r#"{"t":"metric","ts":1763800001.0,"node":"n","name":"foo_bar","value":1}"#),
+            Parsed::UnknownMetric("foo_bar".into())
+        );
+    }
+
+    #[test]
+    fn non_finite_values_are_skipped_not_errors() {
+        for v in ["\"NaN\"", "\"+Inf\"", "\"-Inf\""] {
+            let line = format!(
+                r#"{{"t":"metric","ts":1763800001.0,"node":"n","name":"DCGM_FI_DEV_GPU_UTIL","labels":{{"gpu":"0"}},"value":{v}}}"#
+            );
+            assert_eq!(ok(&line), Parsed::NonFinite);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_field() {
+        let e = parse_line(br#"{"t":"collective","ts":1763800001.0,"node":"n","job":"1","rank":0,"seq":1,"arrive":1763800001.0}"#, 42).unwrap_err();
+        assert_eq!(e.line, 42);
+        assert!(e.reason.contains("dur_us"), "{e}");
+        let e = parse_line(br#"{"t":"metric","ts":17638"#, 7).unwrap_err();
+        assert!(e.to_string().starts_with("line 7: bad JSON"), "{e}");
+        let e = parse_line(
+            br#"{"t":"metric","ts":5,"node":"n","name":"DCGM_FI_DEV_GPU_UTIL","value":1}"#,
+            1,
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("ts"), "{e}");
+        let e = parse_line(b"\xff\xfe", 3).unwrap_err();
+        assert!(e.reason.contains("UTF-8"));
+    }
+
+    #[test]
+    fn old_vllm_cache_metric_name_is_the_same_gauge() {
+        let p = ok(
+            r#"{"t":"metric","ts":1763800001.0,"node":"n","name":"vllm:gpu_cache_usage_perc","labels":{"model_name":"m"},"value":0.5}"#,
+        );
+        assert!(
+            matches!(p, Parsed::Record { record: Record::Metric(ref m), .. } if m.name == MetricName::VllmKvCacheUsage)
+        );
+    }
+}
