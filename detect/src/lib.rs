@@ -1,1 +1,140 @@
-//! detectors
+//! keel's detection brain, written sans-IO.
+//!
+//! Records go in (`Engine::push`), findings come out. Time is the records'
+//! own, never the wall clock, so a replayed trace gives the same findings on
+//! any machine at any speed, and a test feeds records and reads findings with
+//! no sockets and no sleeps. The correlator actor runs one `Engine` per job;
+//! `keel replay` runs one over a whole trace.
+
+pub mod attribute;
+pub mod config;
+pub mod engine_health;
+pub mod episode;
+pub mod network;
+pub mod score;
+pub mod signals;
+pub mod squatter;
+pub mod stats;
+pub mod straggler;
+pub mod topology;
+
+pub use config::Config;
+
+use keel_model::{Finding, Record, Timestamp};
+use signals::SignalStore;
+use straggler::{Inputs, StragglerDetector, StragglerStats};
+use topology::Topology;
+
+/// How often (trace time) idle series are pruned from the signal store.
+const PRUNE_EVERY_S: f64 = 30.0;
+
+/// Counters for the replay summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub records: u64,
+    pub findings: u64,
+    pub counter_resets: u64,
+    pub stale_samples: u64,
+    pub straggler: StragglerStats,
+}
+
+/// All detectors, fed by one stream of records.
+#[derive(Debug)]
+pub struct Engine {
+    topology: Topology,
+    signals: SignalStore,
+    straggler: StragglerDetector,
+    squatter: squatter::SquatterDetector,
+    engine_health: engine_health::EngineHealthDetector,
+    network: network::NetworkDetector,
+    now: Timestamp,
+    last_prune: Timestamp,
+    records: u64,
+    findings: u64,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new(Config::default())
+    }
+}
+
+impl Engine {
+    pub fn new(cfg: Config) -> Self {
+        Engine {
+            topology: Topology::default(),
+            signals: SignalStore::default(),
+            straggler: StragglerDetector::new(cfg.straggler),
+            squatter: squatter::SquatterDetector::new(cfg.squatter),
+            engine_health: engine_health::EngineHealthDetector::new(cfg.engine),
+            network: network::NetworkDetector::new(cfg.network),
+            now: f64::NEG_INFINITY,
+            last_prune: f64::NEG_INFINITY,
+            records: 0,
+            findings: 0,
+        }
+    }
+
+    /// The latest trace time seen.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Feeds one record; findings concluded because of it are appended to `out`.
+    pub fn push(&mut self, record: &Record, out: &mut Vec<Finding>) {
+        self.records += 1;
+        let ts = record.ts();
+        if ts.is_finite() {
+            self.now = self.now.max(ts);
+        }
+        let before = out.len();
+        match record {
+            Record::Job(job) => {
+                if self.topology.apply(job) {
+                    self.straggler.end_job(&job.job);
+                }
+            }
+            Record::Collective(c) => {
+                let inputs = Inputs {
+                    topology: &self.topology,
+                    signals: &self.signals,
+                    now: self.now,
+                };
+                self.straggler.push(c, &inputs, out);
+            }
+            Record::Metric(m) => {
+                if let Some((_, derived)) = self.signals.push(m) {
+                    self.squatter.push(m, &self.topology, self.now, out);
+                    self.engine_health.push(m, self.now, out);
+                    self.network.push(m, derived, &self.signals, self.now, out);
+                }
+            }
+            Record::Request(_) => {}
+        }
+        if self.now - self.last_prune >= PRUNE_EVERY_S {
+            self.signals.prune(self.now);
+            self.last_prune = self.now;
+        }
+        self.findings += (out.len() - before) as u64;
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            records: self.records,
+            findings: self.findings,
+            counter_resets: self.signals.stats.counter_resets,
+            stale_samples: self.signals.stats.stale,
+            straggler: self.straggler.stats,
+        }
+    }
+}
+
+/// Runs a fresh engine over `records` and returns every finding.
+pub fn detect_all<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<Finding> {
+    let mut engine = Engine::default();
+    let mut out = Vec::new();
+    for r in records {
+        engine.push(r, &mut out);
+    }
+    out
+}

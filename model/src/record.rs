@@ -48,6 +48,24 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Slurm's spelling, as the trace carries it.
+    pub fn wire(self) -> &'static str {
+        match self {
+            JobState::Pending => "PENDING",
+            JobState::Running => "RUNNING",
+            JobState::Completing => "COMPLETING",
+            JobState::Completed => "COMPLETED",
+            JobState::Failed => "FAILED",
+            JobState::Timeout => "TIMEOUT",
+            JobState::OutOfMemory => "OUT_OF_MEMORY",
+            JobState::Cancelled => "CANCELLED",
+            JobState::NodeFail => "NODE_FAIL",
+            JobState::Preempted => "PREEMPTED",
+            JobState::Suspended => "SUSPENDED",
+            JobState::Other => "OTHER",
+        }
+    }
+
     /// The job no longer runs: any GPU memory still held for it is held by nothing useful.
     pub fn is_finished(self) -> bool {
         matches!(
@@ -60,6 +78,12 @@ impl JobState {
                 | JobState::NodeFail
                 | JobState::Preempted
         )
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.wire())
     }
 }
 

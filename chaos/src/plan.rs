@@ -1,0 +1,297 @@
+//! A scenario's plan: the cluster, the faults to inject (each becomes one or
+//! more labels), the nuisances that must not be labelled, and how dirty the
+//! lines get.
+
+use crate::cluster::Cluster;
+use keel_model::{Cause, Dir, FindingKind, Label, Name};
+
+/// What a straggling rank looks like from outside, with its magnitudes drawn
+/// once per episode.
+#[derive(Clone, Debug)]
+pub enum Symptom {
+    /// Pageable host copies hammer the GPU's PCIe link.
+    Pcie {
+        rx_peak: f64,
+        /// Device-to-host rate during the episode, when it rises too.
+        tx: Option<f64>,
+    },
+    /// The rank's CPU is starved: runnable tasks wait, kernel launches lag.
+    Host { cpu_rate: f64, doorbell_mult: f64 },
+    /// The rank's NIC is congested.
+    Network {
+        queue: f64,
+        stall_rate: f64,
+        link_add: f64,
+        retrans_frac: f64,
+        drop_rate: f64,
+    },
+    /// The GPU throttles: clock down, temperature up.
+    Thermal { clock: f64, temp: f64 },
+    /// More device work per step with no telemetry to show for it.
+    Silent,
+}
+
+impl Symptom {
+    pub fn cause(&self) -> Cause {
+        match self {
+            Symptom::Pcie { .. } => Cause::Pcie,
+            Symptom::Host { .. } => Cause::Host,
+            Symptom::Network { .. } => Cause::Network,
+            Symptom::Thermal { .. } | Symptom::Silent => Cause::Gpu,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Fault {
+    Straggler {
+        job: usize,
+        rank: u32,
+        slowdown: f64,
+        symptom: Symptom,
+    },
+    /// The job fails at onset; these ranks' processes keep their memory until end.
+    Squatter {
+        job: usize,
+        ranks: Vec<u32>,
+        fb_frac: Vec<f64>,
+        power: Vec<f64>,
+    },
+    /// The job hangs at onset (still RUNNING) and is cancelled at end.
+    Hung { job: usize, fb_frac: f64 },
+    KvSaturation {
+        job: usize,
+        waiting_peak: f64,
+        running: f64,
+        usage: f64,
+    },
+    EngineStall { job: usize, waiting_rate: f64 },
+    RetransStorm { node: usize, frac: f64 },
+    NicSaturation {
+        node: usize,
+        dev: u32,
+        dir: Dir,
+        queue_peak: f64,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Episode {
+    pub fault: Fault,
+    pub onset: f64,
+    pub end: f64,
+}
+
+impl Episode {
+    pub fn active(&self, t: f64) -> bool {
+        self.onset <= t && t < self.end
+    }
+
+    pub fn labels(&self, cluster: &Cluster) -> Vec<Label> {
+        let node_name = |n: usize| Some(cluster.nodes[n].name.clone());
+        let base = |kind: FindingKind, cause: Cause| Label {
+            kind,
+            cause: Some(cause),
+            job: None,
+            node: None,
+            rank: None,
+            gpu: None,
+            peer: None,
+            onset: self.onset,
+            end: self.end,
+        };
+        match &self.fault {
+            Fault::Straggler {
+                job, rank, symptom, ..
+            } => {
+                let j = &cluster.jobs[*job];
+                let node = j.ranks[*rank as usize].node;
+                let mut out = vec![Label {
+                    job: Some(j.id.clone()),
+                    node: node_name(node),
+                    rank: Some(*rank),
+                    ..base(FindingKind::TpStraggler, symptom.cause())
+                }];
+                // Without a DPU the congestion shows as TCP retransmits on the
+                // node: a real storm, so it is labelled in its own right.
+                if matches!(symptom, Symptom::Network { .. }) && !cluster.dpu {
+                    out.push(Label {
+                        node: node_name(node),
+                        ..base(FindingKind::RetransmitStorm, Cause::Network)
+                    });
+                }
+                out
+            }
+            Fault::Squatter { job, ranks, .. } => {
+                let j = &cluster.jobs[*job];
+                ranks
+                    .iter()
+                    .map(|&r| Label {
+                        node: node_name(j.ranks[r as usize].node),
+                        gpu: Some(j.ranks[r as usize].gpu),
+                        ..base(FindingKind::GpuSquatter, Cause::Engine)
+                    })
+                    .collect()
+            }
+            Fault::Hung { job, .. } => cluster.jobs[*job]
+                .ranks
+                .iter()
+                .map(|r| Label {
+                    node: node_name(r.node),
+                    gpu: Some(r.gpu),
+                    ..base(FindingKind::GpuSquatter, Cause::Engine)
+                })
+                .collect(),
+            Fault::KvSaturation { job, .. } => vec![Label {
+                node: node_name(cluster.server_node(*job)),
+                ..base(FindingKind::KvCacheSaturation, Cause::Engine)
+            }],
+            Fault::EngineStall { job, .. } => vec![Label {
+                node: node_name(cluster.server_node(*job)),
+                ..base(FindingKind::EngineStall, Cause::Engine)
+            }],
+            Fault::RetransStorm { node, .. } => vec![Label {
+                node: node_name(*node),
+                ..base(FindingKind::RetransmitStorm, Cause::Network)
+            }],
+            Fault::NicSaturation { node, .. } => vec![Label {
+                node: node_name(*node),
+                ..base(FindingKind::NicSaturation, Cause::Network)
+            }],
+        }
+    }
+}
+
+/// Things that happen on real clusters, look a little like faults, and must
+/// not be labelled.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A node's scrapes are missing (exporter or shipper down).
+    Gap { node: usize, from: f64, to: f64 },
+    /// node-exporter restarts: its counters start again near zero.
+    CounterReset { node: usize, at: f64 },
+    /// Every rank of a job slows alike (a longer batch, a bigger prompt mix).
+    JobSlowdown {
+        job: usize,
+        from: f64,
+        to: f64,
+        factor: f64,
+    },
+    /// One rank's single step takes longer (GC pause, page fault storm).
+    Spike {
+        job: usize,
+        rank: u32,
+        at: f64,
+        factor: f64,
+    },
+    /// Checkpoint or weight loads: a short PCIe burst on a healthy GPU.
+    PcieBurst {
+        node: usize,
+        gpu: u32,
+        from: f64,
+        to: f64,
+        rate: f64,
+    },
+}
+
+/// Per-line and per-scrape probabilities of dirt in the output.
+#[derive(Clone, Debug, Default)]
+pub struct Noise {
+    /// A metric value written as "NaN" or "+Inf".
+    pub nan: f64,
+    /// A single line shipped late (out of order).
+    pub late_line: f64,
+    /// A whole node scrape shipped late.
+    pub late_scrape: f64,
+    /// A truncated line, a bare word, or binary junk.
+    pub malformed: f64,
+    /// A record of a type readers do not know, per node scrape.
+    pub unknown_record: f64,
+    /// A metric name readers do not know, per node scrape.
+    pub unknown_metric: f64,
+    /// Extra exporter labels and fields on a metric line.
+    pub extra_fields: f64,
+}
+
+impl Noise {
+    pub fn low() -> Noise {
+        Noise {
+            nan: 0.0004,
+            late_line: 0.0005,
+            late_scrape: 0.003,
+            malformed: 0.0001,
+            unknown_record: 0.01,
+            unknown_metric: 0.01,
+            extra_fields: 0.002,
+        }
+    }
+
+    pub fn heavy() -> Noise {
+        Noise {
+            nan: 0.01,
+            late_line: 0.01,
+            late_scrape: 0.04,
+            malformed: 0.002,
+            unknown_record: 0.15,
+            unknown_metric: 0.25,
+            extra_fields: 0.05,
+        }
+    }
+}
+
+pub struct Plan {
+    pub cluster: Cluster,
+    pub episodes: Vec<Episode>,
+    pub events: Vec<Event>,
+    pub noise: Noise,
+    /// vLLM before the V1 engine names the KV-cache gauge differently.
+    pub old_kv_name: bool,
+    /// [node][gpu] -> (job, rank) that ever run there.
+    pub occupants: Vec<Vec<Vec<(usize, u32)>>>,
+}
+
+impl Plan {
+    pub fn new(
+        cluster: Cluster,
+        mut episodes: Vec<Episode>,
+        events: Vec<Event>,
+        noise: Noise,
+        old_kv_name: bool,
+    ) -> Plan {
+        episodes.sort_by(|a, b| a.onset.total_cmp(&b.onset));
+        let mut occupants = vec![vec![Vec::new(); crate::cluster::GPUS as usize]; cluster.nodes.len()];
+        for (j, job) in cluster.jobs.iter().enumerate() {
+            for (r, rank) in job.ranks.iter().enumerate() {
+                occupants[rank.node][rank.gpu as usize].push((j, r as u32));
+            }
+        }
+        Plan {
+            cluster,
+            episodes,
+            events,
+            noise,
+            old_kv_name,
+            occupants,
+        }
+    }
+
+    pub fn labels(&self) -> Vec<Label> {
+        let mut labels: Vec<Label> = self
+            .episodes
+            .iter()
+            .flat_map(|e| e.labels(&self.cluster))
+            .collect();
+        labels.sort_by(|a, b| {
+            a.onset
+                .total_cmp(&b.onset)
+                .then_with(|| a.kind.cmp(&b.kind))
+                .then_with(|| a.node.cmp(&b.node))
+                .then_with(|| a.gpu.cmp(&b.gpu))
+        });
+        labels
+    }
+
+    pub fn node_name(&self, node: usize) -> &Name {
+        &self.cluster.nodes[node].name
+    }
+}

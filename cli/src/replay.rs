@@ -1,0 +1,100 @@
+//! `keel replay`: a trace in, findings out (JSON Lines, one per episode).
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use keel_adapters::{open_trace, ReadStats};
+use keel_detect::{Engine, EngineStats};
+use keel_model::Finding;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+/// Everything a replay learned besides its findings.
+pub struct ReplayReport {
+    pub read: ReadStats,
+    pub engine: EngineStats,
+}
+
+/// Replays `trace` through a fresh engine, handing each finding to `sink` as
+/// it is concluded. A progress bar is drawn on stderr when it is a terminal.
+pub fn replay(trace: &Path, mut sink: impl FnMut(&Finding) -> Result<()>) -> Result<ReplayReport> {
+    let mut reader =
+        open_trace(trace).with_context(|| format!("opening trace {}", trace.display()))?;
+    let total = std::fs::metadata(trace).map(|m| m.len()).unwrap_or(0);
+    let bar = (std::io::stderr().is_terminal() && total > 16 << 20).then(|| {
+        let b = ProgressBar::new(total);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("static template"),
+        );
+        b
+    });
+    let mut engine = Engine::default();
+    let mut out = Vec::new();
+    let mut n: u64 = 0;
+    while let Some(record) = reader.next() {
+        engine.push(&record, &mut out);
+        for f in out.drain(..) {
+            sink(&f)?;
+        }
+        n += 1;
+        if n % 65_536 == 0 {
+            if let Some(b) = &bar {
+                b.set_position(reader.bytes_read());
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(ReplayReport {
+        read: reader.stats().clone(),
+        engine: engine.stats(),
+    })
+}
+
+/// Replays and collects every finding.
+pub fn replay_all(trace: &Path) -> Result<(Vec<Finding>, ReplayReport)> {
+    let mut findings = Vec::new();
+    let report = replay(trace, |f| {
+        findings.push(f.clone());
+        Ok(())
+    })?;
+    Ok((findings, report))
+}
+
+/// The summary printed on stderr after a replay.
+pub fn summary(report: &ReplayReport) -> String {
+    let e = &report.engine;
+    format!(
+        "{}detector: {} records, {} findings, {} collectives judged ({} with missing ranks, {} dropped), {} counter resets, {} stale samples ignored",
+        report.read,
+        e.records,
+        e.findings,
+        e.straggler.collectives,
+        e.straggler.judged_incomplete,
+        e.straggler.dropped_incomplete,
+        e.counter_resets,
+        e.stale_samples
+    )
+}
+
+pub fn run(trace: &Path, out: Option<&Path>, quiet: bool) -> Result<()> {
+    let mut writer: Box<dyn Write> = match out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let report = replay(trace, |f| {
+        serde_json::to_writer(&mut writer, f)?;
+        writer.write_all(b"\n")?;
+        Ok(())
+    })?;
+    writer.flush()?;
+    if !quiet {
+        eprintln!("{}", summary(&report));
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Every threshold and window the detectors use, with the reason for its value.
+//! Operators may override them; the defaults are what the evaluation in
+//! `docs/detection.md` was scored with.
+
+/// Thresholds and windows for all detectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub straggler: StragglerConfig,
+    pub squatter: SquatterConfig,
+    pub engine: EngineConfig,
+    pub network: NetworkConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            straggler: StragglerConfig::default(),
+            squatter: SquatterConfig::default(),
+            engine: EngineConfig::default(),
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StragglerConfig {
+    /// Collectives in a rank's lateness window. 16 lets the median ignore up to
+    /// 7 one-off spikes and still flips within half a second at 30 Hz steps.
+    pub window: usize,
+    /// A window this full is enough to judge (a new job, or a rank just seen).
+    pub min_window: usize,
+    /// Lateness, as a share of the step period, that makes a straggler: 3%
+    /// sits well above the habitual skew of healthy ranks (the real H200 trace
+    /// shows one rank ~1.5% late at every step) and below the 5% slowdown
+    /// operators care about.
+    pub late_share: f64,
+    /// Floor on the lateness threshold: below ~0.2 ms, collective timing
+    /// jitter alone moves the median.
+    pub late_floor_us: f64,
+    /// Share of the window in which the rank must be the last to arrive: a
+    /// straggler is late consistently, not now and then.
+    pub last_share: f64,
+    /// How long the condition must hold before it is concluded.
+    pub confirm_s: f64,
+    /// The episode closes once the lateness stays below
+    /// `clear_ratio * threshold` this long (hysteresis against flapping).
+    pub clear_s: f64,
+    pub clear_ratio: f64,
+    /// How long attribution may wait after confirmation for telemetry (1 Hz
+    /// exporters) to show the cause before it settles for its best guess.
+    pub attribution_grace_s: f64,
+    /// A collective still missing ranks this long after its first record is
+    /// judged on the ranks that did report.
+    pub incomplete_after_s: f64,
+    /// Lateness above this share of the step makes the finding critical.
+    pub critical_share: f64,
+}
+
+impl Default for StragglerConfig {
+    fn default() -> Self {
+        StragglerConfig {
+            window: 16,
+            min_window: 8,
+            late_share: 0.03,
+            late_floor_us: 200.0,
+            last_share: 0.6,
+            confirm_s: 0.4,
+            clear_s: 3.0,
+            clear_ratio: 0.5,
+            attribution_grace_s: 1.5,
+            incomplete_after_s: 2.0,
+            critical_share: 0.2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SquatterConfig {
+    /// Seed 001 Table 3: framebuffer pinned above 95%...
+    pub fb_used_share: f64,
+    /// ...while utilisation stays between 0 and 5%.
+    pub util_max: f64,
+    /// Sustain when the job that held the GPU has ended (or no running job
+    /// claims it): nothing legitimate keeps 95% of a GPU after its job.
+    pub orphan_sustain_s: f64,
+    /// Sustain when a running job (or an unknown owner) holds it: long enough
+    /// to pass model loading and warm-up, which look the same for seconds.
+    pub owned_sustain_s: f64,
+    /// Readings older than this no longer describe the GPU.
+    pub stale_s: f64,
+    pub clear_s: f64,
+}
+
+impl Default for SquatterConfig {
+    fn default() -> Self {
+        SquatterConfig {
+            fb_used_share: 0.95,
+            util_max: 5.0,
+            orphan_sustain_s: 5.0,
+            owned_sustain_s: 60.0,
+            stale_s: 30.0,
+            clear_s: 5.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// KV-cache usage that counts as pinned (vLLM reports 0..1).
+    pub kv_full: f64,
+    /// Usage below this ends a saturation episode.
+    pub kv_clear: f64,
+    /// Waiting requests that make a queue worth watching.
+    pub waiting_min: f64,
+    /// Growth of the waiting queue over `growth_window_s` that marks the onset
+    /// of queue instability (seed 001): absolute and relative.
+    pub waiting_growth_abs: f64,
+    pub waiting_growth_rel: f64,
+    pub growth_window_s: f64,
+    /// Saturation must hold this long (scrapes are ~1 s apart).
+    pub saturation_sustain_s: f64,
+    /// A stall (running 0, cache full, requests waiting) must hold this long.
+    pub stall_sustain_s: f64,
+    pub clear_s: f64,
+    pub stale_s: f64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            kv_full: 0.95,
+            kv_clear: 0.9,
+            waiting_min: 5.0,
+            waiting_growth_abs: 3.0,
+            waiting_growth_rel: 0.2,
+            growth_window_s: 10.0,
+            saturation_sustain_s: 2.0,
+            stall_sustain_s: 1.5,
+            clear_s: 5.0,
+            stale_s: 30.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkConfig {
+    /// Retransmits per second that can make a storm...
+    pub retrans_min_per_s: f64,
+    /// ...when they are also this share of segments sent (1% is far above a
+    /// healthy datacenter's ~0.01%)...
+    pub retrans_share: f64,
+    /// ...and this many times the node's own recent baseline.
+    pub retrans_over_baseline: f64,
+    /// Link utilisation (share of line rate) that counts as saturated.
+    pub nic_util: f64,
+    pub nic_util_clear: f64,
+    /// Queue depth (packets) that shows the queue building behind the link.
+    pub nic_queue: f64,
+    pub sustain_s: f64,
+    pub clear_s: f64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            retrans_min_per_s: 100.0,
+            retrans_share: 0.01,
+            retrans_over_baseline: 10.0,
+            nic_util: 0.95,
+            nic_util_clear: 0.85,
+            nic_queue: 100.0,
+            sustain_s: 1.5,
+            clear_s: 5.0,
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The inference engine's own health, from vLLM's gauges (seed 001, Table 2):
+//! `kv_cache_saturation` (KV cache pinned near full while the waiting queue
+//! grows: the onset of queue instability) and `engine_stall` (nothing running
+//! while the cache stays full and requests wait: a hung or crashed worker).
+
+use crate::config::EngineConfig;
+use crate::episode::{Episode, Step};
+use crate::stats::Ring;
+use keel_model::{
+    Cause, Finding, FindingKind, MetricName, MetricSample, Name, Severity, Timestamp,
+};
+use std::collections::HashMap;
+
+#[derive(Debug)]
+struct EngineState {
+    usage: Option<(Timestamp, f64)>,
+    waiting: Option<(Timestamp, f64)>,
+    running: Option<(Timestamp, f64)>,
+    waiting_history: Ring<(Timestamp, f64)>,
+    saturation: Episode,
+    stall: Episode,
+}
+
+impl Default for EngineState {
+    fn default() -> Self {
+        EngineState {
+            usage: None,
+            waiting: None,
+            running: None,
+            waiting_history: Ring::new(64),
+            saturation: Episode::Idle,
+            stall: Episode::Idle,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct EngineHealthDetector {
+    cfg: EngineConfig,
+    /// Keyed by node and served model: one engine per (node, model).
+    engines: HashMap<(Name, Name), EngineState>,
+}
+
+impl EngineHealthDetector {
+    pub fn new(cfg: EngineConfig) -> Self {
+        EngineHealthDetector {
+            cfg,
+            engines: HashMap::new(),
+        }
+    }
+
+    pub fn push(&mut self, s: &MetricSample, now: Timestamp, out: &mut Vec<Finding>) {
+        if !matches!(
+            s.name,
+            MetricName::VllmKvCacheUsage
+                | MetricName::VllmRequestsWaiting
+                | MetricName::VllmRequestsRunning
+        ) {
+            return;
+        }
+        let cfg = &self.cfg;
+        let model = s.labels.model_name.clone().unwrap_or_default();
+        let e = self
+            .engines
+            .entry((s.node.clone(), model.clone()))
+            .or_default();
+        let reading = Some((s.ts, s.value));
+        match s.name {
+            MetricName::VllmKvCacheUsage => e.usage = reading,
+            MetricName::VllmRequestsWaiting => {
+                e.waiting = reading;
+                e.waiting_history.push((s.ts, s.value));
+            }
+            _ => e.running = reading,
+        }
+        let fresh =
+            |r: Option<(Timestamp, f64)>| r.filter(|(ts, _)| s.ts - ts <= cfg.stale_s).map(|r| r.1);
+        let (Some(usage), Some(waiting), Some(running)) =
+            (fresh(e.usage), fresh(e.waiting), fresh(e.running))
+        else {
+            return;
+        };
+        // Only judge once per scrape: on the sample that completes it.
+        if s.name != MetricName::VllmRequestsRunning {
+            return;
+        }
+        let oldest_recent = e
+            .waiting_history
+            .values()
+            .iter()
+            .filter(|(ts, _)| *ts >= s.ts - cfg.growth_window_s)
+            .map(|p| p.1)
+            .fold(f64::INFINITY, f64::min);
+        let growth = waiting - oldest_recent;
+        let growing = growth
+            >= cfg
+                .waiting_growth_abs
+                .max(cfg.waiting_growth_rel * oldest_recent);
+
+        let saturated = if e.saturation.is_open() {
+            usage >= cfg.kv_clear && waiting >= 1.0
+        } else {
+            usage >= cfg.kv_full && running > 0.0 && waiting >= cfg.waiting_min && growing
+        };
+        let place = if model.is_empty() {
+            s.node.to_string()
+        } else {
+            format!("{} ({model})", s.node)
+        };
+        if let Step::Concluded { since } =
+            e.saturation
+                .observe(saturated, s.ts, cfg.saturation_sustain_s, cfg.clear_s)
+        {
+            out.push(finding(
+                FindingKind::KvCacheSaturation,
+                Severity::Warning,
+                now,
+                &s.node,
+                vec![
+                    format!(
+                        "{place}: KV cache {:.1}% full since {:.1}",
+                        usage * 100.0,
+                        since
+                    ),
+                    format!(
+                        "waiting queue grew from {oldest_recent:.0} to {waiting:.0} in {:.0} s while {running:.0} requests run",
+                        cfg.growth_window_s
+                    ),
+                ],
+            ));
+        }
+
+        let stalled = if e.stall.is_open() {
+            running < 1.0
+        } else {
+            running < 1.0 && usage >= cfg.kv_full && waiting >= 1.0
+        };
+        if let Step::Concluded { since } =
+            e.stall
+                .observe(stalled, s.ts, cfg.stall_sustain_s, cfg.clear_s)
+        {
+            out.push(finding(
+                FindingKind::EngineStall,
+                Severity::Critical,
+                now,
+                &s.node,
+                vec![
+                    format!("{place}: no request running since {since:.1}"),
+                    format!(
+                        "KV cache {:.1}% full and {waiting:.0} requests waiting",
+                        usage * 100.0
+                    ),
+                ],
+            ));
+        }
+    }
+}
+
+fn finding(
+    kind: FindingKind,
+    severity: Severity,
+    now: Timestamp,
+    node: &Name,
+    evidence: Vec<String>,
+) -> Finding {
+    Finding {
+        ts: now,
+        kind,
+        cause: Cause::Engine,
+        severity,
+        confidence: 0.9,
+        job: None,
+        node: Some(node.clone()),
+        rank: None,
+        gpu: None,
+        device: None,
+        evidence,
+    }
+}

@@ -1,0 +1,168 @@
+//! Node-level network conditions: `retransmit_storm` (TCP retransmits jump
+//! far above the node's habit and become a real share of what it sends) and
+//! `nic_saturation` (a NIC at line rate with its queue building).
+
+use crate::config::NetworkConfig;
+use crate::episode::{Episode, Step};
+use crate::signals::{SignalStore, Sub};
+use keel_model::{
+    Cause, Dir, Finding, FindingKind, MetricName, MetricSample, Name, Severity, Timestamp,
+};
+use std::collections::HashMap;
+
+#[derive(Debug)]
+pub struct NetworkDetector {
+    cfg: NetworkConfig,
+    storms: HashMap<Name, Episode>,
+    saturation: HashMap<(Name, Name, Option<Dir>), Episode>,
+}
+
+impl NetworkDetector {
+    pub fn new(cfg: NetworkConfig) -> Self {
+        NetworkDetector {
+            cfg,
+            storms: HashMap::new(),
+            saturation: HashMap::new(),
+        }
+    }
+
+    /// Called after `signals` took the sample, with the rate or value it derived.
+    pub fn push(
+        &mut self,
+        s: &MetricSample,
+        derived: f64,
+        signals: &SignalStore,
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+    ) {
+        match s.name {
+            MetricName::TcpRetransSegs => self.retransmits(s, derived, signals, now, out),
+            MetricName::DpuNicLinkUtil => self.link(s, derived, signals, now, out),
+            _ => {}
+        }
+    }
+
+    fn retransmits(
+        &mut self,
+        s: &MetricSample,
+        rate: f64,
+        signals: &SignalStore,
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+    ) {
+        let cfg = &self.cfg;
+        let episode = self.storms.entry(s.node.clone()).or_default();
+        let out_rate = signals
+            .get(&s.node, MetricName::TcpOutSegs, &Sub::Node)
+            .and_then(|x| x.latest())
+            .filter(|(ts, _)| s.ts - ts <= 5.0)
+            .map(|p| p.1);
+        let before = episode.suspect_since().unwrap_or(s.ts) - 2.0;
+        let baseline = signals
+            .get(&s.node, MetricName::TcpRetransSegs, &Sub::Node)
+            .and_then(|x| x.baseline(before));
+        let min_rate = if episode.is_open() {
+            cfg.retrans_min_per_s / 2.0
+        } else {
+            cfg.retrans_min_per_s
+        };
+        let share_ok = out_rate.is_none_or(|o| o <= 0.0 || rate / o >= cfg.retrans_share);
+        let base_ok = episode.is_open()
+            || baseline.is_none_or(|b| rate >= cfg.retrans_over_baseline * b.max(1.0));
+        let holds = rate >= min_rate && share_ok && base_ok;
+        if let Step::Concluded { since } = episode.observe(holds, s.ts, cfg.sustain_s, cfg.clear_s)
+        {
+            let mut evidence = vec![format!(
+                "{}: {rate:.0} TCP retransmits/s since {since:.1}",
+                s.node
+            )];
+            if let Some(o) = out_rate {
+                evidence.push(format!(
+                    "{:.2}% of {o:.0} segments/s sent",
+                    100.0 * rate / o.max(1.0)
+                ));
+            }
+            if let Some(b) = baseline {
+                evidence.push(format!("node's usual rate {b:.1}/s"));
+            }
+            out.push(Finding {
+                ts: now,
+                kind: FindingKind::RetransmitStorm,
+                cause: Cause::Network,
+                severity: Severity::Warning,
+                confidence: if out_rate.is_some() && baseline.is_some() {
+                    0.9
+                } else {
+                    0.7
+                },
+                job: None,
+                node: Some(s.node.clone()),
+                rank: None,
+                gpu: None,
+                device: None,
+                evidence,
+            });
+        }
+    }
+
+    fn link(
+        &mut self,
+        s: &MetricSample,
+        util: f64,
+        signals: &SignalStore,
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+    ) {
+        let cfg = &self.cfg;
+        let Some(device) = s.labels.device.clone() else {
+            return;
+        };
+        let episode = self
+            .saturation
+            .entry((s.node.clone(), device.clone(), s.labels.dir))
+            .or_default();
+        let queue = signals
+            .get(
+                &s.node,
+                MetricName::DpuNicQueueDepth,
+                &Sub::Device(device.clone(), s.labels.dir),
+            )
+            .and_then(|x| x.latest())
+            .filter(|(ts, _)| s.ts - ts <= 5.0)
+            .map(|p| p.1);
+        let holds = if episode.is_open() {
+            util >= cfg.nic_util_clear
+        } else {
+            util >= cfg.nic_util && queue.is_none_or(|q| q >= cfg.nic_queue)
+        };
+        if let Step::Concluded { since } = episode.observe(holds, s.ts, cfg.sustain_s, cfg.clear_s)
+        {
+            let dir = match s.labels.dir {
+                Some(Dir::Rx) => " RX",
+                Some(Dir::Tx) => " TX",
+                None => "",
+            };
+            let mut evidence = vec![format!(
+                "{} {device}{dir} at {:.0}% of line rate since {since:.1}",
+                s.node,
+                util * 100.0
+            )];
+            if let Some(q) = queue {
+                evidence.push(format!("queue depth {q:.0} packets"));
+            }
+            out.push(Finding {
+                ts: now,
+                kind: FindingKind::NicSaturation,
+                cause: Cause::Network,
+                severity: Severity::Warning,
+                confidence: if queue.is_some() { 0.9 } else { 0.7 },
+                job: None,
+                node: Some(s.node.clone()),
+                rank: None,
+                gpu: None,
+                device: Some(device),
+                evidence,
+            });
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The signal store: recent history of every metric series, as values
+//! (gauges) or per-second rates (counters, with resets handled), so that
+//! detectors and attribution can ask "what did this look like just now, and
+//! before the trouble began?".
+
+use keel_model::{Dir, MetricKind, MetricName, MetricSample, Name, Timestamp};
+use std::collections::{HashMap, VecDeque};
+
+/// How much history a series keeps: long enough for a pre-onset baseline
+/// (`BASELINE_S`) plus the episode itself at exporter rates (1 Hz typical).
+pub const HISTORY_S: f64 = 150.0;
+/// At most this many points a series, whatever its rate: memory stays bounded
+/// even for a source sampling far faster than exporters do.
+pub const HISTORY_POINTS: usize = 600;
+/// How far back a baseline looks.
+pub const BASELINE_S: f64 = 60.0;
+
+/// What a series is about beyond its node and metric.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Sub {
+    Node,
+    Gpu(u32),
+    Device(Name, Option<Dir>),
+    Model(Name),
+}
+
+impl Sub {
+    pub fn of(sample: &MetricSample) -> Sub {
+        let l = &sample.labels;
+        if let Some(g) = l.gpu {
+            Sub::Gpu(g)
+        } else if let Some(d) = &l.device {
+            Sub::Device(d.clone(), l.dir)
+        } else if let Some(m) = &l.model_name {
+            Sub::Model(m.clone())
+        } else {
+            Sub::Node
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeriesKey {
+    pub node: Name,
+    pub name: MetricName,
+    pub sub: Sub,
+}
+
+/// A series' recent points: gauge values, or rates for counters.
+#[derive(Debug, Clone, Default)]
+pub struct Series {
+    points: VecDeque<(Timestamp, f64)>,
+    last_raw: Option<(Timestamp, f64)>,
+}
+
+/// Summary of a series over a span of time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Span {
+    pub mean: f64,
+    pub max: f64,
+    pub min: f64,
+    pub n: usize,
+}
+
+impl Series {
+    pub fn latest(&self) -> Option<(Timestamp, f64)> {
+        self.points.back().copied()
+    }
+
+    /// Points with `from <= ts <= to`.
+    pub fn span(&self, from: Timestamp, to: Timestamp) -> Option<Span> {
+        let mut n = 0;
+        let (mut sum, mut max, mut min) = (0.0, f64::NEG_INFINITY, f64::INFINITY);
+        for &(ts, v) in self.points.iter().rev() {
+            if ts < from {
+                break;
+            }
+            if ts > to {
+                continue;
+            }
+            n += 1;
+            sum += v;
+            max = max.max(v);
+            min = min.min(v);
+        }
+        (n > 0).then(|| Span {
+            mean: sum / n as f64,
+            max,
+            min,
+            n,
+        })
+    }
+
+    /// Median of the points in `[before - BASELINE_S, before)`.
+    pub fn baseline(&self, before: Timestamp) -> Option<f64> {
+        let from = before - BASELINE_S;
+        let mut v: Vec<f64> = self
+            .points
+            .iter()
+            .filter(|(ts, _)| *ts >= from && *ts < before)
+            .map(|p| p.1)
+            .collect();
+        crate::stats::median_in_place(&mut v)
+    }
+}
+
+/// Counter resets seen, for the replay summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SignalStats {
+    pub samples: u64,
+    pub counter_resets: u64,
+    /// Samples older than their series' newest point, which are ignored.
+    pub stale: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct SignalStore {
+    series: HashMap<SeriesKey, Series>,
+    pub stats: SignalStats,
+}
+
+impl SignalStore {
+    /// Records a sample. Returns the key and the derived value (the gauge, or
+    /// the counter's rate) when the sample produced a new point.
+    pub fn push(&mut self, sample: &MetricSample) -> Option<(SeriesKey, f64)> {
+        self.stats.samples += 1;
+        let key = SeriesKey {
+            node: sample.node.clone(),
+            name: sample.name,
+            sub: Sub::of(sample),
+        };
+        let series = self.series.entry(key.clone()).or_default();
+        if let Some((last_ts, _)) = series.last_raw {
+            if sample.ts <= last_ts {
+                self.stats.stale += 1;
+                return None;
+            }
+        }
+        let value = match sample.name.kind() {
+            MetricKind::Gauge => sample.value,
+            MetricKind::Counter => {
+                let prev = series.last_raw;
+                series.last_raw = Some((sample.ts, sample.value));
+                let (last_ts, last_v) = prev?;
+                let dt = sample.ts - last_ts;
+                // A counter that goes down has restarted from zero: what it
+                // counted since then is its whole value (as Prometheus' rate()).
+                let increase = if sample.value < last_v {
+                    self.stats.counter_resets += 1;
+                    sample.value
+                } else {
+                    sample.value - last_v
+                };
+                increase / dt
+            }
+        };
+        if sample.name.kind() == MetricKind::Gauge {
+            series.last_raw = Some((sample.ts, sample.value));
+        }
+        series.points.push_back((sample.ts, value));
+        while series.points.len() > HISTORY_POINTS
+            || series
+                .points
+                .front()
+                .is_some_and(|p| p.0 < sample.ts - HISTORY_S)
+        {
+            series.points.pop_front();
+        }
+        Some((key, value))
+    }
+
+    pub fn get(&self, node: &Name, name: MetricName, sub: &Sub) -> Option<&Series> {
+        // A borrowed lookup would need a key type of references; series keys
+        // are small (inline strings), so building one is cheap.
+        self.series.get(&SeriesKey {
+            node: node.clone(),
+            name,
+            sub: sub.clone(),
+        })
+    }
+
+    /// Every series of one metric on one node (all devices, all GPUs).
+    pub fn on_node<'a>(
+        &'a self,
+        node: &'a Name,
+        name: MetricName,
+    ) -> impl Iterator<Item = (&'a SeriesKey, &'a Series)> + 'a {
+        self.series
+            .iter()
+            .filter(move |(k, _)| k.name == name && &k.node == node)
+    }
+
+    /// Drops series that have said nothing for `HISTORY_S`: hosts leave
+    /// clusters and GPUs get renumbered, and their history must not pile up.
+    pub fn prune(&mut self, now: Timestamp) {
+        self.series
+            .retain(|_, s| s.last_raw.is_some_and(|(ts, _)| ts >= now - HISTORY_S));
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_model::MetricLabels;
+
+    fn sample(name: MetricName, ts: f64, value: f64) -> MetricSample {
+        MetricSample {
+            ts,
+            node: "n1".into(),
+            name,
+            labels: MetricLabels::default(),
+            value,
+        }
+    }
+
+    #[test]
+    fn counters_become_rates_and_survive_resets() {
+        let mut s = SignalStore::default();
+        let c = MetricName::TcpRetransSegs;
+        assert!(s.push(&sample(c, 100.0, 1000.0)).is_none());
+        assert_eq!(s.push(&sample(c, 101.0, 1010.0)).unwrap().1, 10.0);
+        // restart: the counter starts again from zero
+        assert_eq!(s.push(&sample(c, 102.0, 4.0)).unwrap().1, 4.0);
+        assert_eq!(s.push(&sample(c, 103.0, 9.0)).unwrap().1, 5.0);
+        assert_eq!(s.stats.counter_resets, 1);
+    }
+
+    #[test]
+    fn stale_samples_are_ignored() {
+        let mut s = SignalStore::default();
+        let g = MetricName::GpuUtil;
+        s.push(&sample(g, 100.0, 1.0));
+        assert!(s.push(&sample(g, 99.0, 2.0)).is_none());
+        assert_eq!(s.stats.stale, 1);
+    }
+
+    #[test]
+    fn span_and_baseline() {
+        let mut s = SignalStore::default();
+        let g = MetricName::GpuUtil;
+        for i in 0..100 {
+            s.push(&sample(
+                g,
+                1000.0 + i as f64,
+                if i < 90 { 10.0 } else { 50.0 },
+            ));
+        }
+        let series = s.get(&"n1".into(), g, &Sub::Node).unwrap();
+        assert_eq!(series.baseline(1090.0), Some(10.0));
+        let sp = series.span(1090.0, 1100.0).unwrap();
+        assert_eq!((sp.n, sp.max, sp.min), (10, 50.0, 50.0));
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut s = SignalStore::default();
+        for i in 0..10_000 {
+            s.push(&sample(MetricName::GpuUtil, 1000.0 + i as f64 * 0.01, 1.0));
+        }
+        let series = s
+            .get(&"n1".into(), MetricName::GpuUtil, &Sub::Node)
+            .unwrap();
+        assert!(series.points.len() <= HISTORY_POINTS);
+    }
+}

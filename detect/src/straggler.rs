@@ -1,0 +1,344 @@
+//! `tp_straggler`: one rank arrives late at the job's collectives.
+//!
+//! All ranks of a collective leave at about the same moment, so the rank that
+//! arrives last spends the least time inside it: its peers wait for it. The
+//! detector therefore reads `dur_us` only, which each rank measures on its own
+//! clock, and never compares `arrive` or `ts` across nodes (their clocks may be
+//! tens of milliseconds apart and drift). For each collective, a rank's
+//! lateness is the median time its peers spent inside minus its own; a rank is
+//! a straggler when the median of its lateness over a window of collectives is
+//! a real share of the step period and it is the last to arrive in most of
+//! them. A whole job slowing down leaves lateness unchanged; one-off spikes do
+//! not move a median.
+
+use crate::attribute::{attribute, Attribution, Site};
+use crate::config::StragglerConfig;
+use crate::episode::{Episode, Step};
+use crate::signals::SignalStore;
+use crate::stats::{median_in_place, Ring};
+use crate::topology::Topology;
+use keel_model::{CollectiveRecord, Finding, FindingKind, Name, Severity, Timestamp};
+use std::collections::{BTreeMap, HashMap};
+
+/// Collectives of one job whose records are still arriving.
+#[derive(Debug, Default)]
+struct Pending {
+    first_ts: Timestamp,
+    /// (rank, dur_us, ts)
+    entries: Vec<(u32, f64, Timestamp)>,
+}
+
+#[derive(Debug)]
+struct RankTiming {
+    node: Name,
+    lateness: Ring<f64>,
+    last: Ring<bool>,
+    prev: Option<(u64, Timestamp)>,
+    episode: Episode,
+    /// Concluded but not yet reported: waiting for attribution.
+    unreported: Option<Timestamp>,
+    median_us: f64,
+    period_s: f64,
+}
+
+impl RankTiming {
+    fn new(node: Name, window: usize) -> Self {
+        RankTiming {
+            node,
+            lateness: Ring::new(window),
+            last: Ring::new(window),
+            prev: None,
+            episode: Episode::Idle,
+            unreported: None,
+            median_us: 0.0,
+            period_s: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct JobTiming {
+    pending: BTreeMap<u64, Pending>,
+    ranks: HashMap<u32, RankTiming>,
+    periods: Option<Ring<f64>>,
+    /// Collectives at or below this seq were judged already.
+    judged_up_to: Option<u64>,
+}
+
+/// Counters for the replay summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StragglerStats {
+    pub collectives: u64,
+    pub judged_incomplete: u64,
+    pub dropped_incomplete: u64,
+    pub late_records: u64,
+}
+
+#[derive(Debug)]
+pub struct StragglerDetector {
+    cfg: StragglerConfig,
+    jobs: HashMap<Name, JobTiming>,
+    pub stats: StragglerStats,
+}
+
+/// Everything a judgement needs besides the detector's own state.
+pub struct Inputs<'a> {
+    pub topology: &'a Topology,
+    pub signals: &'a SignalStore,
+    pub now: Timestamp,
+}
+
+impl StragglerDetector {
+    pub fn new(cfg: StragglerConfig) -> Self {
+        StragglerDetector {
+            cfg,
+            jobs: HashMap::new(),
+            stats: StragglerStats::default(),
+        }
+    }
+
+    /// Forgets a job that has ended.
+    pub fn end_job(&mut self, job: &Name) {
+        self.jobs.remove(job);
+    }
+
+    pub fn push(&mut self, rec: &CollectiveRecord, inp: &Inputs, out: &mut Vec<Finding>) {
+        let window = self.cfg.window;
+        let timing = self.jobs.entry(rec.job.clone()).or_default();
+        if timing.judged_up_to.is_some_and(|s| rec.seq <= s) {
+            self.stats.late_records += 1;
+            return;
+        }
+        timing
+            .ranks
+            .entry(rec.rank)
+            .or_insert_with(|| RankTiming::new(rec.node.clone(), window));
+        let pending = timing.pending.entry(rec.seq).or_insert_with(|| Pending {
+            first_ts: rec.ts,
+            entries: Vec::new(),
+        });
+        if pending.entries.iter().any(|e| e.0 == rec.rank) {
+            return;
+        }
+        pending.entries.push((rec.rank, rec.dur_us, rec.ts));
+        let expected = inp
+            .topology
+            .job(&rec.job)
+            .map(|j| j.ranks.len())
+            .filter(|&n| n >= 2)
+            .unwrap_or(timing.ranks.len());
+        let complete = pending.entries.len() >= expected.max(2);
+
+        // Judge every collective that is complete, or has waited long enough.
+        let mut ready = Vec::new();
+        if complete {
+            ready.push(rec.seq);
+        }
+        for (&seq, p) in &timing.pending {
+            if seq != rec.seq && rec.ts - p.first_ts >= self.cfg.incomplete_after_s {
+                ready.push(seq);
+            }
+        }
+        ready.sort_unstable();
+        for seq in ready {
+            let Some(p) = timing.pending.remove(&seq) else {
+                continue;
+            };
+            let full = p.entries.len() >= expected.max(2);
+            if !full && p.entries.len() * 2 < expected.max(4) {
+                self.stats.dropped_incomplete += 1;
+                continue;
+            }
+            if !full {
+                self.stats.judged_incomplete += 1;
+            }
+            self.stats.collectives += 1;
+            timing.judged_up_to = Some(timing.judged_up_to.map_or(seq, |s| s.max(seq)));
+            judge(&self.cfg, &rec.job, timing, seq, &p.entries, inp, out);
+        }
+    }
+}
+
+/// Median of `sorted` without its element at `skip`.
+fn median_without(sorted: &[f64], skip: usize) -> f64 {
+    let m = sorted.len() - 1;
+    let at = |j: usize| if j < skip { sorted[j] } else { sorted[j + 1] };
+    if m % 2 == 1 {
+        at(m / 2)
+    } else {
+        (at(m / 2 - 1) + at(m / 2)) / 2.0
+    }
+}
+
+fn judge(
+    cfg: &StragglerConfig,
+    job: &Name,
+    timing: &mut JobTiming,
+    seq: u64,
+    entries: &[(u32, f64, Timestamp)],
+    inp: &Inputs,
+    out: &mut Vec<Finding>,
+) {
+    if entries.len() < 2 {
+        return;
+    }
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by(|&a, &b| entries[a].1.total_cmp(&entries[b].1));
+    let sorted: Vec<f64> = order.iter().map(|&i| entries[i].1).collect();
+    let last_rank = entries[order[0]].0;
+
+    // The step period, from the latest rank's own clock (so no clock offset).
+    let periods = timing.periods.get_or_insert_with(|| Ring::new(32));
+    let (r0, _, ts0) = entries[order[0]];
+    if let Some(rt) = timing.ranks.get(&r0) {
+        if let Some((pseq, pts)) = rt.prev {
+            if seq > pseq && ts0 > pts {
+                periods.push((ts0 - pts) / (seq - pseq) as f64);
+            }
+        }
+    }
+    let mut pv = periods.values().to_vec();
+    let period = if pv.len() >= 4 {
+        median_in_place(&mut pv)
+    } else {
+        None
+    };
+
+    for (pos, &i) in order.iter().enumerate() {
+        let (rank, dur, ts) = entries[i];
+        let Some(rt) = timing.ranks.get_mut(&rank) else {
+            continue;
+        };
+        rt.lateness.push(median_without(&sorted, pos) - dur);
+        rt.last.push(rank == last_rank);
+        rt.prev = Some((seq, ts));
+    }
+
+    let Some(period) = period else { return };
+    let threshold = cfg.late_floor_us.max(cfg.late_share * period * 1e6);
+    let ranks: Vec<u32> = timing
+        .ranks
+        .iter()
+        .filter(|(r, t)| **r == last_rank || t.episode != Episode::Idle)
+        .map(|(r, _)| *r)
+        .collect();
+    for rank in ranks {
+        let rt = timing.ranks.get_mut(&rank).expect("listed above");
+        if rt.lateness.len() < cfg.min_window {
+            continue;
+        }
+        let mut lv = rt.lateness.values().to_vec();
+        let med = median_in_place(&mut lv).unwrap_or(0.0);
+        let last_share =
+            rt.last.values().iter().filter(|&&b| b).count() as f64 / rt.last.len() as f64;
+        let holds = if rt.episode.is_open() {
+            med >= cfg.clear_ratio * threshold
+        } else {
+            med >= threshold && last_share >= cfg.last_share
+        };
+        rt.median_us = med;
+        rt.period_s = period;
+        match rt
+            .episode
+            .observe(holds, inp.now, cfg.confirm_s, cfg.clear_s)
+        {
+            Step::Concluded { since } => rt.unreported = Some(since),
+            Step::Closed => {
+                // Cleared before attribution settled: still report it, since
+                // it was concluded.
+                if let Some(since) = rt.unreported.take() {
+                    report(cfg, job, rank, since, true, timing, inp, out);
+                }
+                continue;
+            }
+            Step::Nothing => {}
+        }
+        if let Some(since) = timing.ranks[&rank].unreported {
+            report(cfg, job, rank, since, false, timing, inp, out);
+        }
+    }
+}
+
+/// Attributes a concluded straggler and emits its finding once the cause is
+/// clear or the grace period has run out (`force`).
+#[allow(clippy::too_many_arguments)]
+fn report(
+    cfg: &StragglerConfig,
+    job: &Name,
+    rank: u32,
+    since: Timestamp,
+    force: bool,
+    timing: &mut JobTiming,
+    inp: &Inputs,
+    out: &mut Vec<Finding>,
+) {
+    let placement = |r: u32, t: &RankTiming| -> Site {
+        let p = inp.topology.job(job).and_then(|j| j.ranks.get(&r));
+        Site {
+            node: p.map_or_else(|| t.node.clone(), |p| p.node.clone()),
+            gpu: p.and_then(|p| p.gpu),
+            nic: p.and_then(|p| p.nic.clone()),
+        }
+    };
+    let rt = &timing.ranks[&rank];
+    let who = placement(rank, rt);
+    let peers: Vec<Site> = timing
+        .ranks
+        .iter()
+        .filter(|(r, _)| **r != rank)
+        .map(|(r, t)| placement(*r, t))
+        .collect();
+    let Attribution {
+        cause,
+        confidence,
+        decisive,
+        evidence,
+    } = attribute(inp.signals, &who, &peers, since, inp.now);
+    let confirmed_at = since + cfg.confirm_s;
+    if !(decisive || force || inp.now - confirmed_at >= cfg.attribution_grace_s) {
+        return;
+    }
+    let share = rt.median_us / (rt.period_s * 1e6);
+    let last = rt.last.values().iter().filter(|&&b| b).count();
+    let mut lines = vec![format!(
+        "rank {rank} arrives {:.2} ms (p50) after its peers over the last {} collectives: {:.1}% of a {:.1} ms step; last to arrive in {last}/{}",
+        rt.median_us / 1000.0,
+        rt.lateness.len(),
+        share * 100.0,
+        rt.period_s * 1000.0,
+        rt.last.len(),
+    )];
+    lines.extend(evidence);
+    out.push(Finding {
+        ts: inp.now,
+        kind: FindingKind::TpStraggler,
+        cause,
+        severity: if share >= cfg.critical_share {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        confidence,
+        job: Some(job.clone()),
+        node: Some(who.node),
+        rank: Some(rank),
+        gpu: who.gpu,
+        device: who.nic,
+        evidence: lines,
+    });
+    timing.ranks.get_mut(&rank).expect("present").unreported = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_without_skips_one_element() {
+        let s = [1.0, 2.0, 3.0, 10.0];
+        assert_eq!(median_without(&s, 0), 3.0);
+        assert_eq!(median_without(&s, 3), 2.0);
+        assert_eq!(median_without(&[1.0, 5.0], 0), 5.0);
+        assert_eq!(median_without(&[1.0, 5.0, 7.0], 1), 4.0);
+    }
+}
