@@ -8,5 +8,5 @@
 
 pub mod sources;
 
-pub use sources::replay::{open_trace, ReadStats, TraceReader};
+pub use sources::replay::{open_trace, read_all, ReadStats, TraceReader};
 pub use sources::trace_line::{parse_line, LineError, Parsed};

@@ -353,7 +353,13 @@ pub fn attribute(
         Agg::Max,
         true,
     ) {
-        let f = |x: f64| format!("{x:.2e} s/s");
+        let f = |x: f64| {
+            if x >= 0.01 {
+                format!("{x:.2} s/s")
+            } else {
+                format!("{x:.4} s/s")
+            }
+        };
         // Tasks waiting for a CPU 5% of the time or more is a starved host; a
         // healthy serving node sits near 0.001-0.02.
         let s = standout(l.recent, l.reference(0.005), 0.05, 4.0);

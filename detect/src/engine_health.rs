@@ -9,7 +9,7 @@ use crate::stats::Ring;
 use keel_model::{
     Cause, Finding, FindingKind, MetricName, MetricSample, Name, Severity, Timestamp,
 };
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 #[derive(Debug)]
 struct EngineState {
@@ -45,7 +45,7 @@ impl EngineHealthDetector {
     pub fn new(cfg: EngineConfig) -> Self {
         EngineHealthDetector {
             cfg,
-            engines: HashMap::new(),
+            engines: HashMap::default(),
         }
     }
 

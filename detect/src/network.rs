@@ -8,7 +8,7 @@ use crate::signals::{SignalStore, Sub};
 use keel_model::{
     Cause, Dir, Finding, FindingKind, MetricName, MetricSample, Name, Severity, Timestamp,
 };
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 #[derive(Debug)]
 pub struct NetworkDetector {
@@ -21,8 +21,8 @@ impl NetworkDetector {
     pub fn new(cfg: NetworkConfig) -> Self {
         NetworkDetector {
             cfg,
-            storms: HashMap::new(),
-            saturation: HashMap::new(),
+            storms: HashMap::default(),
+            saturation: HashMap::default(),
         }
     }
 

@@ -4,7 +4,8 @@
 //! before the trouble began?".
 
 use keel_model::{Dir, MetricKind, MetricName, MetricSample, Name, Timestamp};
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
 
 /// How much history a series keeps: long enough for a pre-onset baseline
 /// (`BASELINE_S`) plus the episode itself at exporter rates (1 Hz typical).

@@ -11,7 +11,7 @@ use crate::topology::Topology;
 use keel_model::{
     Cause, Finding, FindingKind, MetricName, MetricSample, Name, Severity, Timestamp,
 };
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 #[derive(Debug, Default)]
 struct GpuState {
@@ -32,7 +32,7 @@ impl SquatterDetector {
     pub fn new(cfg: SquatterConfig) -> Self {
         SquatterDetector {
             cfg,
-            gpus: HashMap::new(),
+            gpus: HashMap::default(),
         }
     }
 

@@ -18,7 +18,11 @@ use crate::signals::SignalStore;
 use crate::stats::{median_in_place, Ring};
 use crate::topology::Topology;
 use keel_model::{CollectiveRecord, Finding, FindingKind, Name, Severity, Timestamp};
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::BTreeMap;
+
+/// How many collectives between refreshes of the step period estimate.
+const PERIOD_REFRESH: u32 = 8;
 
 /// Collectives of one job whose records are still arriving.
 #[derive(Debug, Default)]
@@ -61,6 +65,10 @@ struct JobTiming {
     pending: BTreeMap<u64, Pending>,
     ranks: HashMap<u32, RankTiming>,
     periods: Option<Ring<f64>>,
+    /// The median of `periods`, refreshed every `PERIOD_REFRESH` collectives:
+    /// the step period changes slowly and a median per collective costs.
+    period: Option<f64>,
+    since_refresh: u32,
     /// Collectives at or below this seq were judged already.
     judged_up_to: Option<u64>,
 }
@@ -92,7 +100,7 @@ impl StragglerDetector {
     pub fn new(cfg: StragglerConfig) -> Self {
         StragglerDetector {
             cfg,
-            jobs: HashMap::new(),
+            jobs: HashMap::default(),
             stats: StragglerStats::default(),
         }
     }
@@ -197,12 +205,15 @@ fn judge(
             }
         }
     }
-    let mut pv = periods.values().to_vec();
-    let period = if pv.len() >= 4 {
-        median_in_place(&mut pv)
-    } else {
-        None
-    };
+    timing.since_refresh += 1;
+    if timing.period.is_none() || timing.since_refresh >= PERIOD_REFRESH {
+        let mut pv = periods.values().to_vec();
+        if pv.len() >= 4 {
+            timing.period = median_in_place(&mut pv);
+            timing.since_refresh = 0;
+        }
+    }
+    let period = timing.period;
 
     for (pos, &i) in order.iter().enumerate() {
         let (rank, dur, ts) = entries[i];
@@ -226,6 +237,20 @@ fn judge(
         let rt = timing.ranks.get_mut(&rank).expect("listed above");
         if rt.lateness.len() < cfg.min_window {
             continue;
+        }
+        // A median at or above the threshold needs half the window there:
+        // for an idle rank, counting is enough to rule that out, and it
+        // spares a selection per collective on the hot path.
+        if rt.episode == Episode::Idle {
+            let above = rt
+                .lateness
+                .values()
+                .iter()
+                .filter(|&&v| v >= threshold)
+                .count();
+            if above * 2 < rt.lateness.len() {
+                continue;
+            }
         }
         let mut lv = rt.lateness.values().to_vec();
         let med = median_in_place(&mut lv).unwrap_or(0.0);

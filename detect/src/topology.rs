@@ -3,7 +3,7 @@
 //! job replaces the earlier one.
 
 use keel_model::{JobRecord, JobState, Name, Timestamp};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// Where one rank runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct Topology {
 impl Topology {
     /// Applies a job record. Returns true when the job has finished.
     pub fn apply(&mut self, rec: &JobRecord) -> bool {
-        let mut ranks = HashMap::new();
+        let mut ranks = HashMap::default();
         for (node, rs) in &rec.ranks {
             for &r in rs {
                 ranks.insert(

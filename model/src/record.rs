@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Record {
-    Job(JobRecord),
+    /// Boxed: job records are rare and large, and every record moves
+    /// through the reorder window by value.
+    Job(Box<JobRecord>),
     Collective(CollectiveRecord),
     Metric(MetricSample),
     Request(RequestRecord),

@@ -8,8 +8,7 @@
 
 use super::trace_line::{parse_line, LineError, Parsed};
 use keel_model::Record;
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -117,32 +116,10 @@ impl fmt::Display for ReadStats {
     }
 }
 
-/// A record waiting in the reorder window; earliest `ts` first, then file order.
+/// A record waiting in the reorder window.
 struct Pending {
     ts: f64,
-    order: u64,
     record: Record,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // BinaryHeap is a max-heap: reverse so the earliest comes out first.
-        other
-            .ts
-            .total_cmp(&self.ts)
-            .then_with(|| other.order.cmp(&self.order))
-    }
 }
 
 /// Streams time-ordered records out of a JSON Lines trace.
@@ -150,10 +127,12 @@ pub struct TraceReader<R> {
     src: R,
     line: Vec<u8>,
     stats: ReadStats,
-    window: BinaryHeap<Pending>,
+    /// Sorted by `ts`, file order among equals. Records mostly arrive in
+    /// order, so most go on the back in O(1); a binary heap would pay
+    /// log n moves of a whole record for every one.
+    window: VecDeque<Pending>,
     newest: f64,
     released: f64,
-    order: u64,
     eof: bool,
 }
 
@@ -175,10 +154,9 @@ impl<R: BufRead> TraceReader<R> {
             src,
             line: Vec::with_capacity(512),
             stats: ReadStats::default(),
-            window: BinaryHeap::new(),
+            window: VecDeque::new(),
             newest: f64::NEG_INFINITY,
             released: f64::NEG_INFINITY,
-            order: 0,
             eof: false,
         }
     }
@@ -279,14 +257,14 @@ impl<R: BufRead> TraceReader<R> {
     }
 
     fn release(&mut self) -> Option<Record> {
-        let p = self.window.pop()?;
+        let p = self.window.pop_front()?;
         self.released = self.released.max(p.ts);
         Some(p.record)
     }
 }
 
 fn memchr_newline(buf: &[u8]) -> Option<usize> {
-    buf.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', buf)
 }
 
 impl<R: BufRead> Iterator for TraceReader<R> {
@@ -294,7 +272,7 @@ impl<R: BufRead> Iterator for TraceReader<R> {
 
     fn next(&mut self) -> Option<Record> {
         while !self.eof {
-            if let Some(top) = self.window.peek() {
+            if let Some(top) = self.window.front() {
                 if top.ts <= self.newest - REORDER_WINDOW_S {
                     return self.release();
                 }
@@ -310,12 +288,12 @@ impl<R: BufRead> Iterator for TraceReader<R> {
                 return Some(record);
             }
             self.newest = self.newest.max(ts);
-            self.order += 1;
-            self.window.push(Pending {
-                ts,
-                order: self.order,
-                record,
-            });
+            let at = if self.window.back().is_none_or(|b| b.ts <= ts) {
+                self.window.len()
+            } else {
+                self.window.partition_point(|p| p.ts <= ts)
+            };
+            self.window.insert(at, Pending { ts, record });
         }
         self.release()
     }

@@ -277,7 +277,7 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
         "job" => {
             let job: JobRecord =
                 serde_json::from_str(text).map_err(|e| format!("job record: {e}"))?;
-            Record::Job(job)
+            Record::Job(Box::new(job))
         }
         "request" => Record::Request(RequestRecord {
             ts,
