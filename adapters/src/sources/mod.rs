@@ -1,4 +1,5 @@
 //! Telemetry sources, one module each.
 
+mod fast_line;
 pub mod replay;
 pub mod trace_line;

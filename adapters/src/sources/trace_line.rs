@@ -53,7 +53,7 @@ impl fmt::Display for LineError {
 
 /// A metric value: a number, or the strings Prometheus text writes.
 #[derive(Debug, Clone, Copy)]
-enum Value {
+pub(crate) enum Value {
     Finite(f64),
     NonFinite,
 }
@@ -136,27 +136,27 @@ impl<'de> Deserialize<'de> for Id {
 }
 
 #[derive(Default)]
-struct Fields<'a> {
-    t: Option<Cow<'a, str>>,
-    ts: Option<f64>,
-    node: Option<Cow<'a, str>>,
-    job: Option<Name>,
-    rank: Option<u32>,
-    op: Option<Cow<'a, str>>,
-    seq: Option<u64>,
-    bytes: Option<u64>,
-    arrive: Option<f64>,
-    dur_us: Option<f64>,
-    name: Option<Cow<'a, str>>,
-    labels: Option<MetricLabels>,
-    value: Option<Value>,
-    id: Option<Name>,
-    phase: Option<RequestPhase>,
-    prompt_tokens: Option<u32>,
-    output_tokens: Option<u32>,
+pub(crate) struct Fields<'a> {
+    pub(crate) t: Option<Cow<'a, str>>,
+    pub(crate) ts: Option<f64>,
+    pub(crate) node: Option<Cow<'a, str>>,
+    pub(crate) job: Option<Name>,
+    pub(crate) rank: Option<u32>,
+    pub(crate) op: Option<Cow<'a, str>>,
+    pub(crate) seq: Option<u64>,
+    pub(crate) bytes: Option<u64>,
+    pub(crate) arrive: Option<f64>,
+    pub(crate) dur_us: Option<f64>,
+    pub(crate) name: Option<Cow<'a, str>>,
+    pub(crate) labels: Option<MetricLabels>,
+    pub(crate) value: Option<Value>,
+    pub(crate) id: Option<Name>,
+    pub(crate) phase: Option<RequestPhase>,
+    pub(crate) prompt_tokens: Option<u32>,
+    pub(crate) output_tokens: Option<u32>,
     /// Keys only a job record has; it is parsed again whole when `t` is "job".
-    job_keys: u32,
-    unknown: u32,
+    pub(crate) job_keys: u32,
+    pub(crate) unknown: u32,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
@@ -220,15 +220,23 @@ fn finite(x: f64, name: &str) -> Result<f64, String> {
 
 /// Parses one line (without its newline). `line` numbers the error.
 pub fn parse_line(bytes: &[u8], line: u64) -> Result<Parsed, LineError> {
-    parse(bytes).map_err(|reason| LineError { line, reason })
+    parse(bytes, true).map_err(|reason| LineError { line, reason })
 }
 
-fn parse(bytes: &[u8]) -> Result<Parsed, String> {
+fn parse(bytes: &[u8], fast: bool) -> Result<Parsed, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Parsed::Blank);
     }
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 ({e})"))?;
-    let f: Fields = serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?;
+    let scanned = if fast {
+        super::fast_line::scan(text)
+    } else {
+        None
+    };
+    let f: Fields = match scanned {
+        Some(f) => f,
+        None => serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?,
+    };
     let t = f.t.as_deref().ok_or("missing field `t`")?;
     let ts = finite(need(f.ts, t, "ts")?, "ts")?;
     if !(TS_MIN..=TS_MAX).contains(&ts) {
@@ -304,6 +312,120 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("\"t\":\"metric\"".to_string()),
+            Just("\"t\":\"collective\"".to_string()),
+            Just("\"t\":\"request\"".to_string()),
+            Just("\"t\":\"x\"".to_string()),
+            (1.0e9f64..1.0e10).prop_map(|v| format!("\"ts\":{v}")),
+            Just("\"ts\":1e400".to_string()),
+            Just("\"ts\":\"1763800000\"".to_string()),
+            prop::sample::select(vec![
+                "\"node\":\"n1\"",
+                "\"node\":null",
+                "\"node\":\"n\\u0031\"",
+                "\"node\":3"
+            ])
+            .prop_map(String::from),
+            prop::sample::select(vec![
+                "\"job\":\"7\"",
+                "\"job\":7",
+                "\"job\":-7",
+                "\"job\":7.5",
+                "\"job\":null"
+            ])
+            .prop_map(String::from),
+            prop::sample::select(vec![
+                "\"rank\":1",
+                "\"rank\":-1",
+                "\"rank\":1.0",
+                "\"rank\":1e2",
+                "\"rank\":01",
+                "\"rank\":4294967296"
+            ])
+            .prop_map(String::from),
+            prop::sample::select(vec![
+                "\"seq\":5",
+                "\"bytes\":7",
+                "\"arrive\":1763800000.5",
+                "\"dur_us\":12.5",
+                "\"dur_us\":-1",
+                "\"dur_us\":1.",
+                "\"dur_us\":.5"
+            ])
+            .prop_map(String::from),
+            prop::sample::select(vec![
+                "\"name\":\"DCGM_FI_DEV_GPU_UTIL\"",
+                "\"name\":\"vllm:gpu_cache_usage_perc\"",
+                "\"name\":\"other\""
+            ])
+            .prop_map(String::from),
+            prop::sample::select(vec![
+                "\"labels\":{\"gpu\":\"1\"}",
+                "\"labels\":{\"gpu\":\" 2\",\"UUID\":\"x\"}",
+                "\"labels\":{\"gpu\":1}",
+                "\"labels\":{}",
+                "\"labels\":{\"dir\":\"rx\",\"device\":\"mlx5_0\"}",
+                "\"labels\":{\"dir\":\"up\"}",
+                "\"labels\":{\"gpu\":\"1\",\"gpu\":\"2\"}",
+                "\"labels\":[]"
+            ])
+            .prop_map(String::from),
+            prop::sample::select(vec![
+                "\"value\":1",
+                "\"value\":-2.5e3",
+                "\"value\":\"NaN\"",
+                "\"value\":\"+Inf\"",
+                "\"value\":\"1.5\"",
+                "\"value\":1e999",
+                "\"value\":\"x\"",
+                "\"value\":true"
+            ])
+            .prop_map(String::from),
+            prop::sample::select(vec![
+                "\"id\":\"r1\"",
+                "\"phase\":\"done\"",
+                "\"phase\":\"nope\"",
+                "\"prompt_tokens\":5",
+                "\"output_tokens\":null",
+                "\"extra\":[1,{\"a\":2}]",
+                "\"state\":\"RUNNING\""
+            ])
+            .prop_map(String::from),
+        ]
+    }
+
+    proptest! {
+        /// The fast path and serde agree on every line the fast path accepts.
+        #[test]
+        fn fast_and_general_parsers_agree(
+            base in 0usize..3,
+            pieces in prop::collection::vec(piece(), 0..5),
+            ws in any::<bool>(),
+        ) {
+            // A valid record first, so that the pieces after it (which
+            // override its keys) test agreement on accepted records too.
+            let bases = [
+                r#""t":"metric","ts":1763800001.0,"node":"n1","name":"DCGM_FI_DEV_GPU_UTIL","labels":{"gpu":"0"},"value":1"#,
+                r#""t":"collective","ts":1763800001.2,"node":"n2","job":"4242","rank":5,"op":"allreduce","seq":1,"bytes":1,"arrive":1763800001.1,"dur_us":1312.0"#,
+                r#""t":"request","ts":1763800001.5,"node":"n1","job":"4242","id":"req-91","phase":"arrive","prompt_tokens":812"#,
+            ];
+            let sep = if ws { " , " } else { "," };
+            let mut all = vec![bases[base].to_string()];
+            all.extend(pieces);
+            let line = format!("{{{}}}", all.join(sep));
+            let fast = parse(line.as_bytes(), true);
+            let slow = parse(line.as_bytes(), false);
+            match (&fast, &slow) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b, "{}", line),
+                (Err(_), Err(_)) => {}
+                _ => prop_assert!(false, "{}: fast {:?} vs general {:?}", line, fast, slow),
+            }
+        }
+    }
 
     fn ok(line: &str) -> Parsed {
         parse_line(line.as_bytes(), 1).expect("parses")
