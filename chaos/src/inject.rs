@@ -11,13 +11,24 @@ pub enum Activity {
     Idle,
     /// Weights being loaded: memory taken, no kernels yet.
     Loading,
-    Busy { job: usize, rank: u32 },
+    Busy {
+        job: usize,
+        rank: u32,
+    },
     /// An engine that stopped scheduling: memory held, no work.
-    Stalled { job: usize, rank: u32 },
+    Stalled {
+        job: usize,
+        rank: u32,
+    },
     /// A process that outlived its job.
-    Squat { fb_frac: f64, power: f64 },
+    Squat {
+        fb_frac: f64,
+        power: f64,
+    },
     /// A job stuck in RUNNING that does nothing.
-    Hung { fb_frac: f64 },
+    Hung {
+        fb_frac: f64,
+    },
 }
 
 pub fn dir_index(dir: Dir) -> usize {
@@ -31,7 +42,7 @@ pub fn dir_index(dir: Dir) -> usize {
 /// (spikes are handled by the step loop itself, since they hit one step).
 pub fn rank_factor(plan: &Plan, job: usize, rank: u32, t: f64) -> f64 {
     let mut f = 1.0;
-    for ep in &plan.episodes {
+    for ep in plan.job_episodes(job) {
         if let Fault::Straggler {
             job: j,
             rank: r,
@@ -44,7 +55,7 @@ pub fn rank_factor(plan: &Plan, job: usize, rank: u32, t: f64) -> f64 {
             }
         }
     }
-    for ev in &plan.events {
+    for ev in plan.job_events(job) {
         if let Event::JobSlowdown {
             job: j,
             from,
@@ -62,7 +73,7 @@ pub fn rank_factor(plan: &Plan, job: usize, rank: u32, t: f64) -> f64 {
 
 /// A congested NIC also slows the transfer itself a little, for everybody.
 pub fn transfer_factor(plan: &Plan, job: usize, t: f64) -> f64 {
-    let congested = plan.episodes.iter().any(|ep| {
+    let congested = plan.job_episodes(job).any(|ep| {
         matches!(&ep.fault, Fault::Straggler { job: j, symptom: Symptom::Network { .. }, .. } if *j == job)
             && ep.active(t)
     });
@@ -76,7 +87,7 @@ pub fn transfer_factor(plan: &Plan, job: usize, t: f64) -> f64 {
 /// When the job takes no steps at `t`: the time it resumes (infinite when it
 /// never does).
 pub fn pause_until(plan: &Plan, job: usize, t: f64) -> Option<f64> {
-    for ep in &plan.episodes {
+    for ep in plan.job_episodes(job) {
         match &ep.fault {
             Fault::Hung { job: j, .. } if *j == job && t >= ep.onset => return Some(f64::INFINITY),
             Fault::EngineStall { job: j, .. } if *j == job && ep.active(t) => return Some(ep.end),
@@ -93,19 +104,21 @@ pub fn gpu_activity(plan: &Plan, node: usize, gpu: u32, t: f64) -> Activity {
             continue;
         }
         if t >= j.end_time() {
-            let squat = plan.episodes.iter().find_map(|ep| match &ep.fault {
+            let squat = plan.job_episodes(job).find_map(|ep| match &ep.fault {
                 Fault::Squatter {
                     job: sj,
                     ranks,
                     fb_frac,
                     power,
-                } if *sj == job && t < ep.end => ranks
-                    .iter()
-                    .position(|&r| r == rank)
-                    .map(|i| Activity::Squat {
-                        fb_frac: fb_frac[i],
-                        power: power[i],
-                    }),
+                } if *sj == job && t < ep.end => {
+                    ranks
+                        .iter()
+                        .position(|&r| r == rank)
+                        .map(|i| Activity::Squat {
+                            fb_frac: fb_frac[i],
+                            power: power[i],
+                        })
+                }
                 _ => None,
             });
             match squat {
@@ -116,7 +129,7 @@ pub fn gpu_activity(plan: &Plan, node: usize, gpu: u32, t: f64) -> Activity {
         if t < j.first_step() {
             return Activity::Loading;
         }
-        for ep in &plan.episodes {
+        for ep in plan.job_episodes(job) {
             match &ep.fault {
                 Fault::Hung { job: hj, fb_frac } if *hj == job && t >= ep.onset => {
                     return Activity::Hung { fb_frac: *fb_frac }
@@ -134,7 +147,7 @@ pub fn gpu_activity(plan: &Plan, node: usize, gpu: u32, t: f64) -> Activity {
 
 /// The symptom of a straggler episode running on this GPU at `t`.
 pub fn straggler_symptom(plan: &Plan, node: usize, gpu: u32, t: f64) -> Option<&Symptom> {
-    plan.episodes.iter().find_map(|ep| match &ep.fault {
+    plan.node_episodes(node).find_map(|ep| match &ep.fault {
         Fault::Straggler {
             job, rank, symptom, ..
         } if ep.active(t) => {
@@ -146,7 +159,7 @@ pub fn straggler_symptom(plan: &Plan, node: usize, gpu: u32, t: f64) -> Option<&
 }
 
 pub fn pcie_burst(plan: &Plan, node: usize, gpu: u32, t: f64) -> Option<f64> {
-    plan.events.iter().find_map(|ev| match ev {
+    plan.node_events(node).find_map(|ev| match ev {
         Event::PcieBurst {
             node: n,
             gpu: g,
@@ -159,21 +172,21 @@ pub fn pcie_burst(plan: &Plan, node: usize, gpu: u32, t: f64) -> Option<f64> {
 }
 
 pub fn in_gap(plan: &Plan, node: usize, t: f64) -> bool {
-    plan.events.iter().any(|ev| {
-        matches!(ev, Event::Gap { node: n, from, to } if *n == node && *from <= t && t < *to)
-    })
+    plan.node_events(node).any(
+        |ev| matches!(ev, Event::Gap { node: n, from, to } if *n == node && *from <= t && t < *to),
+    )
 }
 
 /// Whether node-exporter on `node` restarted in (`prev`, `t`].
 pub fn counter_reset(plan: &Plan, node: usize, prev: f64, t: f64) -> bool {
-    plan.events.iter().any(
+    plan.node_events(node).any(
         |ev| matches!(ev, Event::CounterReset { node: n, at } if *n == node && prev < *at && *at <= t),
     )
 }
 
 /// node-exporter restarts take a couple of seconds, during which it is not scraped.
 pub fn exporter_down(plan: &Plan, node: usize, t: f64) -> bool {
-    plan.events.iter().any(|ev| {
+    plan.node_events(node).any(|ev| {
         matches!(ev, Event::CounterReset { node: n, at } if *n == node && *at - 2.5 <= t && t < *at)
     })
 }
@@ -198,7 +211,7 @@ pub struct NodeFx {
 pub fn node_fx(plan: &Plan, node: usize, t: f64) -> NodeFx {
     let mut fx = NodeFx::default();
     let dpu = plan.cluster.dpu;
-    for ep in plan.episodes.iter().filter(|e| e.active(t)) {
+    for ep in plan.node_episodes(node).filter(|e| e.active(t)) {
         match &ep.fault {
             Fault::Straggler {
                 job, rank, symptom, ..
@@ -269,7 +282,7 @@ pub enum ServerFx {
 }
 
 pub fn server_fx(plan: &Plan, job: usize, t: f64) -> ServerFx {
-    for ep in plan.episodes.iter().filter(|e| e.active(t)) {
+    for ep in plan.job_episodes(job).filter(|e| e.active(t)) {
         match &ep.fault {
             Fault::KvSaturation {
                 job: j,
@@ -285,7 +298,10 @@ pub fn server_fx(plan: &Plan, job: usize, t: f64) -> ServerFx {
                     usage: *usage,
                 }
             }
-            Fault::EngineStall { job: j, waiting_rate } if *j == job => {
+            Fault::EngineStall {
+                job: j,
+                waiting_rate,
+            } if *j == job => {
                 return ServerFx::Stalled {
                     waiting_rate: *waiting_rate,
                 }

@@ -58,15 +58,24 @@ pub enum Fault {
         power: Vec<f64>,
     },
     /// The job hangs at onset (still RUNNING) and is cancelled at end.
-    Hung { job: usize, fb_frac: f64 },
+    Hung {
+        job: usize,
+        fb_frac: f64,
+    },
     KvSaturation {
         job: usize,
         waiting_peak: f64,
         running: f64,
         usage: f64,
     },
-    EngineStall { job: usize, waiting_rate: f64 },
-    RetransStorm { node: usize, frac: f64 },
+    EngineStall {
+        job: usize,
+        waiting_rate: f64,
+    },
+    RetransStorm {
+        node: usize,
+        frac: f64,
+    },
     NicSaturation {
         node: usize,
         dev: u32,
@@ -248,6 +257,12 @@ pub struct Plan {
     pub old_kv_name: bool,
     /// [node][gpu] -> (job, rank) that ever run there.
     pub occupants: Vec<Vec<Vec<(usize, u32)>>>,
+    // Indexes into `episodes` and `events`, so that long traces with many
+    // faults do not scan them all for every sample.
+    node_episodes: Vec<Vec<usize>>,
+    job_episodes: Vec<Vec<usize>>,
+    node_events: Vec<Vec<usize>>,
+    job_events: Vec<Vec<usize>>,
 }
 
 impl Plan {
@@ -259,10 +274,48 @@ impl Plan {
         old_kv_name: bool,
     ) -> Plan {
         episodes.sort_by(|a, b| a.onset.total_cmp(&b.onset));
-        let mut occupants = vec![vec![Vec::new(); crate::cluster::GPUS as usize]; cluster.nodes.len()];
+        let mut occupants =
+            vec![vec![Vec::new(); crate::cluster::GPUS as usize]; cluster.nodes.len()];
         for (j, job) in cluster.jobs.iter().enumerate() {
             for (r, rank) in job.ranks.iter().enumerate() {
                 occupants[rank.node][rank.gpu as usize].push((j, r as u32));
+            }
+        }
+        let mut node_episodes = vec![Vec::new(); cluster.nodes.len()];
+        let mut job_episodes = vec![Vec::new(); cluster.jobs.len()];
+        for (i, ep) in episodes.iter().enumerate() {
+            let (job, nodes) = match &ep.fault {
+                Fault::Straggler { job, rank, .. } => (
+                    Some(*job),
+                    vec![cluster.jobs[*job].ranks[*rank as usize].node],
+                ),
+                Fault::Squatter { job, .. } | Fault::Hung { job, .. } => {
+                    (Some(*job), cluster.jobs[*job].nodes())
+                }
+                Fault::KvSaturation { job, .. } | Fault::EngineStall { job, .. } => {
+                    (Some(*job), vec![cluster.server_node(*job)])
+                }
+                Fault::RetransStorm { node, .. } | Fault::NicSaturation { node, .. } => {
+                    (None, vec![*node])
+                }
+            };
+            for n in nodes {
+                node_episodes[n].push(i);
+            }
+            if let Some(j) = job {
+                job_episodes[j].push(i);
+            }
+        }
+        let mut node_events = vec![Vec::new(); cluster.nodes.len()];
+        let mut job_events = vec![Vec::new(); cluster.jobs.len()];
+        for (i, ev) in events.iter().enumerate() {
+            match ev {
+                Event::Gap { node, .. }
+                | Event::CounterReset { node, .. }
+                | Event::PcieBurst { node, .. } => node_events[*node].push(i),
+                Event::JobSlowdown { job, .. } => job_events[*job].push(i),
+                // The step loop takes its spikes once, in order.
+                Event::Spike { .. } => {}
             }
         }
         Plan {
@@ -272,7 +325,31 @@ impl Plan {
             noise,
             old_kv_name,
             occupants,
+            node_episodes,
+            job_episodes,
+            node_events,
+            job_events,
         }
+    }
+
+    /// Faults that touch `node`.
+    pub fn node_episodes(&self, node: usize) -> impl Iterator<Item = &Episode> {
+        self.node_episodes[node].iter().map(|&i| &self.episodes[i])
+    }
+
+    /// Faults of `job`.
+    pub fn job_episodes(&self, job: usize) -> impl Iterator<Item = &Episode> {
+        self.job_episodes[job].iter().map(|&i| &self.episodes[i])
+    }
+
+    /// Gaps, counter resets and PCIe bursts on `node`.
+    pub fn node_events(&self, node: usize) -> impl Iterator<Item = &Event> {
+        self.node_events[node].iter().map(|&i| &self.events[i])
+    }
+
+    /// Whole-job slowdowns of `job`.
+    pub fn job_events(&self, job: usize) -> impl Iterator<Item = &Event> {
+        self.job_events[job].iter().map(|&i| &self.events[i])
     }
 
     pub fn labels(&self) -> Vec<Label> {

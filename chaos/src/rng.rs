@@ -14,6 +14,7 @@ pub mod streams {
     pub const PLAN: u64 = 1;
     pub const WRITER: u64 = 2;
     pub const OUT: u64 = 3;
+    pub const LAYOUT: u64 = 4;
     pub const JOB: u64 = 1_000;
     pub const NODE: u64 = 10_000;
     pub const SERVER: u64 = 100_000;

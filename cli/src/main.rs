@@ -1,8 +1,11 @@
 //! The `keel` binary: every role and tool of keel behind one command.
 
+mod bench;
+mod demo;
+mod eval;
 mod replay;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -19,7 +22,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Replay a trace (JSON Lines, `-` for stdin) and write findings as JSON Lines
+    /// Run a whole simulated cluster through the detectors and tell what was found and why
+    Demo {
+        /// Scenario to run (see `keel chaos list`)
+        #[arg(long, default_value = "mixed")]
+        scenario: String,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Keep the generated trace and labels in this folder
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// Replay a trace (JSON Lines) and write findings as JSON Lines
     Replay {
         /// The trace file, or `-` for standard input
         trace: PathBuf,
@@ -30,11 +44,158 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Score findings against labels: per kind and overall precision, recall, F1, cause accuracy, latency
+    Eval {
+        /// A trace to replay (with --labels)
+        #[arg(long, requires = "labels")]
+        trace: Option<PathBuf>,
+        /// The trace's labels
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Score these findings instead of replaying the trace (from another tool, say)
+        #[arg(long, requires = "trace")]
+        findings: Option<PathBuf>,
+        /// A folder of scenario folders, each with trace.jsonl and labels.jsonl
+        #[arg(long, conflicts_with_all = ["trace", "labels", "findings"])]
+        corpus: Option<PathBuf>,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        /// Also score each trace on its own
+        #[arg(long)]
+        per_trace: bool,
+        /// Print each replay's read summary on stderr
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Generate scenarios: simulated clusters with injected faults and nuisances
+    Chaos {
+        #[command(subcommand)]
+        command: ChaosCommand,
+    },
+    /// Measure keel's speed
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChaosCommand {
+    /// List the scenarios
+    List,
+    /// Write DIR/trace.jsonl and DIR/labels.jsonl for one scenario
+    Gen {
+        #[arg(long)]
+        scenario: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// Override the scenario's length in seconds of trace time
+        #[arg(long)]
+        duration: Option<f64>,
+    },
+    /// Write the evaluation corpus: one folder per (scenario, seed)
+    Corpus {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Replay throughput (records/s on one core) and peak memory on traces of growing length
+    Replay {
+        /// Trace lengths to measure, in seconds of trace time
+        #[arg(long, value_delimiter = ',', default_values_t = [120.0, 480.0])]
+        durations: Vec<f64>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo {
+            scenario,
+            seed,
+            keep,
+        } => demo::run(&scenario, seed, keep.as_deref()),
         Command::Replay { trace, out, quiet } => replay::run(&trace, out.as_deref(), quiet),
+        Command::Eval {
+            trace,
+            labels,
+            findings,
+            corpus,
+            json,
+            per_trace,
+            verbose,
+        } => {
+            let cases = match (corpus, trace, labels) {
+                (Some(dir), _, _) => eval::corpus_cases(&dir)?,
+                (None, Some(trace), Some(labels)) => vec![eval::Case {
+                    name: trace.display().to_string(),
+                    trace,
+                    labels,
+                    findings,
+                }],
+                _ => bail!("give --trace and --labels, or --corpus DIR"),
+            };
+            eval::run(cases, json, per_trace, verbose)
+        }
+        Command::Chaos { command } => match command {
+            ChaosCommand::List => {
+                for s in keel_chaos::scenarios() {
+                    println!("{:<22} {}", s.name, s.about);
+                }
+                Ok(())
+            }
+            ChaosCommand::Gen {
+                scenario,
+                seed,
+                out,
+                duration,
+            } => {
+                let s = keel_chaos::generate_to_dir(
+                    &scenario,
+                    seed,
+                    &keel_chaos::GenOptions {
+                        duration_s: duration,
+                    },
+                    &out,
+                )?;
+                eprintln!(
+                    "{}: {} records, {} labels, {:.0} s",
+                    out.display(),
+                    s.records,
+                    s.labels,
+                    s.end - s.start
+                );
+                Ok(())
+            }
+            ChaosCommand::Corpus { out } => {
+                for (scenario, seed) in keel_chaos::corpus() {
+                    let dir = out.join(format!("{scenario}-{seed}"));
+                    let s = keel_chaos::generate_to_dir(
+                        scenario,
+                        seed,
+                        &keel_chaos::GenOptions::default(),
+                        &dir,
+                    )?;
+                    eprintln!(
+                        "{}: {} records, {} labels",
+                        dir.display(),
+                        s.records,
+                        s.labels
+                    );
+                }
+                Ok(())
+            }
+        },
+        Command::Bench { command } => match command {
+            BenchCommand::Replay { durations, seed } => bench::run(&durations, seed),
+        },
     }
 }

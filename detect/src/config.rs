@@ -34,6 +34,13 @@ pub struct StragglerConfig {
     /// shows one rank ~1.5% late at every step) and below the 5% slowdown
     /// operators care about.
     pub late_share: f64,
+    /// Weight of each healthy collective in a rank's habitual lateness (an
+    /// exponential average over ~500 collectives: tens of seconds).
+    pub habit_weight: f64,
+    /// The most habitual lateness forgiven, as a share of the step: enough
+    /// for healthy asymmetry (seen up to ~2%), not enough to hide a rank
+    /// that straggles from the start.
+    pub habit_cap_share: f64,
     /// Floor on the lateness threshold: below ~0.2 ms, collective timing
     /// jitter alone moves the median.
     pub late_floor_us: f64,
@@ -62,6 +69,8 @@ impl Default for StragglerConfig {
             window: 16,
             min_window: 8,
             late_share: 0.03,
+            habit_weight: 1.0 / 512.0,
+            habit_cap_share: 0.025,
             late_floor_us: 200.0,
             last_share: 0.6,
             confirm_s: 0.4,

@@ -15,6 +15,8 @@ pub const HISTORY_S: f64 = 150.0;
 pub const HISTORY_POINTS: usize = 600;
 /// How far back a baseline looks.
 pub const BASELINE_S: f64 = 60.0;
+/// Which quantile of that window is the baseline.
+pub const BASELINE_QUANTILE: f64 = 0.25;
 
 /// What a series is about beyond its node and metric.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -92,7 +94,10 @@ impl Series {
         })
     }
 
-    /// Median of the points in `[before - BASELINE_S, before)`.
+    /// The calm level of the series in `[before - BASELINE_S, before)`: its
+    /// lower quartile, not its median, because that window may hold an
+    /// earlier episode (a GPU that straggled a minute ago would otherwise
+    /// look busy as usual).
     pub fn baseline(&self, before: Timestamp) -> Option<f64> {
         let from = before - BASELINE_S;
         let mut v: Vec<f64> = self
@@ -101,7 +106,7 @@ impl Series {
             .filter(|(ts, _)| *ts >= from && *ts < before)
             .map(|p| p.1)
             .collect();
-        crate::stats::median_in_place(&mut v)
+        crate::stats::quantile_in_place(&mut v, BASELINE_QUANTILE)
     }
 }
 

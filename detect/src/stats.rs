@@ -22,6 +22,16 @@ pub fn median_in_place(v: &mut [f64]) -> Option<f64> {
     Some((lo + hi) / 2.0)
 }
 
+/// The `q` quantile (0..=1, nearest rank), reordering `v`. `None` when empty.
+pub fn quantile_in_place(v: &mut [f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let idx = ((q.clamp(0.0, 1.0) * (v.len() - 1) as f64).round()) as usize;
+    let (_, x, _) = v.select_nth_unstable_by(idx, f64::total_cmp);
+    Some(*x)
+}
+
 /// A fixed-capacity ring of the most recent values.
 #[derive(Debug, Clone)]
 pub struct Ring<T> {

@@ -39,6 +39,10 @@ struct RankTiming {
     last: Ring<bool>,
     prev: Option<(u64, Timestamp)>,
     episode: Episode,
+    /// The rank's habitual lateness while healthy (some ranks are always a
+    /// little late: a slower PCIe switch hop, a busier NUMA node), learned
+    /// slowly and only while no episode runs, so it never absorbs one.
+    habit: Option<f64>,
     /// Concluded but not yet reported: waiting for attribution.
     unreported: Option<Timestamp>,
     median_us: f64,
@@ -53,6 +57,7 @@ impl RankTiming {
             last: Ring::new(window),
             prev: None,
             episode: Episode::Idle,
+            habit: None,
             unreported: None,
             median_us: 0.0,
             period_s: 0.0,
@@ -215,18 +220,31 @@ fn judge(
     }
     let period = timing.period;
 
+    // Habits are learned only while the whole job is quiet: while one rank
+    // straggles, its peers' lateness is deeply negative and says nothing of
+    // their healthy habit.
+    let quiet = timing.ranks.values().all(|r| r.episode == Episode::Idle);
     for (pos, &i) in order.iter().enumerate() {
         let (rank, dur, ts) = entries[i];
         let Some(rt) = timing.ranks.get_mut(&rank) else {
             continue;
         };
-        rt.lateness.push(median_without(&sorted, pos) - dur);
+        let late = median_without(&sorted, pos) - dur;
+        rt.lateness.push(late);
+        if quiet {
+            rt.habit = Some(match rt.habit {
+                Some(h) => h + (late - h) * cfg.habit_weight,
+                None => late,
+            });
+        }
         rt.last.push(rank == last_rank);
         rt.prev = Some((seq, ts));
     }
 
     let Some(period) = period else { return };
     let threshold = cfg.late_floor_us.max(cfg.late_share * period * 1e6);
+    // Capped, so that a rank late from the job's first step is still caught.
+    let habit_cap = cfg.habit_cap_share * period * 1e6;
     let ranks: Vec<u32> = timing
         .ranks
         .iter()
@@ -241,12 +259,13 @@ fn judge(
         // A median at or above the threshold needs half the window there:
         // for an idle rank, counting is enough to rule that out, and it
         // spares a selection per collective on the hot path.
+        let habit = rt.habit.unwrap_or(0.0).clamp(0.0, habit_cap);
         if rt.episode == Episode::Idle {
             let above = rt
                 .lateness
                 .values()
                 .iter()
-                .filter(|&&v| v >= threshold)
+                .filter(|&&v| v - habit >= threshold)
                 .count();
             if above * 2 < rt.lateness.len() {
                 continue;
@@ -254,12 +273,13 @@ fn judge(
         }
         let mut lv = rt.lateness.values().to_vec();
         let med = median_in_place(&mut lv).unwrap_or(0.0);
+        let excess = med - habit;
         let last_share =
             rt.last.values().iter().filter(|&&b| b).count() as f64 / rt.last.len() as f64;
         let holds = if rt.episode.is_open() {
-            med >= cfg.clear_ratio * threshold
+            excess >= cfg.clear_ratio * threshold
         } else {
-            med >= threshold && last_share >= cfg.last_share
+            excess >= threshold && last_share >= cfg.last_share
         };
         rt.median_us = med;
         rt.period_s = period;

@@ -1,0 +1,349 @@
+//! The scenario catalogue: each name builds a plan from a seed.
+
+use crate::build::{Builder, Kind, Mix};
+use crate::cluster::JobOpts;
+use crate::plan::{Noise, Plan};
+use crate::rng::{stream, streams, RngExt};
+use crate::{ChaosError, GenOptions, ScenarioInfo};
+use keel_model::JobState;
+
+const ALL8: &[u32] = &[0, 1, 2, 3, 4, 5, 6, 7];
+const LO4: &[u32] = &[0, 1, 2, 3];
+const HI4: &[u32] = &[4, 5, 6, 7];
+const ALL_KINDS: &[Kind] = &[Kind::Pcie, Kind::Host, Kind::Network, Kind::Gpu];
+
+pub static SCENARIOS: &[ScenarioInfo] = &[
+    ScenarioInfo { name: "healthy", about: "4 nodes, 3 jobs (one across nodes), vLLM servers, every nuisance at a low rate; no faults" },
+    ScenarioInfo { name: "whole-job-slowdown", about: "whole jobs slow down together for 20 s at a time (not a straggler); no faults" },
+    ScenarioInfo { name: "spikes", about: "isolated one-step spikes on random ranks (not a straggler); no faults" },
+    ScenarioInfo { name: "straggler-pcie", about: "2-4 stragglers caused by PCIe (pageable host copies), with DPUs" },
+    ScenarioInfo { name: "straggler-host", about: "2-4 stragglers caused by host CPU starvation, with DPUs" },
+    ScenarioInfo { name: "straggler-network", about: "2-4 stragglers on cross-node jobs caused by NIC congestion, with DPUs" },
+    ScenarioInfo { name: "straggler-gpu", about: "2-4 stragglers caused by the GPU: thermal throttling or silent extra work" },
+    ScenarioInfo { name: "straggler-tp2", about: "one node, TP=2 jobs as in the real H200 trace: pcie, gpu and host stragglers in turn" },
+    ScenarioInfo { name: "straggler-cross-node", about: "TP=16 across 2 nodes with stragglers of mixed causes, with DPUs" },
+    ScenarioInfo { name: "straggler-no-dpu", about: "exporters only: stragglers of every cause; network ones storm TCP retransmits too" },
+    ScenarioInfo { name: "gpu-squatter", about: "a failed job's GPUs keep their memory and a hung job idles in RUNNING; model loads and idle GPUs as decoys" },
+    ScenarioInfo { name: "kv-cache-saturation", about: "vLLM KV cache pinned near 1.0 while the waiting queue grows, then recovers" },
+    ScenarioInfo { name: "engine-stall", about: "vLLM stops scheduling: running 0, cache full, requests piling up" },
+    ScenarioInfo { name: "retransmit-storm", about: "TCP retransmit storms on nodes without cross-node jobs" },
+    ScenarioInfo { name: "nic-saturation", about: "a serving node's NIC at line rate with its queue building, with DPUs" },
+    ScenarioInfo { name: "noisy", about: "heavy nuisances (gaps, resets, junk and late lines, NaN, unknown records) around a few faults" },
+    ScenarioInfo { name: "mixed", about: "8 nodes, 4 jobs, one fault of every kind in about 180 s (keel demo)" },
+    ScenarioInfo { name: "large", about: "16 nodes, 4 jobs, recurring faults; scales with duration_s for benchmarks" },
+];
+
+fn default_duration(name: &str) -> f64 {
+    match name {
+        "straggler-tp2" => 200.0,
+        "straggler-cross-node" => 170.0,
+        "gpu-squatter" => 210.0,
+        "mixed" => 180.0,
+        "large" => 300.0,
+        "straggler-network" => 130.0,
+        "straggler-pcie" | "straggler-host" | "straggler-gpu" | "retransmit-storm" => 140.0,
+        _ => 150.0,
+    }
+}
+
+pub fn build(name: &str, seed: u64, opts: &GenOptions) -> Result<Plan, ChaosError> {
+    if !SCENARIOS.iter().any(|s| s.name == name) {
+        return Err(ChaosError::UnknownScenario {
+            name: name.to_string(),
+            known: SCENARIOS
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let d = opts
+        .duration_s
+        .unwrap_or_else(|| default_duration(name))
+        .max(10.0);
+    let salt = fnv1a(name);
+    // Layout choices that differ by seed, drawn apart from the plan's stream.
+    let mut coin = stream(seed ^ salt, streams::LAYOUT);
+    let coin_dpu = coin.chance(0.5);
+    let old_kv = coin.chance(0.5);
+    let plan = match name {
+        "healthy" => {
+            let mut b = Builder::new(seed, salt, d, 4, true);
+            b.job(&[(0, LO4), (1, LO4)], running());
+            b.job(&[(2, ALL8)], serving());
+            let start = b.rng.uni(25.0, 40.0).min(d / 2.0);
+            b.job(
+                &[(3, LO4)],
+                JobOpts {
+                    start: Some(start),
+                    serving: true,
+                    end: None,
+                },
+            );
+            b.old_kv_name = old_kv;
+            b.nuisances(&Mix::low());
+            b
+        }
+        "whole-job-slowdown" => {
+            let mut b = Builder::new(seed, salt, d, 3, true);
+            b.job(&[(0, ALL8)], running());
+            b.job(&[(1, LO4), (2, LO4)], running());
+            b.job(&[(2, HI4)], serving());
+            b.nuisances(&Mix {
+                gaps: 0,
+                resets: 0,
+                job_slowdowns: 3 + (d / 60.0) as usize,
+                spike_every: 60.0,
+                burst_every: 20.0,
+                noise: Noise::low(),
+            });
+            b
+        }
+        "spikes" => {
+            let mut b = Builder::new(seed, salt, d, 3, false);
+            b.job(&[(0, ALL8)], running());
+            b.job(&[(1, LO4), (2, LO4)], running());
+            b.job(&[(2, &[4, 5])], running());
+            b.nuisances(&Mix {
+                gaps: 0,
+                resets: 0,
+                job_slowdowns: 0,
+                spike_every: 4.0,
+                burst_every: 20.0,
+                noise: Noise::low(),
+            });
+            b
+        }
+        "straggler-pcie" => std_stragglers(seed, salt, d, &[Kind::Pcie]),
+        "straggler-host" => std_stragglers(seed, salt, d, &[Kind::Host]),
+        "straggler-gpu" => std_stragglers(seed, salt, d, &[Kind::Gpu]),
+        "straggler-network" => {
+            let mut b = Builder::new(seed, salt, d, 4, true);
+            let j0 = b.job(&[(0, LO4), (1, LO4)], running());
+            let j1 = b.job(&[(2, ALL8), (3, ALL8)], running());
+            b.job(&[(0, HI4)], serving());
+            let n = b.rng.int(2, 4) as usize;
+            b.stragglers(&[j0, j1], n, &[Kind::Network]);
+            b.nuisances(&Mix::low());
+            b
+        }
+        "straggler-tp2" => tp2(seed, salt, d),
+        "straggler-cross-node" => {
+            let mut b = Builder::new(seed, salt, d, 3, true);
+            b.straggler_len = (20.0, 40.0);
+            let j0 = b.job(&[(0, ALL8), (1, ALL8)], running());
+            b.job(&[(2, ALL8)], serving());
+            let n = b.rng.int(2, 4) as usize;
+            b.stragglers(&[j0], n, ALL_KINDS);
+            b.nuisances(&Mix::low());
+            b
+        }
+        "straggler-no-dpu" => {
+            let mut b = Builder::new(seed, salt, d, 4, false);
+            let j0 = b.job(&[(0, LO4), (1, LO4)], running());
+            let j1 = b.job(&[(2, ALL8)], serving());
+            let j2 = b.job(&[(3, LO4)], serving());
+            let j3 = b.job(&[(0, HI4), (1, HI4)], running());
+            let n = b.rng.int(2, 4) as usize;
+            b.stragglers(&[j0, j1, j2, j3], n, ALL_KINDS);
+            b.nuisances(&Mix::low());
+            b
+        }
+        "gpu-squatter" => squatter(seed, salt, d),
+        "kv-cache-saturation" | "engine-stall" => {
+            let mut b = Builder::new(seed, salt, d, 3, coin_dpu);
+            let j0 = b.job(&[(0, ALL8)], serving());
+            let j1 = b.job(&[(1, LO4)], serving());
+            b.job(&[(1, HI4), (2, LO4)], running());
+            b.old_kv_name = old_kv;
+            let mut servers = [j0, j1];
+            if b.rng.chance(0.5) {
+                servers.swap(0, 1);
+            }
+            let n = b.rng.int(1, 2) as usize;
+            for &job in &servers[..n] {
+                if name == "engine-stall" {
+                    b.engine_stall(job, 20.0, d);
+                } else {
+                    b.kv_saturation(job, 20.0, d);
+                }
+            }
+            b.nuisances(&Mix::low());
+            b
+        }
+        "retransmit-storm" | "nic-saturation" => {
+            let dpu = name == "nic-saturation" || coin_dpu;
+            let mut b = Builder::new(seed, salt, d, 4, dpu);
+            b.job(&[(0, LO4), (1, LO4)], running());
+            b.job(&[(2, ALL8)], serving());
+            b.job(&[(3, LO4)], serving());
+            let mut nodes = [2, 3];
+            if b.rng.chance(0.5) {
+                nodes.swap(0, 1);
+            }
+            let n = b.rng.int(1, 2) as usize;
+            for &node in &nodes[..n] {
+                if name == "nic-saturation" {
+                    b.nic_saturation(node, 20.0, d);
+                } else {
+                    b.retrans_storm(node, 20.0, d);
+                }
+            }
+            b.nuisances(&Mix::low());
+            b
+        }
+        "noisy" => {
+            let mut b = Builder::new(seed, salt, d, 4, true);
+            let jobs = std_layout(&mut b);
+            b.old_kv_name = old_kv;
+            b.stragglers(&jobs, 1, ALL_KINDS);
+            if b.rng.chance(0.5) {
+                b.kv_saturation(jobs[1], 20.0, d);
+            } else {
+                b.retrans_storm(2, 20.0, d);
+            }
+            b.nuisances(&Mix::heavy());
+            b
+        }
+        "mixed" => mixed(seed, salt, d),
+        _ => large(seed, salt, d),
+    };
+    Ok(plan.finish())
+}
+
+/// A stable hash (std's hasher may change between releases).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn running() -> JobOpts {
+    JobOpts::default()
+}
+
+fn serving() -> JobOpts {
+    JobOpts {
+        serving: true,
+        ..JobOpts::default()
+    }
+}
+
+/// Four nodes: TP=8 across n01/n02, a TP=8 server on n03, a TP=4 server and a
+/// TP=2 job on n04, idle GPUs in between.
+fn std_layout(b: &mut Builder) -> Vec<usize> {
+    vec![
+        b.job(&[(0, LO4), (1, LO4)], running()),
+        b.job(&[(2, ALL8)], serving()),
+        b.job(&[(3, LO4)], serving()),
+        b.job(&[(3, &[4, 5])], running()),
+    ]
+}
+
+fn std_stragglers(seed: u64, salt: u64, d: f64, kinds: &[Kind]) -> Builder {
+    let mut b = Builder::new(seed, salt, d, 4, true);
+    let jobs = std_layout(&mut b);
+    let n = b.rng.int(2, 4) as usize;
+    b.stragglers(&jobs, n, kinds);
+    b.nuisances(&Mix::low());
+    b
+}
+
+/// Like the real trace: one node, no DPU, causes in turn on a TP=2 job.
+fn tp2(seed: u64, salt: u64, d: f64) -> Builder {
+    let mut b = Builder::new(seed, salt, d, 1, false);
+    b.straggler_len = (20.0, 35.0);
+    let j0 = b.job(&[(0, &[0, 1])], running());
+    b.job(&[(0, &[2, 3])], running());
+    let a = b.rng.int(0, 1);
+    let order = [(Kind::Pcie, a), (Kind::Gpu, 1 - a), (Kind::Host, a)];
+    let mut lo = 20.0;
+    for (kind, rank) in order {
+        let hi = lo + 35.0 + 15.0;
+        match b.straggler(j0, Some(rank), kind, lo, hi) {
+            Some((_, end)) => lo = end - b.cluster.ts0 + 20.0,
+            None => break,
+        }
+    }
+    let kind = *b.rng.pick(&[Kind::Pcie, Kind::Host, Kind::Gpu]);
+    b.straggler(j0, None, kind, lo, d);
+    b.nuisances(&Mix::low());
+    b
+}
+
+fn squatter(seed: u64, salt: u64, d: f64) -> Builder {
+    let mut b = Builder::new(seed, salt, d, 3, false);
+    b.job(&[(0, ALL8)], serving());
+    let failing = b.job(&[(1, LO4)], running());
+    let hanging = b.job(&[(1, &[4, 5])], running());
+    // Decoys: a model load (memory full, no work, for seconds) and a job that
+    // completes cleanly and frees its GPUs.
+    let load_at = b.rng.uni(20.0, 60.0);
+    b.job(
+        &[(2, LO4)],
+        JobOpts {
+            start: Some(load_at),
+            ..running()
+        },
+    );
+    let done_at = b.rng.uni(60.0, 120.0);
+    b.job(
+        &[(2, HI4)],
+        JobOpts {
+            end: Some((done_at, JobState::Completed)),
+            ..running()
+        },
+    );
+    let fail_at = b.rng.uni(25.0, 40.0);
+    let n = b.rng.int(1, 2) as usize;
+    b.squatter(failing, fail_at, n);
+    let hang_at = b.rng.uni(40.0, 70.0);
+    b.hung(hanging, hang_at);
+    b.nuisances(&Mix::low());
+    b
+}
+
+fn mixed(seed: u64, salt: u64, d: f64) -> Builder {
+    let mut b = Builder::new(seed, salt, d, 8, true);
+    let j0 = b.job(&[(0, ALL8), (1, ALL8)], running());
+    let j1 = b.job(&[(2, ALL8)], serving());
+    let j2 = b.job(&[(3, LO4)], serving());
+    let j3 = b.job(&[(4, &[0, 1])], running());
+    let kind = *b.rng.pick(ALL_KINDS);
+    b.straggler(j0, None, kind, 20.0, d * 0.6);
+    b.kv_saturation(j1, 20.0, d * 0.55);
+    b.nic_saturation(2, d * 0.55, d);
+    b.engine_stall(j2, 25.0, d);
+    let fail_at = b.rng.uni(30.0, 45.0);
+    b.squatter(j3, fail_at, 1);
+    b.retrans_storm(5, 30.0, d);
+    b.nuisances(&Mix::low());
+    b
+}
+
+/// Sixteen nodes, mostly idle ones around four jobs; faults recur so that a
+/// long benchmark trace keeps exercising the detectors.
+fn large(seed: u64, salt: u64, d: f64) -> Builder {
+    let mut b = Builder::new(seed, salt, d, 16, true);
+    let j0 = b.job(&[(0, ALL8), (1, ALL8)], running());
+    let j1 = b.job(&[(2, ALL8), (3, ALL8)], running());
+    let j2 = b.job(&[(4, ALL8)], serving());
+    let j3 = b.job(&[(5, LO4), (6, LO4)], running());
+    let n = ((d / 75.0) as usize).max(2);
+    b.stragglers(&[j0, j1, j2, j3], n, ALL_KINDS);
+    for _ in 0..((d / 300.0) as usize).max(1) {
+        b.kv_saturation(j2, 20.0, d);
+    }
+    for _ in 0..((d / 200.0) as usize).max(1) {
+        let node = b.rng.int(7, 15) as usize;
+        b.retrans_storm(node, 20.0, d);
+    }
+    let scale = (d / 150.0).ceil() as usize;
+    b.nuisances(&Mix {
+        gaps: scale,
+        resets: scale,
+        job_slowdowns: scale,
+        ..Mix::low()
+    });
+    b
+}

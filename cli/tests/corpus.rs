@@ -1,0 +1,88 @@
+//! The detection bar of `docs/detection.md`, checked on every run: the whole
+//! generated corpus is replayed and scored, and each kind must meet it.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn keel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("keel-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn the_corpus_meets_the_detection_bar() {
+    let dir = tmp("corpus");
+    let gen = keel()
+        .args(["chaos", "corpus", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    let scenarios = std::fs::read_dir(&dir).unwrap().count();
+    assert!(scenarios >= 20, "{scenarios} scenarios");
+
+    let out = keel()
+        .args(["eval", "--json", "--per-trace", "--corpus"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let overall = &v["overall"];
+    assert!(overall["labels"].as_u64().unwrap() >= 40, "{overall}");
+
+    let kinds = [
+        "tp_straggler",
+        "gpu_squatter",
+        "kv_cache_saturation",
+        "engine_stall",
+        "retransmit_storm",
+        "nic_saturation",
+    ];
+    for kind in kinds {
+        let k = &v["kinds"][kind];
+        assert!(
+            k["labels"].as_u64().unwrap_or(0) > 0,
+            "{kind}: no labels in the corpus"
+        );
+        let recall = k["recall"].as_f64().unwrap();
+        let precision = k["precision"].as_f64().unwrap_or(0.0);
+        assert!(recall >= 0.95, "{kind}: recall {recall}: {k}");
+        assert!(precision >= 0.95, "{kind}: precision {precision}: {k}");
+    }
+    let straggler = &v["kinds"]["tp_straggler"];
+    let cause = straggler["cause_accuracy"].as_f64().unwrap();
+    assert!(
+        cause >= 0.90,
+        "tp_straggler cause accuracy {cause}: {straggler}"
+    );
+    let p50 = overall["latency_p50"].as_f64().unwrap();
+    assert!(p50 <= 2.0, "latency p50 {p50} s");
+
+    for (name, case) in v["cases"].as_object().unwrap() {
+        if ["healthy", "whole-job-slowdown", "spikes"]
+            .iter()
+            .any(|h| name.starts_with(&format!("{h}-")))
+        {
+            assert_eq!(
+                case["overall"]["findings"], 0,
+                "{name} is healthy yet produced findings: {case}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
