@@ -86,7 +86,7 @@ fn print_finding(f: &Finding, start: f64, labels: &[Label]) {
             },
         );
     println!(
-        "  t+{:>6.1}s  {:<20} {:<24} cause {:<8} {:?} confidence {:.2}  [{truth}]",
+        "  t+{:>6.1}s  {:<20} {:<24} cause {:<8} {:<8} confidence {:.2}  [{truth}]",
         f.ts - start,
         f.kind.wire(),
         locus,

@@ -390,13 +390,22 @@ pub fn attribute(
         );
     }
 
+    let nic_place = match &who.nic {
+        Some(n) => format!("{} {n}", who.node),
+        None => format!("{} (busiest NIC)", who.node),
+    };
     let mut network = Family::default();
     if let Some(l) = cx.level_any_device(who, peers, MetricName::DpuNicQueueDepth) {
         let f = |x: f64| format!("{x:.0} pkts");
         let s = standout(l.recent, l.reference(10.0), 100.0, 5.0);
         network.add(
             s,
-            format!("NIC queue depth {} vs {}", f(l.recent), l.against(f)),
+            format!(
+                "{} NIC queue depth {} vs {}",
+                nic_place,
+                f(l.recent),
+                l.against(f)
+            ),
         );
     }
     if let Some(l) = cx.level_any_device(who, peers, MetricName::DpuRdmaCreditStall) {
@@ -404,7 +413,12 @@ pub fn attribute(
         let s = standout(l.recent, l.reference(1000.0), 10_000.0, 5.0);
         network.add(
             s,
-            format!("RDMA credit stalls {} vs {}", f(l.recent), l.against(f)),
+            format!(
+                "{} RDMA credit stalls {} vs {}",
+                nic_place,
+                f(l.recent),
+                l.against(f)
+            ),
         );
     }
     if let Some(l) = cx.level_any_device(who, peers, MetricName::DpuNicLinkUtil) {

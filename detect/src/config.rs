@@ -126,7 +126,8 @@ pub struct EngineConfig {
     pub waiting_growth_abs: f64,
     pub waiting_growth_rel: f64,
     pub growth_window_s: f64,
-    /// Saturation must hold this long (scrapes are ~1 s apart).
+    /// Saturation must hold this long: two consecutive scrapes (~1 s apart),
+    /// so one odd scrape never concludes.
     pub saturation_sustain_s: f64,
     /// A stall (running 0, cache full, requests waiting) must hold this long.
     pub stall_sustain_s: f64,
@@ -143,8 +144,8 @@ impl Default for EngineConfig {
             waiting_growth_abs: 3.0,
             waiting_growth_rel: 0.2,
             growth_window_s: 10.0,
-            saturation_sustain_s: 2.0,
-            stall_sustain_s: 1.5,
+            saturation_sustain_s: 0.9,
+            stall_sustain_s: 0.9,
             clear_s: 5.0,
             stale_s: 30.0,
         }
@@ -165,6 +166,7 @@ pub struct NetworkConfig {
     pub nic_util_clear: f64,
     /// Queue depth (packets) that shows the queue building behind the link.
     pub nic_queue: f64,
+    /// Two consecutive samples (~1 s apart) must agree.
     pub sustain_s: f64,
     pub clear_s: f64,
 }
@@ -178,7 +180,7 @@ impl Default for NetworkConfig {
             nic_util: 0.95,
             nic_util_clear: 0.85,
             nic_queue: 100.0,
-            sustain_s: 1.5,
+            sustain_s: 0.9,
             clear_s: 5.0,
         }
     }
