@@ -39,7 +39,7 @@ pub fn replay(trace: &Path, mut sink: impl FnMut(&Finding) -> Result<()>) -> Res
             sink(&f)?;
         }
         n += 1;
-        if n % 65_536 == 0 {
+        if n.is_multiple_of(65_536) {
             if let Some(b) = &bar {
                 b.set_position(reader.bytes_read());
             }

@@ -3,23 +3,12 @@
 //! `docs/detection.md` was scored with.
 
 /// Thresholds and windows for all detectors.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub straggler: StragglerConfig,
     pub squatter: SquatterConfig,
     pub engine: EngineConfig,
     pub network: NetworkConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            straggler: StragglerConfig::default(),
-            squatter: SquatterConfig::default(),
-            engine: EngineConfig::default(),
-            network: NetworkConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -193,7 +193,7 @@ impl SignalStore {
     ) -> impl Iterator<Item = (&'a SeriesKey, &'a Series)> + 'a {
         self.series
             .iter()
-            .filter(move |(k, _)| k.name == name && &k.node == node)
+            .filter(move |(k, _)| k.name == name && k.node == *node)
     }
 
     /// Drops series that have said nothing for `HISTORY_S`: hosts leave
