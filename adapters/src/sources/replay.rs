@@ -19,8 +19,9 @@ pub const REORDER_WINDOW_S: f64 = 5.0;
 /// A longer line is garbage (the longest real record, a job of thousands of
 /// ranks, is far below this); it is skipped without being held in memory.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
-/// Errors kept verbatim for the summary; the rest are only counted.
-const KEPT_ERRORS: usize = 20;
+/// Malformed lines reported one by one; past this many (a file that is not
+/// a trace at all) the rest are only counted, so the report stays readable.
+const KEPT_ERRORS: usize = 1000;
 /// Distinct unknown names remembered for the summary.
 const KEPT_NAMES: usize = 32;
 
@@ -38,7 +39,7 @@ pub struct ReadStats {
     /// Records more than the reorder window older than the newest seen: passed
     /// on as they are (never dropped), but out of order.
     pub late: u64,
-    /// The first few malformed lines, with their numbers and reasons.
+    /// Malformed lines, with their numbers and reasons (the first `KEPT_ERRORS`).
     pub errors: Vec<LineError>,
 }
 
