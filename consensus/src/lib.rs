@@ -1,0 +1,16 @@
+//! The controller's core, written sans-IO.
+//!
+//! The controller is the one place where keel decides and remembers: cluster
+//! topology, jobs, open findings, the active policy set and the mitigation
+//! ledger. This crate holds the replicated state machine (`state`): every
+//! replica applies the same committed proposals in the same order and so
+//! holds the same state, with retried proposals applied once and every
+//! ledger action recorded with its idempotency key and an audit trail. The
+//! Raft node that orders the proposals drives `raft::RawNode` around it.
+
+pub mod node;
+pub mod state;
+
+pub use state::{
+    ActionStatus, AuditEvent, Command, LedgerEntry, Outcome, Proposal, Rejection, State,
+};

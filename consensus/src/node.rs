@@ -1,0 +1,194 @@
+//! The Raft node: `raft::RawNode` driven the way raft-rs documents it, with
+//! the replicated `State` applied beside it. Sans-IO: ticks, messages and
+//! proposals go in; messages to send and applied outcomes come out. The
+//! async runner (sockets, timers) is a thin loop around `Node::ready`.
+//!
+//! The order inside `ready` is the one raft-rs requires: messages a leader
+//! may send at once go out first; then the snapshot, the new entries and the
+//! hard state are persisted; only then go the messages that depend on them
+//! (votes and appends acknowledged), so nothing is promised that a crash
+//! could take back.
+
+use crate::state::{Outcome, State};
+use raft::prelude::*;
+use raft::storage::MemStorage;
+use raft::{Config, RawNode, StateRole};
+use raft_proto::ConfChangeI;
+
+/// Where a node keeps its log. `MemStorage` stands in for the durable store
+/// in the deterministic simulation, where "the disk" is what survives a
+/// crash: it keeps exactly what `ready` persisted.
+pub trait LogStore: raft::Storage {
+    fn append(&self, entries: &[Entry]) -> raft::Result<()>;
+    fn set_hard_state(&self, hs: HardState);
+    fn set_commit(&self, commit: u64);
+    fn apply_snapshot(&self, snapshot: Snapshot) -> raft::Result<()>;
+    fn set_conf_state(&self, cs: ConfState);
+}
+
+impl LogStore for MemStorage {
+    fn append(&self, entries: &[Entry]) -> raft::Result<()> {
+        self.wl().append(entries)
+    }
+    fn set_hard_state(&self, hs: HardState) {
+        self.wl().set_hardstate(hs)
+    }
+    fn set_commit(&self, commit: u64) {
+        self.wl().mut_hard_state().set_commit(commit)
+    }
+    fn apply_snapshot(&self, snapshot: Snapshot) -> raft::Result<()> {
+        self.wl().apply_snapshot(snapshot)
+    }
+    fn set_conf_state(&self, cs: ConfState) {
+        self.wl().set_conf_state(cs)
+    }
+}
+
+/// Election and heartbeat timing, in ticks (the runner ticks every 100 ms:
+/// an election after 1-2 s of silence, heartbeats every 300 ms).
+pub const ELECTION_TICK: usize = 10;
+pub const HEARTBEAT_TICK: usize = 3;
+
+/// What one round of `ready` produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub messages: Vec<Message>,
+    /// (log index, outcome) of every normal entry applied, in order.
+    pub applied: Vec<(u64, Outcome)>,
+}
+
+pub struct Node<S: LogStore> {
+    raw: RawNode<S>,
+    pub state: State,
+}
+
+impl<S: LogStore + Clone> Node<S> {
+    /// Starts (or restarts) a node over `store`. On restart, entries already
+    /// in the store are applied again from the start of the log into a fresh
+    /// `State`, so the state machine needs no separate persistence.
+    pub fn new(id: u64, store: S) -> raft::Result<Self> {
+        let cfg = Config {
+            id,
+            election_tick: ELECTION_TICK,
+            heartbeat_tick: HEARTBEAT_TICK,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        cfg.validate()?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        Ok(Node {
+            raw: RawNode::new(&cfg, store, &logger)?,
+            state: State::default(),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Feeds a message from a peer. Errors (a message for another term or a
+    /// removed peer) are raft's to judge and are dropped.
+    pub fn step(&mut self, msg: Message) {
+        let _ = self.raw.step(msg);
+    }
+
+    /// Proposes an encoded `Proposal`; followers forward it to the leader.
+    pub fn propose(&mut self, data: Vec<u8>) -> raft::Result<()> {
+        self.raw.propose(vec![], data)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub fn leader_id(&self) -> u64 {
+        self.raw.raft.leader_id
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// Drives one round of raft's `Ready`: send, persist, send what depended
+    /// on persistence, apply, advance.
+    pub fn ready(&mut self) -> Output {
+        let mut out = Output::default();
+        if !self.raw.has_ready() {
+            return out;
+        }
+        let store = self.raw.raft.raft_log.store.clone();
+        let mut ready = self.raw.ready();
+        out.messages.extend(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            if let Ok(state) = State::restore(snap.get_data()) {
+                self.state = state;
+            }
+            // A snapshot older than the log is refused by the store; the
+            // node then simply keeps its own entries.
+            let _ = store.apply_snapshot(snap);
+        }
+        let committed = ready.take_committed_entries();
+        self.apply(committed, &mut out);
+        if !ready.entries().is_empty() {
+            store
+                .append(ready.entries())
+                .expect("raft hands the store a contiguous run of entries");
+        }
+        if let Some(hs) = ready.hs() {
+            store.set_hard_state(hs.clone());
+        }
+        out.messages.extend(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            store.set_commit(commit);
+        }
+        out.messages.extend(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply(committed, &mut out);
+        self.raw.advance_apply();
+        out
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) {
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    // A new leader's empty entry carries no proposal.
+                    if entry.data.is_empty() {
+                        continue;
+                    }
+                    let outcome = self.state.apply(entry.index, &entry.data);
+                    out.applied.push((entry.index, outcome));
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let cc: ConfChangeV2 = if entry.get_entry_type() == EntryType::EntryConfChange {
+                        match protobuf::Message::parse_from_bytes(&entry.data) {
+                            Ok(cc) => ConfChangeI::into_v2(ConfChange::clone(&cc)),
+                            Err(_) => continue,
+                        }
+                    } else {
+                        match protobuf::Message::parse_from_bytes(&entry.data) {
+                            Ok(cc) => cc,
+                            Err(_) => continue,
+                        }
+                    };
+                    if let Ok(cs) = self.raw.apply_conf_change(&cc) {
+                        self.raw.raft.raft_log.store.set_conf_state(cs);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,574 @@
+//! The replicated state machine: what every controller replica holds, and
+//! the only way it changes (`State::apply` of a committed `Proposal`).
+//!
+//! `apply` is deterministic: no clock, no randomness, no iteration over hash
+//! maps, so replicas that apply the same log hold byte-identical state
+//! (checked by comparing snapshots). A proposal carries its client's id and
+//! sequence number, so a client that retries after a timeout (its first try
+//! may well have committed) has it applied once. Invalid requests are
+//! rejected deterministically, inside the state machine, so every replica
+//! rejects them alike.
+
+use keel_model::{Action, Finding, JobRecord, JobState, Name, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How many of each client's latest sequence numbers are remembered: a
+/// retry of any of them is recognised. A client keeps fewer proposals than
+/// this in flight.
+pub const CLIENT_WINDOW: usize = 1024;
+
+/// How far the audit trail reaches back; older events are dropped (counted),
+/// so that a long-lived controller's snapshots stay bounded.
+pub const AUDIT_KEPT: usize = 100_000;
+
+/// The life of a mitigation in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionStatus {
+    Planned,
+    Dispatched,
+    Acknowledged,
+    Verified,
+    Failed,
+    RolledBack,
+}
+
+impl ActionStatus {
+    /// The transitions the ledger allows. Re-dispatching a dispatched action
+    /// (a new leader re-sending it under the same key) is allowed; going
+    /// back is not.
+    pub fn may_become(self, next: ActionStatus) -> bool {
+        use ActionStatus::*;
+        matches!(
+            (self, next),
+            (Planned, Dispatched)
+                | (Planned, Failed)
+                | (Dispatched, Dispatched)
+                | (Dispatched, Acknowledged)
+                | (Dispatched, Failed)
+                | (Acknowledged, Verified)
+                | (Acknowledged, Failed)
+                | (Verified, RolledBack)
+                | (Failed, RolledBack)
+        )
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, ActionStatus::RolledBack)
+    }
+}
+
+/// A node of the cluster as the controller knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub gpus: u32,
+    pub nics: Vec<Name>,
+}
+
+/// A finding the controller has committed; `closed` once its episode ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FindingEntry {
+    pub id: u64,
+    pub finding: Finding,
+    pub reported_by: String,
+    pub closed: Option<Timestamp>,
+}
+
+/// One version of a named policy document (the language comes later; the
+/// controller stores and versions the text).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyVersion {
+    pub version: u64,
+    pub document: String,
+    pub applied_by: String,
+}
+
+/// One mitigation, keyed by its idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub key: String,
+    pub action: Action,
+    /// What it acts on: a node, a job, a router backend.
+    pub target: String,
+    pub params: BTreeMap<String, String>,
+    /// The finding that caused it, if any.
+    pub finding: Option<u64>,
+    pub status: ActionStatus,
+    /// How many times it was dispatched (re-sends under the same key).
+    pub dispatches: u32,
+}
+
+/// Who or what moved the ledger, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// The log index of the proposal that made the change.
+    pub index: u64,
+    pub ts: Timestamp,
+    pub key: String,
+    pub from: Option<ActionStatus>,
+    pub to: ActionStatus,
+    pub by: String,
+    pub detail: String,
+}
+
+/// What a client asks the controller to change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    RegisterNode {
+        node: Name,
+        gpus: u32,
+        nics: Vec<Name>,
+    },
+    /// A job appears or changes (a later record replaces the earlier one).
+    Job {
+        record: JobRecord,
+    },
+    OpenFinding {
+        finding: Finding,
+    },
+    CloseFinding {
+        id: u64,
+        ts: Timestamp,
+    },
+    ApplyPolicy {
+        name: String,
+        document: String,
+    },
+    /// Records a new action; a key already in the ledger changes nothing.
+    PlanAction {
+        key: String,
+        action: Action,
+        target: String,
+        params: BTreeMap<String, String>,
+        finding: Option<u64>,
+        ts: Timestamp,
+        reason: String,
+    },
+    /// Moves an action along its life.
+    Transition {
+        key: String,
+        to: ActionStatus,
+        ts: Timestamp,
+        detail: String,
+    },
+}
+
+/// A command as proposed: `client` and `seq` make retries idempotent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub client: String,
+    pub seq: u64,
+    pub command: Command,
+}
+
+impl Proposal {
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("proposals always encode")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Proposal, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
+}
+
+/// Why a proposal changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    UnknownFinding(u64),
+    FindingAlreadyClosed(u64),
+    UnknownAction(String),
+    BadTransition {
+        key: String,
+        from: ActionStatus,
+        to: ActionStatus,
+    },
+    /// The client's sequence number is older than one already applied.
+    Stale {
+        client: String,
+        seq: u64,
+        applied: u64,
+    },
+    Undecodable(String),
+}
+
+/// What applying a proposal did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Applied,
+    /// A finding was opened under this id.
+    FindingOpened(u64),
+    PolicyVersion(u64),
+    /// The action's key was already in the ledger: nothing new was planned.
+    AlreadyPlanned(String),
+    /// The same (client, seq) was applied before; this is its first outcome.
+    Duplicate(Box<Outcome>),
+    Rejected(Rejection),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// The last log index applied.
+    pub applied: u64,
+    pub nodes: BTreeMap<Name, NodeInfo>,
+    pub jobs: BTreeMap<Name, JobRecord>,
+    pub findings: BTreeMap<u64, FindingEntry>,
+    next_finding: u64,
+    pub policies: BTreeMap<String, Vec<PolicyVersion>>,
+    pub ledger: BTreeMap<String, LedgerEntry>,
+    pub audit: Vec<AuditEvent>,
+    pub audit_dropped: u64,
+    /// client -> outcomes of its most recent sequence numbers
+    clients: BTreeMap<String, BTreeMap<u64, Outcome>>,
+}
+
+impl State {
+    /// Applies the proposal committed at `index`. Entries at or below the
+    /// last applied index are ignored (a replay after restart).
+    pub fn apply(&mut self, index: u64, data: &[u8]) -> Outcome {
+        if index <= self.applied {
+            return Outcome::Duplicate(Box::new(Outcome::Applied));
+        }
+        self.applied = index;
+        let p = match Proposal::decode(data) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Rejected(Rejection::Undecodable(e.to_string())),
+        };
+        if let Some(seen) = self.clients.get(&p.client) {
+            if let Some(outcome) = seen.get(&p.seq) {
+                return Outcome::Duplicate(Box::new(outcome.clone()));
+            }
+            // Clients pipeline proposals, so they may commit out of order;
+            // only one older than the whole remembered window is refused.
+            if let Some((&oldest, _)) = seen.first_key_value() {
+                if seen.len() >= CLIENT_WINDOW && p.seq < oldest {
+                    return Outcome::Rejected(Rejection::Stale {
+                        client: p.client.clone(),
+                        seq: p.seq,
+                        applied: oldest,
+                    });
+                }
+            }
+        }
+        let outcome = self.execute(index, &p.client, p.command);
+        let seen = self.clients.entry(p.client).or_default();
+        seen.insert(p.seq, outcome.clone());
+        while seen.len() > CLIENT_WINDOW {
+            seen.pop_first();
+        }
+        outcome
+    }
+
+    fn execute(&mut self, index: u64, client: &str, command: Command) -> Outcome {
+        match command {
+            Command::RegisterNode { node, gpus, nics } => {
+                self.nodes.insert(node, NodeInfo { gpus, nics });
+                Outcome::Applied
+            }
+            Command::Job { record } => {
+                if record.state.is_finished() || record.state == JobState::Completing {
+                    self.jobs.remove(&record.job);
+                } else {
+                    self.jobs.insert(record.job.clone(), record);
+                }
+                Outcome::Applied
+            }
+            Command::OpenFinding { finding } => {
+                self.next_finding += 1;
+                let id = self.next_finding;
+                self.findings.insert(
+                    id,
+                    FindingEntry {
+                        id,
+                        finding,
+                        reported_by: client.to_string(),
+                        closed: None,
+                    },
+                );
+                Outcome::FindingOpened(id)
+            }
+            Command::CloseFinding { id, ts } => match self.findings.get_mut(&id) {
+                None => Outcome::Rejected(Rejection::UnknownFinding(id)),
+                Some(f) if f.closed.is_some() => {
+                    Outcome::Rejected(Rejection::FindingAlreadyClosed(id))
+                }
+                Some(f) => {
+                    f.closed = Some(ts);
+                    Outcome::Applied
+                }
+            },
+            Command::ApplyPolicy { name, document } => {
+                let versions = self.policies.entry(name).or_default();
+                let version = versions.last().map_or(1, |v| v.version + 1);
+                versions.push(PolicyVersion {
+                    version,
+                    document,
+                    applied_by: client.to_string(),
+                });
+                Outcome::PolicyVersion(version)
+            }
+            Command::PlanAction {
+                key,
+                action,
+                target,
+                params,
+                finding,
+                ts,
+                reason,
+            } => {
+                if self.ledger.contains_key(&key) {
+                    return Outcome::AlreadyPlanned(key);
+                }
+                if let Some(id) = finding {
+                    if !self.findings.contains_key(&id) {
+                        return Outcome::Rejected(Rejection::UnknownFinding(id));
+                    }
+                }
+                self.ledger.insert(
+                    key.clone(),
+                    LedgerEntry {
+                        key: key.clone(),
+                        action,
+                        target,
+                        params,
+                        finding,
+                        status: ActionStatus::Planned,
+                        dispatches: 0,
+                    },
+                );
+                self.audit(index, ts, &key, None, ActionStatus::Planned, client, reason);
+                Outcome::Applied
+            }
+            Command::Transition {
+                key,
+                to,
+                ts,
+                detail,
+            } => {
+                let Some(entry) = self.ledger.get_mut(&key) else {
+                    return Outcome::Rejected(Rejection::UnknownAction(key));
+                };
+                let from = entry.status;
+                if !from.may_become(to) {
+                    return Outcome::Rejected(Rejection::BadTransition { key, from, to });
+                }
+                entry.status = to;
+                if to == ActionStatus::Dispatched {
+                    entry.dispatches += 1;
+                }
+                self.audit(index, ts, &key, Some(from), to, client, detail);
+                Outcome::Applied
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn audit(
+        &mut self,
+        index: u64,
+        ts: Timestamp,
+        key: &str,
+        from: Option<ActionStatus>,
+        to: ActionStatus,
+        by: &str,
+        detail: String,
+    ) {
+        if self.audit.len() >= AUDIT_KEPT {
+            self.audit.remove(0);
+            self.audit_dropped += 1;
+        }
+        self.audit.push(AuditEvent {
+            index,
+            ts,
+            key: key.to_string(),
+            from,
+            to,
+            by: by.to_string(),
+            detail,
+        });
+    }
+
+    /// Actions a new leader must re-send (same key): dispatched, never acknowledged.
+    pub fn in_flight(&self) -> impl Iterator<Item = &LedgerEntry> {
+        self.ledger
+            .values()
+            .filter(|e| e.status == ActionStatus::Dispatched)
+    }
+
+    pub fn open_findings(&self) -> impl Iterator<Item = &FindingEntry> {
+        self.findings.values().filter(|f| f.closed.is_none())
+    }
+
+    /// The state as a snapshot (rmp-serde, named fields).
+    pub fn snapshot(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("state always encodes")
+    }
+
+    pub fn restore(bytes: &[u8]) -> Result<State, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(client: &str, seq: u64, command: Command) -> Vec<u8> {
+        Proposal {
+            client: client.into(),
+            seq,
+            command,
+        }
+        .encode()
+    }
+
+    fn plan(key: &str) -> Command {
+        Command::PlanAction {
+            key: key.into(),
+            action: Action::ReclaimZombie,
+            target: "job/4242".into(),
+            params: BTreeMap::new(),
+            finding: None,
+            ts: 1.0,
+            reason: "gpu_squatter on n02 gpu 1".into(),
+        }
+    }
+
+    fn to(key: &str, to: ActionStatus) -> Command {
+        Command::Transition {
+            key: key.into(),
+            to,
+            ts: 2.0,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_retried_proposal_is_applied_once() {
+        let mut s = State::default();
+        let first = s.apply(
+            1,
+            &p(
+                "c1",
+                7,
+                Command::ApplyPolicy {
+                    name: "default".into(),
+                    document: "x".into(),
+                },
+            ),
+        );
+        assert_eq!(first, Outcome::PolicyVersion(1));
+        let again = s.apply(
+            2,
+            &p(
+                "c1",
+                7,
+                Command::ApplyPolicy {
+                    name: "default".into(),
+                    document: "x".into(),
+                },
+            ),
+        );
+        assert_eq!(
+            again,
+            Outcome::Duplicate(Box::new(Outcome::PolicyVersion(1)))
+        );
+        assert_eq!(s.policies["default"].len(), 1);
+        // an earlier seq that commits late is still applied (pipelining)...
+        assert_eq!(s.apply(3, &p("c1", 6, plan("k"))), Outcome::Applied);
+        // ...but one older than the remembered window is refused
+        for seq in 8..8 + CLIENT_WINDOW as u64 {
+            s.apply(
+                seq,
+                &p(
+                    "c1",
+                    seq,
+                    Command::RegisterNode {
+                        node: "n".into(),
+                        gpus: 8,
+                        nics: vec![],
+                    },
+                ),
+            );
+        }
+        let stale = s.apply(5000, &p("c1", 1, plan("k2")));
+        assert!(
+            matches!(stale, Outcome::Rejected(Rejection::Stale { .. })),
+            "{stale:?}"
+        );
+        assert_eq!(s.ledger.len(), 1);
+    }
+
+    #[test]
+    fn an_idempotency_key_plans_one_action_whoever_proposes_it() {
+        let mut s = State::default();
+        assert_eq!(s.apply(1, &p("leader-1", 1, plan("k1"))), Outcome::Applied);
+        assert_eq!(
+            s.apply(2, &p("leader-2", 1, plan("k1"))),
+            Outcome::AlreadyPlanned("k1".into())
+        );
+        assert_eq!(s.ledger.len(), 1);
+        assert_eq!(s.audit.len(), 1);
+    }
+
+    #[test]
+    fn the_ledger_follows_the_allowed_transitions_and_audits_each() {
+        let mut s = State::default();
+        s.apply(1, &p("c", 1, plan("k")));
+        assert_eq!(
+            s.apply(2, &p("c", 2, to("k", ActionStatus::Dispatched))),
+            Outcome::Applied
+        );
+        // a new leader re-sends under the same key
+        assert_eq!(
+            s.apply(3, &p("c2", 1, to("k", ActionStatus::Dispatched))),
+            Outcome::Applied
+        );
+        assert_eq!(s.in_flight().count(), 1);
+        assert_eq!(
+            s.apply(4, &p("c", 3, to("k", ActionStatus::Acknowledged))),
+            Outcome::Applied
+        );
+        assert_eq!(s.in_flight().count(), 0);
+        let back = s.apply(5, &p("c", 4, to("k", ActionStatus::Planned)));
+        assert!(matches!(
+            back,
+            Outcome::Rejected(Rejection::BadTransition { .. })
+        ));
+        assert_eq!(
+            s.apply(6, &p("c", 5, to("k", ActionStatus::Verified))),
+            Outcome::Applied
+        );
+        assert_eq!(s.ledger["k"].dispatches, 2);
+        let trail: Vec<ActionStatus> = s.audit.iter().map(|a| a.to).collect();
+        use ActionStatus::*;
+        assert_eq!(
+            trail,
+            vec![Planned, Dispatched, Dispatched, Acknowledged, Verified]
+        );
+    }
+
+    #[test]
+    fn replaying_applied_entries_changes_nothing_and_snapshots_round_trip() {
+        let mut s = State::default();
+        s.apply(1, &p("c", 1, plan("k")));
+        s.apply(2, &p("c", 2, to("k", ActionStatus::Dispatched)));
+        let snap = s.snapshot();
+        s.apply(2, &p("c", 2, to("k", ActionStatus::Acknowledged)));
+        assert_eq!(s.snapshot(), snap, "an old index is ignored");
+        assert_eq!(State::restore(&snap).unwrap(), s);
+    }
+
+    #[test]
+    fn garbage_is_rejected_deterministically() {
+        let mut s = State::default();
+        assert!(matches!(
+            s.apply(1, b"\xff\x00garbage"),
+            Outcome::Rejected(Rejection::Undecodable(_))
+        ));
+        assert_eq!(s.applied, 1);
+    }
+}
