@@ -10,6 +10,7 @@
 
 pub mod node;
 pub mod state;
+pub mod storage;
 
 pub use state::{
     ActionStatus, AuditEvent, Command, LedgerEntry, Outcome, Proposal, Rejection, State,

@@ -7,8 +7,9 @@
 //! replicas end in the same state; no ledger action is applied twice. A
 //! failing seed is printed and replays exactly.
 
-use keel_consensus::node::Node;
+use keel_consensus::node::{LogStore, Node};
 use keel_consensus::state::{ActionStatus, Command, Proposal};
+use keel_consensus::storage::DiskStorage;
 use keel_model::Action;
 use raft::prelude::*;
 use raft::storage::MemStorage;
@@ -27,10 +28,14 @@ struct Client {
     pending: BTreeMap<u64, (Vec<u8>, u64)>,
 }
 
-struct Sim {
+/// Opens replica `i`'s store as a restarted process would find it.
+type Reopen<S> = Box<dyn Fn(usize) -> S>;
+
+struct Sim<S: LogStore + Clone> {
     rng: ChaCha8Rng,
-    stores: Vec<MemStorage>,
-    nodes: Vec<Option<Node<MemStorage>>>,
+    reopen: Reopen<S>,
+    stores: Vec<Option<S>>,
+    nodes: Vec<Option<Node<S>>>,
     down_until: Vec<u64>,
     isolated: Option<(u64, u64)>,
     wire: Vec<(u64, u64, Message)>,
@@ -43,19 +48,17 @@ struct Sim {
     crashes: u64,
 }
 
-impl Sim {
-    fn new(seed: u64) -> Sim {
-        let voters: Vec<u64> = (1..=REPLICAS).collect();
-        let stores: Vec<MemStorage> = (0..REPLICAS)
-            .map(|_| MemStorage::new_with_conf_state(ConfState::from((voters.clone(), vec![]))))
-            .collect();
+impl<S: LogStore + Clone> Sim<S> {
+    fn new(seed: u64, reopen: Reopen<S>) -> Sim<S> {
+        let stores: Vec<Option<S>> = (0..REPLICAS as usize).map(|i| Some(reopen(i))).collect();
         let nodes = stores
             .iter()
             .enumerate()
-            .map(|(i, s)| Some(Node::new(i as u64 + 1, s.clone()).unwrap()))
+            .map(|(i, s)| Some(Node::new(i as u64 + 1, s.clone().unwrap()).unwrap()))
             .collect();
         Sim {
             rng: ChaCha8Rng::seed_from_u64(seed),
+            reopen,
             stores,
             nodes,
             down_until: vec![0; REPLICAS as usize],
@@ -89,7 +92,9 @@ impl Sim {
         for i in 0..REPLICAS as usize {
             if self.nodes[i].is_none() && self.now >= self.down_until[i] {
                 // Restart from what was persisted.
-                self.nodes[i] = Some(Node::new(i as u64 + 1, self.stores[i].clone()).unwrap());
+                let store = (self.reopen)(i);
+                self.stores[i] = Some(store.clone());
+                self.nodes[i] = Some(Node::new(i as u64 + 1, store).unwrap());
             }
         }
         // Deliver what is due, in a shuffled order.
@@ -126,6 +131,8 @@ impl Sim {
             let out = n.ready();
             for (index, _) in out.applied {
                 let data = self.stores[i]
+                    .as_ref()
+                    .expect("a live node has its store")
                     .entries(
                         index,
                         index + 1,
@@ -191,6 +198,7 @@ impl Sim {
             };
             if self.nodes[i].is_some() {
                 self.nodes[i] = None;
+                self.stores[i] = None;
                 self.crashes += 1;
                 self.down_until[i] = self.now + self.rng.gen_range(5..60);
             }
@@ -275,8 +283,26 @@ impl Sim {
     }
 }
 
-fn run(seed: u64) {
-    let mut sim = Sim::new(seed);
+fn in_memory() -> Reopen<MemStorage> {
+    let voters: Vec<u64> = (1..=REPLICAS).collect();
+    // The "disk" of each replica: what survives its crash.
+    let disks: Vec<MemStorage> = (0..REPLICAS)
+        .map(|_| MemStorage::new_with_conf_state(ConfState::from((voters.clone(), vec![]))))
+        .collect();
+    Box::new(move |i| disks[i].clone())
+}
+
+fn on_disk(seed: u64) -> Reopen<DiskStorage> {
+    let dir = std::env::temp_dir().join(format!("keel-sim-{}-{seed}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Box::new(move |i| {
+        DiskStorage::open(&dir.join(format!("replica-{}.redb", i + 1)), &[1, 2, 3]).unwrap()
+    })
+}
+
+fn run<S: LogStore + Clone>(seed: u64, reopen: Reopen<S>) {
+    let mut sim = Sim::new(seed, reopen);
     for _ in 0..FAULTY_TICKS {
         sim.tick(true);
     }
@@ -298,7 +324,7 @@ fn run(seed: u64) {
             break;
         }
     }
-    let nodes: Vec<&Node<MemStorage>> = sim.nodes.iter().flatten().collect();
+    let nodes: Vec<&Node<S>> = sim.nodes.iter().flatten().collect();
     assert_eq!(
         nodes.len(),
         REPLICAS as usize,
@@ -372,6 +398,17 @@ fn five_hundred_seeds_of_faults_keep_every_invariant() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(500);
     for seed in 0..seeds {
-        run(seed);
+        run(seed, in_memory());
+    }
+}
+
+/// The same faults over the real store: a crashed replica is reopened from
+/// its redb file, so a restart sees exactly what was fsynced.
+#[test]
+fn replicas_restarted_from_their_redb_files_keep_every_invariant() {
+    for seed in 0..3 {
+        run(seed, on_disk(seed));
+        let dir = std::env::temp_dir().join(format!("keel-sim-{}-{seed}", std::process::id()));
+        std::fs::remove_dir_all(dir).ok();
     }
 }
