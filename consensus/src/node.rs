@@ -24,6 +24,9 @@ pub trait LogStore: raft::Storage {
     fn set_commit(&self, commit: u64);
     fn apply_snapshot(&self, snapshot: Snapshot) -> raft::Result<()>;
     fn set_conf_state(&self, cs: ConfState);
+    /// Keeps a snapshot of the state machine at `index` for peers that fall
+    /// behind, and drops the log before it. May decline (returns false).
+    fn snapshot_at(&self, index: u64, data: Vec<u8>) -> bool;
 }
 
 impl LogStore for MemStorage {
@@ -41,6 +44,11 @@ impl LogStore for MemStorage {
     }
     fn set_conf_state(&self, cs: ConfState) {
         self.wl().set_conf_state(cs)
+    }
+    /// raft-rs's in-memory store cannot serve a snapshot with state machine
+    /// data, so the stand-in never compacts.
+    fn snapshot_at(&self, _index: u64, _data: Vec<u8>) -> bool {
+        false
     }
 }
 
@@ -97,6 +105,32 @@ impl<S: LogStore + Clone> Node<S> {
     /// removed peer) are raft's to judge and are dropped.
     pub fn step(&mut self, msg: Message) {
         let _ = self.raw.step(msg);
+    }
+
+    /// Proposes a membership change (joint consensus when it has several
+    /// steps, or when `transition` asks for it).
+    pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> raft::Result<()> {
+        self.raw.propose_conf_change(vec![], cc)
+    }
+
+    /// The current voters.
+    pub fn voters(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Snapshots the state machine at its applied index and compacts the log
+    /// behind it, once the log holds more than `keep` entries past the last
+    /// snapshot. Returns whether it did.
+    pub fn maybe_compact(&mut self, keep: u64) -> bool {
+        let store = &self.raw.raft.raft_log.store;
+        let first = store.first_index().unwrap_or(1);
+        let applied = self.state.applied;
+        if applied < first + keep {
+            return false;
+        }
+        store.snapshot_at(applied, self.state.snapshot())
     }
 
     /// Proposes an encoded `Proposal`; followers forward it to the leader.
@@ -184,8 +218,14 @@ impl<S: LogStore + Clone> Node<S> {
                             Err(_) => continue,
                         }
                     };
+                    self.state.mark_applied(entry.index);
                     if let Ok(cs) = self.raw.apply_conf_change(&cc) {
-                        self.raw.raft.raft_log.store.set_conf_state(cs);
+                        let store = &self.raw.raft.raft_log.store;
+                        store.set_conf_state(cs);
+                        // raft-rs refuses a snapshot whose configuration
+                        // leaves the receiver out, so a newcomer needs one
+                        // taken after it joined.
+                        store.snapshot_at(entry.index, self.state.snapshot());
                     }
                 }
             }

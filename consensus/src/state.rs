@@ -391,6 +391,12 @@ impl State {
         });
     }
 
+    /// Records that a log entry with no proposal (a membership change) was
+    /// applied, so snapshots say exactly how far the log was applied.
+    pub fn mark_applied(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
+    }
+
     /// Actions a new leader must re-send (same key): dispatched, never acknowledged.
     pub fn in_flight(&self) -> impl Iterator<Item = &LedgerEntry> {
         self.ledger

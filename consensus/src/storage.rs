@@ -289,6 +289,10 @@ impl LogStore for DiskStorage {
         Ok(())
     }
 
+    fn snapshot_at(&self, index: u64, data: Vec<u8>) -> bool {
+        DiskStorage::snapshot_at(self, index, data).is_ok()
+    }
+
     fn set_conf_state(&self, cs: ConfState) {
         let bytes = cs.write_to_bytes().expect("encodes");
         self.write(|_, meta| {
