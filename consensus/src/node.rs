@@ -63,6 +63,9 @@ pub struct Output {
     pub messages: Vec<Message>,
     /// (log index, outcome) of every normal entry applied, in order.
     pub applied: Vec<(u64, Outcome)>,
+    /// Linearizable reads confirmed by a quorum: (request context, the
+    /// commit index the read must wait to be applied).
+    pub reads: Vec<(Vec<u8>, u64)>,
 }
 
 pub struct Node<S: LogStore> {
@@ -105,6 +108,13 @@ impl<S: LogStore + Clone> Node<S> {
     /// removed peer) are raft's to judge and are dropped.
     pub fn step(&mut self, msg: Message) {
         let _ = self.raw.step(msg);
+    }
+
+    /// Asks for a linearizable read (ReadIndex): once `ready` returns the
+    /// context with an index, a read of the state after that index has been
+    /// applied sees every write committed before the request.
+    pub fn read_index(&mut self, ctx: Vec<u8>) {
+        self.raw.read_index(ctx);
     }
 
     /// Proposes a membership change (joint consensus when it has several
@@ -164,6 +174,12 @@ impl<S: LogStore + Clone> Node<S> {
         let store = self.raw.raft.raft_log.store.clone();
         let mut ready = self.raw.ready();
         out.messages.extend(ready.take_messages());
+        out.reads.extend(
+            ready
+                .take_read_states()
+                .into_iter()
+                .map(|r| (r.request_ctx, r.index)),
+        );
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             if let Ok(state) = State::restore(snap.get_data()) {

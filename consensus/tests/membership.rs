@@ -122,6 +122,41 @@ impl Drop for Cluster {
 }
 
 #[test]
+fn a_read_on_a_follower_waits_for_everything_committed_before_it() {
+    let mut c = Cluster::new("read", &[1, 2, 3]);
+    c.propose(20);
+    let leader = c.leader();
+    let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
+    let committed = c.nodes[&leader].commit_index();
+    c.nodes
+        .get_mut(&follower)
+        .unwrap()
+        .read_index(b"q1".to_vec());
+    let mut confirmed = None;
+    for _ in 0..20 {
+        c.nodes.values_mut().for_each(|n| n.tick());
+        let mut wire = Vec::new();
+        for n in c.nodes.values_mut() {
+            let out = n.ready();
+            if n.id() == follower {
+                confirmed = confirmed.or(out.reads.into_iter().find(|r| r.0 == b"q1").map(|r| r.1));
+            }
+            wire.extend(out.messages);
+        }
+        for m in wire {
+            if let Some(n) = c.nodes.get_mut(&m.to) {
+                n.step(m);
+            }
+        }
+    }
+    let index = confirmed.expect("the leader confirmed the read");
+    assert!(
+        index >= committed,
+        "read index {index} < commit {committed} at request"
+    );
+}
+
+#[test]
 fn three_to_four_to_three_replicas_with_snapshot_catch_up() {
     let mut c = Cluster::new("grow", &[1, 2, 3]);
     c.propose(60);
