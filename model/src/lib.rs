@@ -8,12 +8,17 @@
 //! serde alone so that any process can share it.
 
 pub mod action;
+pub mod envelope;
 pub mod finding;
 pub mod label;
 pub mod metric;
 pub mod record;
 
 pub use action::Action;
+pub use envelope::{
+    Ack, Command, Envelope, Message, Query, QueryReply, RaftBytes, Role, Summary, TelemetryBatch,
+    WIRE_VERSION,
+};
 pub use finding::{Cause, Finding, FindingKind, Locus, LocusKind, Severity};
 pub use label::Label;
 pub use metric::{Dir, MetricKind, MetricLabels, MetricName};

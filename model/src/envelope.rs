@@ -1,0 +1,250 @@
+//! The wire envelope: what one keel process says to another, and which roles
+//! may say what.
+//!
+//! Every message travels as `Envelope { version, from, msg }`, encoded with
+//! MessagePack maps (named fields), so that a newer peer may add fields that an
+//! older one skips. A message kind this build does not know fails to decode
+//! (serde's "unknown variant"), and the transport refuses it cleanly.
+//! `from` is informative only: the transport takes a peer's role and name from
+//! its verified certificate.
+
+use crate::{Action, Finding, Name, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The envelope version this build writes.
+pub const WIRE_VERSION: u16 = 1;
+
+/// One message with its header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u16,
+    /// The sender's name as it claims it; receivers trust the certificate instead.
+    pub from: String,
+    pub msg: Message,
+}
+
+impl Envelope {
+    pub fn new(from: impl Into<String>, msg: Message) -> Self {
+        Envelope {
+            version: WIRE_VERSION,
+            from: from.into(),
+            msg,
+        }
+    }
+}
+
+/// What a keel process is, as its certificate says (`keel://ROLE/NAME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Sensor,
+    Correlator,
+    Controller,
+    Executor,
+    Operator,
+}
+
+impl Role {
+    pub const ALL: &'static [Role] = &[
+        Role::Sensor,
+        Role::Correlator,
+        Role::Controller,
+        Role::Executor,
+        Role::Operator,
+    ];
+
+    pub fn wire(self) -> &'static str {
+        match self {
+            Role::Sensor => "sensor",
+            Role::Correlator => "correlator",
+            Role::Controller => "controller",
+            Role::Executor => "executor",
+            Role::Operator => "operator",
+        }
+    }
+
+    pub fn from_wire(s: &str) -> Option<Role> {
+        Role::ALL.iter().copied().find(|r| r.wire() == s)
+    }
+
+    /// The role policy: which message kinds a peer of this role may send.
+    ///
+    /// - every role may `ping`, `pong` and `ack` (an ack only answers a request
+    ///   that someone allowed to send it made);
+    /// - a sensor sends `telemetry` and nothing else of substance;
+    /// - a correlator sends `finding`s to the controller and may `query` it;
+    /// - the controller sends everything of control: `command`, `raft`,
+    ///   `finding` (forwarded), `query` and `query_reply`, but never telemetry;
+    /// - an executor only acknowledges commands;
+    /// - an operator asks (`query`); to act it asks the controller, which alone
+    ///   may send a `command`, so that every action passes through the replicated
+    ///   ledger.
+    pub fn may_send(&self, msg: &Message) -> bool {
+        use Message as M;
+        match msg {
+            M::Ping | M::Pong | M::Ack(_) => true,
+            M::Telemetry(_) => *self == Role::Sensor,
+            M::Finding(_) => matches!(self, Role::Correlator | Role::Controller),
+            M::Query(_) => matches!(self, Role::Correlator | Role::Controller | Role::Operator),
+            M::QueryReply(_) | M::Raft(_) | M::Command(_) => *self == Role::Controller,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.wire())
+    }
+}
+
+/// Every message kind; externally tagged, so the kind is the map key on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Message {
+    Telemetry(TelemetryBatch),
+    Finding(Finding),
+    Raft(RaftBytes),
+    Command(Command),
+    Ack(Ack),
+    Query(Query),
+    QueryReply(QueryReply),
+    Ping,
+    Pong,
+}
+
+impl Message {
+    /// The kind's wire name, for logs and refusals.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Telemetry(_) => "telemetry",
+            Message::Finding(_) => "finding",
+            Message::Raft(_) => "raft",
+            Message::Command(_) => "command",
+            Message::Ack(_) => "ack",
+            Message::Query(_) => "query",
+            Message::QueryReply(_) => "query_reply",
+            Message::Ping => "ping",
+            Message::Pong => "pong",
+        }
+    }
+}
+
+/// Sensor summaries, many per message so that the per-message cost is shared.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TelemetryBatch {
+    pub summaries: Vec<Summary>,
+}
+
+/// One rank's view of one window, as a sensor sends it to its correlator.
+/// Sensors send millions of these, so the wire keys are one to three letters
+/// (about 64 bytes a summary, keys included).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    #[serde(rename = "n")]
+    pub node: Name,
+    #[serde(rename = "j")]
+    pub job: Name,
+    #[serde(rename = "r")]
+    pub rank: u32,
+    /// End of the window this summarises.
+    #[serde(rename = "t")]
+    pub window_end: Timestamp,
+    /// Collective calls seen in the window.
+    #[serde(rename = "c")]
+    pub count: u32,
+    /// Median arrival lateness of this rank at collectives, microseconds.
+    #[serde(rename = "lat")]
+    pub lateness_p50_us: u32,
+    /// Median collective duration, microseconds.
+    #[serde(rename = "dur")]
+    pub dur_p50_us: u32,
+    /// 99th percentile collective duration, microseconds.
+    #[serde(rename = "d99")]
+    pub dur_p99_us: u32,
+}
+
+/// A Raft message between controllers, opaque to the transport.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RaftBytes {
+    /// The receiving controller's Raft id.
+    pub to: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The controller telling an executor to act.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: u64,
+    pub action: Action,
+    pub target: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// The same key on a retried command means the same action, done once.
+    pub idempotency_key: String,
+}
+
+/// The answer to a request: done or not, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub id: u64,
+    pub ok: bool,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// A question to the controller (state of a job, open findings, the ledger).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    pub id: u64,
+    pub topic: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+/// The controller's answer to a [`Query`]; `body` is JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryReply {
+    pub id: u64,
+    pub ok: bool,
+    pub body: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command() -> Message {
+        Message::Command(Command {
+            id: 1,
+            action: Action::DrainNode,
+            target: "node-3".into(),
+            params: BTreeMap::new(),
+            idempotency_key: "k".into(),
+        })
+    }
+
+    #[test]
+    fn only_a_controller_may_send_a_command() {
+        for role in Role::ALL {
+            assert_eq!(role.may_send(&command()), *role == Role::Controller);
+        }
+    }
+
+    #[test]
+    fn only_a_sensor_may_send_telemetry() {
+        let t = Message::Telemetry(TelemetryBatch::default());
+        for role in Role::ALL {
+            assert_eq!(role.may_send(&t), *role == Role::Sensor);
+        }
+    }
+
+    #[test]
+    fn role_wire_names_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(Role::from_wire(role.wire()), Some(*role));
+        }
+        assert_eq!(Role::from_wire("admin"), None);
+    }
+}

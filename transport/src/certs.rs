@@ -1,0 +1,249 @@
+//! The cluster's certificates (`keel cert init`, `keel cert issue`): one CA per
+//! cluster, one certificate per process, whose SAN URI `keel://ROLE/NAME` is the
+//! process's identity and whose DNS SAN `NAME` lets a standard client check the
+//! server it dialled. Private keys are written readable by their owner only.
+
+use crate::identity;
+use keel_model::Role;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use time::{Duration, OffsetDateTime};
+
+pub const CA_CERT: &str = "ca.pem";
+pub const CA_KEY: &str = "ca.key";
+pub const NODE_CERT: &str = "cert.pem";
+pub const NODE_KEY: &str = "key.pem";
+
+#[derive(Debug, Error)]
+pub enum CertError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("bad name {name:?}: {why}")]
+    BadName { name: String, why: &'static str },
+    #[error("{path} already exists; refusing to overwrite a key")]
+    Exists { path: PathBuf },
+}
+
+/// When a certificate is valid.
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// From a few minutes ago (clocks differ) for `days` days.
+    pub fn days(days: u32) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Validity {
+            not_before: now - Duration::minutes(5),
+            not_after: now + Duration::days(days as i64),
+        }
+    }
+}
+
+/// A PEM certificate and its PEM private key.
+#[derive(Debug, Clone)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+/// A cluster CA in memory.
+pub struct Ca {
+    pub pem: Pem,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    pub fn generate(validity: Validity) -> Result<Ca, CertError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        // A name of its own, so that a certificate from another keel cluster is
+        // refused as signed by an unknown CA, not as a bad signature by ours.
+        let id: u64 = rand::random();
+        dn.push(DnType::CommonName, format!("keel cluster CA {id:016x}"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        let pem = Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        };
+        Ok(Ca {
+            issuer: Issuer::new(params, key),
+            pem,
+        })
+    }
+
+    pub fn from_pem(pem: Pem) -> Result<Ca, CertError> {
+        let key = KeyPair::from_pem(&pem.key)?;
+        let issuer = Issuer::from_ca_cert_pem(&pem.cert, key)?;
+        Ok(Ca { pem, issuer })
+    }
+
+    /// A certificate for process `name` of `role`, signed by this CA.
+    pub fn issue(&self, role: Role, name: &str, validity: Validity) -> Result<Pem, CertError> {
+        identity::check_name(name).map_err(|why| CertError::BadName {
+            name: name.to_string(),
+            why,
+        })?;
+        let mut params = CertificateParams::new(vec![name.to_string()])?;
+        params
+            .subject_alt_names
+            .push(SanType::URI(identity::uri(role, name).try_into()?));
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationalUnitName, role.wire());
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // Every process both dials and accepts, so every certificate serves both.
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}
+
+/// `keel cert init`: a new CA in `out` (`ca.pem`, `ca.key`).
+pub fn init(out: &Path) -> Result<Ca, CertError> {
+    let key_path = out.join(CA_KEY);
+    if key_path.exists() {
+        return Err(CertError::Exists { path: key_path });
+    }
+    let ca = Ca::generate(Validity::days(3650))?;
+    create_dir(out)?;
+    write_file(&out.join(CA_CERT), &ca.pem.cert, 0o644)?;
+    write_file(&key_path, &ca.pem.key, 0o600)?;
+    Ok(ca)
+}
+
+/// Read the CA that `init` wrote in `dir`.
+pub fn load_ca(dir: &Path) -> Result<Ca, CertError> {
+    Ca::from_pem(Pem {
+        cert: read_file(&dir.join(CA_CERT))?,
+        key: read_file(&dir.join(CA_KEY))?,
+    })
+}
+
+/// `keel cert issue`: `cert.pem`, `key.pem` and a copy of `ca.pem` in `out`,
+/// everything a process needs to join the cluster.
+pub fn issue(
+    ca_dir: &Path,
+    role: Role,
+    name: &str,
+    out: &Path,
+    validity: Validity,
+) -> Result<Pem, CertError> {
+    let ca = load_ca(ca_dir)?;
+    let pem = ca.issue(role, name, validity)?;
+    create_dir(out)?;
+    write_file(&out.join(NODE_CERT), &pem.cert, 0o644)?;
+    write_file(&out.join(NODE_KEY), &pem.key, 0o600)?;
+    write_file(&out.join(CA_CERT), &ca.pem.cert, 0o644)?;
+    Ok(pem)
+}
+
+fn create_dir(dir: &Path) -> Result<(), CertError> {
+    std::fs::create_dir_all(dir).map_err(|source| CertError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<String, CertError> {
+    std::fs::read_to_string(path).map_err(|source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The mode is set at creation, so a key is never readable by others, not even briefly.
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
+    let io = |source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn init_and_issue_write_keys_0600_and_the_identity_is_in_the_cert() {
+        let dir = std::env::temp_dir().join(format!("keel-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        init(&dir.join("ca")).unwrap();
+        assert!(
+            init(&dir.join("ca")).is_err(),
+            "init never overwrites a CA key"
+        );
+        issue(
+            &dir.join("ca"),
+            Role::Executor,
+            "node-9",
+            &dir.join("n9"),
+            Validity::days(1),
+        )
+        .unwrap();
+        for key in [dir.join("ca").join(CA_KEY), dir.join("n9").join(NODE_KEY)] {
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", key.display());
+        }
+        let pem = read_file(&dir.join("n9").join(NODE_CERT)).unwrap();
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map(|c: rustls::pki_types::CertificateDer<'static>| c)
+            .unwrap();
+        assert_eq!(
+            identity::from_cert_der(&der).unwrap(),
+            (Role::Executor, "node-9".to_string())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn names_outside_the_dns_alphabet_are_refused() {
+        let ca = Ca::generate(Validity::days(1)).unwrap();
+        assert!(ca
+            .issue(Role::Sensor, "Bad Name", Validity::days(1))
+            .is_err());
+    }
+}

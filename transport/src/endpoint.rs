@@ -1,0 +1,377 @@
+//! quinn endpoints with keel's rules: a [`Server`] that admits only peers the
+//! cluster CA vouches for, a [`Client`] that dials one, and a [`Link`] that
+//! keeps a client connection up across restarts, with backoff and jitter.
+
+use crate::backoff::Backoff;
+use crate::conn::{inbox, Connection, Inbox, InboxTx, Local};
+use crate::telemetry::TelemetrySender;
+use crate::tls::{self, Credentials};
+use crate::{identity, Options, Peer, RefusalReason, Stats, TransportError};
+use keel_model::{Message, Role};
+use rand::Rng;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Our own identity, read from our own certificate (so a mislabelled file is
+/// caught at start, not by the peers).
+fn local_identity(creds: &Credentials) -> Result<Local, TransportError> {
+    let pem = creds.own.as_ref().ok_or_else(|| TransportError::Config {
+        detail: "no certificate".into(),
+    })?;
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.cert.as_bytes())
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c)
+        .map_err(|e| TransportError::Config {
+            detail: format!("own certificate: {e}"),
+        })?;
+    let (role, name) = identity::from_cert_der(&der).map_err(|e| TransportError::Config {
+        detail: format!("own certificate: {e}"),
+    })?;
+    Ok(Local { role, name })
+}
+
+/// The peer's role and name from the certificate rustls verified.
+fn peer_identity(conn: &quinn::Connection) -> Result<Peer, String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or_else(|| "no peer certificate".to_string())?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| "empty certificate chain".to_string())?;
+    let (role, name) = identity::from_cert_der(leaf).map_err(|e| e.to_string())?;
+    Ok(Peer {
+        role,
+        name,
+        addr: conn.remote_address(),
+    })
+}
+
+/// Accepts connections from authenticated peers.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    accepted: mpsc::Receiver<(Connection, Inbox)>,
+    live: Arc<Mutex<Vec<Connection>>>,
+    pub stats: Arc<Stats>,
+    pub local_role: Role,
+    pub local_name: String,
+}
+
+impl Server {
+    pub fn bind(
+        addr: SocketAddr,
+        creds: &Credentials,
+        opts: Options,
+    ) -> Result<Server, TransportError> {
+        let local = local_identity(creds)?;
+        let cfg = tls::server_config(creds, &opts.timing)?;
+        let endpoint = quinn::Endpoint::server(cfg, addr)
+            .map_err(|source| TransportError::Io { addr, source })?;
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = mpsc::channel(64);
+        let live = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            local.clone(),
+            opts,
+            stats.clone(),
+            tx,
+            live.clone(),
+        ));
+        Ok(Server {
+            endpoint,
+            accepted: rx,
+            live,
+            stats,
+            local_role: local.role,
+            local_name: local.name,
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|source| TransportError::Io {
+                addr: ([0, 0, 0, 0], 0).into(),
+                source,
+            })
+    }
+
+    /// The next authenticated connection; refused ones are counted, not returned.
+    pub async fn accept(&mut self) -> Option<(Connection, Inbox)> {
+        self.accepted.recv().await
+    }
+
+    /// Stop accepting, let control exchanges under way finish (at most
+    /// `grace`), close every connection and wait for the peers to be told.
+    pub async fn shutdown(self, grace: Duration) {
+        self.endpoint.set_server_config(None);
+        let live: Vec<Connection> = self.live.lock().map(|l| l.clone()).unwrap_or_default();
+        for c in &live {
+            c.close_gracefully(grace).await;
+        }
+        self.endpoint
+            .close(crate::conn::CLOSE_SHUTDOWN.into(), b"shutdown");
+        let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    local: Local,
+    opts: Options,
+    stats: Arc<Stats>,
+    tx: mpsc::Sender<(Connection, Inbox)>,
+    live: Arc<Mutex<Vec<Connection>>>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let (local, opts, stats, tx, live) = (
+            local.clone(),
+            opts.clone(),
+            stats.clone(),
+            tx.clone(),
+            live.clone(),
+        );
+        tokio::spawn(async move {
+            let addr = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    let reason = tls::classify_handshake_error(&e);
+                    stats.refuse(&addr.to_string(), reason, &e.to_string());
+                    return;
+                }
+            };
+            let peer = match peer_identity(&conn) {
+                Ok(p) => p,
+                Err(detail) => {
+                    stats.refuse(&addr.to_string(), RefusalReason::BadCert, &detail);
+                    Connection::refuse(&conn, RefusalReason::BadCert, &detail);
+                    return;
+                }
+            };
+            stats.accepted.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(peer = %peer, "accepted");
+            let (inbox_tx, inbox_rx) = inbox(opts.inbox_capacity);
+            let telemetry = TelemetrySender::new(opts.telemetry_capacity, stats.clone());
+            let c = Connection::start(conn, peer, local, opts, stats, inbox_tx, telemetry);
+            if let Ok(mut l) = live.lock() {
+                l.retain(|c| !c.is_closed());
+                l.push(c.clone());
+            }
+            let _ = tx.send((c, inbox_rx)).await;
+        });
+    }
+}
+
+/// Dials servers with this process's certificate.
+#[derive(Clone)]
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    local: Local,
+    opts: Options,
+    pub stats: Arc<Stats>,
+}
+
+impl Client {
+    pub fn new(creds: &Credentials, opts: Options) -> Result<Client, TransportError> {
+        // A client without a certificate has no identity; only tests build one.
+        let local = local_identity(creds).unwrap_or(Local {
+            role: Role::Operator,
+            name: "anonymous".into(),
+        });
+        let cfg = tls::client_config(creds, &opts.timing)?;
+        let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
+        let mut endpoint =
+            quinn::Endpoint::client(addr).map_err(|source| TransportError::Io { addr, source })?;
+        endpoint.set_default_client_config(cfg);
+        Ok(Client {
+            endpoint,
+            local,
+            opts,
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// Connect to `server_name` (the name in its certificate) at `addr`, and
+    /// confirm with a ping that the server admitted us: under TLS 1.3 the
+    /// server judges our certificate only after our side of the handshake is done.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<(Connection, Inbox), TransportError> {
+        let (tx, rx) = inbox(self.opts.inbox_capacity);
+        let telemetry = TelemetrySender::new(self.opts.telemetry_capacity, self.stats.clone());
+        let c = self.connect_with(addr, server_name, tx, telemetry).await?;
+        Ok((c, rx))
+    }
+
+    pub(crate) async fn connect_with(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        inbox: InboxTx,
+        telemetry: TelemetrySender,
+    ) -> Result<Connection, TransportError> {
+        let connect_err = |detail: String| TransportError::Connect {
+            addr,
+            name: server_name.to_string(),
+            detail,
+        };
+        let connecting = self
+            .endpoint
+            .connect(addr, server_name)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let conn = match tokio::time::timeout(self.opts.connect_timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(TransportError::from_connection(
+                    format!("{server_name}@{addr}"),
+                    e,
+                ))
+            }
+            Err(_) => return Err(connect_err("handshake timed out".into())),
+        };
+        let peer = peer_identity(&conn).map_err(connect_err)?;
+        let c = Connection::start(
+            conn,
+            peer,
+            self.local.clone(),
+            self.opts.clone(),
+            self.stats.clone(),
+            inbox,
+            telemetry,
+        );
+        match c.request(Message::Ping, self.opts.connect_timeout).await? {
+            Message::Pong => Ok(c),
+            other => Err(connect_err(format!("answered ping with {}", other.kind()))),
+        }
+    }
+}
+
+/// A client connection that comes back by itself. Requests made while it is
+/// down wait for it (within their timeout) and are sent again if the link
+/// drops mid-request: at-least-once, which is why commands carry an
+/// idempotency key. Telemetry queued while down waits in the same bounded
+/// queue and drops its oldest when that fills.
+pub struct Link {
+    current: watch::Receiver<Option<Connection>>,
+    telemetry: TelemetrySender,
+    pub stats: Arc<Stats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    pub fn start(
+        client: Client,
+        addr: SocketAddr,
+        server_name: &str,
+        backoff: Backoff,
+    ) -> (Link, Inbox) {
+        let (tx, rx) = inbox(client.opts.inbox_capacity);
+        let telemetry = TelemetrySender::new(client.opts.telemetry_capacity, client.stats.clone());
+        let (cur_tx, cur_rx) = watch::channel(None);
+        let stats = client.stats.clone();
+        let task = tokio::spawn(keep_up(
+            client,
+            addr,
+            server_name.to_string(),
+            backoff,
+            tx,
+            telemetry.clone(),
+            cur_tx,
+        ));
+        (
+            Link {
+                current: cur_rx,
+                telemetry,
+                stats,
+                task,
+            },
+            rx,
+        )
+    }
+
+    pub fn telemetry(&self) -> &TelemetrySender {
+        &self.telemetry
+    }
+
+    pub fn connection(&self) -> Option<Connection> {
+        self.current.borrow().clone()
+    }
+
+    pub async fn request(
+        &self,
+        msg: Message,
+        timeout: Duration,
+    ) -> Result<Message, TransportError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut current = self.current.clone();
+        loop {
+            let up = |c: &Option<Connection>| matches!(c, Some(c) if !c.is_closed());
+            let conn = match tokio::time::timeout_at(deadline, current.wait_for(up)).await {
+                Ok(Ok(c)) => c.clone(),
+                _ => {
+                    return Err(TransportError::Timeout {
+                        peer: "link".into(),
+                        after: timeout,
+                    })
+                }
+            };
+            let Some(conn) = conn else { continue };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match conn.request(msg.clone(), left).await {
+                Err(e) if e.is_connection_lost() => {
+                    // Resend once the link has noticed and come back.
+                    let _ = tokio::time::timeout_at(deadline, conn.closed()).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Let requests under way finish (at most `grace`), then close.
+    pub async fn shutdown(self, grace: Duration) {
+        self.task.abort();
+        if let Some(c) = self.current.borrow().clone() {
+            c.close_gracefully(grace).await;
+        }
+    }
+}
+
+async fn keep_up(
+    client: Client,
+    addr: SocketAddr,
+    name: String,
+    mut backoff: Backoff,
+    inbox: InboxTx,
+    telemetry: TelemetrySender,
+    current: watch::Sender<Option<Connection>>,
+) {
+    loop {
+        match client
+            .connect_with(addr, &name, inbox.clone(), telemetry.clone())
+            .await
+        {
+            Ok(conn) => {
+                backoff.reset();
+                tracing::info!(peer = %conn.peer(), "link up");
+                current.send_replace(Some(conn.clone()));
+                let why = conn.closed().await;
+                current.send_replace(None);
+                tracing::warn!(peer = %conn.peer(), reason = %why, "link down");
+            }
+            Err(e) => {
+                let delay = backoff.next_delay(rand::thread_rng().gen());
+                tracing::debug!(%addr, error = %e, ?delay, attempt = backoff.attempts(), "connect failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
