@@ -149,8 +149,17 @@ enum BenchCommand {
     },
 }
 
-fn main() -> Result<()> {
+fn main() {
     let cli = Cli::parse();
+    // Errors are for operators: the chain of what failed and where, without
+    // the backtrace anyhow would attach when RUST_BACKTRACE is set.
+    if let Err(e) = run(cli) {
+        eprintln!("keel: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo {
             scenario,
