@@ -13,7 +13,7 @@ use std::path::PathBuf;
 #[command(
     name = "keel",
     version,
-    about = "Finds skews in LLM inference on GPU clusters, names their cause, and acts on them"
+    about = "Finds skews in LLM inference on GPU clusters and names their cause"
 )]
 struct Cli {
     #[command(subcommand)]

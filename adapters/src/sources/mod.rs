@@ -1,5 +1,6 @@
 //! Telemetry sources, one module each.
 
 mod fast_line;
+pub mod prometheus;
 pub mod replay;
 pub mod trace_line;
