@@ -1,6 +1,7 @@
 //! The `keel` binary: every role and tool of keel behind one command.
 
 mod bench;
+mod controller;
 mod demo;
 mod eval;
 mod replay;
@@ -73,6 +74,22 @@ enum Command {
         #[command(subcommand)]
         command: ChaosCommand,
     },
+    /// Run one replica of the Raft-replicated controller
+    Controller {
+        /// TOML: id, listen, data_dir, credentials, [[peers]] id/addr/name
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Ask a controller for its view: leader, term, commit index, members, jobs, findings, ledger
+    Status {
+        #[command(flatten)]
+        at: ControllerAt,
+    },
+    /// Policies on the controller
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Measure keel's speed
     Bench {
         #[command(subcommand)]
@@ -111,6 +128,33 @@ enum CertCommand {
         /// Days the certificate stays valid
         #[arg(long, default_value_t = 365)]
         days: u32,
+    },
+}
+
+/// Which controller to ask, and as whom.
+#[derive(clap::Args)]
+struct ControllerAt {
+    /// The controller's address
+    #[arg(long)]
+    controller: std::net::SocketAddr,
+    /// The name in the controller's certificate
+    #[arg(long)]
+    name: String,
+    /// A folder with an operator certificate (`keel cert issue --role operator`)
+    #[arg(long)]
+    credentials: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Commit FILE as the next version of a named policy document
+    Apply {
+        file: PathBuf,
+        /// The policy's name (default: the file's stem)
+        #[arg(long)]
+        policy: Option<String>,
+        #[command(flatten)]
+        at: ControllerAt,
     },
 }
 
@@ -234,6 +278,56 @@ fn run(cli: Cli) -> Result<()> {
                         s.labels
                     );
                 }
+                Ok(())
+            }
+        },
+        Command::Controller { config } => controller::run(&config),
+        Command::Status { at } => {
+            let r = controller::query(
+                at.controller,
+                &at.name,
+                &at.credentials,
+                "status",
+                Default::default(),
+            )?;
+            if !r.ok {
+                bail!("{}: {}", at.name, r.body);
+            }
+            println!("{}", r.body);
+            Ok(())
+        }
+        Command::Policy { command } => match command {
+            PolicyCommand::Apply { file, policy, at } => {
+                let document = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let name = policy.unwrap_or_else(|| {
+                    file.file_stem()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                });
+                let command =
+                    serde_json::json!({"apply_policy": {"name": name, "document": document}});
+                // One client id per invocation; a retry of this very call
+                // would reuse it with the same seq.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let client = format!("operator-{}-{nanos}", std::process::id());
+                let params = [
+                    ("client".to_string(), client),
+                    ("seq".to_string(), "1".to_string()),
+                    ("command".to_string(), command.to_string()),
+                ]
+                .into_iter()
+                .collect();
+                let r =
+                    controller::query(at.controller, &at.name, &at.credentials, "propose", params)?;
+                if !r.ok {
+                    bail!("{}: {}", at.name, r.body);
+                }
+                println!("{}", r.body);
                 Ok(())
             }
         },

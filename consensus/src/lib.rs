@@ -15,3 +15,6 @@ pub mod storage;
 pub use state::{
     ActionStatus, AuditEvent, Command, LedgerEntry, Outcome, Proposal, Rejection, State,
 };
+
+/// raft-rs's message type, for runners that carry it.
+pub use raft::prelude::Message as RaftMessage;

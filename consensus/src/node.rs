@@ -123,6 +123,22 @@ impl<S: LogStore + Clone> Node<S> {
         self.raw.propose_conf_change(vec![], cc)
     }
 
+    /// The (client, seq) of the proposal in the log entry at `index`, if
+    /// it holds one: how a runner finds whom to answer once it is applied.
+    pub fn state_entry_client(&self, index: u64) -> Option<(String, u64)> {
+        let store = &self.raw.raft.raft_log.store;
+        let e = store
+            .entries(
+                index,
+                index + 1,
+                None,
+                raft::GetEntriesContext::empty(false),
+            )
+            .ok()?;
+        let p = crate::state::Proposal::decode(&e.first()?.data).ok()?;
+        Some((p.client, p.seq))
+    }
+
     /// The current voters.
     pub fn voters(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
@@ -247,4 +263,14 @@ impl<S: LogStore + Clone> Node<S> {
             }
         }
     }
+}
+
+/// A Raft message as it travels between controllers (raft-rs's protobuf).
+pub fn encode_message(msg: &Message) -> Vec<u8> {
+    protobuf::Message::write_to_bytes(msg).expect("raft messages encode")
+}
+
+/// Decodes a peer's Raft message; a malformed one is an error, never a panic.
+pub fn decode_message(bytes: &[u8]) -> Result<Message, protobuf::ProtobufError> {
+    protobuf::Message::parse_from_bytes(bytes)
 }

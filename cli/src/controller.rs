@@ -1,0 +1,330 @@
+//! `keel controller`: one replica of the Raft-replicated controller, and the
+//! operator's `keel status`.
+//!
+//! A thin async shell around `keel_consensus::node::Node`: one task owns the
+//! node and feeds it ticks (every 100 ms), peers' Raft messages and
+//! operators' proposals, then sends what `ready` returned. Raft messages ride
+//! the transport's control class (one request each, answered by an ack);
+//! operators ask with `query` messages: topic `status`, or topic `propose`
+//! with a JSON command, answered once the proposal is applied here.
+
+use anyhow::{bail, Context, Result};
+use keel_consensus::node::{decode_message, encode_message, Node};
+use keel_consensus::state::{Command, Outcome, Proposal};
+use keel_consensus::storage::DiskStorage;
+use keel_consensus::RaftMessage;
+use keel_model::{Message, Query, QueryReply, RaftBytes};
+use keel_transport::{Backoff, Client, Credentials, Link, Options, Server};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+const TICK: Duration = Duration::from_millis(100);
+const RAFT_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Links between replicas notice a dead peer within about a second: a peer
+/// killed outright never closes its connection, and a replica restarted
+/// behind a stale connection would wait out a long idle timeout before it
+/// hears from the leader again.
+fn replica_options() -> Options {
+    Options {
+        timing: keel_transport::Timing {
+            idle_timeout: Duration::from_millis(1500),
+            keep_alive: Duration::from_millis(300),
+        },
+        ..Options::default()
+    }
+}
+
+/// `keel controller --config FILE`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This replica's Raft id (non-zero, unique in the cluster).
+    pub id: u64,
+    /// Address to listen on for peers and operators.
+    pub listen: SocketAddr,
+    /// Where the Raft log, hard state and snapshots live (created if absent).
+    pub data_dir: PathBuf,
+    /// A folder with this replica's `cert.pem`, `key.pem` and the cluster `ca.pem`
+    /// (as `keel cert issue` writes it; the role must be `controller`).
+    pub credentials: PathBuf,
+    /// The other replicas.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    pub addr: SocketAddr,
+    /// The name in the peer's certificate (checked when connecting).
+    pub name: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: Config = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        if cfg.id == 0 {
+            bail!("{}: field `id` must be non-zero", path.display());
+        }
+        if cfg.peers.iter().any(|p| p.id == cfg.id) {
+            bail!(
+                "{}: peer id {} is this replica's own id",
+                path.display(),
+                cfg.id
+            );
+        }
+        Ok(cfg)
+    }
+}
+
+enum Event {
+    Raft(RaftMessage),
+    Propose(Vec<u8>, oneshot::Sender<Outcome>),
+    Status(oneshot::Sender<String>),
+}
+
+pub fn run(config: &Path) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let creds = Credentials::from_dir(&cfg.credentials)
+        .with_context(|| format!("credentials in {}", cfg.credentials.display()))?;
+    let mut voters: Vec<u64> = cfg.peers.iter().map(|p| p.id).collect();
+    voters.push(cfg.id);
+    voters.sort_unstable();
+    let store = DiskStorage::open(&cfg.data_dir.join("raft.redb"), &voters)?;
+    let mut node = Node::new(cfg.id, store)?;
+
+    let mut links: HashMap<u64, Arc<Link>> = HashMap::new();
+    for p in &cfg.peers {
+        let client = Client::new(&creds, replica_options())?;
+        let (link, _inbox) = Link::start(client, p.addr, &p.name, Backoff::default());
+        links.insert(p.id, Arc::new(link));
+    }
+    let mut server = Server::bind(cfg.listen, &creds, replica_options())?;
+    eprintln!(
+        "keel controller {}: listening on {}",
+        cfg.id,
+        server.local_addr()?
+    );
+
+    let (events, mut inbox) = mpsc::channel::<Event>(4096);
+    tokio::spawn(async move {
+        while let Some((_conn, mut requests)) = server.accept().await {
+            let events = events.clone();
+            tokio::spawn(async move {
+                while let Some(req) = requests.requests.recv().await {
+                    let events = events.clone();
+                    tokio::spawn(handle(req, events));
+                }
+            });
+        }
+    });
+
+    let mut waiting: HashMap<(String, u64), Vec<oneshot::Sender<Outcome>>> = HashMap::new();
+    let mut ticker = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => node.tick(),
+            ev = inbox.recv() => match ev {
+                Some(Event::Raft(m)) => node.step(m),
+                Some(Event::Propose(data, reply)) => {
+                    if let Ok(p) = Proposal::decode(&data) {
+                        waiting.entry((p.client, p.seq)).or_default().push(reply);
+                        let _ = node.propose(data);
+                    }
+                }
+                Some(Event::Status(reply)) => { let _ = reply.send(status(&node)); }
+                None => return Ok(()),
+            },
+        }
+        let out = node.ready();
+        for m in out.messages {
+            if let Some(link) = links.get(&m.to) {
+                let link = link.clone();
+                let msg = Message::Raft(RaftBytes {
+                    to: m.to,
+                    bytes: encode_message(&m),
+                });
+                tokio::spawn(async move {
+                    let _ = link.request(msg, RAFT_SEND_TIMEOUT).await;
+                });
+            }
+        }
+        for (index, outcome) in out.applied {
+            let key = node
+                .state_entry_client(index)
+                .and_then(|k| waiting.remove(&k));
+            for reply in key.into_iter().flatten() {
+                let _ = reply.send(outcome.clone());
+            }
+        }
+    }
+}
+
+async fn handle(req: keel_transport::Request, events: mpsc::Sender<Event>) {
+    let reply = match &req.msg {
+        Message::Raft(r) => match decode_message(&r.bytes) {
+            Ok(m) => {
+                let _ = events.send(Event::Raft(m)).await;
+                Message::Ack(keel_model::Ack {
+                    id: 0,
+                    ok: true,
+                    detail: String::new(),
+                })
+            }
+            Err(e) => Message::Ack(keel_model::Ack {
+                id: 0,
+                ok: false,
+                detail: format!("bad raft message: {e}"),
+            }),
+        },
+        Message::Query(q) => Message::QueryReply(answer(q, &events).await),
+        _ => Message::Ack(keel_model::Ack {
+            id: 0,
+            ok: false,
+            detail: "not for a controller".into(),
+        }),
+    };
+    let _ = req.reply(reply).await;
+}
+
+async fn answer(q: &Query, events: &mpsc::Sender<Event>) -> QueryReply {
+    let fail = |body: String| QueryReply {
+        id: q.id,
+        ok: false,
+        body,
+    };
+    match q.topic.as_str() {
+        "status" => {
+            let (tx, rx) = oneshot::channel();
+            if events.send(Event::Status(tx)).await.is_err() {
+                return fail("controller stopping".into());
+            }
+            match rx.await {
+                Ok(body) => QueryReply {
+                    id: q.id,
+                    ok: true,
+                    body,
+                },
+                Err(_) => fail("controller stopping".into()),
+            }
+        }
+        "propose" => {
+            let parsed = (|| -> Result<Vec<u8>> {
+                let client = q.params.get("client").context("param `client`")?.clone();
+                let seq: u64 = q
+                    .params
+                    .get("seq")
+                    .context("param `seq`")?
+                    .parse()
+                    .context("param `seq`")?;
+                let command: Command =
+                    serde_json::from_str(q.params.get("command").context("param `command`")?)
+                        .context("param `command`")?;
+                Ok(Proposal {
+                    client,
+                    seq,
+                    command,
+                }
+                .encode())
+            })();
+            let data = match parsed {
+                Ok(d) => d,
+                Err(e) => return fail(format!("{e:#}")),
+            };
+            let (tx, rx) = oneshot::channel();
+            if events.send(Event::Propose(data, tx)).await.is_err() {
+                return fail("controller stopping".into());
+            }
+            match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+                Ok(Ok(outcome)) => QueryReply {
+                    id: q.id,
+                    ok: !matches!(outcome, Outcome::Rejected(_)),
+                    body: serde_json::to_string(&outcome).unwrap_or_default(),
+                },
+                _ => fail(
+                    "not applied in time (no leader?); retry with the same client and seq".into(),
+                ),
+            }
+        }
+        other => fail(format!("unknown query topic {other:?}")),
+    }
+}
+
+fn status<S: keel_consensus::node::LogStore + Clone>(node: &Node<S>) -> String {
+    let s = &node.state;
+    let ledger: BTreeMap<&String, String> = s
+        .ledger
+        .iter()
+        .map(|(k, e)| (k, format!("{:?} {} {}", e.status, e.action, e.target)))
+        .collect();
+    serde_json::json!({
+        "id": node.id(),
+        "leader": node.leader_id(),
+        "term": node.term(),
+        "commit": node.commit_index(),
+        "applied": s.applied,
+        "members": node.voters(),
+        "jobs": s.jobs.keys().collect::<Vec<_>>(),
+        "open_findings": s.open_findings().count(),
+        "policies": s.policies.iter().map(|(k, v)| (k.clone(), v.len())).collect::<BTreeMap<_, _>>(),
+        "ledger": ledger,
+    })
+    .to_string()
+}
+
+/// `keel status`: asks one controller for its view.
+pub fn query(
+    addr: SocketAddr,
+    name: &str,
+    creds: &Path,
+    topic: &str,
+    params: BTreeMap<String, String>,
+) -> Result<QueryReply> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let creds = Credentials::from_dir(creds)
+            .with_context(|| format!("credentials in {}", creds.display()))?;
+        let client = Client::new(&creds, Options::default())?;
+        let (conn, _inbox) = client
+            .connect(addr, name)
+            .await
+            .with_context(|| format!("connecting to {name} at {addr}"))?;
+        let reply = conn
+            .request(
+                Message::Query(Query {
+                    id: 1,
+                    topic: topic.into(),
+                    params,
+                }),
+                Duration::from_secs(15),
+            )
+            .await
+            .with_context(|| format!("asking {name} at {addr}"))?;
+        match reply {
+            Message::QueryReply(r) => Ok(r),
+            other => bail!("{name} answered with {}", other.kind()),
+        }
+    })
+}
