@@ -139,22 +139,20 @@ async fn serve(cfg: Config) -> Result<()> {
         }
     });
 
-    let mut waiting: HashMap<(String, u64), Vec<oneshot::Sender<Outcome>>> = HashMap::new();
+    let mut waiting = Waiting::new();
     let mut ticker = tokio::time::interval(TICK);
     loop {
         tokio::select! {
             _ = ticker.tick() => node.tick(),
-            ev = inbox.recv() => match ev {
-                Some(Event::Raft(m)) => node.step(m),
-                Some(Event::Propose(data, reply)) => {
-                    if let Ok(p) = Proposal::decode(&data) {
-                        waiting.entry((p.client, p.seq)).or_default().push(reply);
-                        let _ = node.propose(data);
-                    }
+            ev = inbox.recv() => {
+                let Some(ev) = ev else { return Ok(()) };
+                on_event(&mut node, &mut waiting, ev);
+                // Take everything already waiting before the next `ready`,
+                // so that one fsync covers a whole batch of proposals.
+                while let Ok(ev) = inbox.try_recv() {
+                    on_event(&mut node, &mut waiting, ev);
                 }
-                Some(Event::Status(reply)) => { let _ = reply.send(status(&node)); }
-                None => return Ok(()),
-            },
+            }
         }
         let out = node.ready();
         for m in out.messages {
@@ -176,6 +174,23 @@ async fn serve(cfg: Config) -> Result<()> {
             for reply in key.into_iter().flatten() {
                 let _ = reply.send(outcome.clone());
             }
+        }
+    }
+}
+
+type Waiting = HashMap<(String, u64), Vec<oneshot::Sender<Outcome>>>;
+
+fn on_event(node: &mut Node<DiskStorage>, waiting: &mut Waiting, ev: Event) {
+    match ev {
+        Event::Raft(m) => node.step(m),
+        Event::Propose(data, reply) => {
+            if let Ok(p) = Proposal::decode(&data) {
+                waiting.entry((p.client, p.seq)).or_default().push(reply);
+                let _ = node.propose(data);
+            }
+        }
+        Event::Status(reply) => {
+            let _ = reply.send(status(node));
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `keel` binary: every role and tool of keel behind one command.
 
 mod bench;
+mod bench_controller;
 mod controller;
 mod demo;
 mod eval;
@@ -183,6 +184,14 @@ enum ChaosCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Commits/s and commit latency of 3 local controller processes (fsync on), then failover time
+    Controller {
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Proposals in flight at once
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
     /// Replay throughput (records/s on one core) and peak memory on traces of growing length
     Replay {
         /// Trace lengths to measure, in seconds of trace time
@@ -333,6 +342,10 @@ fn run(cli: Cli) -> Result<()> {
         },
         Command::Bench { command } => match command {
             BenchCommand::Replay { durations, seed } => bench::run(&durations, seed),
+            BenchCommand::Controller {
+                seconds,
+                concurrency,
+            } => bench_controller::run(seconds, concurrency),
         },
         Command::Cert { command } => match command {
             CertCommand::Init { out } => {

@@ -27,6 +27,17 @@ pub trait LogStore: raft::Storage {
     /// Keeps a snapshot of the state machine at `index` for peers that fall
     /// behind, and drops the log before it. May decline (returns false).
     fn snapshot_at(&self, index: u64, data: Vec<u8>) -> bool;
+    /// Appends entries and records the hard state together: a store that
+    /// can make both durable in one write (one fsync) should.
+    fn persist(&self, entries: &[Entry], hs: Option<HardState>) -> raft::Result<()> {
+        if !entries.is_empty() {
+            self.append(entries)?;
+        }
+        if let Some(hs) = hs {
+            self.set_hard_state(hs);
+        }
+        Ok(())
+    }
 }
 
 impl LogStore for MemStorage {
@@ -207,14 +218,9 @@ impl<S: LogStore + Clone> Node<S> {
         }
         let committed = ready.take_committed_entries();
         self.apply(committed, &mut out);
-        if !ready.entries().is_empty() {
-            store
-                .append(ready.entries())
-                .expect("raft hands the store a contiguous run of entries");
-        }
-        if let Some(hs) = ready.hs() {
-            store.set_hard_state(hs.clone());
-        }
+        store
+            .persist(ready.entries(), ready.hs().cloned())
+            .expect("raft hands the store a contiguous run of entries");
         out.messages.extend(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {

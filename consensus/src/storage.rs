@@ -233,6 +233,38 @@ impl raft::Storage for DiskStorage {
 }
 
 impl LogStore for DiskStorage {
+    fn persist(&self, new: &[Entry], hs: Option<HardState>) -> raft::Result<()> {
+        let first = new.first().map(|e| e.index);
+        let encoded: Vec<(u64, Vec<u8>)> = new
+            .iter()
+            .map(|e| (e.index, e.write_to_bytes().expect("entries encode")))
+            .collect();
+        let hs_bytes = hs.as_ref().map(|h| h.write_to_bytes().expect("encodes"));
+        if first.is_none() && hs_bytes.is_none() {
+            return Ok(());
+        }
+        self.write(|entries, meta| {
+            if let Some(first) = first {
+                entries.retain(|k, _| k < first)?;
+                for (i, bytes) in &encoded {
+                    entries.insert(*i, bytes.as_slice())?;
+                }
+            }
+            if let Some(b) = &hs_bytes {
+                meta.insert(HARD_STATE, b.as_slice())?;
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| fatal("append", e));
+        if !new.is_empty() {
+            self.mem.wl().append(new)?;
+        }
+        if let Some(hs) = hs {
+            self.mem.wl().set_hardstate(hs);
+        }
+        Ok(())
+    }
+
     fn append(&self, new: &[Entry]) -> raft::Result<()> {
         let Some(first) = new.first().map(|e| e.index) else {
             return Ok(());
@@ -263,10 +295,11 @@ impl LogStore for DiskStorage {
         self.mem.wl().set_hardstate(hs);
     }
 
+    /// In memory only: a restarted replica learns the commit index from the
+    /// leader again (raft-rs never needs it durable for safety), and writing
+    /// it on every round would double the fsyncs of the write path.
     fn set_commit(&self, commit: u64) {
-        let mut hs = self.mem.rl().hard_state().clone();
-        hs.commit = commit;
-        self.set_hard_state(hs);
+        self.mem.wl().mut_hard_state().set_commit(commit);
     }
 
     fn apply_snapshot(&self, snapshot: Snapshot) -> raft::Result<()> {
