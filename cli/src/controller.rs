@@ -15,6 +15,7 @@ use keel_consensus::storage::DiskStorage;
 use keel_consensus::RaftMessage;
 use keel_model::{Message, Query, QueryReply, RaftBytes};
 use keel_transport::{Backoff, Client, Credentials, Link, Options, Server};
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -57,6 +58,11 @@ pub struct Config {
     /// The other replicas.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// Start as a new member of a running cluster: with no configuration of
+    /// its own, it waits to be added (`keel controller join`) and catches up
+    /// from the leader's snapshot.
+    #[serde(default)]
+    pub join: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +95,11 @@ impl Config {
 
 enum Event {
     Raft(RaftMessage),
+    /// Add (with where to reach it) or remove a replica.
+    Member {
+        id: u64,
+        add: Option<(SocketAddr, String)>,
+    },
     Propose(Vec<u8>, oneshot::Sender<Outcome>),
     Status(oneshot::Sender<String>),
 }
@@ -110,14 +121,20 @@ async fn serve(cfg: Config) -> Result<()> {
     let mut voters: Vec<u64> = cfg.peers.iter().map(|p| p.id).collect();
     voters.push(cfg.id);
     voters.sort_unstable();
+    if cfg.join {
+        voters.clear();
+    }
     let store = DiskStorage::open(&cfg.data_dir.join("raft.redb"), &voters)?;
     let mut node = Node::new(cfg.id, store)?;
 
+    let connect = |addr: SocketAddr, name: &str| -> Result<Arc<Link>> {
+        let client = Client::new(&creds, replica_options())?;
+        let (link, _inbox) = Link::start(client, addr, name, Backoff::default());
+        Ok(Arc::new(link))
+    };
     let mut links: HashMap<u64, Arc<Link>> = HashMap::new();
     for p in &cfg.peers {
-        let client = Client::new(&creds, replica_options())?;
-        let (link, _inbox) = Link::start(client, p.addr, &p.name, Backoff::default());
-        links.insert(p.id, Arc::new(link));
+        links.insert(p.id, connect(p.addr, &p.name)?);
     }
     let mut server = Server::bind(cfg.listen, &creds, replica_options())?;
     eprintln!(
@@ -143,7 +160,10 @@ async fn serve(cfg: Config) -> Result<()> {
     let mut ticker = tokio::time::interval(TICK);
     loop {
         tokio::select! {
-            _ = ticker.tick() => node.tick(),
+            _ = ticker.tick() => {
+                node.tick();
+                repropose(&mut node, &mut waiting);
+            }
             ev = inbox.recv() => {
                 let Some(ev) = ev else { return Ok(()) };
                 on_event(&mut node, &mut waiting, ev);
@@ -167,30 +187,91 @@ async fn serve(cfg: Config) -> Result<()> {
                 });
             }
         }
+        for (id, added, context) in out.members {
+            if id == cfg.id {
+                if !added {
+                    eprintln!("keel controller {id}: removed from the cluster; stopping");
+                    return Ok(());
+                }
+                continue;
+            }
+            if !added {
+                links.remove(&id);
+            } else if !links.contains_key(&id) {
+                // The proposer attached "ADDR NAME" to the change.
+                let text = String::from_utf8_lossy(&context).to_string();
+                let mut parts = text.split_whitespace();
+                if let (Some(Ok(addr)), Some(name)) = (parts.next().map(str::parse), parts.next()) {
+                    links.insert(id, connect(addr, name)?);
+                }
+            }
+        }
         for (index, outcome) in out.applied {
             let key = node
                 .state_entry_client(index)
                 .and_then(|k| waiting.remove(&k));
-            for reply in key.into_iter().flatten() {
+            for reply in key.into_iter().flat_map(|w| w.2) {
                 let _ = reply.send(outcome.clone());
             }
         }
     }
 }
 
-type Waiting = HashMap<(String, u64), Vec<oneshot::Sender<Outcome>>>;
+/// Proposals not yet seen applied here: the proposal, when it was last
+/// handed to raft, and who waits for its outcome.
+type Waiting = HashMap<(String, u64), (Vec<u8>, std::time::Instant, Vec<oneshot::Sender<Outcome>>)>;
+
+/// A proposal raft dropped (no leader during an election, a leader that
+/// stepped down) is proposed again after this long. The same client and
+/// sequence number make a second copy harmless: the state machine applies it
+/// once.
+const REPROPOSE_AFTER: Duration = Duration::from_secs(1);
+
+fn repropose(node: &mut Node<DiskStorage>, waiting: &mut Waiting) {
+    let now = std::time::Instant::now();
+    waiting.retain(|_, (_, _, senders)| {
+        senders.retain(|s| !s.is_closed());
+        !senders.is_empty()
+    });
+    for (data, last, _) in waiting.values_mut() {
+        if now.duration_since(*last) >= REPROPOSE_AFTER {
+            *last = now;
+            let _ = node.propose(data.clone());
+        }
+    }
+}
 
 fn on_event(node: &mut Node<DiskStorage>, waiting: &mut Waiting, ev: Event) {
     match ev {
         Event::Raft(m) => node.step(m),
         Event::Propose(data, reply) => {
             if let Ok(p) = Proposal::decode(&data) {
-                waiting.entry((p.client, p.seq)).or_default().push(reply);
+                let entry = waiting
+                    .entry((p.client, p.seq))
+                    .or_insert_with(|| (data.clone(), std::time::Instant::now(), Vec::new()));
+                entry.2.push(reply);
                 let _ = node.propose(data);
             }
         }
         Event::Status(reply) => {
             let _ = reply.send(status(node));
+        }
+        Event::Member { id, add } => {
+            let mut change = ConfChangeSingle::default();
+            change.node_id = id;
+            let context = match &add {
+                Some((addr, name)) => {
+                    change.set_change_type(ConfChangeType::AddNode);
+                    format!("{addr} {name}").into_bytes()
+                }
+                None => {
+                    change.set_change_type(ConfChangeType::RemoveNode);
+                    Vec::new()
+                }
+            };
+            let mut cc = ConfChangeV2::default();
+            cc.set_changes(vec![change].into());
+            let _ = node.propose_conf_change(context, cc);
         }
     }
 }
@@ -279,6 +360,43 @@ async fn answer(q: &Query, events: &mpsc::Sender<Event>) -> QueryReply {
                 _ => fail(
                     "not applied in time (no leader?); retry with the same client and seq".into(),
                 ),
+            }
+        }
+        "member" => {
+            let parsed = (|| -> Result<Event> {
+                let id: u64 = q
+                    .params
+                    .get("id")
+                    .context("param `id`")?
+                    .parse()
+                    .context("param `id`")?;
+                let add = match q.params.get("op").map(String::as_str) {
+                    Some("add") => {
+                        let addr = q
+                            .params
+                            .get("addr")
+                            .context("param `addr`")?
+                            .parse()
+                            .context("param `addr`")?;
+                        Some((addr, q.params.get("name").context("param `name`")?.clone()))
+                    }
+                    Some("remove") => None,
+                    _ => bail!("param `op` must be add or remove"),
+                };
+                Ok(Event::Member { id, add })
+            })();
+            match parsed {
+                Ok(ev) => {
+                    if events.send(ev).await.is_err() {
+                        return fail("controller stopping".into());
+                    }
+                    QueryReply {
+                        id: q.id,
+                        ok: true,
+                        body: "\"proposed\"".into(),
+                    }
+                }
+                Err(e) => fail(format!("{e:#}")),
             }
         }
         other => fail(format!("unknown query topic {other:?}")),

@@ -75,11 +75,14 @@ enum Command {
         #[command(subcommand)]
         command: ChaosCommand,
     },
-    /// Run one replica of the Raft-replicated controller
+    /// Run one replica of the Raft-replicated controller, or change its membership
+    #[command(args_conflicts_with_subcommands = true)]
     Controller {
-        /// TOML: id, listen, data_dir, credentials, [[peers]] id/addr/name
+        /// TOML: id, listen, data_dir, credentials, [[peers]] id/addr/name, join
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<MemberCommand>,
     },
     /// Ask a controller for its view: leader, term, commit index, members, jobs, findings, ledger
     Status {
@@ -144,6 +147,31 @@ struct ControllerAt {
     /// A folder with an operator certificate (`keel cert issue --role operator`)
     #[arg(long)]
     credentials: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Add a replica (started with `join = true`) to the cluster
+    Join {
+        /// The new replica's Raft id
+        #[arg(long)]
+        id: u64,
+        /// Where the other replicas reach it
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// The name in its certificate
+        #[arg(long = "member-name")]
+        member_name: String,
+        #[command(flatten)]
+        at: ControllerAt,
+    },
+    /// Remove a replica from the cluster
+    Leave {
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        at: ControllerAt,
+    },
 }
 
 #[derive(Subcommand)]
@@ -290,7 +318,49 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
-        Command::Controller { config } => controller::run(&config),
+        Command::Controller { config, command } => match (config, command) {
+            (Some(config), None) => controller::run(&config),
+            (
+                None,
+                Some(MemberCommand::Join {
+                    id,
+                    addr,
+                    member_name,
+                    at,
+                }),
+            ) => {
+                let params = [
+                    ("op", "add".to_string()),
+                    ("id", id.to_string()),
+                    ("addr", addr.to_string()),
+                    ("name", member_name),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+                let r =
+                    controller::query(at.controller, &at.name, &at.credentials, "member", params)?;
+                if !r.ok {
+                    bail!("{}: {}", at.name, r.body);
+                }
+                println!("{}", r.body);
+                Ok(())
+            }
+            (None, Some(MemberCommand::Leave { id, at })) => {
+                let params = [("op", "remove".to_string()), ("id", id.to_string())]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                let r =
+                    controller::query(at.controller, &at.name, &at.credentials, "member", params)?;
+                if !r.ok {
+                    bail!("{}: {}", at.name, r.body);
+                }
+                println!("{}", r.body);
+                Ok(())
+            }
+            _ => bail!("give --config FILE to run a replica, or a join/leave command"),
+        },
         Command::Status { at } => {
             let r = controller::query(
                 at.controller,

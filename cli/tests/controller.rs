@@ -1,7 +1,8 @@
 //! Three real `keel controller` processes on loopback, driven the way an
 //! operator would: policies committed through a follower, the leader killed
 //! with SIGKILL, a new leader elected and still committing, the killed
-//! replica restarted from its data folder and catching up. Nothing
+//! replica restarted from its data folder and catching up; then a fourth
+//! replica joins (3 -> 4) and one of the first leaves (4 -> 3). Nothing
 //! committed is lost.
 
 use serde_json::Value;
@@ -54,7 +55,7 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         ok(keel().args(["cert", "init", "--out"]).arg(dir.join("ca")));
-        for name in ["c1", "c2", "c3"] {
+        for name in ["c1", "c2", "c3", "c4"] {
             ok(keel()
                 .args([
                     "cert",
@@ -76,8 +77,8 @@ impl Cluster {
             .arg(dir.join("ca"))
             .arg("--out")
             .arg(dir.join("op")));
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        for i in 0..3 {
+        let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+        for i in 0..4 {
             let mut cfg = format!(
                 "id = {}\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ncredentials = \"{}\"\n",
                 i + 1,
@@ -85,6 +86,9 @@ impl Cluster {
                 dir.join(format!("data{}", i + 1)).display(),
                 dir.join(format!("c{}", i + 1)).display()
             );
+            if i == 3 {
+                cfg += "join = true\n";
+            }
             for j in (0..3).filter(|&j| j != i) {
                 cfg += &format!(
                     "[[peers]]\nid = {}\naddr = \"127.0.0.1:{}\"\nname = \"c{}\"\n",
@@ -98,7 +102,7 @@ impl Cluster {
         let mut c = Cluster {
             dir,
             ports,
-            procs: vec![None, None, None],
+            procs: vec![None, None, None, None],
         };
         for i in 0..3 {
             c.start(i);
@@ -200,5 +204,44 @@ fn a_killed_leader_loses_nothing_and_its_restart_catches_up() {
         let s = c.wait(i, "applied everything", |s| versions(s) == 10);
         assert_eq!(s["policies"], restarted["policies"]);
         assert_eq!(s["members"], serde_json::json!([1, 2, 3]));
+    }
+
+    // 3 -> 4: a new replica joins and catches up from the leader's snapshot.
+    c.start(3);
+    let addr = format!("127.0.0.1:{}", c.ports[3]);
+    ok(keel()
+        .args([
+            "controller",
+            "join",
+            "--id",
+            "4",
+            "--addr",
+            &addr,
+            "--member-name",
+            "c4",
+        ])
+        .args(c.at(follower)));
+    let four = c.wait(3, "joined and caught up", |s| {
+        versions(s) == 10 && s["members"] == serde_json::json!([1, 2, 3, 4])
+    });
+    assert_eq!(four["policies"], restarted["policies"]);
+    c.apply(follower, "extra", "# committed after the newcomer joined\n");
+    c.wait(3, "applied the newcomer's first write", |s| {
+        versions(s) == 11
+    });
+
+    // 4 -> 3: replica 1 leaves; the rest go on committing.
+    ok(keel()
+        .args(["controller", "leave", "--id", "1"])
+        .args(c.at(3)));
+    for i in [1usize, 2, 3] {
+        c.wait(i, "saw replica 1 leave", |s| {
+            s["members"] == serde_json::json!([2, 3, 4])
+        });
+    }
+    c.apply(3, "extra", "# after the shrink\n");
+    for i in [1usize, 2, 3] {
+        let s = c.wait(i, "applied everything", |s| versions(s) == 12);
+        assert_eq!(s["members"], serde_json::json!([2, 3, 4]));
     }
 }

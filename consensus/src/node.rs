@@ -77,6 +77,9 @@ pub struct Output {
     /// Linearizable reads confirmed by a quorum: (request context, the
     /// commit index the read must wait to be applied).
     pub reads: Vec<(Vec<u8>, u64)>,
+    /// Membership changes applied: (node id, added, the context the
+    /// proposer attached, e.g. where to reach the node).
+    pub members: Vec<(u64, bool, Vec<u8>)>,
 }
 
 pub struct Node<S: LogStore> {
@@ -130,8 +133,8 @@ impl<S: LogStore + Clone> Node<S> {
 
     /// Proposes a membership change (joint consensus when it has several
     /// steps, or when `transition` asks for it).
-    pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> raft::Result<()> {
-        self.raw.propose_conf_change(vec![], cc)
+    pub fn propose_conf_change(&mut self, context: Vec<u8>, cc: ConfChangeV2) -> raft::Result<()> {
+        self.raw.propose_conf_change(context, cc)
     }
 
     /// The (client, seq) of the proposal in the log entry at `index`, if
@@ -257,6 +260,10 @@ impl<S: LogStore + Clone> Node<S> {
                         }
                     };
                     self.state.mark_applied(entry.index);
+                    for c in cc.get_changes() {
+                        let added = c.get_change_type() != ConfChangeType::RemoveNode;
+                        out.members.push((c.node_id, added, entry.context.to_vec()));
+                    }
                     if let Ok(cs) = self.raw.apply_conf_change(&cc) {
                         let store = &self.raw.raft.raft_log.store;
                         store.set_conf_state(cs);

@@ -98,7 +98,7 @@ impl Cluster {
         self.nodes
             .get_mut(&leader)
             .unwrap()
-            .propose_conf_change(cc)
+            .propose_conf_change(vec![], cc)
             .unwrap();
         for _ in 0..50 {
             self.round();
