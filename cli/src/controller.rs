@@ -197,12 +197,12 @@ async fn serve(cfg: Config) -> Result<()> {
             }
             if !added {
                 links.remove(&id);
-            } else if !links.contains_key(&id) {
+            } else if let std::collections::hash_map::Entry::Vacant(slot) = links.entry(id) {
                 // The proposer attached "ADDR NAME" to the change.
                 let text = String::from_utf8_lossy(&context).to_string();
                 let mut parts = text.split_whitespace();
                 if let (Some(Ok(addr)), Some(name)) = (parts.next().map(str::parse), parts.next()) {
-                    links.insert(id, connect(addr, name)?);
+                    slot.insert(connect(addr, name)?);
                 }
             }
         }
@@ -257,8 +257,10 @@ fn on_event(node: &mut Node<DiskStorage>, waiting: &mut Waiting, ev: Event) {
             let _ = reply.send(status(node));
         }
         Event::Member { id, add } => {
-            let mut change = ConfChangeSingle::default();
-            change.node_id = id;
+            let mut change = ConfChangeSingle {
+                node_id: id,
+                ..Default::default()
+            };
             let context = match &add {
                 Some((addr, name)) => {
                     change.set_change_type(ConfChangeType::AddNode);
