@@ -63,8 +63,8 @@ impl LogStore for MemStorage {
     }
 }
 
-/// Election and heartbeat timing, in ticks (the runner ticks every 100 ms:
-/// an election after 1-2 s of silence, heartbeats every 300 ms).
+/// Election and heartbeat timing, in ticks (the controller ticks every 50 ms:
+/// an election after 0.5-1 s of silence, heartbeats every 150 ms).
 pub const ELECTION_TICK: usize = 10;
 pub const HEARTBEAT_TICK: usize = 3;
 
