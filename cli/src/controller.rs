@@ -107,7 +107,9 @@ enum Event {
         add: Option<(SocketAddr, String)>,
     },
     Propose(Vec<u8>, oneshot::Sender<Outcome>),
-    Status(oneshot::Sender<String>),
+    /// `true`: a linearizable read (ReadIndex); `false`: this replica's
+    /// own view, answered at once (useful when there is no leader).
+    Status(oneshot::Sender<String>, bool),
 }
 
 pub fn run(config: &Path) -> Result<()> {
@@ -163,6 +165,7 @@ async fn serve(cfg: Config) -> Result<()> {
     });
 
     let mut waiting = Waiting::new();
+    let mut reads = Reads::default();
     let mut ticker = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -173,11 +176,11 @@ async fn serve(cfg: Config) -> Result<()> {
             }
             ev = inbox.recv() => {
                 let Some(ev) = ev else { return Ok(()) };
-                on_event(&mut node, &mut waiting, ev);
+                on_event(&mut node, &mut waiting, &mut reads, ev);
                 // Take everything already waiting before the next `ready`,
                 // so that one fsync covers a whole batch of proposals.
                 while let Ok(ev) = inbox.try_recv() {
-                    on_event(&mut node, &mut waiting, ev);
+                    on_event(&mut node, &mut waiting, &mut reads, ev);
                 }
             }
         }
@@ -213,6 +216,11 @@ async fn serve(cfg: Config) -> Result<()> {
                 }
             }
         }
+        for (ctx, index) in out.reads {
+            if let Some(r) = reads.waiting.get_mut(&ctx) {
+                r.0 = Some(index);
+            }
+        }
         for (index, outcome) in out.applied {
             let key = node
                 .state_entry_client(index)
@@ -221,6 +229,7 @@ async fn serve(cfg: Config) -> Result<()> {
                 let _ = reply.send(outcome.clone());
             }
         }
+        reads.answer(&node);
     }
 }
 
@@ -248,7 +257,33 @@ fn repropose(node: &mut Node<DiskStorage>, waiting: &mut Waiting) {
     }
 }
 
-fn on_event(node: &mut Node<DiskStorage>, waiting: &mut Waiting, ev: Event) {
+/// Status questions waiting for their ReadIndex: context -> (index to reach, asker).
+#[derive(Default)]
+struct Reads {
+    next_id: u64,
+    waiting: HashMap<Vec<u8>, (Option<u64>, oneshot::Sender<String>)>,
+}
+
+impl Reads {
+    /// Answers every read whose index this replica has applied.
+    fn answer(&mut self, node: &Node<DiskStorage>) {
+        let applied = node.state.applied;
+        let done: Vec<Vec<u8>> = self
+            .waiting
+            .iter()
+            .filter(|(_, (index, _))| index.is_some_and(|i| applied >= i))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in done {
+            if let Some((_, reply)) = self.waiting.remove(&k) {
+                let _ = reply.send(status(node));
+            }
+        }
+        self.waiting.retain(|_, (_, reply)| !reply.is_closed());
+    }
+}
+
+fn on_event(node: &mut Node<DiskStorage>, waiting: &mut Waiting, reads: &mut Reads, ev: Event) {
     match ev {
         Event::Raft(m) => node.step(m),
         Event::Propose(data, reply) => {
@@ -260,8 +295,16 @@ fn on_event(node: &mut Node<DiskStorage>, waiting: &mut Waiting, ev: Event) {
                 let _ = node.propose(data);
             }
         }
-        Event::Status(reply) => {
+        Event::Status(reply, false) => {
             let _ = reply.send(status(node));
+        }
+        Event::Status(reply, true) => {
+            // Linearizable: answered once this replica has applied
+            // everything committed when the question arrived (ReadIndex).
+            reads.next_id += 1;
+            let ctx = reads.next_id.to_be_bytes().to_vec();
+            reads.waiting.insert(ctx.clone(), (None, reply));
+            node.read_index(ctx);
         }
         Event::Member { id, add } => {
             let mut change = ConfChangeSingle {
@@ -321,7 +364,8 @@ async fn answer(q: &Query, events: &mpsc::Sender<Event>) -> QueryReply {
     match q.topic.as_str() {
         "status" => {
             let (tx, rx) = oneshot::channel();
-            if events.send(Event::Status(tx)).await.is_err() {
+            let consistent = q.params.get("consistent").is_some_and(|v| v == "true");
+            if events.send(Event::Status(tx, consistent)).await.is_err() {
                 return fail("controller stopping".into());
             }
             match rx.await {

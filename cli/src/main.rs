@@ -88,6 +88,10 @@ enum Command {
     Status {
         #[command(flatten)]
         at: ControllerAt,
+        /// Linearizable: wait until the replica has applied everything the
+        /// cluster committed before the question (needs a leader)
+        #[arg(long)]
+        consistent: bool,
     },
     /// Policies on the controller
     Policy {
@@ -361,14 +365,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             _ => bail!("give --config FILE to run a replica, or a join/leave command"),
         },
-        Command::Status { at } => {
-            let r = controller::query(
-                at.controller,
-                &at.name,
-                &at.credentials,
-                "status",
-                Default::default(),
-            )?;
+        Command::Status { at, consistent } => {
+            let params = [("consistent".to_string(), consistent.to_string())]
+                .into_iter()
+                .collect();
+            let r = controller::query(at.controller, &at.name, &at.credentials, "status", params)?;
             if !r.ok {
                 bail!("{}: {}", at.name, r.body);
             }

@@ -244,4 +244,10 @@ fn a_killed_leader_loses_nothing_and_its_restart_catches_up() {
         let s = c.wait(i, "applied everything", |s| versions(s) == 12);
         assert_eq!(s["members"], serde_json::json!([2, 3, 4]));
     }
+    // A linearizable read from any replica sees every committed write at once.
+    for i in [1usize, 2, 3] {
+        let out = ok(keel().args(["status", "--consistent"]).args(c.at(i)));
+        let s: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(versions(&s), 12, "replica {}: {s}", i + 1);
+    }
 }
