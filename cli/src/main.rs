@@ -139,6 +139,20 @@ enum CertCommand {
     },
 }
 
+/// Asks a controller and prints its answer; a refusal is an error.
+fn ask(
+    at: &ControllerAt,
+    topic: &str,
+    params: std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    let r = controller::query(at.controller, &at.name, &at.credentials, topic, params)?;
+    if !r.ok {
+        bail!("{}: {}", at.name, r.body);
+    }
+    println!("{}", r.body);
+    Ok(())
+}
+
 /// Which controller to ask, and as whom.
 #[derive(clap::Args)]
 struct ControllerAt {
@@ -342,26 +356,14 @@ fn run(cli: Cli) -> Result<()> {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
-                let r =
-                    controller::query(at.controller, &at.name, &at.credentials, "member", params)?;
-                if !r.ok {
-                    bail!("{}: {}", at.name, r.body);
-                }
-                println!("{}", r.body);
-                Ok(())
+                ask(&at, "member", params)
             }
             (None, Some(MemberCommand::Leave { id, at })) => {
                 let params = [("op", "remove".to_string()), ("id", id.to_string())]
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))
                     .collect();
-                let r =
-                    controller::query(at.controller, &at.name, &at.credentials, "member", params)?;
-                if !r.ok {
-                    bail!("{}: {}", at.name, r.body);
-                }
-                println!("{}", r.body);
-                Ok(())
+                ask(&at, "member", params)
             }
             _ => bail!("give --config FILE to run a replica, or a join/leave command"),
         },
@@ -369,12 +371,7 @@ fn run(cli: Cli) -> Result<()> {
             let params = [("consistent".to_string(), consistent.to_string())]
                 .into_iter()
                 .collect();
-            let r = controller::query(at.controller, &at.name, &at.credentials, "status", params)?;
-            if !r.ok {
-                bail!("{}: {}", at.name, r.body);
-            }
-            println!("{}", r.body);
-            Ok(())
+            ask(&at, "status", params)
         }
         Command::Policy { command } => match command {
             PolicyCommand::Apply { file, policy, at } => {
@@ -402,13 +399,7 @@ fn run(cli: Cli) -> Result<()> {
                 ]
                 .into_iter()
                 .collect();
-                let r =
-                    controller::query(at.controller, &at.name, &at.credentials, "propose", params)?;
-                if !r.ok {
-                    bail!("{}: {}", at.name, r.body);
-                }
-                println!("{}", r.body);
-                Ok(())
+                ask(&at, "propose", params)
             }
         },
         Command::Bench { command } => match command {
