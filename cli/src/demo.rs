@@ -41,7 +41,7 @@ pub fn run(scenario: &str, seed: u64, keep: Option<&Path>) -> Result<()> {
     println!("\nfindings, as keel concluded them:");
     let start = summary.start;
     let mut findings: Vec<Finding> = Vec::new();
-    let report = replay(&dir.join("trace.jsonl"), |f| {
+    let report = replay(&dir.join("trace.jsonl"), false, |f| {
         print_finding(f, start, &labels);
         findings.push(f.clone());
         Ok(())

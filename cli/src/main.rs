@@ -45,6 +45,10 @@ enum Command {
         /// Do not print the read summary on stderr
         #[arg(long)]
         quiet: bool,
+        /// Detect as a live cluster does: collectives summarised per window at
+        /// each node's edge first
+        #[arg(long)]
+        edge: bool,
     },
     /// Score findings against labels: per kind and overall precision, recall, F1, cause accuracy, latency
     Eval {
@@ -69,6 +73,10 @@ enum Command {
         /// Print each replay's read summary on stderr
         #[arg(long)]
         verbose: bool,
+        /// Detect as a live cluster does: collectives summarised per window at
+        /// each node's edge first
+        #[arg(long)]
+        edge: bool,
     },
     /// Generate scenarios: simulated clusters with injected faults and nuisances
     Chaos {
@@ -265,7 +273,12 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             keep,
         } => demo::run(&scenario, seed, keep.as_deref()),
-        Command::Replay { trace, out, quiet } => replay::run(&trace, out.as_deref(), quiet),
+        Command::Replay {
+            trace,
+            out,
+            quiet,
+            edge,
+        } => replay::run(&trace, out.as_deref(), quiet, edge),
         Command::Eval {
             trace,
             labels,
@@ -274,6 +287,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             per_trace,
             verbose,
+            edge,
         } => {
             let cases = match (corpus, trace, labels) {
                 (Some(dir), _, _) => eval::corpus_cases(&dir)?,
@@ -285,7 +299,7 @@ fn run(cli: Cli) -> Result<()> {
                 }],
                 _ => bail!("give --trace and --labels, or --corpus DIR"),
             };
-            eval::run(cases, json, per_trace, verbose)
+            eval::run(cases, json, per_trace, verbose, edge)
         }
         Command::Chaos { command } => match command {
             ChaosCommand::List => {

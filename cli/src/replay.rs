@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_adapters::{open_trace, ReadStats};
+use keel_detect::edge::{EdgeConfig, EdgePipeline};
 use keel_detect::{Engine, EngineStats};
 use keel_model::Finding;
 use std::io::{IsTerminal, Write};
@@ -16,7 +17,13 @@ pub struct ReplayReport {
 
 /// Replays `trace` through a fresh engine, handing each finding to `sink` as
 /// it is concluded. A progress bar is drawn on stderr when it is a terminal.
-pub fn replay(trace: &Path, mut sink: impl FnMut(&Finding) -> Result<()>) -> Result<ReplayReport> {
+/// With `edge`, collectives go through per-node edge aggregation first (as
+/// sensors do in a live cluster) and the engine sees window summaries.
+pub fn replay(
+    trace: &Path,
+    edge: bool,
+    mut sink: impl FnMut(&Finding) -> Result<()>,
+) -> Result<ReplayReport> {
     let mut reader =
         open_trace(trace).with_context(|| format!("opening trace {}", trace.display()))?;
     let total = std::fs::metadata(trace).map(|m| m.len()).unwrap_or(0);
@@ -30,11 +37,15 @@ pub fn replay(trace: &Path, mut sink: impl FnMut(&Finding) -> Result<()>) -> Res
         );
         b
     });
-    let mut engine = Engine::default();
+    let mut pipeline = EdgePipeline::new(EdgeConfig::default(), Engine::default());
     let mut out = Vec::new();
     let mut n: u64 = 0;
     while let Some(record) = reader.next() {
-        engine.push(&record, &mut out);
+        if edge {
+            pipeline.push(&record, record.ts(), &mut out);
+        } else {
+            pipeline.engine.push(&record, &mut out);
+        }
         for f in out.drain(..) {
             sink(&f)?;
         }
@@ -50,14 +61,14 @@ pub fn replay(trace: &Path, mut sink: impl FnMut(&Finding) -> Result<()>) -> Res
     }
     Ok(ReplayReport {
         read: reader.stats().clone(),
-        engine: engine.stats(),
+        engine: pipeline.engine.stats(),
     })
 }
 
 /// Replays and collects every finding.
-pub fn replay_all(trace: &Path) -> Result<(Vec<Finding>, ReplayReport)> {
+pub fn replay_all(trace: &Path, edge: bool) -> Result<(Vec<Finding>, ReplayReport)> {
     let mut findings = Vec::new();
-    let report = replay(trace, |f| {
+    let report = replay(trace, edge, |f| {
         findings.push(f.clone());
         Ok(())
     })?;
@@ -80,14 +91,14 @@ pub fn summary(report: &ReplayReport) -> String {
     )
 }
 
-pub fn run(trace: &Path, out: Option<&Path>, quiet: bool) -> Result<()> {
+pub fn run(trace: &Path, out: Option<&Path>, quiet: bool, edge: bool) -> Result<()> {
     let mut writer: Box<dyn Write> = match out {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let report = replay(trace, |f| {
+    let report = replay(trace, edge, |f| {
         serde_json::to_writer(&mut writer, f)?;
         writer.write_all(b"\n")?;
         Ok(())

@@ -53,6 +53,21 @@ pub struct StragglerConfig {
     pub critical_share: f64,
 }
 
+impl StragglerConfig {
+    /// The same judgement over sensors' window summaries instead of single
+    /// collectives: each entry already is a median of a few collectives, so
+    /// a shorter run of them is as steady, and the conclusion comes as soon
+    /// after the onset as with single collectives.
+    pub fn for_windows(&self) -> StragglerConfig {
+        StragglerConfig {
+            window: 9,
+            min_window: 5,
+            incomplete_after_s: 1.0,
+            ..self.clone()
+        }
+    }
+}
+
 impl Default for StragglerConfig {
     fn default() -> Self {
         StragglerConfig {

@@ -8,6 +8,7 @@
 
 pub mod attribute;
 pub mod config;
+pub mod edge;
 pub mod engine_health;
 pub mod episode;
 pub mod network;
@@ -20,7 +21,7 @@ pub mod topology;
 
 pub use config::Config;
 
-use keel_model::{Finding, Record, Timestamp};
+use keel_model::{Finding, Record, Summary, Timestamp};
 use signals::SignalStore;
 use straggler::{Inputs, StragglerDetector, StragglerStats};
 use topology::Topology;
@@ -44,6 +45,8 @@ pub struct Engine {
     topology: Topology,
     signals: SignalStore,
     straggler: StragglerDetector,
+    /// The same detector fed by sensors' window summaries (live clusters).
+    windowed: StragglerDetector,
     squatter: squatter::SquatterDetector,
     engine_health: engine_health::EngineHealthDetector,
     network: network::NetworkDetector,
@@ -64,6 +67,7 @@ impl Engine {
         Engine {
             topology: Topology::default(),
             signals: SignalStore::default(),
+            windowed: StragglerDetector::new(cfg.straggler.for_windows()),
             straggler: StragglerDetector::new(cfg.straggler),
             squatter: squatter::SquatterDetector::new(cfg.squatter),
             engine_health: engine_health::EngineHealthDetector::new(cfg.engine),
@@ -92,6 +96,7 @@ impl Engine {
             Record::Job(job) => {
                 if self.topology.apply(job) {
                     self.straggler.end_job(&job.job);
+                    self.windowed.end_job(&job.job);
                 }
             }
             Record::Collective(c) => {
@@ -115,6 +120,24 @@ impl Engine {
             self.signals.prune(self.now);
             self.last_prune = self.now;
         }
+        self.findings += (out.len() - before) as u64;
+    }
+
+    /// Feeds one sensor window summary (see `edge`); its time is put on the
+    /// sensor's clock with the offset the sensor estimated.
+    pub fn push_window(&mut self, s: &Summary, out: &mut Vec<Finding>) {
+        self.records += 1;
+        let ts = s.window_end - s.offset_us as f64 / 1e6;
+        if ts.is_finite() {
+            self.now = self.now.max(ts);
+        }
+        let before = out.len();
+        let inputs = Inputs {
+            topology: &self.topology,
+            signals: &self.signals,
+            now: self.now,
+        };
+        self.windowed.push_window(s, ts, &inputs, out);
         self.findings += (out.len() - before) as u64;
     }
 

@@ -17,7 +17,7 @@ use crate::episode::{Episode, Step};
 use crate::signals::SignalStore;
 use crate::stats::{median_in_place, Ring};
 use crate::topology::Topology;
-use keel_model::{CollectiveRecord, Finding, FindingKind, Name, Severity, Timestamp};
+use keel_model::{CollectiveRecord, Finding, FindingKind, Name, Severity, Summary, Timestamp};
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::BTreeMap;
 
@@ -28,6 +28,8 @@ const PERIOD_REFRESH: u32 = 8;
 #[derive(Debug, Default)]
 struct Pending {
     first_ts: Timestamp,
+    /// The step period the ranks measured themselves (window summaries).
+    step_s: Option<f64>,
     /// (rank, dur_us, ts)
     entries: Vec<(u32, f64, Timestamp)>,
 }
@@ -94,6 +96,15 @@ pub struct StragglerDetector {
     pub stats: StragglerStats,
 }
 
+/// Where one timing came from.
+struct At<'a> {
+    job: &'a Name,
+    node: &'a Name,
+    rank: u32,
+    seq: u64,
+    ts: Timestamp,
+}
+
 /// Everything a judgement needs besides the detector's own state.
 pub struct Inputs<'a> {
     pub topology: &'a Topology,
@@ -116,8 +127,50 @@ impl StragglerDetector {
     }
 
     pub fn push(&mut self, rec: &CollectiveRecord, inp: &Inputs, out: &mut Vec<Finding>) {
+        let at = At {
+            job: &rec.job,
+            node: &rec.node,
+            rank: rec.rank,
+            seq: rec.seq,
+            ts: rec.ts,
+        };
+        self.add(at, rec.dur_us, None, inp, out);
+    }
+
+    /// One rank's window of collectives, summarised by its sensor: the
+    /// window's median duration stands for its collectives, and the window
+    /// index for their sequence numbers.
+    pub fn push_window(
+        &mut self,
+        s: &Summary,
+        ts: Timestamp,
+        inp: &Inputs,
+        out: &mut Vec<Finding>,
+    ) {
+        let at = At {
+            job: &s.job,
+            node: &s.node,
+            rank: s.rank,
+            seq: s.window,
+            ts,
+        };
+        let step = (s.step_us > 0).then(|| s.step_us as f64 / 1e6);
+        self.add(at, s.dur_p50_us as f64, step, inp, out);
+    }
+
+    fn add(
+        &mut self,
+        rec: At,
+        dur_us: f64,
+        step_s: Option<f64>,
+        inp: &Inputs,
+        out: &mut Vec<Finding>,
+    ) {
         let window = self.cfg.window;
-        let timing = self.jobs.entry(rec.job.clone()).or_default();
+        if !self.jobs.contains_key(rec.job) {
+            self.jobs.insert(rec.job.clone(), JobTiming::default());
+        }
+        let timing = self.jobs.get_mut(rec.job).expect("inserted above");
         if timing.judged_up_to.is_some_and(|s| rec.seq <= s) {
             self.stats.late_records += 1;
             return;
@@ -128,15 +181,19 @@ impl StragglerDetector {
             .or_insert_with(|| RankTiming::new(rec.node.clone(), window));
         let pending = timing.pending.entry(rec.seq).or_insert_with(|| Pending {
             first_ts: rec.ts,
+            step_s: None,
             entries: Vec::new(),
         });
         if pending.entries.iter().any(|e| e.0 == rec.rank) {
             return;
         }
-        pending.entries.push((rec.rank, rec.dur_us, rec.ts));
+        pending.entries.push((rec.rank, dur_us, rec.ts));
+        if step_s.is_some() {
+            pending.step_s = step_s;
+        }
         let expected = inp
             .topology
-            .job(&rec.job)
+            .job(rec.job)
             .map(|j| j.ranks.len())
             .filter(|&n| n >= 2)
             .unwrap_or(timing.ranks.len());
@@ -167,7 +224,7 @@ impl StragglerDetector {
             }
             self.stats.collectives += 1;
             timing.judged_up_to = Some(timing.judged_up_to.map_or(seq, |s| s.max(seq)));
-            judge(&self.cfg, &rec.job, timing, seq, &p.entries, inp, out);
+            judge(&self.cfg, rec.job, timing, seq, &p, inp, out);
         }
     }
 }
@@ -188,10 +245,11 @@ fn judge(
     job: &Name,
     timing: &mut JobTiming,
     seq: u64,
-    entries: &[(u32, f64, Timestamp)],
+    pending: &Pending,
     inp: &Inputs,
     out: &mut Vec<Finding>,
 ) {
+    let entries = &pending.entries[..];
     if entries.len() < 2 {
         return;
     }
@@ -203,7 +261,9 @@ fn judge(
     // The step period, from the latest rank's own clock (so no clock offset).
     let periods = timing.periods.get_or_insert_with(|| Ring::new(32));
     let (r0, _, ts0) = entries[order[0]];
-    if let Some(rt) = timing.ranks.get(&r0) {
+    if let Some(step) = pending.step_s {
+        periods.push(step);
+    } else if let Some(rt) = timing.ranks.get(&r0) {
         if let Some((pseq, pts)) = rt.prev {
             if seq > pseq && ts0 > pts {
                 periods.push((ts0 - pts) / (seq - pseq) as f64);

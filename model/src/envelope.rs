@@ -8,7 +8,7 @@
 //! `from` is informative only: the transport takes a peer's role and name from
 //! its verified certificate.
 
-use crate::{Action, Finding, Name, Timestamp};
+use crate::{Action, Finding, MetricSample, Name, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -73,7 +73,8 @@ impl Role {
     ///
     /// - every role may `ping`, `pong` and `ack` (an ack only answers a request
     ///   that someone allowed to send it made);
-    /// - a sensor sends `telemetry` and nothing else of substance;
+    /// - a sensor sends `telemetry`, and may `query` (where its jobs'
+    ///   correlators are; a job it saw start);
     /// - a correlator sends `finding`s to the controller and may `query` it;
     /// - the controller sends everything of control: `command`, `raft`,
     ///   `finding` (forwarded), `query` and `query_reply`, but never telemetry;
@@ -87,7 +88,7 @@ impl Role {
             M::Ping | M::Pong | M::Ack(_) => true,
             M::Telemetry(_) => *self == Role::Sensor,
             M::Finding(_) => matches!(self, Role::Correlator | Role::Controller),
-            M::Query(_) => matches!(self, Role::Correlator | Role::Controller | Role::Operator),
+            M::Query(_) => *self != Role::Executor,
             M::QueryReply(_) | M::Raft(_) | M::Command(_) => *self == Role::Controller,
         }
     }
@@ -135,11 +136,18 @@ impl Message {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct TelemetryBatch {
     pub summaries: Vec<Summary>,
+    /// The node's exporter and counter readings, at most one per series and
+    /// flush (the latest): a few dozen series a node, at exporter rates.
+    #[serde(default, rename = "m", skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricSample>,
 }
 
-/// One rank's view of one window, as a sensor sends it to its correlator.
-/// Sensors send millions of these, so the wire keys are one to three letters
-/// (about 64 bytes a summary, keys included).
+/// One rank's view of one window of collectives, as a sensor sends it to the
+/// job's correlator. A window is a fixed run of collective sequence numbers
+/// (not of time), so that every rank's window `w` covers the same
+/// collectives and the correlator compares like with like whatever the
+/// nodes' clocks say. Sensors send millions of these, so the wire keys are
+/// one to three letters (about 64 bytes a summary, keys included).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     #[serde(rename = "n")]
@@ -148,21 +156,29 @@ pub struct Summary {
     pub job: Name,
     #[serde(rename = "r")]
     pub rank: u32,
-    /// End of the window this summarises.
+    /// Window index: the collectives with `seq / window_len == window`.
+    #[serde(rename = "w")]
+    pub window: u64,
+    /// Completion time of the window's last collective, on the node's clock.
     #[serde(rename = "t")]
     pub window_end: Timestamp,
     /// Collective calls seen in the window.
     #[serde(rename = "c")]
     pub count: u32,
-    /// Median arrival lateness of this rank at collectives, microseconds.
-    #[serde(rename = "lat")]
-    pub lateness_p50_us: u32,
+    /// Median step period of this rank (time between its collectives),
+    /// microseconds, measured on its own clock.
+    #[serde(rename = "s")]
+    pub step_us: u32,
     /// Median collective duration, microseconds.
     #[serde(rename = "dur")]
     pub dur_p50_us: u32,
     /// 99th percentile collective duration, microseconds.
     #[serde(rename = "d99")]
     pub dur_p99_us: u32,
+    /// The sensor's estimate of the ranks' clock minus its own, microseconds
+    /// (from collective completions; 0 until it has one).
+    #[serde(rename = "o", default)]
+    pub offset_us: i64,
 }
 
 /// A Raft message between controllers, opaque to the transport.

@@ -573,7 +573,10 @@ async fn pump_telemetry(s: Arc<Shared>, queue: TelemetrySender) {
         let n = batch.len() as u64;
         let env = Envelope::new(
             s.local.name.clone(),
-            Message::Telemetry(TelemetryBatch { summaries: batch }),
+            Message::Telemetry(TelemetryBatch {
+                summaries: batch,
+                metrics: Vec::new(),
+            }),
         );
         let bytes = match frame::encode_envelope(&env, s.opts.max_frame) {
             Ok(b) => b,

@@ -164,11 +164,13 @@ mod tests {
             node: "node-0017".into(),
             job: "job-42".into(),
             rank: i % 64,
+            window: 7,
             window_end: 1_700_000_000.5 + i as f64,
             count: 120,
-            lateness_p50_us: 1_250,
+            step_us: 33_000,
             dur_p50_us: 8_400,
             dur_p99_us: 31_000,
+            offset_us: 0,
         }
     }
 
@@ -260,6 +262,7 @@ mod tests {
         let n = 1000;
         let batch = Message::Telemetry(TelemetryBatch {
             summaries: (0..n).map(summary).collect(),
+            metrics: Vec::new(),
         });
         let frame = encode_envelope(&Envelope::new("s1", batch.clone()), MAX_FRAME).unwrap();
         let per = frame.len() / n as usize;

@@ -55,11 +55,13 @@ pub fn summary(i: u64) -> Summary {
         node: "node-0017".into(),
         job: "job-42".into(),
         rank: (i % 64) as u32,
+        window: 7,
         window_end: 1_700_000_000.0 + i as f64,
         count: 120,
-        lateness_p50_us: 1_250,
+        step_us: 33_000,
         dur_p50_us: 8_400,
         dur_p99_us: 31_000,
+        offset_us: 0,
     }
 }
 
