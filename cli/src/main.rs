@@ -5,6 +5,7 @@ mod bench_controller;
 mod controller;
 mod demo;
 mod eval;
+mod job;
 mod replay;
 
 use anyhow::{bail, Context, Result};
@@ -92,6 +93,28 @@ enum Command {
         #[command(subcommand)]
         command: Option<MemberCommand>,
     },
+    /// Run a sensor: its telemetry sources, edge aggregation, summaries to the correlators
+    Sensor {
+        /// TOML: node, credentials, [[controllers]] addr/name, [[source]] kind=...
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a correlator host: the correlators of the jobs the controller assigns to it
+    Correlator {
+        /// TOML: listen, advertise, credentials, [[controllers]] addr/name
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Tell the controller that a job started, changed or ended
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+    /// List the findings the controller committed (open and closed)
+    Findings {
+        #[command(flatten)]
+        at: ControllerAt,
+    },
     /// Ask a controller for its view: leader, term, commit index, members, jobs, findings, ledger
     Status {
         #[command(flatten)]
@@ -148,7 +171,7 @@ enum CertCommand {
 }
 
 /// Asks a controller and prints its answer; a refusal is an error.
-fn ask(
+pub(crate) fn ask(
     at: &ControllerAt,
     topic: &str,
     params: std::collections::BTreeMap<String, String>,
@@ -163,7 +186,7 @@ fn ask(
 
 /// Which controller to ask, and as whom.
 #[derive(clap::Args)]
-struct ControllerAt {
+pub(crate) struct ControllerAt {
     /// The controller's address
     #[arg(long)]
     controller: std::net::SocketAddr,
@@ -195,6 +218,36 @@ enum MemberCommand {
     Leave {
         #[arg(long)]
         id: u64,
+        #[command(flatten)]
+        at: ControllerAt,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum JobCommand {
+    /// Register (or update) a job: its ranks per node, GPUs and NICs
+    Register {
+        /// The job id
+        #[arg(long)]
+        job: String,
+        /// NODE=RANK,RANK,... (repeat per node), e.g. node-0=0,1,2,3
+        #[arg(long = "ranks", required = true)]
+        ranks: Vec<String>,
+        /// RANK=GPU pairs, comma-separated (default: rank i on GPU i mod 8)
+        #[arg(long)]
+        gpus: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        at: ControllerAt,
+    },
+    /// Mark a job ended (its correlator stops after a short linger)
+    End {
+        #[arg(long)]
+        job: String,
+        /// Slurm's final state (COMPLETED, FAILED, CANCELLED, ...)
+        #[arg(long, default_value = "COMPLETED")]
+        state: String,
         #[command(flatten)]
         at: ControllerAt,
     },
@@ -381,6 +434,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             _ => bail!("give --config FILE to run a replica, or a join/leave command"),
         },
+        Command::Sensor { config } => controller::run_sensor(&config),
+        Command::Correlator { config } => controller::run_correlator(&config),
+        Command::Job { command } => job::run(command),
+        Command::Findings { at } => ask(&at, "findings", Default::default()),
         Command::Status { at, consistent } => {
             let params = [("consistent".to_string(), consistent.to_string())]
                 .into_iter()

@@ -8,6 +8,7 @@
 //! ledger action recorded with its idempotency key and an audit trail. The
 //! Raft node that orders the proposals drives `raft::RawNode` around it.
 
+pub mod assign;
 pub mod node;
 pub mod state;
 pub mod storage;

@@ -201,6 +201,8 @@ pub enum Outcome {
     Applied,
     /// A finding was opened under this id.
     FindingOpened(u64),
+    /// The same kind of finding about the same place is open under this id.
+    FindingAlreadyOpen(u64),
     PolicyVersion(u64),
     /// The action's key was already in the ledger: nothing new was planned.
     AlreadyPlanned(String),
@@ -277,6 +279,12 @@ impl State {
                 Outcome::Applied
             }
             Command::OpenFinding { finding } => {
+                // The same condition reported again (a retry after a leader
+                // change, or a correlator that took the job over and
+                // concluded afresh) is the finding already open.
+                if let Some(open) = self.open_finding_like(&finding) {
+                    return Outcome::FindingAlreadyOpen(open);
+                }
                 self.next_finding += 1;
                 let id = self.next_finding;
                 self.findings.insert(
@@ -406,6 +414,14 @@ impl State {
 
     pub fn open_findings(&self) -> impl Iterator<Item = &FindingEntry> {
         self.findings.values().filter(|f| f.closed.is_none())
+    }
+
+    /// The open finding of the same kind about the same place, if any.
+    pub fn open_finding_like(&self, f: &Finding) -> Option<u64> {
+        let locus = f.locus();
+        self.open_findings()
+            .find(|e| e.finding.kind == f.kind && e.finding.locus() == locus)
+            .map(|e| e.id)
     }
 
     /// The state as a snapshot (rmp-serde, named fields).

@@ -345,6 +345,13 @@ impl Link {
     }
 }
 
+impl Drop for Link {
+    /// A link nobody holds stops reconnecting.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 async fn keep_up(
     client: Client,
     addr: SocketAddr,

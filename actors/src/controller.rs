@@ -1,0 +1,462 @@
+//! The controller actor: one replica of the Raft-replicated controller.
+//!
+//! A thin shell around `keel_consensus::node::Node`: it feeds the node ticks
+//! (every 50 ms), peers' Raft messages and proposals, then sends what
+//! `ready` returned. Raft messages ride the transport's control class (one
+//! request each, answered by an ack). Everything else a peer asks is in
+//! `queries`. A `Drive` message queued behind a burst of events makes one
+//! `ready` (one fsync) cover the whole burst.
+
+pub mod queries;
+
+use anyhow::{bail, Context, Result};
+use keel_consensus::node::{encode_message, Node};
+use keel_consensus::state::{Outcome, Proposal};
+use keel_consensus::storage::DiskStorage;
+use keel_consensus::RaftMessage;
+use keel_model::{Message, Name, RaftBytes};
+use keel_transport::{Backoff, Client, Credentials, Link, Options, Server};
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, oneshot};
+
+/// Raft's clock: elections after 10-20 ticks of silence (0.5-1 s),
+/// heartbeats every 3 (150 ms).
+const TICK: Duration = Duration::from_millis(50);
+/// Log entries kept past the last snapshot before the next one is taken.
+const COMPACT_KEEP: u64 = 10_000;
+const RAFT_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// A proposal raft dropped (no leader during an election) is proposed again
+/// after this long; the same client and seq make a second copy harmless.
+const REPROPOSE_AFTER: Duration = Duration::from_secs(1);
+
+/// Links between replicas notice a dead peer within about a second.
+pub fn replica_options() -> Options {
+    Options {
+        timing: keel_transport::Timing {
+            idle_timeout: Duration::from_millis(1500),
+            keep_alive: Duration::from_millis(300),
+        },
+        ..Options::default()
+    }
+}
+
+/// `keel controller --config FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This replica's Raft id (non-zero, unique in the cluster).
+    pub id: u64,
+    /// Address to listen on for peers, sensors, correlators and operators.
+    pub listen: SocketAddr,
+    /// Where the Raft log, hard state and snapshots live (created if absent).
+    pub data_dir: PathBuf,
+    /// A folder with this replica's `cert.pem`, `key.pem` and the cluster
+    /// `ca.pem` (the role must be `controller`).
+    pub credentials: PathBuf,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Start as a new member of a running cluster (see `keel controller join`).
+    #[serde(default)]
+    pub join: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    pub addr: SocketAddr,
+    /// The name in the peer's certificate (checked when connecting).
+    pub name: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: Config = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        if cfg.id == 0 {
+            bail!("{}: field `id` must be non-zero", path.display());
+        }
+        if cfg.peers.iter().any(|p| p.id == cfg.id) {
+            bail!(
+                "{}: peer id {} is this replica's own id",
+                path.display(),
+                cfg.id
+            );
+        }
+        Ok(cfg)
+    }
+}
+
+/// What a replica applied, for whoever watches (the demo, tests).
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub replica: u64,
+    pub index: u64,
+    pub outcome: Outcome,
+    /// For a finding just opened: the finding as committed.
+    pub finding: Option<keel_consensus::state::FindingEntry>,
+}
+
+pub enum ControllerMsg {
+    Tick,
+    Drive,
+    Raft(RaftMessage),
+    /// Add (with where to reach it) or remove a replica.
+    Member {
+        id: u64,
+        add: Option<(SocketAddr, String)>,
+    },
+    Propose(Vec<u8>, oneshot::Sender<Outcome>),
+    /// `true`: a linearizable read (ReadIndex); `false`: this replica's view.
+    Status(oneshot::Sender<String>, bool),
+    /// Runs a read of the replicated state (and the replica's soft state).
+    Read(Box<dyn FnOnce(&mut ControllerState) + Send>),
+}
+
+pub struct ControllerActor;
+
+pub struct ControllerState {
+    pub cfg: Config,
+    pub node: Node<DiskStorage>,
+    creds: Credentials,
+    links: HashMap<u64, Arc<Link>>,
+    waiting: Waiting,
+    reads: Reads,
+    drive_queued: bool,
+    server: Option<tokio::task::JoinHandle<()>>,
+    pub routing: queries::Routing,
+    applied: broadcast::Sender<Applied>,
+}
+
+/// What a started replica gives back.
+pub struct Started {
+    pub actor: ActorRef<ControllerMsg>,
+    pub addr: SocketAddr,
+    pub applied: broadcast::Sender<Applied>,
+    pub join: tokio::task::JoinHandle<()>,
+}
+
+/// Starts one replica as an actor (optionally under a supervisor).
+pub async fn start(cfg: Config, supervisor: Option<ractor::ActorCell>) -> Result<Started> {
+    let (applied, _) = broadcast::channel(1024);
+    let name = format!("controller-{}", cfg.id);
+    let args = (cfg, applied.clone());
+    let (actor, join) = match supervisor {
+        Some(s) => Actor::spawn_linked(Some(name), ControllerActor, args, s).await,
+        None => Actor::spawn(Some(name), ControllerActor, args).await,
+    }
+    .context("starting the controller actor")?;
+    let (tx, rx) = oneshot::channel();
+    actor
+        .cast(ControllerMsg::Read(Box::new(move |s: &mut ControllerState| {
+            let _ = tx.send(s.cfg.listen);
+        })))
+        .ok()
+        .context("controller actor stopped at once")?;
+    let addr = rx.await.context("controller actor stopped at once")?;
+    Ok(Started {
+        actor,
+        addr,
+        applied,
+        join,
+    })
+}
+
+impl Actor for ControllerActor {
+    type Msg = ControllerMsg;
+    type State = ControllerState;
+    type Arguments = (Config, broadcast::Sender<Applied>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ControllerMsg>,
+        (mut cfg, applied): Self::Arguments,
+    ) -> Result<ControllerState, ActorProcessingErr> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+        let creds = Credentials::from_dir(&cfg.credentials)
+            .with_context(|| format!("credentials in {}", cfg.credentials.display()))?;
+        let mut voters: Vec<u64> = cfg.peers.iter().map(|p| p.id).collect();
+        voters.push(cfg.id);
+        voters.sort_unstable();
+        if cfg.join {
+            voters.clear();
+        }
+        let store = DiskStorage::open(&cfg.data_dir.join("raft.redb"), &voters)?;
+        let node = Node::new(cfg.id, store)?;
+        let mut links = HashMap::new();
+        for p in &cfg.peers {
+            links.insert(p.id, connect(&creds, p.addr, &p.name)?);
+        }
+        let mut server = Server::bind(cfg.listen, &creds, replica_options())?;
+        cfg.listen = server.local_addr()?;
+        tracing::info!(id = cfg.id, addr = %cfg.listen, "controller listening");
+        let me = myself.clone();
+        let handle = tokio::spawn(async move {
+            while let Some((_conn, mut inbox)) = server.accept().await {
+                let me = me.clone();
+                tokio::spawn(async move {
+                    while let Some(req) = inbox.requests.recv().await {
+                        tokio::spawn(queries::handle(req, me.clone()));
+                    }
+                });
+            }
+        });
+        myself.send_interval(TICK, || ControllerMsg::Tick);
+        Ok(ControllerState {
+            cfg,
+            node,
+            creds,
+            links,
+            waiting: HashMap::new(),
+            reads: Reads::default(),
+            drive_queued: false,
+            server: Some(handle),
+            routing: queries::Routing::default(),
+            applied,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ControllerMsg>,
+        state: &mut ControllerState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Dropping the accept task drops the server endpoint, which closes
+        // every connection: peers see this replica gone at once.
+        if let Some(h) = state.server.take() {
+            h.abort();
+        }
+        state.links.clear();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ControllerMsg>,
+        msg: ControllerMsg,
+        state: &mut ControllerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ControllerMsg::Tick => {
+                state.node.tick();
+                repropose(state);
+                state.node.maybe_compact(COMPACT_KEEP);
+                if drive(state)? {
+                    myself.stop(Some("removed from the cluster".into()));
+                }
+            }
+            ControllerMsg::Drive => {
+                state.drive_queued = false;
+                if drive(state)? {
+                    myself.stop(Some("removed from the cluster".into()));
+                }
+            }
+            ControllerMsg::Read(f) => f(state),
+            other => {
+                on_event(state, other);
+                if !state.drive_queued {
+                    state.drive_queued = true;
+                    let _ = myself.cast(ControllerMsg::Drive);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn connect(creds: &Credentials, addr: SocketAddr, name: &str) -> Result<Arc<Link>> {
+    let client = Client::new(creds, replica_options())?;
+    let (link, _inbox) = Link::start(client, addr, name, Backoff::default());
+    Ok(Arc::new(link))
+}
+
+/// Proposals not yet seen applied here: the proposal, when it was last
+/// handed to raft, and who waits for its outcome.
+type Waiting = HashMap<(String, u64), (Vec<u8>, Instant, Vec<oneshot::Sender<Outcome>>)>;
+
+fn repropose(state: &mut ControllerState) {
+    let now = Instant::now();
+    state.waiting.retain(|_, (_, _, senders)| {
+        senders.retain(|s| !s.is_closed());
+        !senders.is_empty()
+    });
+    for (data, last, _) in state.waiting.values_mut() {
+        if now.duration_since(*last) >= REPROPOSE_AFTER {
+            *last = now;
+            let _ = state.node.propose(data.clone());
+        }
+    }
+}
+
+/// Status questions waiting for their ReadIndex: context -> (index, asker).
+#[derive(Default)]
+struct Reads {
+    next_id: u64,
+    waiting: HashMap<Vec<u8>, (Option<u64>, oneshot::Sender<String>)>,
+}
+
+fn on_event(state: &mut ControllerState, ev: ControllerMsg) {
+    let node = &mut state.node;
+    match ev {
+        ControllerMsg::Raft(m) => node.step(m),
+        ControllerMsg::Propose(data, reply) => {
+            if let Ok(p) = Proposal::decode(&data) {
+                let entry = state
+                    .waiting
+                    .entry((p.client, p.seq))
+                    .or_insert_with(|| (data.clone(), Instant::now(), Vec::new()));
+                entry.2.push(reply);
+                let _ = node.propose(data);
+            }
+        }
+        ControllerMsg::Status(reply, false) => {
+            let _ = reply.send(status(node));
+        }
+        ControllerMsg::Status(reply, true) => {
+            state.reads.next_id += 1;
+            let ctx = state.reads.next_id.to_be_bytes().to_vec();
+            state.reads.waiting.insert(ctx.clone(), (None, reply));
+            node.read_index(ctx);
+        }
+        ControllerMsg::Member { id, add } => {
+            let mut change = ConfChangeSingle {
+                node_id: id,
+                ..Default::default()
+            };
+            let context = match &add {
+                Some((addr, name)) => {
+                    change.set_change_type(ConfChangeType::AddNode);
+                    format!("{addr} {name}").into_bytes()
+                }
+                None => {
+                    change.set_change_type(ConfChangeType::RemoveNode);
+                    Vec::new()
+                }
+            };
+            let mut cc = ConfChangeV2::default();
+            cc.set_changes(vec![change].into());
+            let _ = node.propose_conf_change(context, cc);
+        }
+        ControllerMsg::Tick | ControllerMsg::Drive | ControllerMsg::Read(_) => {}
+    }
+}
+
+/// One round of `ready`: send, apply, answer. `Ok(true)` when this replica
+/// was removed from the cluster and should stop.
+fn drive(state: &mut ControllerState) -> Result<bool> {
+    let out = state.node.ready();
+    for m in out.messages {
+        if let Some(link) = state.links.get(&m.to) {
+            let link = link.clone();
+            let msg = Message::Raft(RaftBytes {
+                to: m.to,
+                bytes: encode_message(&m),
+            });
+            tokio::spawn(async move {
+                let _ = link.request(msg, RAFT_SEND_TIMEOUT).await;
+            });
+        }
+    }
+    let me = state.cfg.id;
+    for (id, added, context) in out.members {
+        if id == me {
+            if !added {
+                tracing::warn!(id, "removed from the cluster; stopping");
+                return Ok(true);
+            }
+            continue;
+        }
+        if !added {
+            state.links.remove(&id);
+        } else if let std::collections::hash_map::Entry::Vacant(slot) = state.links.entry(id) {
+            // The proposer attached "ADDR NAME" to the change.
+            let text = String::from_utf8_lossy(&context).to_string();
+            let mut parts = text.split_whitespace();
+            if let (Some(Ok(addr)), Some(name)) = (parts.next().map(str::parse), parts.next()) {
+                slot.insert(connect(&state.creds, addr, name)?);
+            }
+        }
+    }
+    for (ctx, index) in out.reads {
+        if let Some(r) = state.reads.waiting.get_mut(&ctx) {
+            r.0 = Some(index);
+        }
+    }
+    for (index, outcome) in out.applied {
+        let key = state
+            .node
+            .state_entry_client(index)
+            .and_then(|k| state.waiting.remove(&k));
+        for reply in key.into_iter().flat_map(|w| w.2) {
+            let _ = reply.send(outcome.clone());
+        }
+        let finding = match outcome {
+            Outcome::FindingOpened(id) => state.node.state.findings.get(&id).cloned(),
+            _ => None,
+        };
+        let _ = state.applied.send(Applied {
+            replica: me,
+            index,
+            outcome,
+            finding,
+        });
+    }
+    answer_reads(state);
+    Ok(false)
+}
+
+fn answer_reads(state: &mut ControllerState) {
+    let applied = state.node.state.applied;
+    let done: Vec<Vec<u8>> = state
+        .reads
+        .waiting
+        .iter()
+        .filter(|(_, (index, _))| index.is_some_and(|i| applied >= i))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in done {
+        if let Some((_, reply)) = state.reads.waiting.remove(&k) {
+            let _ = reply.send(status(&state.node));
+        }
+    }
+    state.reads.waiting.retain(|_, (_, reply)| !reply.is_closed());
+}
+
+/// A replica's view, as `keel status` prints it.
+pub fn status<S: keel_consensus::node::LogStore + Clone>(node: &Node<S>) -> String {
+    let s = &node.state;
+    let ledger: BTreeMap<&String, String> = s
+        .ledger
+        .iter()
+        .map(|(k, e)| (k, format!("{:?} {} {}", e.status, e.action, e.target)))
+        .collect();
+    let running: Vec<&Name> = s
+        .jobs
+        .iter()
+        .filter(|(_, j)| !j.state.is_finished())
+        .map(|(k, _)| k)
+        .collect();
+    serde_json::json!({
+        "id": node.id(),
+        "leader": node.leader_id(),
+        "term": node.term(),
+        "commit": node.commit_index(),
+        "applied": s.applied,
+        "members": node.voters(),
+        "jobs": s.jobs.keys().collect::<Vec<_>>(),
+        "running_jobs": running,
+        "open_findings": s.open_findings().count(),
+        "policies": s.policies.iter().map(|(k, v)| (k.clone(), v.len())).collect::<BTreeMap<_, _>>(),
+        "ledger": ledger,
+    })
+    .to_string()
+}

@@ -1,0 +1,343 @@
+//! What peers ask a controller replica, and its answers.
+//!
+//! Topics by role (a peer's role comes from its certificate):
+//! - sensors: `routes` (which correlator host holds each job with ranks on
+//!   my node), `job` (a job I saw start, change or end);
+//! - correlator hosts: `hello` (I am alive at ADDR; which jobs are mine?),
+//!   `finding` messages, `close_finding`;
+//! - operators: `status`, `findings`, `job`, `propose`, `member`, `routes`.
+//!
+//! Which correlator host is alive is soft state of each replica (hosts greet
+//! every replica), so routing works on any replica, leader or not, and
+//! keeps working through an election.
+
+use super::{ControllerMsg, ControllerState};
+use anyhow::{bail, Context, Result};
+use keel_consensus::assign::assign;
+use keel_consensus::state::{Command, Outcome, Proposal, State};
+use keel_model::{Ack, Finding, JobRecord, Message, Name, Query, QueryReply, Role};
+use keel_transport::Request;
+use ractor::ActorRef;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// A correlator host silent this long is taken as gone: its jobs move.
+pub const HOST_TTL: Duration = Duration::from_secs(2);
+/// A job that ended keeps its correlator this long: a GPU it leaves held
+/// (a squatter) shows only after the end.
+pub const LINGER: Duration = Duration::from_secs(90);
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The replica's soft state for routing.
+#[derive(Default)]
+pub struct Routing {
+    hosts: HashMap<String, (SocketAddr, Instant)>,
+    ended: HashMap<Name, Instant>,
+}
+
+/// Where one job's summaries go.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Route {
+    pub job: Name,
+    /// The correlator host holding the job, when any host is alive.
+    pub host: Option<String>,
+    pub addr: Option<SocketAddr>,
+    pub ended: bool,
+}
+
+impl Routing {
+    fn live_hosts(&self, now: Instant) -> Vec<&str> {
+        self.hosts
+            .iter()
+            .filter(|(_, (_, seen))| now.duration_since(*seen) < HOST_TTL)
+            .map(|(h, _)| h.as_str())
+            .collect()
+    }
+
+    /// Jobs that need a correlator: running, or ended less than `LINGER` ago.
+    fn live_jobs<'a>(&mut self, state: &'a State, now: Instant) -> Vec<&'a JobRecord> {
+        let mut out = Vec::new();
+        for (name, job) in &state.jobs {
+            if job.state.is_finished() {
+                let since = *self.ended.entry(name.clone()).or_insert(now);
+                if now.duration_since(since) >= LINGER {
+                    continue;
+                }
+            }
+            out.push(job);
+        }
+        out
+    }
+
+    fn route(&self, job: &JobRecord, hosts: &[&str]) -> Route {
+        let host = assign(&job.job, hosts);
+        Route {
+            job: job.job.clone(),
+            host: host.map(str::to_string),
+            addr: host.and_then(|h| self.hosts.get(h)).map(|(a, _)| *a),
+            ended: job.state.is_finished(),
+        }
+    }
+}
+
+/// Answers one request from a peer.
+pub async fn handle(req: Request, me: ActorRef<ControllerMsg>) {
+    let peer = req.peer.clone();
+    let reply = match &req.msg {
+        Message::Raft(r) => match keel_consensus::node::decode_message(&r.bytes) {
+            Ok(m) if peer.role == Role::Controller => {
+                let _ = me.cast(ControllerMsg::Raft(m));
+                ack(true, String::new())
+            }
+            Ok(_) => ack(false, "raft messages come from controllers only".into()),
+            Err(e) => ack(false, format!("bad raft message: {e}")),
+        },
+        Message::Finding(f) if peer.role == Role::Correlator => {
+            match open_finding(&me, &peer.name, f.clone()).await {
+                Ok(outcome) => ack(true, serde_json::to_string(&outcome).unwrap_or_default()),
+                Err(e) => ack(false, format!("{e:#}")),
+            }
+        }
+        Message::Query(q) => Message::QueryReply(match answer(q, peer.role, &peer.name, &me).await {
+            Ok(body) => QueryReply {
+                id: q.id,
+                ok: true,
+                body,
+            },
+            Err(e) => QueryReply {
+                id: q.id,
+                ok: false,
+                body: format!("{e:#}"),
+            },
+        }),
+        other => ack(false, format!("a controller takes no {} here", other.kind())),
+    };
+    let _ = req.reply(reply).await;
+}
+
+fn ack(ok: bool, detail: String) -> Message {
+    Message::Ack(Ack { id: 0, ok, detail })
+}
+
+/// Runs `f` inside the actor, on its state, and returns what it returns.
+async fn read<T: Send + 'static>(
+    me: &ActorRef<ControllerMsg>,
+    f: impl FnOnce(&mut ControllerState) -> T + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = oneshot::channel();
+    me.cast(ControllerMsg::Read(Box::new(move |s| {
+        let _ = tx.send(f(s));
+    })))
+    .ok()
+    .context("controller stopping")?;
+    rx.await.context("controller stopping")
+}
+
+/// Proposes and waits until the proposal is applied on this replica.
+async fn propose(me: &ActorRef<ControllerMsg>, proposal: Proposal) -> Result<Outcome> {
+    let (tx, rx) = oneshot::channel();
+    me.cast(ControllerMsg::Propose(proposal.encode(), tx))
+        .ok()
+        .context("controller stopping")?;
+    match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        _ => bail!("not applied in time (no leader?); retry with the same client and seq"),
+    }
+}
+
+/// A stable 64-bit hash of `bytes` (FNV-1a): the sequence number of a
+/// proposal that has no client counter, so that a retry of the same content
+/// is recognised as the same proposal.
+fn content_seq(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+async fn open_finding(
+    me: &ActorRef<ControllerMsg>,
+    reporter: &str,
+    finding: Finding,
+) -> Result<Outcome> {
+    let bytes = serde_json::to_vec(&finding)?;
+    propose(
+        me,
+        Proposal {
+            client: format!("findings/{reporter}"),
+            seq: content_seq(&bytes),
+            command: Command::OpenFinding { finding },
+        },
+    )
+    .await
+}
+
+fn allowed(role: Role, topic: &str) -> bool {
+    match role {
+        Role::Controller | Role::Operator => true,
+        Role::Sensor => matches!(topic, "routes" | "job" | "status"),
+        Role::Correlator => matches!(topic, "hello" | "close_finding" | "routes" | "status"),
+        Role::Executor => false,
+    }
+}
+
+fn param<'a>(q: &'a Query, key: &str) -> Result<&'a String> {
+    q.params
+        .get(key)
+        .with_context(|| format!("param `{key}` missing"))
+}
+
+async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>) -> Result<String> {
+    if !allowed(role, &q.topic) {
+        bail!("a {role} may not ask `{}`", q.topic);
+    }
+    match q.topic.as_str() {
+        "status" => {
+            let (tx, rx) = oneshot::channel();
+            let consistent = q.params.get("consistent").is_some_and(|v| v == "true");
+            me.cast(ControllerMsg::Status(tx, consistent))
+                .ok()
+                .context("controller stopping")?;
+            rx.await.context("controller stopping")
+        }
+        "routes" => {
+            let node: Option<Name> = q.params.get("node").map(|n| n.as_str().into());
+            read(me, move |s| {
+                let now = Instant::now();
+                let jobs = s.routing.live_jobs(&s.node.state, now);
+                let hosts = s.routing.live_hosts(now);
+                let routes: Vec<Route> = jobs
+                    .into_iter()
+                    .filter(|j| node.as_ref().is_none_or(|n| j.ranks.contains_key(n)))
+                    .map(|j| s.routing.route(j, &hosts))
+                    .collect();
+                serde_json::to_string(&routes).unwrap_or_default()
+            })
+            .await
+        }
+        "hello" => {
+            let addr: SocketAddr = param(q, "addr")?
+                .parse()
+                .context("param `addr` is not an address")?;
+            let host = peer.to_string();
+            read(me, move |s| {
+                let now = Instant::now();
+                s.routing.hosts.insert(host.clone(), (addr, now));
+                let jobs = s.routing.live_jobs(&s.node.state, now);
+                let hosts = s.routing.live_hosts(now);
+                let mine: Vec<&JobRecord> = jobs
+                    .into_iter()
+                    .filter(|j| assign(&j.job, &hosts) == Some(host.as_str()))
+                    .collect();
+                serde_json::to_string(&mine).unwrap_or_default()
+            })
+            .await
+        }
+        "job" => {
+            let incoming: JobRecord = serde_json::from_str(param(q, "record")?)
+                .context("param `record` is not a job record")?;
+            // An end without placement (`keel job end`, an epilog) keeps the
+            // placement known, so that the job's correlator can linger.
+            let (record, unchanged) = read(me, move |s| {
+                let mut r = incoming;
+                if let Some(known) = s.node.state.jobs.get(&r.job) {
+                    if r.ranks.is_empty() {
+                        r.nodes = known.nodes.clone();
+                        r.ranks = known.ranks.clone();
+                        r.gpus = known.gpus.clone();
+                        r.nics = known.nics.clone();
+                        r.tp = r.tp.or(known.tp);
+                        r.tenant = r.tenant.clone().or(known.tenant.clone());
+                    }
+                    let same = known == &r;
+                    (r, same)
+                } else {
+                    (r, false)
+                }
+            })
+            .await?;
+            if unchanged {
+                return Ok("\"unchanged\"".into());
+            }
+            let bytes = serde_json::to_vec(&record)?;
+            let outcome = propose(
+                me,
+                Proposal {
+                    client: format!("jobs/{peer}"),
+                    seq: content_seq(&bytes),
+                    command: Command::Job { record },
+                },
+            )
+            .await?;
+            Ok(serde_json::to_string(&outcome)?)
+        }
+        "close_finding" => {
+            let finding: Finding = serde_json::from_str(param(q, "finding")?)
+                .context("param `finding` is not a finding")?;
+            let ts = finding.ts;
+            let id = read(me, move |s| s.node.state.open_finding_like(&finding)).await?;
+            let Some(id) = id else {
+                return Ok("\"not open\"".into());
+            };
+            let outcome = propose(
+                me,
+                Proposal {
+                    client: format!("closings/{peer}"),
+                    seq: id,
+                    command: Command::CloseFinding { id, ts },
+                },
+            )
+            .await?;
+            Ok(serde_json::to_string(&outcome)?)
+        }
+        "findings" => {
+            read(me, |s| {
+                serde_json::to_string(&s.node.state.findings.values().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .await
+        }
+        "propose" => {
+            let client = param(q, "client")?.clone();
+            let seq: u64 = param(q, "seq")?.parse().context("param `seq`")?;
+            let command: Command =
+                serde_json::from_str(param(q, "command")?).context("param `command`")?;
+            let outcome = propose(
+                me,
+                Proposal {
+                    client,
+                    seq,
+                    command,
+                },
+            )
+            .await?;
+            if matches!(outcome, Outcome::Rejected(_)) {
+                bail!("{}", serde_json::to_string(&outcome)?);
+            }
+            Ok(serde_json::to_string(&outcome)?)
+        }
+        "member" => {
+            let id: u64 = param(q, "id")?.parse().context("param `id`")?;
+            let add = match q.params.get("op").map(String::as_str) {
+                Some("add") => {
+                    let addr = param(q, "addr")?.parse().context("param `addr`")?;
+                    Some((addr, param(q, "name")?.clone()))
+                }
+                Some("remove") => None,
+                _ => bail!("param `op` must be add or remove"),
+            };
+            me.cast(ControllerMsg::Member { id, add })
+                .ok()
+                .context("controller stopping")?;
+            Ok("\"proposed\"".into())
+        }
+        other => bail!("unknown query topic {other:?}"),
+    }
+}
+
+/// Query parameters from pairs, for callers.
+pub fn params<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}

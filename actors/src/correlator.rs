@@ -1,0 +1,407 @@
+//! Correlator hosts and correlator actors.
+//!
+//! A correlator host (`keel correlator`) greets every controller replica
+//! twice a second and learns which jobs are its own (rendezvous hashing over
+//! the hosts alive, `consensus::assign`); it runs one correlator actor per
+//! job, as supervised children, and routes the sensors' summaries and
+//! readings to them. A correlator holds its job's topology, runs the
+//! detection engine over the summaries and reports each finding to the
+//! controller until a replica has committed it.
+
+use crate::client::{ControllerAddr, ControllerClient};
+use crate::controller::queries::params;
+use anyhow::{Context, Result};
+use keel_detect::Engine;
+use keel_model::{Finding, JobRecord, Message, MetricSample, Name, Record, Summary};
+use keel_transport::{Credentials, Options, Server};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const HELLO_EVERY: Duration = Duration::from_millis(500);
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `keel correlator --config FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrelatorConfig {
+    /// Where sensors reach this host.
+    pub listen: SocketAddr,
+    /// The address announced to the controller when `listen` is a wildcard.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// `cert.pem`, `key.pem` and `ca.pem`; the role must be `correlator`.
+    pub credentials: PathBuf,
+    pub controllers: Vec<ControllerAddr>,
+}
+
+impl CorrelatorConfig {
+    pub fn load(path: &Path) -> Result<CorrelatorConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{}", path.display()))
+    }
+}
+
+pub enum HostMsg {
+    /// The jobs the controller assigns to this host now.
+    Assigned(Vec<JobRecord>),
+    Summaries(Vec<Summary>),
+    Metrics(Vec<MetricSample>),
+    Stats(tokio::sync::oneshot::Sender<HostStats>),
+    /// Fault injection for tests and the demo: the job's correlator panics.
+    Crash(Name),
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct HostStats {
+    pub jobs: Vec<Name>,
+    pub summaries: u64,
+    pub unassigned_summaries: u64,
+    pub correlator_restarts: u64,
+}
+
+pub struct HostActor;
+
+pub struct HostState {
+    name: String,
+    client: ControllerClient,
+    correlators: HashMap<Name, (ActorRef<CorrelatorMsg>, JobRecord)>,
+    by_id: HashMap<ActorId, Name>,
+    stats: HostStats,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a started host gives back.
+pub struct StartedHost {
+    pub actor: ActorRef<HostMsg>,
+    pub addr: SocketAddr,
+    pub join: tokio::task::JoinHandle<()>,
+}
+
+pub async fn start(cfg: CorrelatorConfig) -> Result<StartedHost> {
+    let creds = Credentials::from_dir(&cfg.credentials)
+        .with_context(|| format!("credentials in {}", cfg.credentials.display()))?;
+    let server = Server::bind(cfg.listen, &creds, Options::default())?;
+    let addr = server.local_addr()?;
+    let name = server.local_name.clone();
+    let client = ControllerClient::new(&creds, &cfg.controllers)?;
+    let advertise = cfg.advertise.unwrap_or(addr);
+    let (actor, join) = Actor::spawn(
+        Some(format!("correlator-host-{name}")),
+        HostActor,
+        (name, client, server, advertise),
+    )
+    .await
+    .context("starting the correlator host")?;
+    Ok(StartedHost { actor, addr, join })
+}
+
+impl Actor for HostActor {
+    type Msg = HostMsg;
+    type State = HostState;
+    type Arguments = (String, ControllerClient, Server, SocketAddr);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<HostMsg>,
+        (name, client, mut server, advertise): Self::Arguments,
+    ) -> Result<HostState, ActorProcessingErr> {
+        tracing::info!(host = %name, addr = %advertise, "correlator host listening");
+        let me = myself.clone();
+        let accept = tokio::spawn(async move {
+            while let Some((_conn, mut inbox)) = server.accept().await {
+                let me2 = me.clone();
+                tokio::spawn(async move {
+                    while let Some((_peer, batch)) = inbox.telemetry.recv().await {
+                        if me2.cast(HostMsg::Summaries(batch.summaries)).is_err() {
+                            return;
+                        }
+                    }
+                });
+                let me3 = me.clone();
+                tokio::spawn(async move {
+                    while let Some(req) = inbox.requests.recv().await {
+                        let ok = match &req.msg {
+                            Message::Telemetry(b) => {
+                                me3.cast(HostMsg::Metrics(b.metrics.clone())).is_ok()
+                            }
+                            _ => false,
+                        };
+                        let _ = req
+                            .reply(Message::Ack(keel_model::Ack {
+                                id: 0,
+                                ok,
+                                detail: String::new(),
+                            }))
+                            .await;
+                    }
+                });
+            }
+        });
+        let me = myself.clone();
+        let greeter = client.clone();
+        let hello = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HELLO_EVERY);
+            loop {
+                tick.tick().await;
+                let asked = greeter
+                    .ask_all(
+                        "hello",
+                        params([("addr", advertise.to_string())]),
+                        ASK_TIMEOUT,
+                    )
+                    .await;
+                match asked.and_then(|b| Ok(serde_json::from_str::<Vec<JobRecord>>(&b)?)) {
+                    Ok(jobs) => {
+                        if me.cast(HostMsg::Assigned(jobs)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "no assignment this round"),
+                }
+            }
+        });
+        Ok(HostState {
+            name,
+            client,
+            correlators: HashMap::new(),
+            by_id: HashMap::new(),
+            stats: HostStats::default(),
+            tasks: vec![accept, hello],
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<HostMsg>,
+        state: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        for t in state.tasks.drain(..) {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<HostMsg>,
+        msg: HostMsg,
+        state: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            HostMsg::Assigned(jobs) => state.assign(&myself, jobs).await?,
+            HostMsg::Summaries(summaries) => {
+                let mut by_job: HashMap<Name, Vec<Summary>> = HashMap::new();
+                for s in summaries {
+                    by_job.entry(s.job.clone()).or_default().push(s);
+                }
+                for (job, batch) in by_job {
+                    match state.correlators.get(&job) {
+                        Some((c, _)) => {
+                            state.stats.summaries += batch.len() as u64;
+                            let _ = c.cast(CorrelatorMsg::Summaries(batch));
+                        }
+                        None => state.stats.unassigned_summaries += batch.len() as u64,
+                    }
+                }
+            }
+            HostMsg::Metrics(metrics) => {
+                for (c, job) in state.correlators.values() {
+                    let mine: Vec<MetricSample> = metrics
+                        .iter()
+                        .filter(|m| job.ranks.contains_key(&m.node))
+                        .cloned()
+                        .collect();
+                    if !mine.is_empty() {
+                        let _ = c.cast(CorrelatorMsg::Metrics(mine));
+                    }
+                }
+            }
+            HostMsg::Stats(reply) => {
+                let mut s = state.stats.clone();
+                s.jobs = state.correlators.keys().cloned().collect();
+                s.jobs.sort();
+                let _ = reply.send(s);
+            }
+            HostMsg::Crash(job) => {
+                if let Some((c, _)) = state.correlators.get(&job) {
+                    let _ = c.cast(CorrelatorMsg::Crash);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<HostMsg>,
+        evt: SupervisionEvent,
+        state: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            if let Some(job) = state.by_id.remove(&cell.get_id()) {
+                state.stats.correlator_restarts += 1;
+                tracing::warn!(
+                    host = %state.name,
+                    %job,
+                    error = %err,
+                    restarts = state.stats.correlator_restarts,
+                    "correlator failed; restarting it"
+                );
+                if let Some((_, record)) = state.correlators.remove(&job) {
+                    state.spawn(&myself, record).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HostState {
+    async fn assign(&mut self, myself: &ActorRef<HostMsg>, jobs: Vec<JobRecord>) -> Result<()> {
+        let keep: HashMap<Name, JobRecord> = jobs.into_iter().map(|j| (j.job.clone(), j)).collect();
+        let gone: Vec<Name> = self
+            .correlators
+            .keys()
+            .filter(|j| !keep.contains_key(*j))
+            .cloned()
+            .collect();
+        for job in gone {
+            if let Some((c, _)) = self.correlators.remove(&job) {
+                self.by_id.remove(&c.get_id());
+                c.stop(Some("job no longer assigned here".into()));
+                tracing::info!(host = %self.name, %job, "correlator stopped");
+            }
+        }
+        for (job, record) in keep {
+            match self.correlators.get_mut(&job) {
+                Some((c, known)) => {
+                    if *known != record {
+                        *known = record.clone();
+                        let _ = c.cast(CorrelatorMsg::Job(Box::new(record)));
+                    }
+                }
+                None => self.spawn(myself, record).await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn spawn(&mut self, myself: &ActorRef<HostMsg>, record: JobRecord) -> Result<()> {
+        let job = record.job.clone();
+        let args = CorrelatorArgs {
+            record: record.clone(),
+            client: self.client.clone(),
+        };
+        let (c, _) = Actor::spawn_linked(None, CorrelatorActor, args, myself.get_cell())
+            .await
+            .with_context(|| format!("starting the correlator of {job}"))?;
+        tracing::info!(host = %self.name, %job, "correlator started");
+        self.by_id.insert(c.get_id(), job.clone());
+        self.correlators.insert(job, (c, record));
+        Ok(())
+    }
+}
+
+pub enum CorrelatorMsg {
+    Job(Box<JobRecord>),
+    Summaries(Vec<Summary>),
+    Metrics(Vec<MetricSample>),
+    Crash,
+}
+
+pub struct CorrelatorArgs {
+    pub record: JobRecord,
+    pub client: ControllerClient,
+}
+
+pub struct CorrelatorActor;
+
+pub struct CorrelatorState {
+    engine: Engine,
+    client: ControllerClient,
+    found: Vec<Finding>,
+}
+
+impl Actor for CorrelatorActor {
+    type Msg = CorrelatorMsg;
+    type State = CorrelatorState;
+    type Arguments = CorrelatorArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<CorrelatorMsg>,
+        args: CorrelatorArgs,
+    ) -> Result<CorrelatorState, ActorProcessingErr> {
+        let mut engine = Engine::default();
+        let mut found = Vec::new();
+        engine.push(&Record::Job(Box::new(args.record)), &mut found);
+        Ok(CorrelatorState {
+            engine,
+            client: args.client,
+            found,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<CorrelatorMsg>,
+        msg: CorrelatorMsg,
+        state: &mut CorrelatorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CorrelatorMsg::Job(record) => state.engine.push(&Record::Job(record), &mut state.found),
+            CorrelatorMsg::Summaries(batch) => {
+                for s in &batch {
+                    state.engine.push_window(s, &mut state.found);
+                }
+            }
+            CorrelatorMsg::Metrics(batch) => {
+                for m in batch {
+                    state.engine.push(&Record::Metric(m), &mut state.found);
+                }
+            }
+            CorrelatorMsg::Crash => panic!("correlator crash injected"),
+        }
+        for f in state.found.drain(..) {
+            tracing::info!(
+                kind = %f.kind.wire(),
+                cause = %f.cause,
+                job = ?f.job,
+                rank = ?f.rank,
+                node = ?f.node,
+                "finding concluded; reporting it"
+            );
+            tokio::spawn(report(state.client.clone(), f));
+        }
+        Ok(())
+    }
+}
+
+/// Reports a finding until a replica has committed it. A retry of the
+/// same finding is the same proposal, and an open finding of the same kind
+/// at the same place is recognised as such, so nothing is counted twice.
+async fn report(client: ControllerClient, f: Finding) {
+    let mut delay = Duration::from_millis(100);
+    for attempt in 0..30u32 {
+        match client.request(Message::Finding(f.clone()), ASK_TIMEOUT * 3).await {
+            Ok(Message::Ack(a)) if a.ok => return,
+            Ok(other) => tracing::warn!(attempt, answer = ?other, "finding not committed yet"),
+            Err(e) => tracing::warn!(attempt, error = %e, "finding not committed yet"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    tracing::error!(kind = %f.kind.wire(), job = ?f.job, "finding given up after 30 tries");
+}
+
+/// Reads a host's counters, for tests and the demo.
+pub async fn stats(host: &ActorRef<HostMsg>) -> Option<HostStats> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    host.cast(HostMsg::Stats(tx)).ok()?;
+    rx.await.ok()
+}

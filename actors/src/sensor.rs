@@ -1,0 +1,368 @@
+//! The sensor actor, one per node (or DPU): runs its sources as supervised
+//! children, summarises collectives at the edge (`detect::edge`), and sends
+//! each job's summaries, and the node's readings, to the correlator host
+//! that holds the job. Raw events never leave the sensor.
+
+use crate::client::{ControllerAddr, ControllerClient};
+use crate::sources::{unix_now, SourceActor, SourceArgs, SourceConfig};
+use anyhow::{Context, Result};
+use keel_detect::edge::{EdgeAggregator, EdgeConfig};
+use keel_model::{JobRecord, Message, MetricSample, Name, Record, Summary, TelemetryBatch};
+use keel_transport::{Backoff, Client, Credentials, Link, Options};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::controller::queries::{params, Route};
+
+/// How often summaries and readings are sent.
+const FLUSH: Duration = Duration::from_millis(50);
+/// How often the sensor asks where its jobs' correlators are.
+const ROUTES_EVERY: Duration = Duration::from_millis(500);
+/// Summaries kept for jobs with no correlator yet (oldest dropped first).
+const UNROUTED_MAX: usize = 50_000;
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `keel sensor --config FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorConfig {
+    /// The node this sensor watches (the name jobs and traces use).
+    pub node: Name,
+    /// `cert.pem`, `key.pem` and `ca.pem`; the role must be `sensor`.
+    pub credentials: PathBuf,
+    pub controllers: Vec<ControllerAddr>,
+    /// Collectives per edge window (see `detect::edge`).
+    #[serde(default)]
+    pub window_len: Option<u64>,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+}
+
+impl SensorConfig {
+    pub fn load(path: &Path) -> Result<SensorConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: SensorConfig =
+            toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        if cfg.sources.is_empty() {
+            anyhow::bail!("{}: no [[source]] configured", path.display());
+        }
+        Ok(cfg)
+    }
+}
+
+pub enum SensorMsg {
+    /// Records from a source, with the source's clock when it sent them.
+    Records(Vec<Record>, f64),
+    Flush,
+    Routes(Vec<Route>),
+    /// Counters, for status and tests.
+    Stats(tokio::sync::oneshot::Sender<SensorStats>),
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SensorStats {
+    pub events: u64,
+    pub summaries_sent: u64,
+    pub unrouted_dropped: u64,
+    pub metrics_sent: u64,
+    pub source_restarts: u64,
+}
+
+pub struct SensorActor;
+
+pub struct SensorState {
+    cfg: SensorConfig,
+    creds: Credentials,
+    client: ControllerClient,
+    edge: EdgeAggregator,
+    out: Vec<Summary>,
+    unrouted: VecDeque<Summary>,
+    metrics: BTreeMap<String, MetricSample>,
+    routes: HashMap<Name, Route>,
+    links: HashMap<String, Arc<Link>>,
+    jobs_sent: HashMap<Name, JobRecord>,
+    sources: HashMap<ActorId, (usize, Arc<AtomicU64>)>,
+    /// The sources' clock at the last batch, and when that was.
+    clock: Option<(f64, Instant)>,
+    stats: SensorStats,
+    routes_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Actor for SensorActor {
+    type Msg = SensorMsg;
+    type State = SensorState;
+    type Arguments = SensorConfig;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SensorMsg>,
+        cfg: SensorConfig,
+    ) -> Result<SensorState, ActorProcessingErr> {
+        let creds = Credentials::from_dir(&cfg.credentials)
+            .with_context(|| format!("credentials in {}", cfg.credentials.display()))?;
+        let client = ControllerClient::new(&creds, &cfg.controllers)?;
+        let mut edge_cfg = EdgeConfig::default();
+        if let Some(w) = cfg.window_len {
+            edge_cfg.window_len = w.max(1);
+        }
+        let mut state = SensorState {
+            edge: EdgeAggregator::new(edge_cfg),
+            creds,
+            client: client.clone(),
+            out: Vec::new(),
+            unrouted: VecDeque::new(),
+            metrics: BTreeMap::new(),
+            routes: HashMap::new(),
+            links: HashMap::new(),
+            jobs_sent: HashMap::new(),
+            sources: HashMap::new(),
+            clock: None,
+            stats: SensorStats::default(),
+            routes_task: None,
+            cfg,
+        };
+        for i in 0..state.cfg.sources.len() {
+            let progress = Arc::new(AtomicU64::new(0));
+            start_source(&myself, &mut state, i, progress).await?;
+        }
+        let node = state.cfg.node.to_string();
+        let me = myself.clone();
+        state.routes_task = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ROUTES_EVERY);
+            loop {
+                tick.tick().await;
+                let asked = client
+                    .ask("routes", params([("node", node.clone())]), ASK_TIMEOUT)
+                    .await;
+                match asked.and_then(|b| Ok(serde_json::from_str::<Vec<Route>>(&b)?)) {
+                    Ok(routes) => {
+                        if me.cast(SensorMsg::Routes(routes)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "routes not refreshed"),
+                }
+            }
+        }));
+        myself.send_interval(FLUSH, || SensorMsg::Flush);
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SensorMsg>,
+        state: &mut SensorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.routes_task.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SensorMsg>,
+        msg: SensorMsg,
+        state: &mut SensorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SensorMsg::Records(records, clock) => {
+                state.clock = Some((clock, Instant::now()));
+                for r in &records {
+                    state.take(r, clock);
+                }
+            }
+            SensorMsg::Flush => state.flush(),
+            SensorMsg::Routes(routes) => {
+                state.routes = routes.into_iter().map(|r| (r.job.clone(), r)).collect();
+            }
+            SensorMsg::Stats(reply) => {
+                let mut s = state.stats.clone();
+                s.events = state.edge.stats.events;
+                let _ = reply.send(s);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SensorMsg>,
+        evt: SupervisionEvent,
+        state: &mut SensorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            if let Some((i, progress)) = state.sources.remove(&cell.get_id()) {
+                state.stats.source_restarts += 1;
+                tracing::warn!(
+                    node = %state.cfg.node,
+                    source = %state.cfg.sources[i].describe(),
+                    error = %err,
+                    restarts = state.stats.source_restarts,
+                    "source failed; restarting it"
+                );
+                // A source that cannot start at all (a missing file) is not
+                // retried in a tight loop: the next try waits a little.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                start_source(&myself, state, i, progress).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn start_source(
+    myself: &ActorRef<SensorMsg>,
+    state: &mut SensorState,
+    i: usize,
+    progress: Arc<AtomicU64>,
+) -> Result<()> {
+    let args = SourceArgs {
+        config: state.cfg.sources[i].clone(),
+        node: state.cfg.node.clone(),
+        sensor: myself.clone(),
+        progress: progress.clone(),
+    };
+    let (actor, _) = Actor::spawn_linked(None, SourceActor, args, myself.get_cell())
+        .await
+        .with_context(|| format!("starting source {}", state.cfg.sources[i].describe()))?;
+    state.sources.insert(actor.get_id(), (i, progress));
+    Ok(())
+}
+
+impl SensorState {
+    fn take(&mut self, r: &Record, clock: f64) {
+        match r {
+            Record::Collective(c) => self.edge.push(c, clock, &mut self.out),
+            Record::Metric(m) => {
+                let key = format!("{}{:?}", m.name.wire(), m.labels);
+                self.metrics.insert(key, m.clone());
+            }
+            Record::Job(j) => self.job_seen(j),
+            Record::Request(_) => {}
+        }
+    }
+
+    /// Tells the controller about a job the first time it is seen and
+    /// whenever it changes (one sensor of many suffices; the rest find it
+    /// unchanged).
+    fn job_seen(&mut self, j: &JobRecord) {
+        if self.jobs_sent.get(&j.job) == Some(j) {
+            return;
+        }
+        if j.state.is_finished() {
+            self.edge.end_job(&j.job);
+        }
+        self.jobs_sent.insert(j.job.clone(), j.clone());
+        let client = self.client.clone();
+        let record = serde_json::to_string(j).unwrap_or_default();
+        let job = j.job.clone();
+        tokio::spawn(async move {
+            for attempt in 0..10u32 {
+                match client
+                    .ask("job", params([("record", record.clone())]), ASK_TIMEOUT)
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::warn!(%job, attempt, error = %e, "job not registered yet");
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    fn link(&mut self, host: &str, addr: std::net::SocketAddr) -> Option<Arc<Link>> {
+        if let Some(l) = self.links.get(host) {
+            return Some(l.clone());
+        }
+        let client = Client::new(&self.creds, Options::default()).ok()?;
+        let (link, _inbox) = Link::start(client, addr, host, Backoff::default());
+        let link = Arc::new(link);
+        self.links.insert(host.to_string(), link.clone());
+        Some(link)
+    }
+
+    fn flush(&mut self) {
+        if let Some((clock, at)) = self.clock {
+            let now = clock + at.elapsed().as_secs_f64();
+            self.edge.flush_idle(now, &mut self.out);
+        } else {
+            self.edge.flush_idle(unix_now(), &mut self.out);
+        }
+        let mut by_host: HashMap<String, (std::net::SocketAddr, Vec<Summary>)> = HashMap::new();
+        let pending: Vec<Summary> = self.unrouted.drain(..).chain(self.out.drain(..)).collect();
+        for s in pending {
+            match self.routes.get(&s.job) {
+                Some(Route {
+                    host: Some(h),
+                    addr: Some(a),
+                    ..
+                }) => by_host.entry(h.clone()).or_insert((*a, Vec::new())).1.push(s),
+                _ => {
+                    if self.unrouted.len() >= UNROUTED_MAX {
+                        self.unrouted.pop_front();
+                        self.stats.unrouted_dropped += 1;
+                    }
+                    self.unrouted.push_back(s);
+                }
+            }
+        }
+        // Readings go to every host that holds a job on this node.
+        let metrics: Vec<MetricSample> = std::mem::take(&mut self.metrics).into_values().collect();
+        if !metrics.is_empty() {
+            for r in self.routes.values() {
+                if let (Some(h), Some(a)) = (&r.host, r.addr) {
+                    by_host.entry(h.clone()).or_insert((a, Vec::new()));
+                }
+            }
+        }
+        for (host, (addr, summaries)) in by_host {
+            let Some(link) = self.link(&host, addr) else {
+                continue;
+            };
+            self.stats.summaries_sent += summaries.len() as u64;
+            link.telemetry().send_all(summaries);
+            if !metrics.is_empty() {
+                self.stats.metrics_sent += metrics.len() as u64;
+                let msg = Message::Telemetry(TelemetryBatch {
+                    summaries: Vec::new(),
+                    metrics: metrics.clone(),
+                });
+                tokio::spawn(async move {
+                    let _ = link.request(msg, ASK_TIMEOUT).await;
+                });
+            }
+        }
+        let live: std::collections::HashSet<&String> =
+            self.routes.values().filter_map(|r| r.host.as_ref()).collect();
+        self.links.retain(|h, _| live.contains(h));
+    }
+}
+
+/// Starts a sensor actor; returns it with its join handle.
+pub async fn start(
+    cfg: SensorConfig,
+    supervisor: Option<ractor::ActorCell>,
+) -> Result<(ActorRef<SensorMsg>, tokio::task::JoinHandle<()>)> {
+    let name = format!("sensor-{}", cfg.node);
+    let r = match supervisor {
+        Some(s) => Actor::spawn_linked(Some(name), SensorActor, cfg, s).await,
+        None => Actor::spawn(Some(name), SensorActor, cfg).await,
+    };
+    r.context("starting the sensor actor")
+}
+
+/// Reads one counter from a sensor, for tests and the demo.
+pub async fn stats(sensor: &ActorRef<SensorMsg>) -> Option<SensorStats> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    sensor.cast(SensorMsg::Stats(tx)).ok()?;
+    rx.await.ok()
+}
