@@ -117,25 +117,24 @@ impl Actor for HostActor {
                 let me2 = me.clone();
                 tokio::spawn(async move {
                     while let Some((_peer, batch)) = inbox.telemetry.recv().await {
+                        if !batch.metrics.is_empty()
+                            && me2.cast(HostMsg::Metrics(batch.metrics)).is_err()
+                        {
+                            return;
+                        }
                         if me2.cast(HostMsg::Summaries(batch.summaries)).is_err() {
                             return;
                         }
                     }
                 });
-                let me3 = me.clone();
                 tokio::spawn(async move {
                     while let Some(req) = inbox.requests.recv().await {
-                        let ok = match &req.msg {
-                            Message::Telemetry(b) => {
-                                me3.cast(HostMsg::Metrics(b.metrics.clone())).is_ok()
-                            }
-                            _ => false,
-                        };
+                        let detail = format!("a correlator host takes no {}", req.msg.kind());
                         let _ = req
                             .reply(Message::Ack(keel_model::Ack {
                                 id: 0,
-                                ok,
-                                detail: String::new(),
+                                ok: false,
+                                detail,
                             }))
                             .await;
                     }

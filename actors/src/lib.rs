@@ -18,3 +18,4 @@ pub mod sensor;
 pub mod sources;
 
 pub use client::{ControllerAddr, ControllerClient};
+pub use ractor;

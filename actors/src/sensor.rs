@@ -7,7 +7,7 @@ use crate::client::{ControllerAddr, ControllerClient};
 use crate::sources::{unix_now, SourceActor, SourceArgs, SourceConfig};
 use anyhow::{Context, Result};
 use keel_detect::edge::{EdgeAggregator, EdgeConfig};
-use keel_model::{JobRecord, Message, MetricSample, Name, Record, Summary, TelemetryBatch};
+use keel_model::{JobRecord, MetricSample, Name, Record, Summary};
 use keel_transport::{Backoff, Client, Credentials, Link, Options};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::Deserialize;
@@ -332,13 +332,7 @@ impl SensorState {
             link.telemetry().send_all(summaries);
             if !metrics.is_empty() {
                 self.stats.metrics_sent += metrics.len() as u64;
-                let msg = Message::Telemetry(TelemetryBatch {
-                    summaries: Vec::new(),
-                    metrics: metrics.clone(),
-                });
-                tokio::spawn(async move {
-                    let _ = link.request(msg, ASK_TIMEOUT).await;
-                });
+                link.telemetry().send_metrics(metrics.iter().cloned());
             }
         }
         let live: std::collections::HashSet<&String> =

@@ -30,6 +30,8 @@ pub static SCENARIOS: &[ScenarioInfo] = &[
     ScenarioInfo { name: "nic-saturation", about: "a serving node's NIC at line rate with its queue building, with DPUs" },
     ScenarioInfo { name: "noisy", about: "heavy nuisances (gaps, resets, junk and late lines, NaN, unknown records) around a few faults" },
     ScenarioInfo { name: "mixed", about: "8 nodes, 4 jobs, one fault of every kind in about 180 s (keel demo)" },
+    ScenarioInfo { name: "live", about: "16 nodes, 4 jobs, two stragglers 25 s apart, in 80 s (keel demo's live cluster)" },
+    ScenarioInfo { name: "quad", about: "4 nodes, 3 jobs (one across two nodes), two stragglers, in 100 s (end-to-end tests)" },
     ScenarioInfo { name: "large", about: "16 nodes, 4 jobs, recurring faults; scales with duration_s for benchmarks" },
 ];
 
@@ -39,6 +41,8 @@ fn default_duration(name: &str) -> f64 {
         "straggler-cross-node" => 170.0,
         "gpu-squatter" => 210.0,
         "mixed" => 180.0,
+        "live" => 80.0,
+        "quad" => 100.0,
         "large" => 300.0,
         "straggler-network" => 130.0,
         "straggler-pcie" | "straggler-host" | "straggler-gpu" | "retransmit-storm" => 140.0,
@@ -206,6 +210,8 @@ pub fn build(name: &str, seed: u64, opts: &GenOptions) -> Result<Plan, ChaosErro
             b
         }
         "mixed" => mixed(seed, salt, d),
+        "live" => live(seed, salt, d),
+        "quad" => quad(seed, salt, d),
         _ => large(seed, salt, d),
     };
     Ok(plan.finish())
@@ -318,6 +324,39 @@ fn mixed(seed: u64, salt: u64, d: f64) -> Builder {
     b.squatter(j3, fail_at, 1);
     b.retrans_storm(5, 30.0, d);
     b.nuisances(&Mix::low());
+    b
+}
+
+/// Sixteen nodes and four jobs, as `keel demo` runs live: a first straggler
+/// soon after the jobs have settled, a second one 25 s later (after the
+/// demo has killed the controller leader), both short.
+fn live(seed: u64, salt: u64, d: f64) -> Builder {
+    let mut b = Builder::new(seed, salt, d, 16, true);
+    b.straggler_len = (15.0, 20.0);
+    let j0 = b.job(&[(0, ALL8), (1, ALL8)], running());
+    let j1 = b.job(&[(2, ALL8), (3, ALL8)], running());
+    b.job(&[(4, ALL8)], serving());
+    b.job(&[(5, LO4), (6, LO4)], running());
+    let kind = *b.rng.pick(ALL_KINDS);
+    b.straggler(j0, None, kind, 20.0, 42.0);
+    let kind = *b.rng.pick(ALL_KINDS);
+    b.straggler(j1, None, kind, 45.0, d);
+    b.nuisances(&Mix::low());
+    b
+}
+
+/// Four nodes, one job across two of them: small enough for one sensor
+/// process per node in an end-to-end test.
+fn quad(seed: u64, salt: u64, d: f64) -> Builder {
+    let mut b = Builder::new(seed, salt, d, 4, true);
+    b.straggler_len = (15.0, 25.0);
+    let j0 = b.job(&[(0, ALL8), (1, ALL8)], running());
+    let j1 = b.job(&[(2, ALL8)], running());
+    b.job(&[(3, LO4)], serving());
+    let kind = *b.rng.pick(ALL_KINDS);
+    b.straggler(j0, None, kind, 20.0, 45.0);
+    let kind = *b.rng.pick(ALL_KINDS);
+    b.straggler(j1, None, kind, 55.0, d);
     b
 }
 

@@ -6,6 +6,7 @@ mod controller;
 mod demo;
 mod eval;
 mod job;
+mod live;
 mod replay;
 
 use anyhow::{bail, Context, Result};
@@ -27,11 +28,19 @@ struct Cli {
 enum Command {
     /// Run a whole simulated cluster through the detectors and tell what was found and why
     Demo {
-        /// Scenario to run (see `keel chaos list`)
-        #[arg(long, default_value = "mixed")]
-        scenario: String,
+        /// Scenario to run (see `keel chaos list`; default: `live`, or
+        /// `mixed` with --offline)
+        #[arg(long)]
+        scenario: Option<String>,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Trace seconds played per wall second
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// No cluster: replay the scenario's trace through the detectors
+        /// as fast as they go, and score them
+        #[arg(long)]
+        offline: bool,
         /// Keep the generated trace and labels in this folder
         #[arg(long)]
         keep: Option<PathBuf>,
@@ -311,6 +320,24 @@ enum BenchCommand {
 
 fn main() {
     let cli = Cli::parse();
+    // Services log what they do; the demo tells its own story and logs only
+    // errors. RUST_LOG overrides either.
+    let default = match cli.command {
+        Command::Controller { .. } | Command::Sensor { .. } | Command::Correlator { .. } => "info",
+        _ => "error",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    // An actor that panics is restarted by its supervisor, which logs it;
+    // the panic itself gets one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("panic: {info}");
+    }));
     // Errors are for operators: the chain of what failed and where, without
     // the backtrace anyhow would attach when RUST_BACKTRACE is set.
     if let Err(e) = run(cli) {
@@ -324,8 +351,25 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo {
             scenario,
             seed,
+            speed,
+            offline,
             keep,
-        } => demo::run(&scenario, seed, keep.as_deref()),
+        } => {
+            if offline {
+                let scenario = scenario.unwrap_or_else(|| "mixed".into());
+                demo::run(&scenario, seed, keep.as_deref())
+            } else {
+                if !(speed.is_finite() && speed > 0.0) {
+                    bail!("--speed must be a positive number");
+                }
+                live::run(live::LiveOptions {
+                    scenario: scenario.unwrap_or_else(|| "live".into()),
+                    seed,
+                    speed,
+                    keep,
+                })
+            }
+        }
         Command::Replay {
             trace,
             out,

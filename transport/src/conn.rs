@@ -564,18 +564,19 @@ async fn pump_telemetry(s: Arc<Shared>, queue: TelemetrySender) {
     let mut stream: Option<quinn::SendStream> = None;
     loop {
         let batch = queue.take(s.opts.batch_max);
-        if batch.is_empty() {
+        let metrics = queue.take_metrics(s.opts.batch_max);
+        if batch.is_empty() && metrics.is_empty() {
             tokio::select! {
                 _ = queue.ready.notified() => continue,
                 _ = s.conn.closed() => return,
             }
         }
-        let n = batch.len() as u64;
+        let n = (batch.len() + metrics.len()) as u64;
         let env = Envelope::new(
             s.local.name.clone(),
             Message::Telemetry(TelemetryBatch {
                 summaries: batch,
-                metrics: Vec::new(),
+                metrics,
             }),
         );
         let bytes = match frame::encode_envelope(&env, s.opts.max_frame) {

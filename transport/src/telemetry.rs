@@ -4,7 +4,7 @@
 //! since a fresher window says more than a stale one, and every drop is counted.
 
 use crate::Stats;
-use keel_model::Summary;
+use keel_model::{MetricSample, Summary};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -12,6 +12,8 @@ use tokio::sync::Notify;
 
 /// Default queue bound, in summaries (about 6 MB of summaries).
 pub const QUEUE_CAPACITY: usize = 100_000;
+/// Queue bound for readings: a few thousand series a node.
+pub const METRICS_CAPACITY: usize = 10_000;
 /// Default summaries per batch: about 64 KB on the wire.
 pub const BATCH_MAX: usize = 1024;
 
@@ -72,6 +74,9 @@ impl<T> DropOldest<T> {
 #[derive(Clone)]
 pub struct TelemetrySender {
     pub(crate) queue: Arc<Mutex<DropOldest<Summary>>>,
+    /// The node's readings ride the same stream, in their own bounded
+    /// queue, so that a flood of summaries never pushes them out.
+    pub(crate) metrics: Arc<Mutex<DropOldest<MetricSample>>>,
     pub(crate) ready: Arc<Notify>,
     pub(crate) stats: Arc<Stats>,
 }
@@ -80,6 +85,7 @@ impl TelemetrySender {
     pub fn new(capacity: usize, stats: Arc<Stats>) -> Self {
         TelemetrySender {
             queue: Arc::new(Mutex::new(DropOldest::new(capacity))),
+            metrics: Arc::new(Mutex::new(DropOldest::new(METRICS_CAPACITY))),
             ready: Arc::new(Notify::new()),
             stats,
         }
@@ -118,6 +124,33 @@ impl TelemetrySender {
                 .fetch_add(dropped, Ordering::Relaxed);
         }
         self.ready.notify_one();
+    }
+
+    /// Queue readings (exporter samples, counters); never waits.
+    pub fn send_metrics(&self, samples: impl IntoIterator<Item = MetricSample>) {
+        let mut dropped = 0;
+        {
+            let mut q = match self.metrics.lock() {
+                Ok(q) => q,
+                Err(p) => p.into_inner(),
+            };
+            for s in samples {
+                dropped += q.push(s);
+            }
+        }
+        if dropped > 0 {
+            self.stats
+                .telemetry_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        self.ready.notify_one();
+    }
+
+    pub(crate) fn take_metrics(&self, max: usize) -> Vec<MetricSample> {
+        match self.metrics.lock() {
+            Ok(mut q) => q.take(max),
+            Err(p) => p.into_inner().take(max),
+        }
     }
 
     pub fn queued(&self) -> usize {

@@ -1,0 +1,385 @@
+//! `keel demo`: a whole live cluster in one process. Three controller
+//! replicas, two correlator hosts and one sensor per node talk over real
+//! QUIC (mutual TLS) on loopback, fed in real time by a generated scenario
+//! with stragglers injected. Findings are printed as the controller commits
+//! them; the leader is killed after the first one and the loop goes on.
+
+use crate::demo::TempDir;
+use crate::eval::read_jsonl;
+use anyhow::{Context, Result};
+use keel_actors::client::ControllerAddr;
+use keel_actors::controller::{self, Applied, ControllerMsg, PeerConfig};
+use keel_actors::correlator::{self, CorrelatorConfig, HostMsg};
+use keel_actors::sensor::{self, SensorConfig};
+use keel_actors::sources::{unix_now, SourceConfig};
+use keel_chaos::{generate_to_dir, GenOptions};
+use keel_model::{Label, Role};
+use keel_transport::certs::{self, Validity};
+use keel_actors::ractor::ActorRef;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub struct LiveOptions {
+    pub scenario: String,
+    pub seed: u64,
+    pub speed: f64,
+    pub keep: Option<PathBuf>,
+}
+
+/// One committed finding, with when it was committed on the trace's clock.
+pub struct Committed {
+    pub id: u64,
+    pub trace_ts: f64,
+    pub entry: keel_consensus::state::FindingEntry,
+}
+
+pub fn run(opts: LiveOptions) -> Result<()> {
+    let tmp;
+    let dir = match &opts.keep {
+        Some(d) => d.clone(),
+        None => {
+            tmp = TempDir::new("keel-live")?;
+            tmp.0.clone()
+        }
+    };
+    let summary = generate_to_dir(&opts.scenario, opts.seed, &GenOptions::default(), &dir)
+        .with_context(|| format!("generating scenario {}", opts.scenario))?;
+    let labels: Vec<Label> = read_jsonl(&dir.join("labels.jsonl"))?;
+    let nodes = trace_nodes(&dir.join("trace.jsonl"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(live(&opts, &dir, summary.start, summary.end, &labels, &nodes))
+}
+
+/// Every node named in the trace's job records.
+fn trace_nodes(trace: &Path) -> Result<Vec<String>> {
+    let (records, _) = keel_adapters::read_all(
+        std::fs::File::open(trace).with_context(|| format!("opening {}", trace.display()))?,
+    );
+    let mut nodes = std::collections::BTreeSet::new();
+    for r in &records {
+        match r {
+            keel_model::Record::Collective(c) => nodes.insert(c.node.to_string()),
+            keel_model::Record::Metric(m) => nodes.insert(m.node.to_string()),
+            _ => false,
+        };
+    }
+    Ok(nodes.into_iter().collect())
+}
+
+fn free_port() -> Result<SocketAddr> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?)
+}
+
+fn issue(dir: &Path, ca: &certs::Ca, role: Role, name: &str) -> Result<PathBuf> {
+    let out = dir.join(format!("{role}-{name}"));
+    std::fs::create_dir_all(&out)?;
+    let pem = ca.issue(role, name, Validity::days(1))?;
+    std::fs::write(out.join("cert.pem"), pem.cert)?;
+    std::fs::write(out.join("key.pem"), pem.key)?;
+    std::fs::copy(dir.join("ca").join("ca.pem"), out.join("ca.pem"))?;
+    Ok(out)
+}
+
+async fn live(
+    opts: &LiveOptions,
+    dir: &Path,
+    t0: f64,
+    end: f64,
+    labels: &[Label],
+    nodes: &[String],
+) -> Result<()> {
+    // A kept folder from an earlier run: start its cluster afresh.
+    for sub in std::fs::read_dir(dir)?.flatten() {
+        if sub.path().is_dir() {
+            let _ = std::fs::remove_dir_all(sub.path());
+        }
+    }
+    let ca = certs::init(&dir.join("ca")).context("creating the demo's CA")?;
+    let ids = [1u64, 2, 3];
+    let addrs: Vec<SocketAddr> = ids.iter().map(|_| free_port()).collect::<Result<_>>()?;
+    let controllers: Vec<ControllerAddr> = ids
+        .iter()
+        .zip(&addrs)
+        .map(|(id, a)| ControllerAddr {
+            addr: *a,
+            name: format!("ctl-{id}"),
+        })
+        .collect();
+    let (tx, mut applied) = mpsc::unbounded_channel::<Applied>();
+    let mut replicas: BTreeMap<u64, ActorRef<ControllerMsg>> = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let cfg = controller::Config {
+            id: *id,
+            listen: addrs[i],
+            data_dir: dir.join(format!("ctl-{id}")),
+            credentials: issue(dir, &ca, Role::Controller, &format!("ctl-{id}"))?,
+            peers: ids
+                .iter()
+                .zip(&addrs)
+                .filter(|(p, _)| *p != id)
+                .map(|(p, a)| PeerConfig {
+                    id: *p,
+                    addr: *a,
+                    name: format!("ctl-{p}"),
+                })
+                .collect(),
+            join: false,
+        };
+        let started = controller::start(cfg, None).await?;
+        let mut rx = started.applied.subscribe();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(a) = rx.recv().await {
+                if tx.send(a).is_err() {
+                    return;
+                }
+            }
+        });
+        replicas.insert(*id, started.actor);
+    }
+    let mut hosts = Vec::new();
+    for name in ["corr-a", "corr-b"] {
+        let cfg = CorrelatorConfig {
+            listen: "127.0.0.1:0".parse()?,
+            advertise: None,
+            credentials: issue(dir, &ca, Role::Correlator, name)?,
+            controllers: controllers.clone(),
+        };
+        hosts.push(correlator::start(cfg).await?.actor);
+    }
+    let start_at = unix_now() + 1.5;
+    for node in nodes {
+        let cfg = SensorConfig {
+            node: node.as_str().into(),
+            credentials: issue(dir, &ca, Role::Sensor, node)?,
+            controllers: controllers.clone(),
+            window_len: None,
+            sources: vec![SourceConfig::Replay {
+                path: dir.join("trace.jsonl"),
+                speed: opts.speed,
+                start_at: Some(start_at),
+                t0: Some(t0),
+            }],
+        };
+        sensor::start(cfg, None).await?;
+    }
+    println!(
+        "keel demo: a live cluster in one process, over QUIC with mutual TLS on loopback:\n  \
+         3 controller replicas (Raft), 2 correlator hosts, {} sensors (one per node), \
+         fed in real time{} by scenario `{}` (seed {}), {:.0} s",
+        nodes.len(),
+        if opts.speed == 1.0 {
+            String::new()
+        } else {
+            format!(" x{}", opts.speed)
+        },
+        opts.scenario,
+        opts.seed,
+        end - t0
+    );
+    println!("injected (hidden from keel):");
+    for l in labels {
+        println!(
+            "  t+{:>5.1}s .. t+{:>5.1}s  {:<14} cause {:<8} {}",
+            l.onset - t0,
+            l.end - t0,
+            l.kind.wire(),
+            l.cause.map_or("-", |c| c.wire()),
+            l.locus().map_or_else(|| "?".into(), |x| x.to_string())
+        );
+    }
+    println!("\nlive:");
+    let trace_now = |speed: f64| t0 + (unix_now() - start_at) * speed;
+    let mut seen = HashSet::new();
+    let mut committed: Vec<Committed> = Vec::new();
+    let mut killed: Option<u64> = None;
+    let mut kill_at: Option<f64> = None;
+    let mut crash_at: Option<f64> = None;
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            Some(a) = applied.recv() => {
+                let Some(entry) = a.finding else { continue };
+                if !seen.insert(entry.id) {
+                    continue;
+                }
+                let now = trace_now(opts.speed);
+                print_committed(&entry, a.replica, now, t0, labels);
+                if killed.is_none() && kill_at.is_none() {
+                    kill_at = Some(now + 3.0);
+                }
+                committed.push(Committed { id: entry.id, trace_ts: now, entry });
+            }
+            _ = ticker.tick() => {
+                let now = trace_now(opts.speed);
+                if kill_at.is_some_and(|k| now >= k) {
+                    kill_at = None;
+                    if let Some(leader) = leader_of(&replicas).await {
+                        if let Some(actor) = replicas.remove(&leader) {
+                            actor.stop(Some("killed by the demo".into()));
+                            killed = Some(leader);
+                            println!("  t+{:>5.1}s  ** killed controller ctl-{leader}, the Raft leader **", now - t0);
+                            crash_at = Some(now + 4.0);
+                        }
+                    }
+                }
+                if crash_at.is_some_and(|c| now >= c) {
+                    crash_at = None;
+                    if let Some(new_leader) = leader_of(&replicas).await {
+                        println!("  t+{:>5.1}s  ctl-{new_leader} leads now; sensors and correlators moved to the survivors", now - t0);
+                    }
+                    crash_a_correlator(&hosts, now - t0).await;
+                }
+                if now >= end + 2.0 {
+                    break;
+                }
+            }
+        }
+    }
+    report(&committed, labels, t0, killed, &hosts).await;
+    if let Some(d) = &opts.keep {
+        println!("\ntrace, labels, certificates and Raft logs kept in {}", d.display());
+    }
+    Ok(())
+}
+
+/// Injects a panic into one correlator, to show its host restart it.
+async fn crash_a_correlator(hosts: &[ActorRef<HostMsg>], at: f64) {
+    for h in hosts {
+        if let Some(s) = correlator::stats(h).await {
+            if let Some(job) = s.jobs.first() {
+                println!("  t+{at:>5.1}s  ** crash injected into the correlator of job {job} **");
+                let _ = h.cast(HostMsg::Crash(job.clone()));
+                return;
+            }
+        }
+    }
+}
+
+async fn leader_of(replicas: &BTreeMap<u64, ActorRef<ControllerMsg>>) -> Option<u64> {
+    for r in replicas.values() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if r.cast(ControllerMsg::Status(tx, false)).is_err() {
+            continue;
+        }
+        if let Ok(Ok(body)) = tokio::time::timeout(Duration::from_secs(1), rx).await {
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let leader = v["leader"].as_u64().unwrap_or(0);
+            if leader != 0 && replicas.contains_key(&leader) {
+                return Some(leader);
+            }
+        }
+    }
+    None
+}
+
+fn print_committed(
+    e: &keel_consensus::state::FindingEntry,
+    replica: u64,
+    now: f64,
+    t0: f64,
+    labels: &[Label],
+) {
+    let f = &e.finding;
+    let truth = labels
+        .iter()
+        .find(|l| l.kind == f.kind && l.locus() == f.locus())
+        .map_or_else(
+            || "matches nothing injected".to_string(),
+            |l| {
+                format!(
+                    "injected at t+{:.1}s: committed {:.2} s after the onset{}",
+                    l.onset - t0,
+                    now - l.onset,
+                    match l.cause {
+                        Some(c) if c != f.cause => format!(", but the cause was {c}"),
+                        _ => ", right cause".into(),
+                    }
+                )
+            },
+        );
+    println!(
+        "  t+{:>5.1}s  committed finding #{} (seen first on ctl-{replica}, reported by {}): {} {} cause {} {} confidence {:.2}\n             [{truth}]",
+        now - t0,
+        e.id,
+        e.reported_by,
+        f.kind.wire(),
+        f.locus().map_or_else(|| "?".into(), |l| l.to_string()),
+        f.cause.wire(),
+        f.severity,
+        f.confidence,
+    );
+    for line in &f.evidence {
+        println!("             - {line}");
+    }
+}
+
+async fn report(
+    committed: &[Committed],
+    labels: &[Label],
+    t0: f64,
+    killed: Option<u64>,
+    hosts: &[ActorRef<HostMsg>],
+) {
+    println!("\nsummary:");
+    let mut latencies = Vec::new();
+    for l in labels {
+        let hit = committed
+            .iter()
+            .find(|c| c.entry.finding.kind == l.kind && c.entry.finding.locus() == l.locus());
+        match hit {
+            Some(c) => {
+                latencies.push(c.trace_ts - l.onset);
+                println!(
+                    "  {} at t+{:.1}s: committed as #{} {:.2} s after the onset, cause {} ({})",
+                    l.locus().map_or_else(|| "?".into(), |x| x.to_string()),
+                    l.onset - t0,
+                    c.id,
+                    c.trace_ts - l.onset,
+                    c.entry.finding.cause,
+                    if Some(c.entry.finding.cause) == l.cause {
+                        "right"
+                    } else {
+                        "wrong"
+                    }
+                );
+            }
+            None => println!(
+                "  {} at t+{:.1}s: not committed",
+                l.locus().map_or_else(|| "?".into(), |x| x.to_string()),
+                l.onset - t0
+            ),
+        }
+    }
+    let false_alarms = committed
+        .iter()
+        .filter(|c| {
+            !labels
+                .iter()
+                .any(|l| l.kind == c.entry.finding.kind && l.locus() == c.entry.finding.locus())
+        })
+        .count();
+    println!(
+        "  {} of {} injected episodes committed, {} findings matching nothing",
+        latencies.len(),
+        labels.len(),
+        false_alarms
+    );
+    if let Some(k) = killed {
+        println!("  controller ctl-{k} (the leader) was killed mid-run; the other two carried on");
+    }
+    let mut restarts = 0;
+    for h in hosts {
+        if let Some(s) = correlator::stats(h).await {
+            restarts += s.correlator_restarts;
+        }
+    }
+    println!("  correlators restarted by their supervisor: {restarts}");
+}
