@@ -16,8 +16,8 @@ use keel_consensus::storage::DiskStorage;
 use keel_consensus::RaftMessage;
 use keel_model::{Message, Name, RaftBytes};
 use keel_transport::{Backoff, Client, Credentials, Link, Options, Server};
-use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -156,9 +156,11 @@ pub async fn start(cfg: Config, supervisor: Option<ractor::ActorCell>) -> Result
     .context("starting the controller actor")?;
     let (tx, rx) = oneshot::channel();
     actor
-        .cast(ControllerMsg::Read(Box::new(move |s: &mut ControllerState| {
-            let _ = tx.send(s.cfg.listen);
-        })))
+        .cast(ControllerMsg::Read(Box::new(
+            move |s: &mut ControllerState| {
+                let _ = tx.send(s.cfg.listen);
+            },
+        )))
         .ok()
         .context("controller actor stopped at once")?;
     let addr = rx.await.context("controller actor stopped at once")?;
@@ -428,7 +430,10 @@ fn answer_reads(state: &mut ControllerState) {
             let _ = reply.send(status(&state.node));
         }
     }
-    state.reads.waiting.retain(|_, (_, reply)| !reply.is_closed());
+    state
+        .reads
+        .waiting
+        .retain(|_, (_, reply)| !reply.is_closed());
 }
 
 /// A replica's view, as `keel status` prints it.

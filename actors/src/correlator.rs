@@ -387,7 +387,10 @@ impl Actor for CorrelatorActor {
 async fn report(client: ControllerClient, f: Finding) {
     let mut delay = Duration::from_millis(100);
     for attempt in 0..30u32 {
-        match client.request(Message::Finding(f.clone()), ASK_TIMEOUT * 3).await {
+        match client
+            .request(Message::Finding(f.clone()), ASK_TIMEOUT * 3)
+            .await
+        {
             Ok(Message::Ack(a)) if a.ok => return,
             Ok(other) => tracing::warn!(attempt, answer = ?other, "finding not committed yet"),
             Err(e) => tracing::warn!(attempt, error = %e, "finding not committed yet"),

@@ -305,7 +305,11 @@ impl SensorState {
                     host: Some(h),
                     addr: Some(a),
                     ..
-                }) => by_host.entry(h.clone()).or_insert((*a, Vec::new())).1.push(s),
+                }) => by_host
+                    .entry(h.clone())
+                    .or_insert((*a, Vec::new()))
+                    .1
+                    .push(s),
                 _ => {
                     if self.unrouted.len() >= UNROUTED_MAX {
                         self.unrouted.pop_front();
@@ -335,8 +339,11 @@ impl SensorState {
                 link.telemetry().send_metrics(metrics.iter().cloned());
             }
         }
-        let live: std::collections::HashSet<&String> =
-            self.routes.values().filter_map(|r| r.host.as_ref()).collect();
+        let live: std::collections::HashSet<&String> = self
+            .routes
+            .values()
+            .filter_map(|r| r.host.as_ref())
+            .collect();
         self.links.retain(|h, _| live.contains(h));
     }
 }

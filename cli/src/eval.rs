@@ -66,7 +66,11 @@ pub fn corpus_cases(dir: &Path) -> Result<Vec<Case>> {
 }
 
 /// Scores every case; returns the card and the per-case cards.
-pub fn evaluate(cases: &[Case], verbose: bool, edge: bool) -> Result<(Scorecard, Vec<(String, Scorecard)>)> {
+pub fn evaluate(
+    cases: &[Case],
+    verbose: bool,
+    edge: bool,
+) -> Result<(Scorecard, Vec<(String, Scorecard)>)> {
     let mut total = Scorecard::default();
     let mut each = Vec::new();
     for case in cases {
@@ -161,7 +165,13 @@ pub fn to_json(card: &Scorecard) -> serde_json::Value {
     json!({ "kinds": kinds, "overall": kind_json(&card.overall()), "unlocated": card.unlocated })
 }
 
-pub fn run(cases: Vec<Case>, as_json: bool, per_case: bool, verbose: bool, edge: bool) -> Result<()> {
+pub fn run(
+    cases: Vec<Case>,
+    as_json: bool,
+    per_case: bool,
+    verbose: bool,
+    edge: bool,
+) -> Result<()> {
     let (total, each) = evaluate(&cases, verbose, edge)?;
     if as_json {
         let mut v = to_json(&total);

@@ -85,8 +85,14 @@ fn register(
                 let (rank, gpu) = pair
                     .split_once('=')
                     .with_context(|| format!("--gpus {pair:?}: expected RANK=GPU"))?;
-                let rank: u32 = rank.trim().parse().with_context(|| format!("--gpus {pair:?}"))?;
-                let gpu: u32 = gpu.trim().parse().with_context(|| format!("--gpus {pair:?}"))?;
+                let rank: u32 = rank
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("--gpus {pair:?}"))?;
+                let gpu: u32 = gpu
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("--gpus {pair:?}"))?;
                 if !all.contains(&rank) {
                     bail!("--gpus {pair:?}: rank {rank} is not in --ranks");
                 }
@@ -109,8 +115,13 @@ mod tests {
 
     #[test]
     fn ranks_and_gpus_parse() {
-        let r = register("j1", &["n1=0,1".into(), "n2=2,3".into()], Some("0=0,1=1,2=0,3=1"), None)
-            .unwrap();
+        let r = register(
+            "j1",
+            &["n1=0,1".into(), "n2=2,3".into()],
+            Some("0=0,1=1,2=0,3=1"),
+            None,
+        )
+        .unwrap();
         assert_eq!(r.ranks["n2"], vec![2, 3]);
         assert_eq!(r.gpus[&3], 1);
         assert_eq!(r.tp, Some(4));

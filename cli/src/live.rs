@@ -10,12 +10,12 @@ use anyhow::{Context, Result};
 use keel_actors::client::ControllerAddr;
 use keel_actors::controller::{self, Applied, ControllerMsg, PeerConfig};
 use keel_actors::correlator::{self, CorrelatorConfig, HostMsg};
+use keel_actors::ractor::ActorRef;
 use keel_actors::sensor::{self, SensorConfig};
 use keel_actors::sources::{unix_now, SourceConfig};
 use keel_chaos::{generate_to_dir, GenOptions};
 use keel_model::{Label, Role};
 use keel_transport::certs::{self, Validity};
-use keel_actors::ractor::ActorRef;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,7 +53,14 @@ pub fn run(opts: LiveOptions) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(live(&opts, &dir, summary.start, summary.end, &labels, &nodes))
+    rt.block_on(live(
+        &opts,
+        &dir,
+        summary.start,
+        summary.end,
+        &labels,
+        &nodes,
+    ))
 }
 
 /// Every node named in the trace's job records.
@@ -245,7 +252,10 @@ async fn live(
     }
     report(&committed, labels, t0, killed, &hosts).await;
     if let Some(d) = &opts.keep {
-        println!("\ntrace, labels, certificates and Raft logs kept in {}", d.display());
+        println!(
+            "\ntrace, labels, certificates and Raft logs kept in {}",
+            d.display()
+        );
     }
     Ok(())
 }

@@ -119,6 +119,11 @@ enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Which correlator host holds each job (and where sensors send its summaries)
+    Routes {
+        #[command(flatten)]
+        at: ControllerAt,
+    },
     /// List the findings the controller committed (open and closed)
     Findings {
         #[command(flatten)]
@@ -482,6 +487,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Correlator { config } => controller::run_correlator(&config),
         Command::Job { command } => job::run(command),
         Command::Findings { at } => ask(&at, "findings", Default::default()),
+        Command::Routes { at } => ask(&at, "routes", Default::default()),
         Command::Status { at, consistent } => {
             let params = [("consistent".to_string(), consistent.to_string())]
                 .into_iter()

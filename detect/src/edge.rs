@@ -183,7 +183,9 @@ impl EdgeAggregator {
     }
 
     fn offset_us(&self) -> i64 {
-        self.offset.estimate().map_or(0, |o| (o * 1e6).round() as i64)
+        self.offset
+            .estimate()
+            .map_or(0, |o| (o * 1e6).round() as i64)
     }
 }
 

@@ -101,19 +101,24 @@ pub async fn handle(req: Request, me: ActorRef<ControllerMsg>) {
                 Err(e) => ack(false, format!("{e:#}")),
             }
         }
-        Message::Query(q) => Message::QueryReply(match answer(q, peer.role, &peer.name, &me).await {
-            Ok(body) => QueryReply {
-                id: q.id,
-                ok: true,
-                body,
-            },
-            Err(e) => QueryReply {
-                id: q.id,
-                ok: false,
-                body: format!("{e:#}"),
-            },
-        }),
-        other => ack(false, format!("a controller takes no {} here", other.kind())),
+        Message::Query(q) => {
+            Message::QueryReply(match answer(q, peer.role, &peer.name, &me).await {
+                Ok(body) => QueryReply {
+                    id: q.id,
+                    ok: true,
+                    body,
+                },
+                Err(e) => QueryReply {
+                    id: q.id,
+                    ok: false,
+                    body: format!("{e:#}"),
+                },
+            })
+        }
+        other => ack(
+            false,
+            format!("a controller takes no {} here", other.kind()),
+        ),
     };
     let _ = req.reply(reply).await;
 }

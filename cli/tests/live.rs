@@ -1,0 +1,316 @@
+//! A live cluster of real processes on loopback: 3 `keel controller`, 2
+//! `keel correlator` and 4 `keel sensor` (one per node), the sensors
+//! replaying a generated 4-node scenario in real time. The first injected
+//! straggler must be committed with the right rank and cause; then the
+//! controller leader and the correlator host holding the second straggler's
+//! job are killed with SIGKILL, and the second straggler must still be
+//! committed, by the survivors, with nothing lost or doubled.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn keel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every process of the cluster, killed when the test ends however it ends.
+struct Cluster {
+    dir: PathBuf,
+    procs: Vec<(String, Option<Child>)>,
+    ctl_ports: Vec<u16>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, p) in self.procs.iter_mut() {
+            if let Some(p) = p.as_mut() {
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+        }
+        if std::env::var_os("KEEL_KEEP_TEST_DIR").is_none() {
+            std::fs::remove_dir_all(&self.dir).ok();
+        }
+    }
+}
+
+impl Cluster {
+    fn issue(&self, role: &str, name: &str) -> PathBuf {
+        let out = self.dir.join(format!("{role}-{name}"));
+        ok(keel()
+            .args(["cert", "issue", "--role", role, "--name", name, "--ca"])
+            .arg(self.dir.join("ca"))
+            .arg("--out")
+            .arg(&out));
+        out
+    }
+
+    fn spawn(&mut self, name: &str, role: &str, config: &Path) {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let child = keel()
+            .arg(role)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs.push((name.to_string(), Some(child)));
+    }
+
+    fn kill(&mut self, name: &str) {
+        let (_, p) = self
+            .procs
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        let mut child = p.take().unwrap_or_else(|| panic!("{name} already killed"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Asks controller `i` (0-based) as the operator.
+    fn ask(&self, i: usize, args: &[&str]) -> Option<Value> {
+        let out = keel()
+            .args(args)
+            .arg("--controller")
+            .arg(format!("127.0.0.1:{}", self.ctl_ports[i]))
+            .args(["--name", &format!("ctl-{}", i + 1), "--credentials"])
+            .arg(self.dir.join("operator-op"))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())?
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for (name, _) in &self.procs {
+            let text =
+                std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            s += &format!("--- {name} (last lines)\n");
+            for l in tail.iter().rev() {
+                s += l;
+                s += "\n";
+            }
+        }
+        s
+    }
+}
+
+/// Waits until `f` returns something, up to `limit`; the limit only
+/// bounds a failing run.
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    None
+}
+
+fn findings_for(c: &Cluster, alive: &[usize], job: &str) -> Vec<Value> {
+    for &i in alive {
+        if let Some(Value::Array(all)) = c.ask(i, &["findings"]) {
+            return all
+                .into_iter()
+                .filter(|f| f["finding"]["job"] == job)
+                .collect();
+        }
+    }
+    Vec::new()
+}
+
+#[test]
+fn a_live_cluster_survives_losing_its_leader_and_a_correlator_host() {
+    let dir = std::env::temp_dir().join(format!("keel-live-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Seed 2 of `quad`: a host straggler (job 2792 rank 8, across n01 and
+    // n02) at t+21 s, then a PCIe straggler (job 2811 rank 6 on n03) at t+69 s.
+    ok(keel()
+        .args(["chaos", "gen", "--scenario", "quad", "--seed", "2", "--out"])
+        .arg(&dir));
+    let labels: Vec<Value> = std::fs::read_to_string(dir.join("labels.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(labels.len(), 2, "the scenario changed: {labels:?}");
+    let first_line = std::fs::read_to_string(dir.join("trace.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(first_line.lines().next().unwrap()).unwrap();
+    let t0 = first["ts"].as_f64().unwrap();
+
+    ok(keel().args(["cert", "init", "--out"]).arg(dir.join("ca")));
+    let ctl_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut c = Cluster {
+        dir: dir.clone(),
+        procs: Vec::new(),
+        ctl_ports: ctl_ports.clone(),
+    };
+    c.issue("operator", "op");
+    let controllers: String = (0..3)
+        .map(|j| {
+            format!(
+                "[[controllers]]\naddr = \"127.0.0.1:{}\"\nname = \"ctl-{}\"\n",
+                ctl_ports[j],
+                j + 1
+            )
+        })
+        .collect();
+    for i in 0..3 {
+        let creds = c.issue("controller", &format!("ctl-{}", i + 1));
+        let mut cfg = format!(
+            "id = {}\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ncredentials = \"{}\"\n",
+            i + 1,
+            ctl_ports[i],
+            dir.join(format!("data-{}", i + 1)).display(),
+            creds.display()
+        );
+        for j in (0..3).filter(|&j| j != i) {
+            cfg += &format!(
+                "[[peers]]\nid = {}\naddr = \"127.0.0.1:{}\"\nname = \"ctl-{}\"\n",
+                j + 1,
+                ctl_ports[j],
+                j + 1
+            );
+        }
+        let path = dir.join(format!("ctl-{}.toml", i + 1));
+        std::fs::write(&path, cfg).unwrap();
+        c.spawn(&format!("ctl-{}", i + 1), "controller", &path);
+    }
+    for host in ["corr-a", "corr-b"] {
+        let creds = c.issue("correlator", host);
+        let cfg = format!(
+            "listen = \"127.0.0.1:{}\"\ncredentials = \"{}\"\n{controllers}",
+            free_port(),
+            creds.display()
+        );
+        let path = dir.join(format!("{host}.toml"));
+        std::fs::write(&path, cfg).unwrap();
+        c.spawn(host, "correlator", &path);
+    }
+    // Every sensor plays the trace against the same wall clock.
+    let start_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        + 4.0;
+    for node in ["n01", "n02", "n03", "n04"] {
+        let creds = c.issue("sensor", node);
+        let cfg = format!(
+            "node = \"{node}\"\ncredentials = \"{}\"\n{controllers}\n[[source]]\nkind = \"replay\"\npath = \"{}\"\nstart_at = {start_at}\nt0 = {t0}\n",
+            creds.display(),
+            dir.join("trace.jsonl").display()
+        );
+        let path = dir.join(format!("sensor-{node}.toml"));
+        std::fs::write(&path, cfg).unwrap();
+        c.spawn(&format!("sensor-{node}"), "sensor", &path);
+    }
+
+    // 1. The first straggler is committed with the right rank and cause.
+    let (job1, rank1, cause1) = (
+        labels[0]["job"].as_str().unwrap().to_string(),
+        labels[0]["rank"].as_u64().unwrap(),
+        labels[0]["cause"].as_str().unwrap().to_string(),
+    );
+    let found = wait_for(Duration::from_secs(90), || {
+        let f = findings_for(&c, &[0, 1, 2], &job1);
+        (!f.is_empty()).then_some(f)
+    })
+    .unwrap_or_else(|| panic!("first straggler never committed\n{}", c.logs()));
+    assert_eq!(found.len(), 1, "{found:?}");
+    let f = &found[0]["finding"];
+    assert_eq!(f["kind"], "tp_straggler");
+    assert_eq!(f["rank"].as_u64(), Some(rank1), "{f}");
+    assert_eq!(f["cause"].as_str(), Some(cause1.as_str()), "{f}");
+    let first_id = found[0]["id"].clone();
+
+    // 2. Kill the leader, and the correlator host that holds the second
+    // straggler's job, well before that straggler starts.
+    let job2 = labels[1]["job"].as_str().unwrap().to_string();
+    let leader = wait_for(Duration::from_secs(10), || {
+        let s = c.ask(0, &["status"]).or_else(|| c.ask(1, &["status"]))?;
+        s["leader"].as_u64().filter(|l| *l > 0)
+    })
+    .expect("no leader");
+    let routes = wait_for(Duration::from_secs(10), || {
+        (0..3).find_map(|i| ask_routes(&c, i))
+    })
+    .expect("no routes");
+    let holder = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["job"] == job2.as_str())
+        .and_then(|r| r["host"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("job {job2} has no correlator host"));
+    c.kill(&format!("ctl-{leader}"));
+    c.kill(&holder);
+    let alive: Vec<usize> = (0..3).filter(|i| (*i as u64) + 1 != leader).collect();
+
+    // 3. The job moves to the other host...
+    let moved = wait_for(Duration::from_secs(30), || {
+        let r = alive.iter().find_map(|&i| ask_routes(&c, i))?;
+        r.as_array()?
+            .iter()
+            .find(|r| r["job"] == job2.as_str())
+            .and_then(|r| r["host"].as_str().map(str::to_string))
+            .filter(|h| *h != holder)
+    });
+    assert!(
+        moved.is_some(),
+        "job {job2} never left {holder}\n{}",
+        c.logs()
+    );
+
+    // ...and the second straggler is committed by the survivors.
+    let rank2 = labels[1]["rank"].as_u64().unwrap();
+    let cause2 = labels[1]["cause"].as_str().unwrap().to_string();
+    let found2 = wait_for(Duration::from_secs(120), || {
+        let f = findings_for(&c, &alive, &job2);
+        (!f.is_empty()).then_some(f)
+    })
+    .unwrap_or_else(|| panic!("second straggler never committed\n{}", c.logs()));
+    assert_eq!(found2.len(), 1, "{found2:?}");
+    assert_eq!(found2[0]["finding"]["rank"].as_u64(), Some(rank2));
+    assert_eq!(
+        found2[0]["finding"]["cause"].as_str(),
+        Some(cause2.as_str())
+    );
+
+    // 4. Nothing was lost or doubled: the first finding is still there, once.
+    let again = findings_for(&c, &alive, &job1);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0]["id"], first_id);
+}
+
+fn ask_routes(c: &Cluster, i: usize) -> Option<Value> {
+    c.ask(i, &["routes"])
+}
