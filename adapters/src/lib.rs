@@ -2,11 +2,16 @@
 //!
 //! Sources turn what a cluster emits into `keel_model::Record`s for the
 //! detectors; executors (later) carry planned actions out. Each source is one
-//! module under `sources/`. The first is trace replay: a tolerant, streaming
-//! reader of the JSON Lines format of `spec/trace-format.md`, which real
-//! recorders and other people's generators write too.
+//! module under `sources/`:
+//! - `replay`: a tolerant, streaming reader of the JSON Lines format of
+//!   `spec/trace-format.md`, which real recorders and other people's
+//!   generators write too;
+//! - `prometheus`: exporters' text exposition, parsed sans-IO;
+//! - `push`: datagrams of trace records (JSON lines or MessagePack) that ranks
+//!   and agents send, such as collective timings.
 
 pub mod sources;
 
+pub use sources::push::{decode_datagram, Decoded, PushAddr, PushEndpoint, PushError, RecvStats};
 pub use sources::replay::{open_trace, read_all, ReadStats, TraceReader};
 pub use sources::trace_line::{parse_line, LineError, Parsed};

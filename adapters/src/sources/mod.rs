@@ -2,5 +2,6 @@
 
 mod fast_line;
 pub mod prometheus;
+pub mod push;
 pub mod replay;
 pub mod trace_line;
