@@ -6,7 +6,8 @@
 //! - `replay`: a tolerant, streaming reader of the JSON Lines format of
 //!   `spec/trace-format.md`, which real recorders and other people's
 //!   generators write too;
-//! - `prometheus`: exporters' text exposition, parsed sans-IO;
+//! - `prometheus` and `scrape`: exporters' text exposition, parsed sans-IO
+//!   and fetched live over HTTP/1.1;
 //! - `push`: datagrams of trace records (JSON lines or MessagePack) that ranks
 //!   and agents send, such as collective timings.
 
@@ -14,4 +15,5 @@ pub mod sources;
 
 pub use sources::push::{decode_datagram, Decoded, PushAddr, PushEndpoint, PushError, RecvStats};
 pub use sources::replay::{open_trace, read_all, ReadStats, TraceReader};
+pub use sources::scrape::{scrape, ScrapeError, ScrapeErrorKind, ScrapeTarget, Url};
 pub use sources::trace_line::{parse_line, LineError, Parsed};

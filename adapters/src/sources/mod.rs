@@ -4,4 +4,5 @@ mod fast_line;
 pub mod prometheus;
 pub mod push;
 pub mod replay;
+pub mod scrape;
 pub mod trace_line;
