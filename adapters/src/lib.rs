@@ -8,11 +8,13 @@
 //!   generators write too;
 //! - `prometheus` and `scrape`: exporters' text exposition, parsed sans-IO
 //!   and fetched live over HTTP/1.1;
+//! - `linux`: TCP, interface and CPU-pressure counters from `/proc` and `/sys`;
 //! - `push`: datagrams of trace records (JSON lines or MessagePack) that ranks
 //!   and agents send, such as collective timings.
 
 pub mod sources;
 
+pub use sources::linux::{IfaceFilter, LinuxError, LinuxSource, LinuxStats};
 pub use sources::push::{decode_datagram, Decoded, PushAddr, PushEndpoint, PushError, RecvStats};
 pub use sources::replay::{open_trace, read_all, ReadStats, TraceReader};
 pub use sources::scrape::{scrape, ScrapeError, ScrapeErrorKind, ScrapeTarget, Url};

@@ -1,6 +1,7 @@
 //! Telemetry sources, one module each.
 
 mod fast_line;
+pub mod linux;
 pub mod prometheus;
 pub mod push;
 pub mod replay;
