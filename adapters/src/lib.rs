@@ -2,11 +2,24 @@
 //!
 //! Sources turn what a cluster emits into `keel_model::Record`s for the
 //! detectors; executors (later) carry planned actions out. Each source is one
-//! module under `sources/`. The first is trace replay: a tolerant, streaming
-//! reader of the JSON Lines format of `spec/trace-format.md`, which real
-//! recorders and other people's generators write too.
+//! module under `sources/`:
+//! - `replay`: a tolerant, streaming reader of the JSON Lines format of
+//!   `spec/trace-format.md`, which real recorders and other people's
+//!   generators write too;
+//! - `prometheus` and `scrape`: exporters' text exposition, parsed sans-IO
+//!   and fetched live over HTTP/1.1;
+//! - `linux`: TCP, interface and CPU-pressure counters from `/proc` and `/sys`;
+//! - `push`: datagrams of trace records (JSON lines or MessagePack) that ranks
+//!   and agents send, such as collective timings;
+//! - `nvml`: GPU readings from the driver's NVML (the `nvml` feature).
 
 pub mod sources;
 
+pub use sources::linux::{IfaceFilter, LinuxError, LinuxSource, LinuxStats};
+pub use sources::nvml::{samples_of as nvml_samples_of, GpuReading, MemoryBytes};
+#[cfg(feature = "nvml")]
+pub use sources::nvml::{Nvml, NvmlError, NvmlStats};
+pub use sources::push::{decode_datagram, Decoded, PushAddr, PushEndpoint, PushError, RecvStats};
 pub use sources::replay::{open_trace, read_all, ReadStats, TraceReader};
+pub use sources::scrape::{scrape, ScrapeError, ScrapeErrorKind, ScrapeTarget, Url};
 pub use sources::trace_line::{parse_line, LineError, Parsed};

@@ -1,6 +1,10 @@
 //! Telemetry sources, one module each.
 
 mod fast_line;
+pub mod linux;
+pub mod nvml;
 pub mod prometheus;
+pub mod push;
 pub mod replay;
+pub mod scrape;
 pub mod trace_line;

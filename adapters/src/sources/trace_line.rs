@@ -66,8 +66,13 @@ impl<'de> Deserialize<'de> for Value {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a number or \"NaN\"/\"+Inf\"/\"-Inf\"")
             }
+            // JSON cannot spell a non-finite number, but MessagePack can.
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-                Ok(Value::Finite(v))
+                Ok(if v.is_finite() {
+                    Value::Finite(v)
+                } else {
+                    Value::NonFinite
+                })
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
                 Ok(Value::Finite(v as f64))
@@ -165,7 +170,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
         impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
             type Value = Fields<'a>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("an object (a JSON object or a MessagePack map)")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'a>, M::Error> {
                 let mut f = Fields::default();
@@ -237,6 +242,18 @@ fn parse(bytes: &[u8], fast: bool) -> Result<Parsed, String> {
         Some(f) => f,
         None => serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?,
     };
+    build(f, || {
+        serde_json::from_str(text).map_err(|e| format!("job record: {e}"))
+    })
+}
+
+/// Turns the fields of one record into a `Parsed`, whatever encoding they
+/// came in. Job records are rare and nested, so `job` parses the whole
+/// record again, from the same bytes, only when `t` says "job".
+pub(crate) fn build(
+    f: Fields,
+    job: impl FnOnce() -> Result<JobRecord, String>,
+) -> Result<Parsed, String> {
     let t = f.t.as_deref().ok_or("missing field `t`")?;
     let ts = finite(need(f.ts, t, "ts")?, "ts")?;
     if !(TS_MIN..=TS_MAX).contains(&ts) {
@@ -282,11 +299,7 @@ fn parse(bytes: &[u8], fast: bool) -> Result<Parsed, String> {
                 value,
             })
         }
-        "job" => {
-            let job: JobRecord =
-                serde_json::from_str(text).map_err(|e| format!("job record: {e}"))?;
-            Record::Job(Box::new(job))
-        }
+        "job" => Record::Job(Box::new(job()?)),
         "request" => Record::Request(RequestRecord {
             ts,
             node,
