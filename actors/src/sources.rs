@@ -4,7 +4,7 @@
 
 use crate::sensor::SensorMsg;
 use anyhow::{Context, Result};
-use keel_adapters::TraceReader;
+use keel_adapters::{LinuxSource, PushAddr, PushEndpoint, ScrapeTarget, TraceReader};
 use keel_model::{Name, Record};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
@@ -33,10 +33,48 @@ pub enum SourceConfig {
         #[serde(default)]
         t0: Option<f64>,
     },
+    /// A Prometheus text endpoint: dcgm-exporter, vLLM, node-exporter.
+    Prometheus {
+        url: String,
+        #[serde(default = "second")]
+        interval_ms: u64,
+        #[serde(default = "scrape_timeout")]
+        timeout_ms: u64,
+    },
+    /// `/proc/net/snmp`, `/sys/class/net/*/statistics`, `/proc/pressure/cpu`.
+    Linux {
+        #[serde(default = "slash")]
+        root: PathBuf,
+        #[serde(default = "second")]
+        interval_ms: u64,
+        /// Only these interfaces (default: all but loopback).
+        #[serde(default)]
+        interfaces: Option<Vec<String>>,
+    },
+    /// Collective timings pushed by ranks or an NCCL profiler:
+    /// `udp://IP:PORT` or `unix:///PATH` (JSON lines or MessagePack).
+    Push { listen: String },
+    /// GPU readings from NVML (builds with the `nvml` feature).
+    Nvml {
+        #[serde(default = "second")]
+        interval_ms: u64,
+    },
 }
 
 fn one() -> f64 {
     1.0
+}
+
+fn second() -> u64 {
+    1000
+}
+
+fn scrape_timeout() -> u64 {
+    800
+}
+
+fn slash() -> PathBuf {
+    PathBuf::from("/")
 }
 
 impl SourceConfig {
@@ -45,6 +83,10 @@ impl SourceConfig {
             SourceConfig::Replay { path, speed, .. } => {
                 format!("replay {} at {speed}x", path.display())
             }
+            SourceConfig::Prometheus { url, .. } => format!("prometheus {url}"),
+            SourceConfig::Linux { root, .. } => format!("linux counters under {}", root.display()),
+            SourceConfig::Push { listen } => format!("push endpoint {listen}"),
+            SourceConfig::Nvml { .. } => "nvml".into(),
         }
     }
 }
@@ -60,12 +102,16 @@ pub struct SourceArgs {
 
 pub enum SourceMsg {
     Poll,
+    /// The push endpoint's receiver stopped: the source fails and is restarted.
+    Failed(String),
 }
 
 pub struct SourceActor;
 
 pub enum SourceState {
     Replay(Replay),
+    Poller(Poller),
+    Push(tokio::task::JoinHandle<()>),
 }
 
 impl Actor for SourceActor {
@@ -93,9 +139,31 @@ impl Actor for SourceActor {
                 args.sensor.clone(),
                 args.progress.clone(),
             )?),
+            SourceConfig::Push { listen } => {
+                let addr: PushAddr = listen
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("push source: {e}"))?;
+                let endpoint = PushEndpoint::bind(&addr)
+                    .await
+                    .with_context(|| format!("push source: binding {addr}"))?;
+                tracing::info!(%addr, "push endpoint listening");
+                SourceState::Push(tokio::spawn(receive(endpoint, args.sensor.clone(), myself.clone())))
+            }
+            other => SourceState::Poller(Poller::new(other, &args)?),
         };
         let _ = myself.cast(SourceMsg::Poll);
         Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SourceMsg>,
+        state: &mut SourceState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SourceState::Push(task) = state {
+            task.abort();
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -105,6 +173,7 @@ impl Actor for SourceActor {
         state: &mut SourceState,
     ) -> Result<(), ActorProcessingErr> {
         match (msg, state) {
+            (SourceMsg::Failed(why), _) => return Err(anyhow::anyhow!(why).into()),
             (SourceMsg::Poll, SourceState::Replay(r)) => {
                 if let Some(wait) = r.poll()? {
                     myself.send_after(wait, || SourceMsg::Poll);
@@ -112,6 +181,11 @@ impl Actor for SourceActor {
                     tracing::info!(node = %r.node, records = r.sent, "replay finished");
                 }
             }
+            (SourceMsg::Poll, SourceState::Poller(p)) => {
+                p.poll().await;
+                myself.send_after(p.interval, || SourceMsg::Poll);
+            }
+            (SourceMsg::Poll, SourceState::Push(_)) => {}
         }
         Ok(())
     }
@@ -230,4 +304,159 @@ impl Replay {
         let now = self.clock(t0);
         let _ = self.sensor.cast(SensorMsg::Records(batch, now));
     }
+}
+
+/// Hands every record pushed to the endpoint to the sensor; a receive error
+/// fails the source (its supervisor binds the endpoint afresh).
+async fn receive(
+    mut endpoint: PushEndpoint,
+    sensor: ActorRef<SensorMsg>,
+    me: ActorRef<SourceMsg>,
+) {
+    let mut total = keel_adapters::RecvStats::default();
+    loop {
+        let mut records = Vec::new();
+        match endpoint.recv(&mut records).await {
+            Ok(stats) => {
+                total.add(&stats);
+                if stats.bad > 0 {
+                    tracing::warn!(bad = total.bad, "undecodable datagrams on the push endpoint");
+                }
+                if !records.is_empty() && sensor.cast(SensorMsg::Records(records, unix_now())).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = me.cast(SourceMsg::Failed(format!("push endpoint: {e}")));
+                return;
+            }
+        }
+    }
+}
+
+/// A source read on a timer: a scrape, counters, NVML.
+pub struct Poller {
+    interval: Duration,
+    read: Reader,
+    node: Name,
+    sensor: ActorRef<SensorMsg>,
+    failures: u64,
+}
+
+enum Reader {
+    Prometheus(ScrapeTarget),
+    Linux(Arc<LinuxSource>),
+    #[cfg(feature = "nvml")]
+    Nvml(Arc<keel_adapters::Nvml>),
+}
+
+impl Poller {
+    fn new(cfg: &SourceConfig, args: &SourceArgs) -> Result<Poller> {
+        let ms = |v: u64| Duration::from_millis(v.max(10));
+        let (interval, read) = match cfg {
+            SourceConfig::Prometheus {
+                url,
+                interval_ms,
+                timeout_ms,
+            } => (
+                ms(*interval_ms),
+                Reader::Prometheus(
+                    ScrapeTarget::new(url, &args.node)
+                        .map_err(|e| anyhow::anyhow!("prometheus source: {e}"))?
+                        .with_timeout(ms(*timeout_ms)),
+                ),
+            ),
+            SourceConfig::Linux {
+                root,
+                interval_ms,
+                interfaces,
+            } => {
+                let filter = match interfaces {
+                    Some(names) => keel_adapters::IfaceFilter::only(names.clone()),
+                    None => keel_adapters::IfaceFilter::without_loopback(),
+                };
+                let src = LinuxSource::new(&args.node)
+                    .with_root(root.clone())
+                    .with_interfaces(filter);
+                (ms(*interval_ms), Reader::Linux(Arc::new(src)))
+            }
+            #[cfg(feature = "nvml")]
+            SourceConfig::Nvml { interval_ms } => {
+                let nvml = keel_adapters::Nvml::load()
+                    .map_err(|e| anyhow::anyhow!("nvml source: {e}"))?;
+                (ms(*interval_ms), Reader::Nvml(Arc::new(nvml)))
+            }
+            #[cfg(not(feature = "nvml"))]
+            SourceConfig::Nvml { .. } => anyhow::bail!(
+                "nvml source: this keel was built without NVML (cargo build --features nvml)"
+            ),
+            SourceConfig::Replay { .. } | SourceConfig::Push { .. } => {
+                anyhow::bail!("{} is not read on a timer", cfg.describe())
+            }
+        };
+        Ok(Poller {
+            interval,
+            read,
+            node: args.node.clone(),
+            sensor: args.sensor.clone(),
+            failures: 0,
+        })
+    }
+
+    /// One reading, off the actor's thread (a scrape blocks on the network).
+    async fn poll(&mut self) {
+        let now = unix_now();
+        let read: Result<Vec<keel_model::MetricSample>, String> = match &self.read {
+            Reader::Prometheus(t) => {
+                let t = t.clone();
+                blocking(move || scrape_samples(&t, now)).await
+            }
+            Reader::Linux(src) => {
+                let src = src.clone();
+                blocking(move || {
+                    let (samples, stats) = src.read(now);
+                    if samples.is_empty() && !stats.errors.is_empty() {
+                        Err(format!("{:?}", stats.errors))
+                    } else {
+                        Ok(samples)
+                    }
+                })
+                .await
+            }
+            #[cfg(feature = "nvml")]
+            Reader::Nvml(n) => {
+                let n = n.clone();
+                let node = self.node.clone();
+                blocking(move || n.read(&node, now).map(|(s, _)| s).map_err(|e| e.to_string())).await
+            }
+        };
+        match read {
+            Ok(samples) => {
+                self.failures = 0;
+                let records = samples.into_iter().map(Record::Metric).collect();
+                let _ = self.sensor.cast(SensorMsg::Records(records, now));
+            }
+            Err(e) => {
+                self.failures += 1;
+                // Every failure of a run is logged once, then every 60th.
+                if self.failures == 1 || self.failures % 60 == 0 {
+                    tracing::warn!(node = %self.node, failures = self.failures, error = %e, "reading failed");
+                }
+            }
+        }
+    }
+}
+
+fn scrape_samples(t: &ScrapeTarget, now: f64) -> Result<Vec<keel_model::MetricSample>, String> {
+    keel_adapters::scrape(t, now)
+        .map(|(samples, _)| samples)
+        .map_err(|e| e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(format!("reader panicked: {e}")))
 }
