@@ -1,0 +1,174 @@
+//! The actor layer with its real parts: a one-replica controller, a
+//! correlator host and a sensor, over QUIC on loopback. A correlator that
+//! panics is restarted by its host and counted, and its sibling is left
+//! alone; a sensor's push source takes collectives from a real UDP socket.
+
+use keel_actors::client::{ControllerAddr, ControllerClient};
+use keel_actors::controller::{self, queries::params};
+use keel_actors::correlator::{self, CorrelatorConfig, HostMsg};
+use keel_actors::sensor::{self, SensorConfig};
+use keel_actors::sources::SourceConfig;
+use keel_model::{JobRecord, JobState, Role};
+use keel_transport::certs::{Ca, Validity};
+use keel_transport::Credentials;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmp(name: &str) -> Dir {
+    let d = std::env::temp_dir().join(format!("keel-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    Dir(d)
+}
+
+fn issue(dir: &Path, ca: &Ca, role: Role, name: &str) -> PathBuf {
+    let out = dir.join(format!("{role}-{name}"));
+    std::fs::create_dir_all(&out).unwrap();
+    let pem = ca.issue(role, name, Validity::days(1)).unwrap();
+    std::fs::write(out.join("cert.pem"), pem.cert).unwrap();
+    std::fs::write(out.join("key.pem"), pem.key).unwrap();
+    std::fs::write(out.join("ca.pem"), &ca.pem.cert).unwrap();
+    out
+}
+
+fn job(name: &str) -> JobRecord {
+    JobRecord {
+        ts: 1.0,
+        node: None,
+        job: name.into(),
+        state: JobState::Running,
+        tenant: None,
+        nodes: vec!["n1".into()],
+        ranks: BTreeMap::from([("n1".into(), vec![0, 1])]),
+        gpus: BTreeMap::from([(0, 0), (1, 1)]),
+        nics: BTreeMap::new(),
+        tp: Some(2),
+        pp: None,
+        replica: None,
+    }
+}
+
+/// Polls `f` every 100 ms; the bound only ends a failing run.
+async fn eventually<T>(mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_correlator_is_restarted_and_its_sibling_keeps_running() {
+    let dir = tmp("supervision");
+    let ca = Ca::generate(Validity::days(1)).unwrap();
+    let cfg = controller::Config {
+        id: 1,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.0.join("ctl-1"),
+        credentials: issue(&dir.0, &ca, Role::Controller, "ctl-1"),
+        peers: Vec::new(),
+        join: false,
+    };
+    let ctl = controller::start(cfg, None).await.unwrap();
+    let controllers = vec![ControllerAddr {
+        addr: ctl.addr,
+        name: "ctl-1".into(),
+    }];
+    let host = correlator::start(CorrelatorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: None,
+        credentials: issue(&dir.0, &ca, Role::Correlator, "corr-a"),
+        controllers: controllers.clone(),
+    })
+    .await
+    .unwrap();
+    let op = Credentials::from_dir(&issue(&dir.0, &ca, Role::Operator, "op")).unwrap();
+    let client = ControllerClient::new(&op, &controllers).unwrap();
+    for name in ["j1", "j2"] {
+        let record = serde_json::to_string(&job(name)).unwrap();
+        eventually(async || {
+            client
+                .ask("job", params([("record", record.clone())]), Duration::from_secs(2))
+                .await
+                .ok()
+        })
+        .await
+        .expect("job registered");
+    }
+    let both = eventually(async || {
+        let s = correlator::stats(&host.actor).await?;
+        (s.jobs.len() == 2).then_some(s)
+    })
+    .await
+    .expect("both jobs assigned to the only host");
+    assert_eq!(both.correlator_restarts, 0);
+
+    host.actor.cast(HostMsg::Crash("j1".into())).unwrap();
+    let after = eventually(async || {
+        let s = correlator::stats(&host.actor).await?;
+        (s.correlator_restarts > 0).then_some(s)
+    })
+    .await
+    .expect("the crash was never counted");
+    assert_eq!(after.correlator_restarts, 1, "only the crashed one restarts");
+    assert_eq!(after.jobs, vec!["j1", "j2"], "both correlators run again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensor_summarises_collectives_pushed_over_udp() {
+    let dir = tmp("push");
+    let ca = Ca::generate(Validity::days(1)).unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // No controller answers: summaries wait unrouted, but they are made.
+    let cfg = SensorConfig {
+        node: "n1".into(),
+        credentials: issue(&dir.0, &ca, Role::Sensor, "n1"),
+        controllers: vec![ControllerAddr {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            name: "ctl-1".into(),
+        }],
+        window_len: Some(4),
+        sources: vec![SourceConfig::Push {
+            listen: format!("udp://127.0.0.1:{port}"),
+        }],
+    };
+    let (sensor, _) = sensor::start(cfg, None).await.unwrap();
+    // The endpoint is bound once the sensor has started.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut sent = 0;
+    for seq in 0..40u64 {
+        let mut lines = String::new();
+        for rank in 0..2 {
+            let ts = 1_800_000_000.0 + seq as f64 * 0.03;
+            lines += &format!(
+                "{{\"t\":\"collective\",\"ts\":{ts},\"node\":\"n1\",\"job\":\"j1\",\"rank\":{rank},\"op\":\"allreduce\",\"seq\":{seq},\"bytes\":1024,\"arrive\":{},\"dur_us\":{}}}\n",
+                ts - 0.001,
+                900 + rank * 100
+            );
+            sent += 1;
+        }
+        udp.send_to(lines.as_bytes(), ("127.0.0.1", port)).unwrap();
+    }
+    let stats = eventually(async || {
+        let s = sensor::stats(&sensor).await?;
+        (s.events == sent).then_some(s)
+    })
+    .await
+    .expect("pushed collectives never all reached the sensor");
+    assert_eq!(stats.summaries_sent, 0, "nowhere to send them yet");
+}
