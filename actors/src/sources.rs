@@ -147,7 +147,11 @@ impl Actor for SourceActor {
                     .await
                     .with_context(|| format!("push source: binding {addr}"))?;
                 tracing::info!(%addr, "push endpoint listening");
-                SourceState::Push(tokio::spawn(receive(endpoint, args.sensor.clone(), myself.clone())))
+                SourceState::Push(tokio::spawn(receive(
+                    endpoint,
+                    args.sensor.clone(),
+                    myself.clone(),
+                )))
             }
             other => SourceState::Poller(Poller::new(other, &args)?),
         };
@@ -308,11 +312,7 @@ impl Replay {
 
 /// Hands every record pushed to the endpoint to the sensor; a receive error
 /// fails the source (its supervisor binds the endpoint afresh).
-async fn receive(
-    mut endpoint: PushEndpoint,
-    sensor: ActorRef<SensorMsg>,
-    me: ActorRef<SourceMsg>,
-) {
+async fn receive(mut endpoint: PushEndpoint, sensor: ActorRef<SensorMsg>, me: ActorRef<SourceMsg>) {
     let mut total = keel_adapters::RecvStats::default();
     loop {
         let mut records = Vec::new();
@@ -320,9 +320,16 @@ async fn receive(
             Ok(stats) => {
                 total.add(&stats);
                 if stats.bad > 0 {
-                    tracing::warn!(bad = total.bad, "undecodable datagrams on the push endpoint");
+                    tracing::warn!(
+                        bad = total.bad,
+                        "undecodable datagrams on the push endpoint"
+                    );
                 }
-                if !records.is_empty() && sensor.cast(SensorMsg::Records(records, unix_now())).is_err() {
+                if !records.is_empty()
+                    && sensor
+                        .cast(SensorMsg::Records(records, unix_now()))
+                        .is_err()
+                {
                     return;
                 }
             }
@@ -382,8 +389,8 @@ impl Poller {
             }
             #[cfg(feature = "nvml")]
             SourceConfig::Nvml { interval_ms } => {
-                let nvml = keel_adapters::Nvml::load()
-                    .map_err(|e| anyhow::anyhow!("nvml source: {e}"))?;
+                let nvml =
+                    keel_adapters::Nvml::load().map_err(|e| anyhow::anyhow!("nvml source: {e}"))?;
                 (ms(*interval_ms), Reader::Nvml(Arc::new(nvml)))
             }
             #[cfg(not(feature = "nvml"))]
@@ -427,7 +434,12 @@ impl Poller {
             Reader::Nvml(n) => {
                 let n = n.clone();
                 let node = self.node.clone();
-                blocking(move || n.read(&node, now).map(|(s, _)| s).map_err(|e| e.to_string())).await
+                blocking(move || {
+                    n.read(&node, now)
+                        .map(|(s, _)| s)
+                        .map_err(|e| e.to_string())
+                })
+                .await
             }
         };
         match read {

@@ -99,7 +99,11 @@ async fn a_crashed_correlator_is_restarted_and_its_sibling_keeps_running() {
         let record = serde_json::to_string(&job(name)).unwrap();
         eventually(async || {
             client
-                .ask("job", params([("record", record.clone())]), Duration::from_secs(2))
+                .ask(
+                    "job",
+                    params([("record", record.clone())]),
+                    Duration::from_secs(2),
+                )
                 .await
                 .ok()
         })
@@ -121,7 +125,10 @@ async fn a_crashed_correlator_is_restarted_and_its_sibling_keeps_running() {
     })
     .await
     .expect("the crash was never counted");
-    assert_eq!(after.correlator_restarts, 1, "only the crashed one restarts");
+    assert_eq!(
+        after.correlator_restarts, 1,
+        "only the crashed one restarts"
+    );
     assert_eq!(after.jobs, vec!["j1", "j2"], "both correlators run again");
 }
 

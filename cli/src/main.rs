@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_controller;
+mod bench_edge;
 mod controller;
 mod demo;
 mod eval;
@@ -313,6 +314,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Sensor edge aggregation rate (collective events/s on one core) and memory per tracked rank
+    Edge {
+        #[arg(long, default_value_t = 20_000_000)]
+        events: u64,
+        /// Collectives per window
+        #[arg(long, default_value_t = 2)]
+        window_len: u64,
+    },
     /// Replay throughput (records/s on one core) and peak memory on traces of growing length
     Replay {
         /// Trace lengths to measure, in seconds of trace time
@@ -525,6 +534,7 @@ fn run(cli: Cli) -> Result<()> {
         },
         Command::Bench { command } => match command {
             BenchCommand::Replay { durations, seed } => bench::run(&durations, seed),
+            BenchCommand::Edge { events, window_len } => bench_edge::run(events, window_len),
             BenchCommand::Controller {
                 seconds,
                 concurrency,
