@@ -151,3 +151,45 @@ pub fn run(events_per_run: u64, window_len: u64) -> Result<()> {
     );
     Ok(())
 }
+
+/// `keel bench live`: the whole live cluster of `keel demo` (leader kill
+/// and correlator crash included), once per seed, quietly.
+pub fn live(scenario: &str, seeds: &[u64]) -> Result<()> {
+    let mut all = Vec::new();
+    let (mut missed, mut wrong, mut false_alarms) = (0, 0, 0);
+    for &seed in seeds {
+        let r = crate::live::run(crate::live::LiveOptions {
+            scenario: scenario.into(),
+            seed,
+            speed: 1.0,
+            keep: None,
+            quiet: true,
+            duration: None,
+        })?;
+        println!(
+            "seed {seed}: onset to commit {:?} s; missed {}, wrong cause {}, false alarms {}",
+            r.latencies
+                .iter()
+                .map(|l| (l * 100.0).round() / 100.0)
+                .collect::<Vec<_>>(),
+            r.missed,
+            r.wrong_cause,
+            r.false_alarms
+        );
+        all.extend(r.latencies);
+        missed += r.missed;
+        wrong += r.wrong_cause;
+        false_alarms += r.false_alarms;
+    }
+    all.sort_by(f64::total_cmp);
+    let q =
+        |p: f64| all.get(((all.len() as f64 * p).ceil() as usize).clamp(1, all.len().max(1)) - 1);
+    println!(
+        "{} episodes: p50 {:.2} s, p99 {:.2} s, max {:.2} s; missed {missed}, wrong cause {wrong}, false alarms {false_alarms}",
+        all.len(),
+        q(0.5).copied().unwrap_or(f64::NAN),
+        q(0.99).copied().unwrap_or(f64::NAN),
+        all.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}

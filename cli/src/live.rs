@@ -22,11 +22,35 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Quiet runs (`keel bench live`) print nothing but their result.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            println!($($arg)*);
+        }
+    };
+}
+
+/// What a run showed, for the benchmark.
+#[derive(Debug, Default)]
+pub struct LiveReport {
+    /// Onset to commit, trace seconds, per injected episode committed.
+    pub latencies: Vec<f64>,
+    pub missed: usize,
+    pub wrong_cause: usize,
+    pub false_alarms: usize,
+}
+
 pub struct LiveOptions {
     pub scenario: String,
     pub seed: u64,
     pub speed: f64,
     pub keep: Option<PathBuf>,
+    pub quiet: bool,
+    /// Override the scenario's length (trace seconds).
+    pub duration: Option<f64>,
 }
 
 /// One committed finding, with when it was committed on the trace's clock.
@@ -36,7 +60,8 @@ pub struct Committed {
     pub entry: keel_consensus::state::FindingEntry,
 }
 
-pub fn run(opts: LiveOptions) -> Result<()> {
+pub fn run(opts: LiveOptions) -> Result<LiveReport> {
+    QUIET.store(opts.quiet, std::sync::atomic::Ordering::Relaxed);
     let tmp;
     let dir = match &opts.keep {
         Some(d) => d.clone(),
@@ -45,7 +70,10 @@ pub fn run(opts: LiveOptions) -> Result<()> {
             tmp.0.clone()
         }
     };
-    let summary = generate_to_dir(&opts.scenario, opts.seed, &GenOptions::default(), &dir)
+    let gen = GenOptions {
+        duration_s: opts.duration,
+    };
+    let summary = generate_to_dir(&opts.scenario, opts.seed, &gen, &dir)
         .with_context(|| format!("generating scenario {}", opts.scenario))?;
     let labels: Vec<Label> = read_jsonl(&dir.join("labels.jsonl"))?;
     let nodes = trace_nodes(&dir.join("trace.jsonl"))?;
@@ -53,14 +81,17 @@ pub fn run(opts: LiveOptions) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(live(
+    let report = rt.block_on(live(
         &opts,
         &dir,
         summary.start,
         summary.end,
         &labels,
         &nodes,
-    ))
+    ));
+    // The stopped cluster's tasks end with the runtime.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    report
 }
 
 /// Every node named in the trace's job records.
@@ -101,7 +132,7 @@ async fn live(
     end: f64,
     labels: &[Label],
     nodes: &[String],
-) -> Result<()> {
+) -> Result<LiveReport> {
     // A kept folder from an earlier run: start its cluster afresh.
     for sub in std::fs::read_dir(dir)?.flatten() {
         if sub.path().is_dir() {
@@ -177,7 +208,7 @@ async fn live(
         };
         sensor::start(cfg, None).await?;
     }
-    println!(
+    say!(
         "keel demo: a live cluster in one process, over QUIC with mutual TLS on loopback:\n  \
          3 controller replicas (Raft), 2 correlator hosts, {} sensors (one per node), \
          fed in real time{} by scenario `{}` (seed {}), {:.0} s",
@@ -191,9 +222,9 @@ async fn live(
         opts.seed,
         end - t0
     );
-    println!("injected (hidden from keel):");
+    say!("injected (hidden from keel):");
     for l in labels {
-        println!(
+        say!(
             "  t+{:>5.1}s .. t+{:>5.1}s  {:<14} cause {:<8} {}",
             l.onset - t0,
             l.end - t0,
@@ -202,7 +233,7 @@ async fn live(
             l.locus().map_or_else(|| "?".into(), |x| x.to_string())
         );
     }
-    println!("\nlive:");
+    say!("\nlive:");
     let trace_now = |speed: f64| t0 + (unix_now() - start_at) * speed;
     let mut seen = HashSet::new();
     let mut committed: Vec<Committed> = Vec::new();
@@ -232,7 +263,7 @@ async fn live(
                         if let Some(actor) = replicas.remove(&leader) {
                             actor.stop(Some("killed by the demo".into()));
                             killed = Some(leader);
-                            println!("  t+{:>5.1}s  ** killed controller ctl-{leader}, the Raft leader **", now - t0);
+                            say!("  t+{:>5.1}s  ** killed controller ctl-{leader}, the Raft leader **", now - t0);
                             crash_at = Some(now + 4.0);
                         }
                     }
@@ -240,7 +271,7 @@ async fn live(
                 if crash_at.is_some_and(|c| now >= c) {
                     crash_at = None;
                     if let Some(new_leader) = leader_of(&replicas).await {
-                        println!("  t+{:>5.1}s  ctl-{new_leader} leads now; sensors and correlators moved to the survivors", now - t0);
+                        say!("  t+{:>5.1}s  ctl-{new_leader} leads now; sensors and correlators moved to the survivors", now - t0);
                     }
                     crash_a_correlator(&hosts, now - t0).await;
                 }
@@ -250,14 +281,14 @@ async fn live(
             }
         }
     }
-    report(&committed, labels, t0, killed, &hosts).await;
+    let result = report(&committed, labels, t0, killed, &hosts).await;
     if let Some(d) = &opts.keep {
-        println!(
+        say!(
             "\ntrace, labels, certificates and Raft logs kept in {}",
             d.display()
         );
     }
-    Ok(())
+    Ok(result)
 }
 
 /// Injects a panic into one correlator, to show its host restart it.
@@ -265,7 +296,7 @@ async fn crash_a_correlator(hosts: &[ActorRef<HostMsg>], at: f64) {
     for h in hosts {
         if let Some(s) = correlator::stats(h).await {
             if let Some(job) = s.jobs.first() {
-                println!("  t+{at:>5.1}s  ** crash injected into the correlator of job {job} **");
+                say!("  t+{at:>5.1}s  ** crash injected into the correlator of job {job} **");
                 let _ = h.cast(HostMsg::Crash(job.clone()));
                 return;
             }
@@ -315,7 +346,7 @@ fn print_committed(
                 )
             },
         );
-    println!(
+    say!(
         "  t+{:>5.1}s  committed finding #{} (seen first on ctl-{replica}, reported by {}): {} {} cause {} {} confidence {:.2}\n             [{truth}]",
         now - t0,
         e.id,
@@ -327,7 +358,7 @@ fn print_committed(
         f.confidence,
     );
     for line in &f.evidence {
-        println!("             - {line}");
+        say!("             - {line}");
     }
 }
 
@@ -337,8 +368,9 @@ async fn report(
     t0: f64,
     killed: Option<u64>,
     hosts: &[ActorRef<HostMsg>],
-) {
-    println!("\nsummary:");
+) -> LiveReport {
+    say!("\nsummary:");
+    let mut result = LiveReport::default();
     let mut latencies = Vec::new();
     for l in labels {
         let hit = committed
@@ -347,7 +379,10 @@ async fn report(
         match hit {
             Some(c) => {
                 latencies.push(c.trace_ts - l.onset);
-                println!(
+                if Some(c.entry.finding.cause) != l.cause {
+                    result.wrong_cause += 1;
+                }
+                say!(
                     "  {} at t+{:.1}s: committed as #{} {:.2} s after the onset, cause {} ({})",
                     l.locus().map_or_else(|| "?".into(), |x| x.to_string()),
                     l.onset - t0,
@@ -361,7 +396,7 @@ async fn report(
                     }
                 );
             }
-            None => println!(
+            None => say!(
                 "  {} at t+{:.1}s: not committed",
                 l.locus().map_or_else(|| "?".into(), |x| x.to_string()),
                 l.onset - t0
@@ -376,14 +411,14 @@ async fn report(
                 .any(|l| l.kind == c.entry.finding.kind && l.locus() == c.entry.finding.locus())
         })
         .count();
-    println!(
+    say!(
         "  {} of {} injected episodes committed, {} findings matching nothing",
         latencies.len(),
         labels.len(),
         false_alarms
     );
     if let Some(k) = killed {
-        println!("  controller ctl-{k} (the leader) was killed mid-run; the other two carried on");
+        say!("  controller ctl-{k} (the leader) was killed mid-run; the other two carried on");
     }
     let mut restarts = 0;
     for h in hosts {
@@ -391,5 +426,9 @@ async fn report(
             restarts += s.correlator_restarts;
         }
     }
-    println!("  correlators restarted by their supervisor: {restarts}");
+    say!("  correlators restarted by their supervisor: {restarts}");
+    result.missed = labels.len() - latencies.len();
+    result.false_alarms = false_alarms;
+    result.latencies = latencies;
+    result
 }

@@ -314,6 +314,13 @@ enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Onset-to-committed-finding latency in `keel demo`-like live runs (80 s each)
+    Live {
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5])]
+        seeds: Vec<u64>,
+        #[arg(long, default_value = "live")]
+        scenario: String,
+    },
     /// Sensor edge aggregation rate (collective events/s on one core) and memory per tracked rank
     Edge {
         #[arg(long, default_value_t = 20_000_000)]
@@ -381,7 +388,10 @@ fn run(cli: Cli) -> Result<()> {
                     seed,
                     speed,
                     keep,
+                    quiet: false,
+                    duration: None,
                 })
+                .map(|_| ())
             }
         }
         Command::Replay {
@@ -535,6 +545,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { command } => match command {
             BenchCommand::Replay { durations, seed } => bench::run(&durations, seed),
             BenchCommand::Edge { events, window_len } => bench_edge::run(events, window_len),
+            BenchCommand::Live { seeds, scenario } => bench_edge::live(&scenario, &seeds),
             BenchCommand::Controller {
                 seconds,
                 concurrency,
