@@ -146,6 +146,10 @@ pub struct Started {
 
 /// Starts one replica as an actor (optionally under a supervisor).
 pub async fn start(cfg: Config, supervisor: Option<ractor::ActorCell>) -> Result<Started> {
+    // Checked here too, so that a bad folder is reported as such rather than
+    // as an actor that failed to start.
+    Credentials::from_dir(&cfg.credentials)
+        .with_context(|| format!("credentials in {}", cfg.credentials.display()))?;
     let (applied, _) = broadcast::channel(1024);
     let name = format!("controller-{}", cfg.id);
     let args = (cfg, applied.clone());

@@ -353,6 +353,8 @@ pub async fn start(
     cfg: SensorConfig,
     supervisor: Option<ractor::ActorCell>,
 ) -> Result<(ActorRef<SensorMsg>, tokio::task::JoinHandle<()>)> {
+    Credentials::from_dir(&cfg.credentials)
+        .with_context(|| format!("credentials in {}", cfg.credentials.display()))?;
     let name = format!("sensor-{}", cfg.node);
     let r = match supervisor {
         Some(s) => Actor::spawn_linked(Some(name), SensorActor, cfg, s).await,
