@@ -1,0 +1,176 @@
+//! The shipped `deploy/policies/default.toml`: it checks clean, every kind of
+//! the taxonomy has a rule, and the kinds keel detects lead to the actions
+//! the operators' notes in the file promise.
+
+use keel_model::{Action, Cause, Finding, FindingKind, Severity};
+use keel_policies::{check_file, Context, Decision, Mode, OnFailure, Plan, Planner};
+use std::path::Path;
+
+fn default_planner() -> Planner {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policies/default.toml");
+    match check_file(&path) {
+        Ok(set) => {
+            let warnings: Vec<String> = set.warnings().iter().map(|w| w.to_string()).collect();
+            assert!(warnings.is_empty(), "{}", warnings.join("\n"));
+            Planner::new(set)
+        }
+        Err(errs) => panic!(
+            "{}",
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+}
+
+fn finding(kind: FindingKind, cause: Cause) -> Finding {
+    Finding {
+        ts: 1000.0,
+        kind,
+        cause,
+        severity: Severity::Critical,
+        confidence: 0.9,
+        job: Some("llama-70b".into()),
+        node: Some("gpu-node-3".into()),
+        rank: Some(5),
+        gpu: Some(5),
+        device: Some("ens1f0".into()),
+        evidence: vec![],
+    }
+}
+
+fn ctx() -> Context {
+    Context {
+        now: 2000.0,
+        duration_s: 600.0,
+        nodes: 8,
+        jobs: 4,
+        tenant: None,
+        actions: vec![],
+    }
+}
+
+fn first_plan(p: &Planner, f: &Finding) -> Plan {
+    match p.plan(1, f, &ctx()).into_iter().next() {
+        Some(Decision::Plan(plan)) => plan,
+        other => panic!("{} ({}): expected a plan, got {other:?}", f.kind, f.cause),
+    }
+}
+
+#[test]
+fn every_kind_is_named_by_a_rule_and_fires_one() {
+    let p = default_planner();
+    for &kind in FindingKind::ALL {
+        let named = p
+            .policies()
+            .rules()
+            .iter()
+            .any(|r| !r.escalation_only && r.selectors.kinds.contains(&kind));
+        assert!(named, "no rule names {kind}");
+        for &cause in Cause::ALL {
+            let f = finding(kind, cause);
+            first_plan(&p, &f);
+            // A weak finding (little confidence, just begun, least severe)
+            // still reaches a person rather than falling through.
+            let mut weak = f.clone();
+            weak.confidence = 0.1;
+            weak.severity = Severity::Info;
+            let weak_ctx = Context {
+                duration_s: 0.0,
+                ..ctx()
+            };
+            assert!(
+                matches!(p.plan(1, &weak, &weak_ctx).first(), Some(Decision::Plan(_))),
+                "weak {kind} ({cause}) fires nothing"
+            );
+        }
+    }
+}
+
+#[test]
+fn stragglers_remap_then_drain_or_retune_by_cause() {
+    let p = default_planner();
+    for cause in [Cause::Pcie, Cause::Host, Cause::Gpu] {
+        let plan = first_plan(&p, &finding(FindingKind::TpStraggler, cause));
+        assert_eq!(
+            (plan.action, plan.mode, plan.verify_s, plan.target.as_str()),
+            (
+                Action::RemapRequests,
+                Mode::Auto,
+                Some(30.0),
+                "job/llama-70b"
+            ),
+            "{cause}"
+        );
+        assert_eq!(
+            plan.on_failure,
+            OnFailure::Escalate("straggler-drain".into())
+        );
+        let Some(Decision::Plan(next)) = p.escalate(&plan, &ctx()) else {
+            panic!("remap escalates to a drain");
+        };
+        assert_eq!(
+            (next.action, next.target.as_str()),
+            (Action::DrainNode, "node/gpu-node-3")
+        );
+    }
+    let net = first_plan(&p, &finding(FindingKind::TpStraggler, Cause::Network));
+    assert_eq!(net.action, Action::RetuneNic);
+    assert_eq!(net.target, "node/gpu-node-3/ens1f0");
+    assert_eq!(net.on_failure, OnFailure::Rollback);
+}
+
+#[test]
+fn a_known_squatter_is_reclaimed_automatically() {
+    let p = default_planner();
+    let plan = first_plan(&p, &finding(FindingKind::GpuSquatter, Cause::Engine));
+    assert_eq!(
+        (plan.action, plan.mode, plan.target.as_str()),
+        (Action::ReclaimZombie, Mode::Auto, "job/llama-70b")
+    );
+    // Without a known holder keel is less sure (0.75): a person is told.
+    let mut stray = finding(FindingKind::GpuSquatter, Cause::Engine);
+    stray.job = None;
+    stray.confidence = 0.75;
+    assert_eq!(first_plan(&p, &stray).action, Action::Notify);
+}
+
+#[test]
+fn engine_and_network_findings() {
+    let p = default_planner();
+    let mut engine = finding(FindingKind::KvCacheSaturation, Cause::Engine);
+    engine.job = None;
+    let kv = first_plan(&p, &engine);
+    assert_eq!(
+        (kv.action, kv.target.as_str()),
+        (Action::RemapRequests, "node/gpu-node-3")
+    );
+
+    engine.kind = FindingKind::EngineStall;
+    let stall = first_plan(&p, &engine);
+    assert_eq!(
+        (stall.action, stall.params["weight"].as_str()),
+        (Action::RemapRequests, "0")
+    );
+    let Some(Decision::Plan(drain)) = p.escalate(&stall, &ctx()) else {
+        panic!("a stall that stays is drained");
+    };
+    assert_eq!(
+        (drain.action, drain.mode),
+        (Action::DrainNode, Mode::Approve)
+    );
+
+    let storm = first_plan(&p, &finding(FindingKind::RetransmitStorm, Cause::Network));
+    assert_eq!(storm.action, Action::Notify);
+    let Some(Decision::Plan(drain)) = p.escalate(&storm, &ctx()) else {
+        panic!("a storm that stays is drained");
+    };
+    assert_eq!(drain.action, Action::DrainNode);
+
+    let nic = first_plan(&p, &finding(FindingKind::NicSaturation, Cause::Network));
+    assert_eq!(
+        (nic.action, nic.target.as_str()),
+        (Action::RetuneNic, "node/gpu-node-3/ens1f0")
+    );
+}
