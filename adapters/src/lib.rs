@@ -1,8 +1,8 @@
 //! keel's edge to the outside world.
 //!
 //! Sources turn what a cluster emits into `keel_model::Record`s for the
-//! detectors; executors (later) carry planned actions out. Each source is one
-//! module under `sources/`:
+//! detectors; executors carry planned actions out (`executors/`: Slurm,
+//! HAProxy, a webhook, the NIC). Each source is one module under `sources/`:
 //! - `replay`: a tolerant, streaming reader of the JSON Lines format of
 //!   `spec/trace-format.md`, which real recorders and other people's
 //!   generators write too;
@@ -13,7 +13,16 @@
 //!   and agents send, such as collective timings;
 //! - `nvml`: GPU readings from the driver's NVML (the `nvml` feature).
 
+pub mod executors;
 pub mod sources;
+
+pub use executors::haproxy::HaproxyExecutor;
+pub use executors::nic::NicExecutor;
+pub use executors::slurm::{SlurmExecutor, SlurmJob, SlurmNode};
+pub use executors::webhook::WebhookExecutor;
+pub use executors::{
+    Applied, Change, ChangeStatus, ExecCommand, ExecError, Executor, Journal, Outcome,
+};
 
 pub use sources::linux::{IfaceFilter, LinuxError, LinuxSource, LinuxStats};
 pub use sources::nvml::{samples_of as nvml_samples_of, GpuReading, MemoryBytes};

@@ -1,0 +1,300 @@
+//! The Slurm executor against a real one-node Slurm on this host: munge,
+//! slurmctld and slurmd, configured and started by
+//! `tests/setup/slurm-one-node.sh`, with real jobs.
+//!
+//! Needs root and the Debian packages `slurm-wlm` and `munge`
+//! (`apt-get install -y slurm-wlm munge`); without them the test fails,
+//! saying what is missing, rather than skipping. Slurm is global state, so
+//! the whole flow is one test that holds a lock file for its run, and it
+//! leaves the node in service and stops the daemons it started.
+
+use keel_adapters::executors::slurm::SlurmExecutor;
+use keel_adapters::{ExecCommand, ExecError, Executor, Journal, Outcome};
+use keel_model::{Action, JobState};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn setup_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/setup/slurm-one-node.sh")
+}
+
+fn sh(program: &str, args: &[&str]) -> (bool, String, String) {
+    match Command::new(program).args(args).env("LC_ALL", "C").output() {
+        Ok(o) => (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        ),
+        Err(e) => panic!("cannot run {program}: {e} (install slurm-wlm and munge: apt-get install -y slurm-wlm munge)"),
+    }
+}
+
+fn require_root() {
+    let (_, uid, _) = sh("id", &["-u"]);
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "this test starts munged, slurmctld and slurmd and writes /etc/slurm: it needs root, and this machine runs it as uid {}",
+        uid.trim()
+    );
+}
+
+/// Until `f` says yes, or fail with what it last saw.
+fn wait_for(what: &str, mut f: impl FnMut() -> (bool, String)) {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (ok, seen) = f();
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what}: not after {DEADLINE:?}; last seen: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Cleans up however the test ends: cancels its jobs, gives the node back,
+/// stops the daemons the setup started, and drops the lock.
+struct Cluster {
+    node: String,
+    jobs: Vec<u64>,
+    started: Vec<String>,
+    _lock: std::fs::File,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for j in &self.jobs {
+            let _ = Command::new("scancel").arg(j.to_string()).output();
+        }
+        let (_, state, _) = sh("scontrol", &["show", "node", "-o", &self.node]);
+        if state.contains("DRAIN") {
+            let _ = Command::new("scontrol")
+                .args(["update", &format!("NodeName={}", self.node), "State=RESUME"])
+                .output();
+        }
+        if !self.started.is_empty() {
+            let mut args = vec![setup_script().display().to_string(), "stop".into()];
+            args.extend(self.started.iter().cloned());
+            let _ = Command::new("sh").args(&args).output();
+        }
+    }
+}
+
+fn start() -> Cluster {
+    require_root();
+    let lock = std::fs::File::create("/tmp/keel-slurm-test.lock")
+        .expect("creating /tmp/keel-slurm-test.lock");
+    lock.lock().expect("locking /tmp/keel-slurm-test.lock");
+    let script = setup_script();
+    let (ok, out, err) = sh("sh", &[&script.display().to_string(), "start"]);
+    assert!(ok, "{} failed:\n{out}{err}", script.display());
+    let started = out
+        .lines()
+        .find_map(|l| l.strip_prefix("started:"))
+        .unwrap_or("")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let (_, node, _) = sh("hostname", &["-s"]);
+    Cluster {
+        node: node.trim().to_string(),
+        jobs: Vec::new(),
+        started,
+        _lock: lock,
+    }
+}
+
+fn submit(c: &mut Cluster) -> u64 {
+    let (ok, out, err) = sh(
+        "sbatch",
+        &[
+            "--parsable",
+            "-J",
+            "keel-test",
+            "-o",
+            "/dev/null",
+            "--chdir",
+            "/tmp",
+            "--wrap",
+            "sleep 300",
+        ],
+    );
+    assert!(ok, "sbatch failed: {err}");
+    let id: u64 = out
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .parse()
+        .expect("sbatch --parsable prints the job id");
+    c.jobs.push(id);
+    id
+}
+
+fn in_squeue(id: u64) -> (bool, String) {
+    let (_, out, _) = sh("squeue", &["-h", "-o", "%i %T"]);
+    let listed = out
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(&id.to_string()));
+    (listed, out)
+}
+
+fn node_state(node: &str) -> String {
+    sh("scontrol", &["show", "node", "-o", node]).1
+}
+
+#[test]
+fn slurm_jobs_are_found_reclaimed_requeued_and_nodes_drained_and_resumed() {
+    let mut c = start();
+    let node = c.node.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let journal_path = dir.path().join("slurm-journal.json");
+    let mut exec = SlurmExecutor::new(Journal::open(&journal_path).unwrap());
+
+    // Discovery: two real jobs, found running through squeue --json.
+    let zombie = submit(&mut c);
+    let moved = submit(&mut c);
+    wait_for("both jobs running in squeue --json", || {
+        let jobs = exec.jobs().expect("squeue --json");
+        let running = |id| {
+            jobs.iter()
+                .any(|j| j.job_id == id && j.job_state() == JobState::Running)
+        };
+        (running(zombie) && running(moved), format!("{jobs:?}"))
+    });
+    let jobs = exec.jobs().unwrap();
+    let j = jobs.iter().find(|j| j.job_id == zombie).unwrap();
+    assert_eq!(j.nodes, [node.as_str()]);
+    assert_eq!(
+        (j.user.as_str(), j.partition.as_str(), j.name.as_str()),
+        ("root", "debug", "keel-test")
+    );
+    let record = j.to_record(1.0, 1);
+    assert_eq!(record.job, zombie.to_string());
+    assert_eq!(record.ranks.get(node.as_str()), Some(&vec![0]));
+    let by_scontrol = exec
+        .job(zombie)
+        .unwrap()
+        .expect("scontrol show job finds it");
+    assert_eq!(
+        (by_scontrol.state.as_str(), by_scontrol.nodes.clone()),
+        ("RUNNING", vec![node.clone()])
+    );
+
+    // reclaim_zombie: scancel, gone from squeue; again is already done.
+    let reclaim = ExecCommand::new(Action::ReclaimZombie, zombie.to_string(), "reclaim-1")
+        .param("node", &node);
+    let a = exec.apply(&reclaim).unwrap();
+    assert_eq!(a.outcome, Outcome::Done, "{a:?}");
+    wait_for("the reclaimed job gone from squeue", || {
+        let (listed, seen) = in_squeue(zombie);
+        (!listed, seen)
+    });
+    assert_eq!(exec.apply(&reclaim).unwrap().outcome, Outcome::AlreadyDone);
+    let fresh = ExecCommand::new(Action::ReclaimZombie, zombie.to_string(), "reclaim-2");
+    let again = exec.apply(&fresh).unwrap();
+    assert_eq!(again.outcome, Outcome::AlreadyDone, "{again:?}");
+    assert!(matches!(
+        exec.rollback(&reclaim),
+        Err(ExecError::NotReversible { .. })
+    ));
+
+    // rebalance_ranks: requeued with the node excluded (on one node: pending).
+    let rebalance = ExecCommand::new(Action::RebalanceRanks, moved.to_string(), "rebalance-1")
+        .param("node", &node);
+    let a = exec.apply(&rebalance).unwrap();
+    assert_eq!(a.outcome, Outcome::Done, "{a:?}");
+    wait_for("the requeued job pending, excluding the node", || {
+        let j = exec.job(moved).unwrap();
+        let ok = j.as_ref().is_some_and(|j| {
+            j.job_state() == JobState::Pending && j.excluded_nodes == [node.as_str()]
+        });
+        (ok, format!("{j:?}"))
+    });
+    let fresh = ExecCommand::new(Action::RebalanceRanks, moved.to_string(), "rebalance-2")
+        .param("node", &node);
+    assert_eq!(exec.apply(&fresh).unwrap().outcome, Outcome::AlreadyDone);
+    let a = exec
+        .apply(&ExecCommand::new(
+            Action::ReclaimZombie,
+            moved.to_string(),
+            "reclaim-3",
+        ))
+        .unwrap();
+    assert_eq!(a.outcome, Outcome::Done);
+
+    // drain_node / resume_node, each checked through Slurm's own view.
+    let drain = ExecCommand::new(Action::DrainNode, &node, "drain-1")
+        .param("reason", "keel test: slow nic");
+    assert_eq!(exec.apply(&drain).unwrap().outcome, Outcome::Done);
+    assert!(
+        node_state(&node).contains("+DRAIN"),
+        "{}",
+        node_state(&node)
+    );
+    let (_, sinfo, _) = sh("sinfo", &["-h", "-n", &node, "-o", "%T|%E"]);
+    assert!(
+        sinfo.starts_with("drain") && sinfo.contains("keel test: slow nic"),
+        "sinfo: {sinfo}"
+    );
+    let again = exec
+        .apply(&ExecCommand::new(Action::DrainNode, &node, "drain-2"))
+        .unwrap();
+    assert_eq!(again.outcome, Outcome::AlreadyDone, "{again:?}");
+
+    let resume = ExecCommand::new(Action::ResumeNode, &node, "resume-1");
+    assert_eq!(exec.apply(&resume).unwrap().outcome, Outcome::Done);
+    assert!(
+        !node_state(&node).contains("DRAIN"),
+        "{}",
+        node_state(&node)
+    );
+    let again = exec
+        .apply(&ExecCommand::new(Action::ResumeNode, &node, "resume-2"))
+        .unwrap();
+    assert_eq!(again.outcome, Outcome::AlreadyDone);
+
+    // Rolling the resume back drains again, with the reason the node had.
+    assert_eq!(exec.rollback(&resume).unwrap().outcome, Outcome::RolledBack);
+    let (_, sinfo, _) = sh("sinfo", &["-h", "-n", &node, "-o", "%T|%E"]);
+    assert!(
+        sinfo.starts_with("drain") && sinfo.contains("keel test: slow nic"),
+        "sinfo: {sinfo}"
+    );
+    // And rolling the drain back resumes it.
+    assert_eq!(exec.rollback(&drain).unwrap().outcome, Outcome::RolledBack);
+    assert!(
+        !node_state(&node).contains("DRAIN"),
+        "{}",
+        node_state(&node)
+    );
+    assert_eq!(exec.rollback(&drain).unwrap().outcome, Outcome::AlreadyDone);
+
+    // Unknown names are errors that say so.
+    let err = exec
+        .apply(&ExecCommand::new(
+            Action::DrainNode,
+            "no-such-node",
+            "drain-3",
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(err, ExecError::NotFound { what: "node", .. }),
+        "{err}"
+    );
+
+    // The journal file holds what was applied, for a restarted executor.
+    let reopened = Journal::open(&journal_path).unwrap();
+    assert!(reopened.get("reclaim-1").is_some() && reopened.get("drain-1").unwrap().rolled_back);
+    let mut restarted = SlurmExecutor::new(reopened);
+    assert_eq!(
+        restarted.apply(&reclaim).unwrap().outcome,
+        Outcome::AlreadyDone
+    );
+}
