@@ -151,11 +151,10 @@ pub async fn start(cfg: Config, supervisor: Option<ractor::ActorCell>) -> Result
     Credentials::from_dir(&cfg.credentials)
         .with_context(|| format!("credentials in {}", cfg.credentials.display()))?;
     let (applied, _) = broadcast::channel(1024);
-    let name = format!("controller-{}", cfg.id);
     let args = (cfg, applied.clone());
     let (actor, join) = match supervisor {
-        Some(s) => Actor::spawn_linked(Some(name), ControllerActor, args, s).await,
-        None => Actor::spawn(Some(name), ControllerActor, args).await,
+        Some(s) => Actor::spawn_linked(None, ControllerActor, args, s).await,
+        None => Actor::spawn(None, ControllerActor, args).await,
     }
     .context("starting the controller actor")?;
     let (tx, rx) = oneshot::channel();

@@ -90,13 +90,9 @@ pub async fn start(cfg: CorrelatorConfig) -> Result<StartedHost> {
     let name = server.local_name.clone();
     let client = ControllerClient::new(&creds, &cfg.controllers)?;
     let advertise = cfg.advertise.unwrap_or(addr);
-    let (actor, join) = Actor::spawn(
-        Some(format!("correlator-host-{name}")),
-        HostActor,
-        (name, client, server, advertise),
-    )
-    .await
-    .context("starting the correlator host")?;
+    let (actor, join) = Actor::spawn(None, HostActor, (name, client, server, advertise))
+        .await
+        .context("starting the correlator host")?;
     Ok(StartedHost { actor, addr, join })
 }
 

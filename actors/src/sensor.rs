@@ -355,10 +355,9 @@ pub async fn start(
 ) -> Result<(ActorRef<SensorMsg>, tokio::task::JoinHandle<()>)> {
     Credentials::from_dir(&cfg.credentials)
         .with_context(|| format!("credentials in {}", cfg.credentials.display()))?;
-    let name = format!("sensor-{}", cfg.node);
     let r = match supervisor {
-        Some(s) => Actor::spawn_linked(Some(name), SensorActor, cfg, s).await,
-        None => Actor::spawn(Some(name), SensorActor, cfg).await,
+        Some(s) => Actor::spawn_linked(None, SensorActor, cfg, s).await,
+        None => Actor::spawn(None, SensorActor, cfg).await,
     };
     r.context("starting the sensor actor")
 }
