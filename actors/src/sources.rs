@@ -108,6 +108,7 @@ pub enum SourceMsg {
 
 pub struct SourceActor;
 
+#[allow(clippy::large_enum_variant)] // one per source, never moved after start
 pub enum SourceState {
     Replay(Replay),
     Poller(Poller),
@@ -451,7 +452,7 @@ impl Poller {
             Err(e) => {
                 self.failures += 1;
                 // Every failure of a run is logged once, then every 60th.
-                if self.failures == 1 || self.failures % 60 == 0 {
+                if self.failures == 1 || self.failures.is_multiple_of(60) {
                     tracing::warn!(node = %self.node, failures = self.failures, error = %e, "reading failed");
                 }
             }
