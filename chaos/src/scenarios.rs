@@ -329,10 +329,10 @@ fn mixed(seed: u64, salt: u64, d: f64) -> Builder {
 
 /// Sixteen nodes and four jobs, as `keel demo` runs live: a first straggler
 /// soon after the jobs have settled, a second one 25 s later (after the
-/// demo has killed the controller leader), both short.
+/// demo has killed the controller leader), both as short as the corpus allows.
 fn live(seed: u64, salt: u64, d: f64) -> Builder {
     let mut b = Builder::new(seed, salt, d, 16, true);
-    b.straggler_len = (15.0, 20.0);
+    b.straggler_len = (20.0, 24.0);
     let j0 = b.job(&[(0, ALL8), (1, ALL8)], running());
     let j1 = b.job(&[(2, ALL8), (3, ALL8)], running());
     b.job(&[(4, ALL8)], serving());
@@ -349,7 +349,7 @@ fn live(seed: u64, salt: u64, d: f64) -> Builder {
 /// process per node in an end-to-end test.
 fn quad(seed: u64, salt: u64, d: f64) -> Builder {
     let mut b = Builder::new(seed, salt, d, 4, true);
-    b.straggler_len = (15.0, 25.0);
+    b.straggler_len = (20.0, 25.0);
     let j0 = b.job(&[(0, ALL8), (1, ALL8)], running());
     let j1 = b.job(&[(2, ALL8)], running());
     b.job(&[(3, LO4)], serving());
