@@ -27,6 +27,10 @@ pub const AUDIT_KEPT: usize = 100_000;
 #[serde(rename_all = "snake_case")]
 pub enum ActionStatus {
     Planned,
+    /// An operator approved an action whose rule asked for approval.
+    Approved,
+    /// A dry run: what would have been done is recorded, nothing is sent.
+    Recorded,
     Dispatched,
     Acknowledged,
     Verified,
@@ -43,7 +47,11 @@ impl ActionStatus {
         matches!(
             (self, next),
             (Planned, Dispatched)
+                | (Planned, Approved)
+                | (Planned, Recorded)
                 | (Planned, Failed)
+                | (Approved, Dispatched)
+                | (Approved, Failed)
                 | (Dispatched, Dispatched)
                 | (Dispatched, Acknowledged)
                 | (Dispatched, Failed)
@@ -55,7 +63,20 @@ impl ActionStatus {
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, ActionStatus::RolledBack)
+        matches!(self, ActionStatus::RolledBack | ActionStatus::Recorded)
+    }
+
+    pub fn wire(self) -> &'static str {
+        match self {
+            ActionStatus::Planned => "planned",
+            ActionStatus::Approved => "approved",
+            ActionStatus::Recorded => "recorded",
+            ActionStatus::Dispatched => "dispatched",
+            ActionStatus::Acknowledged => "acknowledged",
+            ActionStatus::Verified => "verified",
+            ActionStatus::Failed => "failed",
+            ActionStatus::RolledBack => "rolled_back",
+        }
     }
 }
 
@@ -72,6 +93,10 @@ pub struct FindingEntry {
     pub id: u64,
     pub finding: Finding,
     pub reported_by: String,
+    /// When the controller committed it (the proposer's clock): how long an
+    /// episode has lasted is measured from here.
+    #[serde(default)]
+    pub opened: Timestamp,
     pub closed: Option<Timestamp>,
 }
 
@@ -97,6 +122,31 @@ pub struct LedgerEntry {
     pub status: ActionStatus,
     /// How many times it was dispatched (re-sends under the same key).
     pub dispatches: u32,
+    #[serde(default)]
+    pub handling: Handling,
+    /// When it was planned, and when its status last changed.
+    #[serde(default)]
+    pub planned_at: Timestamp,
+    #[serde(default)]
+    pub since: Timestamp,
+    /// The detail of its last transition (an executor's answer, a reason).
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// How the policy that planned an action wants it handled: kept in the
+/// ledger so that a new leader carries the action on exactly as the old
+/// one would have.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Handling {
+    /// The rule that planned it.
+    pub rule: String,
+    /// `auto`, `approve` or `dry_run`.
+    pub mode: String,
+    /// The finding must close within this after the acknowledgement.
+    pub verify_s: Option<f64>,
+    /// `none`, `rollback` or `escalate:RULE`.
+    pub on_failure: String,
 }
 
 /// Who or what moved the ledger, and why.
@@ -127,6 +177,9 @@ pub enum Command {
     },
     OpenFinding {
         finding: Finding,
+        /// The proposer's clock when it proposed (0: not known).
+        #[serde(default)]
+        opened: Timestamp,
     },
     CloseFinding {
         id: u64,
@@ -145,6 +198,8 @@ pub enum Command {
         finding: Option<u64>,
         ts: Timestamp,
         reason: String,
+        #[serde(default)]
+        handling: Handling,
     },
     /// Moves an action along its life.
     Transition {
@@ -278,7 +333,7 @@ impl State {
                 }
                 Outcome::Applied
             }
-            Command::OpenFinding { finding } => {
+            Command::OpenFinding { finding, opened } => {
                 // The same condition reported again (a retry after a leader
                 // change, or a correlator that took the job over and
                 // concluded afresh) is the finding already open.
@@ -287,12 +342,14 @@ impl State {
                 }
                 self.next_finding += 1;
                 let id = self.next_finding;
+                let opened = if opened > 0.0 { opened } else { finding.ts };
                 self.findings.insert(
                     id,
                     FindingEntry {
                         id,
                         finding,
                         reported_by: client.to_string(),
+                        opened,
                         closed: None,
                     },
                 );
@@ -326,6 +383,7 @@ impl State {
                 finding,
                 ts,
                 reason,
+                handling,
             } => {
                 if self.ledger.contains_key(&key) {
                     return Outcome::AlreadyPlanned(key);
@@ -345,6 +403,10 @@ impl State {
                         finding,
                         status: ActionStatus::Planned,
                         dispatches: 0,
+                        handling,
+                        planned_at: ts,
+                        since: ts,
+                        detail: reason.clone(),
                     },
                 );
                 self.audit(index, ts, &key, None, ActionStatus::Planned, client, reason);
@@ -364,6 +426,8 @@ impl State {
                     return Outcome::Rejected(Rejection::BadTransition { key, from, to });
                 }
                 entry.status = to;
+                entry.since = ts;
+                entry.detail.clone_from(&detail);
                 if to == ActionStatus::Dispatched {
                     entry.dispatches += 1;
                 }
@@ -456,6 +520,7 @@ mod tests {
             finding: None,
             ts: 1.0,
             reason: "gpu_squatter on n02 gpu 1".into(),
+            handling: Handling::default(),
         }
     }
 

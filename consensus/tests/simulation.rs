@@ -225,6 +225,7 @@ impl<S: LogStore + Clone> Sim<S> {
                     finding: None,
                     ts: self.now as f64,
                     reason: "tp_straggler".into(),
+                    handling: Default::default(),
                 },
             );
         }

@@ -199,6 +199,9 @@ pub struct Command {
     pub params: BTreeMap<String, String>,
     /// The same key on a retried command means the same action, done once.
     pub idempotency_key: String,
+    /// Undo what the command with this key did, instead of doing it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
 }
 
 /// The answer to a request: done or not, and why.
@@ -238,6 +241,7 @@ mod tests {
             target: "node-3".into(),
             params: BTreeMap::new(),
             idempotency_key: "k".into(),
+            rollback: false,
         })
     }
 

@@ -16,6 +16,9 @@ use std::fmt;
 #[serde(rename_all = "snake_case")]
 pub enum ActionStatus {
     Planned,
+    Approved,
+    /// A dry run's record: never in flight.
+    Recorded,
     Dispatched,
     Acknowledged,
     Verified,
@@ -28,7 +31,10 @@ impl ActionStatus {
     pub fn in_flight(self) -> bool {
         matches!(
             self,
-            ActionStatus::Planned | ActionStatus::Dispatched | ActionStatus::Acknowledged
+            ActionStatus::Planned
+                | ActionStatus::Approved
+                | ActionStatus::Dispatched
+                | ActionStatus::Acknowledged
         )
     }
 }

@@ -59,6 +59,20 @@ pub enum OnFailure {
     Escalate(String),
 }
 
+impl OnFailure {
+    /// Reads what `Display` writes: `none`, `rollback`, `escalate:RULE`.
+    pub fn from_wire(s: &str) -> Option<OnFailure> {
+        match s {
+            "" | "none" => Some(OnFailure::None),
+            "rollback" => Some(OnFailure::Rollback),
+            _ => s
+                .strip_prefix("escalate:")
+                .filter(|r| !r.is_empty())
+                .map(|r| OnFailure::Escalate(r.to_string())),
+        }
+    }
+}
+
 impl fmt::Display for OnFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -127,6 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     target: "node-0017".into(),
                     params: BTreeMap::new(),
                     idempotency_key: format!("bench-{id}"),
+                    rollback: false,
                 });
                 let t = Instant::now();
                 if controller

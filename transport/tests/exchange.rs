@@ -18,6 +18,7 @@ fn command(id: u64) -> Message {
         target: "node-3".into(),
         params: BTreeMap::new(),
         idempotency_key: format!("drain-node-3-{id}"),
+        rollback: false,
     })
 }
 

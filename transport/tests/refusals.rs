@@ -94,6 +94,7 @@ async fn a_sensor_sending_a_command_is_refused_as_wrong_role() {
         target: "node-3".into(),
         params: BTreeMap::new(),
         idempotency_key: "k1".into(),
+        rollback: false,
     });
     let err = conn.request(cmd, GUARD).await.unwrap_err();
     assert_eq!(err.refusal(), Some(RefusalReason::WrongRole), "{err}");

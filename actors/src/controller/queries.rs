@@ -12,6 +12,7 @@
 //! keeps working through an election.
 
 use super::{ControllerMsg, ControllerState};
+use crate::sources::unix_now;
 use anyhow::{bail, Context, Result};
 use keel_consensus::assign::assign;
 use keel_consensus::state::{Command, Outcome, Proposal, State};
@@ -173,7 +174,10 @@ async fn open_finding(
         Proposal {
             client: format!("findings/{reporter}"),
             seq: content_seq(&bytes),
-            command: Command::OpenFinding { finding },
+            command: Command::OpenFinding {
+                finding,
+                opened: unix_now(),
+            },
         },
     )
     .await

@@ -288,9 +288,16 @@ pub trait Executor {
     /// journal's record of it. A second rollback is `AlreadyDone`.
     fn rollback(&mut self, cmd: &ExecCommand) -> Result<Applied, ExecError>;
 
-    /// `apply`, answered as a `keel_model::Ack`.
+    /// `apply` (or `rollback`, when the command asks for it), answered as a
+    /// `keel_model::Ack`.
     fn handle(&mut self, cmd: &Command) -> Ack {
-        match self.apply(&ExecCommand::from(cmd)) {
+        let exec = ExecCommand::from(cmd);
+        let done = if cmd.rollback {
+            self.rollback(&exec)
+        } else {
+            self.apply(&exec)
+        };
+        match done {
             Ok(a) => a.ack(cmd.id),
             Err(e) => e.ack(cmd.id),
         }

@@ -1,0 +1,300 @@
+//! The controller leader's loop over the mitigation ledger, sans-IO.
+//!
+//! Each turn the leader shows [`steward`] what its replicated state holds
+//! (open findings, every ledger entry) and the time; it answers with the
+//! steps to take: plans to commit, transitions to commit, commands to send.
+//! Everything it decides follows from the ledger, never from memory of
+//! earlier turns, so a new leader that looks at the same ledger carries on
+//! exactly where the old one stopped: a planned action is planned once
+//! (its key is deterministic), an action dispatched but never acknowledged
+//! is dispatched again under the same key (the executor answers "already
+//! done"), and a verified one is left alone.
+
+use crate::plan::{ActionStatus, Context, Decision, PastAction, Plan, Planner};
+use crate::rule::{Mode, OnFailure};
+use keel_model::{Action, Finding, Timestamp};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The verification window of a rule that names none.
+pub const DEFAULT_VERIFY_S: f64 = 60.0;
+
+/// A finding as the ledger's loop sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenFinding {
+    pub id: u64,
+    pub finding: Finding,
+    /// When the controller committed it.
+    pub opened: Timestamp,
+    pub closed: Option<Timestamp>,
+}
+
+/// One ledger entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    pub rule: String,
+    pub action: Action,
+    pub target: String,
+    pub params: BTreeMap<String, String>,
+    pub finding: Option<u64>,
+    pub status: ActionStatus,
+    pub mode: Mode,
+    pub verify_s: Option<f64>,
+    pub on_failure: OnFailure,
+    pub planned_at: Timestamp,
+    /// When the status last changed.
+    pub since: Timestamp,
+}
+
+/// What the leader knows this turn.
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    pub now: Timestamp,
+    pub nodes: usize,
+    pub jobs: usize,
+    /// job -> tenant, for jobs whose tenant is known.
+    pub tenants: BTreeMap<String, String>,
+    /// Open findings, and closed ones that ledger entries refer to.
+    pub findings: Vec<OpenFinding>,
+    pub ledger: Vec<Entry>,
+    /// Keys this leader itself committed as dispatched in its term: those it
+    /// sends; any other dispatched key it dispatches again first, so that
+    /// the re-send is in the audit trail.
+    pub dispatched_by_me: BTreeSet<String>,
+}
+
+/// One thing to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Commit this plan to the ledger.
+    Plan { plan: Plan, reason: String },
+    /// Commit a transition of `key`.
+    Move {
+        key: String,
+        to: ActionStatus,
+        detail: String,
+    },
+    /// Send the dispatched action to its executor (again, if it was before).
+    Send { key: String },
+    /// Ask the executor to undo the failed action.
+    Rollback { key: String },
+    /// A rule matched but did not plan: a guard held it back, or the finding
+    /// lacks what the action acts on.
+    Held {
+        finding: u64,
+        rule: String,
+        why: String,
+    },
+}
+
+/// The steps for this turn, in the order they should be taken.
+pub fn steward(planner: &Planner, w: &World) -> Vec<Step> {
+    let findings: BTreeMap<u64, &OpenFinding> = w.findings.iter().map(|f| (f.id, f)).collect();
+    let keys: BTreeSet<&str> = w.ledger.iter().map(|e| e.key.as_str()).collect();
+    let mut ctx = Context {
+        now: w.now,
+        duration_s: 0.0,
+        nodes: w.nodes,
+        jobs: w.jobs,
+        tenant: None,
+        actions: w.ledger.iter().map(past).collect(),
+    };
+    let mut out = Vec::new();
+    for e in &w.ledger {
+        advance(planner, w, e, &findings, &keys, &mut ctx, &mut out);
+    }
+    let acted: BTreeSet<(u64, &str)> = w
+        .ledger
+        .iter()
+        .filter_map(|e| Some((e.finding?, e.rule.as_str())))
+        .collect();
+    for f in w.findings.iter().filter(|f| f.closed.is_none()) {
+        ctx.duration_s = (w.now - f.opened).max(0.0);
+        ctx.tenant = f
+            .finding
+            .job
+            .as_ref()
+            .and_then(|j| w.tenants.get(j.as_str()).cloned());
+        for d in planner.plan(f.id, &f.finding, &ctx) {
+            if acted.contains(&(f.id, rule_of(&d))) {
+                continue;
+            }
+            let why = format!(
+                "{} ({}) lasting {:.0} s",
+                f.finding.kind, f.finding.cause, ctx.duration_s
+            );
+            take(d, f.id, why, &keys, &mut ctx, &mut out);
+        }
+    }
+    out
+}
+
+fn rule_of(d: &Decision) -> &str {
+    match d {
+        Decision::Plan(p) => &p.rule,
+        Decision::Suppressed { rule, .. } | Decision::NoTarget { rule, .. } => rule,
+    }
+}
+
+/// Turns a decision into a step; a plan counts against the guards of the
+/// plans after it in the same turn.
+fn take(
+    d: Decision,
+    finding: u64,
+    why: String,
+    keys: &BTreeSet<&str>,
+    ctx: &mut Context,
+    out: &mut Vec<Step>,
+) {
+    match d {
+        Decision::Plan(plan) => {
+            if keys.contains(plan.key.as_str()) {
+                return;
+            }
+            ctx.actions.push(PastAction {
+                rule: plan.rule.clone(),
+                target: plan.target.clone(),
+                action: plan.action,
+                ts: ctx.now,
+                status: ActionStatus::Planned,
+            });
+            let reason = format!("rule `{}` ({}): {why}", plan.rule, plan.mode);
+            out.push(Step::Plan { plan, reason });
+        }
+        Decision::Suppressed {
+            rule, guard, why, ..
+        } => out.push(Step::Held {
+            finding,
+            rule,
+            why: format!("{guard}: {why}"),
+        }),
+        Decision::NoTarget { rule, why, .. } => out.push(Step::Held { finding, rule, why }),
+    }
+}
+
+fn past(e: &Entry) -> PastAction {
+    PastAction {
+        rule: e.rule.clone(),
+        target: e.target.clone(),
+        action: e.action,
+        ts: e.planned_at,
+        status: e.status,
+    }
+}
+
+fn advance(
+    planner: &Planner,
+    w: &World,
+    e: &Entry,
+    findings: &BTreeMap<u64, &OpenFinding>,
+    keys: &BTreeSet<&str>,
+    ctx: &mut Context,
+    out: &mut Vec<Step>,
+) {
+    let key = e.key.clone();
+    let mv = |to, detail: String| Step::Move {
+        key: key.clone(),
+        to,
+        detail,
+    };
+    match e.status {
+        ActionStatus::Planned => match e.mode {
+            Mode::Auto => out.push(mv(ActionStatus::Dispatched, "sent to its executor".into())),
+            Mode::Approve => {}
+            Mode::DryRun => out.push(mv(
+                ActionStatus::Recorded,
+                format!(
+                    "dry run: would {} {}{}",
+                    e.action,
+                    e.target,
+                    params_text(&e.params)
+                ),
+            )),
+        },
+        ActionStatus::Approved => out.push(mv(
+            ActionStatus::Dispatched,
+            "approved; sent to its executor".into(),
+        )),
+        ActionStatus::Dispatched if w.dispatched_by_me.contains(&e.key) => {
+            out.push(Step::Send { key })
+        }
+        ActionStatus::Dispatched => out.push(mv(
+            ActionStatus::Dispatched,
+            "sent again under the same key: dispatched by an earlier leader, never acknowledged"
+                .into(),
+        )),
+        ActionStatus::Acknowledged => {
+            let Some(id) = e.finding else {
+                out.push(mv(
+                    ActionStatus::Verified,
+                    "acknowledged; no finding to watch".into(),
+                ));
+                return;
+            };
+            let verify = e.verify_s.unwrap_or(DEFAULT_VERIFY_S);
+            match findings.get(&id) {
+                Some(f) if f.closed.is_none() => {
+                    let waited = w.now - e.since;
+                    if waited >= verify {
+                        out.push(mv(
+                            ActionStatus::Failed,
+                            format!(
+                                "finding {id} still open {waited:.0} s after the acknowledgement \
+                                 (verify_s = {verify})"
+                            ),
+                        ));
+                    }
+                }
+                Some(f) => {
+                    let at = f.closed.unwrap_or(w.now);
+                    out.push(mv(
+                        ActionStatus::Verified,
+                        format!(
+                            "finding {id} cleared {:.1} s after the acknowledgement",
+                            (at - e.since).max(0.0)
+                        ),
+                    ));
+                }
+                // The finding was compacted away: nothing left to watch.
+                None => out.push(mv(
+                    ActionStatus::Verified,
+                    format!("finding {id} no longer held"),
+                )),
+            }
+        }
+        ActionStatus::Failed => match &e.on_failure {
+            OnFailure::None => {}
+            OnFailure::Rollback => out.push(Step::Rollback { key }),
+            OnFailure::Escalate(_) => {
+                let Some(f) = e.finding.and_then(|id| findings.get(&id)) else {
+                    return;
+                };
+                let plan = Plan {
+                    finding_id: f.id,
+                    rule: e.rule.clone(),
+                    action: e.action,
+                    target: e.target.clone(),
+                    params: e.params.clone(),
+                    mode: e.mode,
+                    key: e.key.clone(),
+                    verify_s: e.verify_s,
+                    on_failure: e.on_failure.clone(),
+                    finding: f.finding.clone(),
+                };
+                if let Some(d) = planner.escalate(&plan, ctx) {
+                    let why = format!("escalated: `{}` failed", e.rule);
+                    take(d, f.id, why, keys, ctx, out);
+                }
+            }
+        },
+        ActionStatus::Recorded | ActionStatus::Verified | ActionStatus::RolledBack => {}
+    }
+}
+
+fn params_text(p: &BTreeMap<String, String>) -> String {
+    if p.is_empty() {
+        return String::new();
+    }
+    let kv: Vec<String> = p.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(" ({})", kv.join(", "))
+}
