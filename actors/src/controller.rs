@@ -8,6 +8,7 @@
 //! `ready` (one fsync) cover the whole burst.
 
 pub mod queries;
+pub mod steward;
 
 use anyhow::{bail, Context, Result};
 use keel_consensus::node::{encode_message, Node};
@@ -35,6 +36,8 @@ const RAFT_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// A proposal raft dropped (no leader during an election) is proposed again
 /// after this long; the same client and seq make a second copy harmless.
 const REPROPOSE_AFTER: Duration = Duration::from_secs(1);
+/// The leader's mitigation loop turns every this many ticks (250 ms).
+const STEWARD_EVERY: u64 = 5;
 
 /// Links between replicas notice a dead peer within about a second.
 pub fn replica_options() -> Options {
@@ -119,6 +122,15 @@ pub enum ControllerMsg {
     Status(oneshot::Sender<String>, bool),
     /// Runs a read of the replicated state (and the replica's soft state).
     Read(Box<dyn FnOnce(&mut ControllerState) + Send>),
+    /// An executor connected to this replica.
+    ExecutorConnected(String, keel_transport::Connection),
+    /// An executor answered a command (or could not be reached).
+    Answered {
+        key: String,
+        executor: String,
+        rollback: bool,
+        result: Result<keel_model::Ack, String>,
+    },
 }
 
 pub struct ControllerActor;
@@ -133,6 +145,8 @@ pub struct ControllerState {
     drive_queued: bool,
     server: Option<tokio::task::JoinHandle<()>>,
     pub routing: queries::Routing,
+    pub steward: steward::Steward,
+    ticks: u64,
     applied: broadcast::Sender<Applied>,
 }
 
@@ -206,7 +220,11 @@ impl Actor for ControllerActor {
         tracing::info!(id = cfg.id, addr = %cfg.listen, "controller listening");
         let me = myself.clone();
         let handle = tokio::spawn(async move {
-            while let Some((_conn, mut inbox)) = server.accept().await {
+            while let Some((conn, mut inbox)) = server.accept().await {
+                if conn.peer().role == keel_model::Role::Executor {
+                    let name = conn.peer().name.clone();
+                    let _ = me.cast(ControllerMsg::ExecutorConnected(name, conn));
+                }
                 let me = me.clone();
                 tokio::spawn(async move {
                     while let Some(req) = inbox.requests.recv().await {
@@ -226,6 +244,8 @@ impl Actor for ControllerActor {
             drive_queued: false,
             server: Some(handle),
             routing: queries::Routing::default(),
+            steward: steward::Steward::default(),
+            ticks: 0,
             applied,
         })
     }
@@ -253,6 +273,10 @@ impl Actor for ControllerActor {
         match msg {
             ControllerMsg::Tick => {
                 state.node.tick();
+                state.ticks += 1;
+                if state.ticks.is_multiple_of(STEWARD_EVERY) {
+                    steward::turn(state, &myself);
+                }
                 repropose(state);
                 state.node.maybe_compact(COMPACT_KEEP);
                 if drive(state)? {
@@ -266,6 +290,19 @@ impl Actor for ControllerActor {
                 }
             }
             ControllerMsg::Read(f) => f(state),
+            ControllerMsg::ExecutorConnected(name, conn) => state.steward.connected(name, conn),
+            ControllerMsg::Answered {
+                key,
+                executor,
+                rollback,
+                result,
+            } => {
+                steward::answered(state, key, executor, rollback, result);
+                if !state.drive_queued {
+                    state.drive_queued = true;
+                    let _ = myself.cast(ControllerMsg::Drive);
+                }
+            }
             other => {
                 on_event(state, other);
                 if !state.drive_queued {
@@ -302,6 +339,18 @@ fn repropose(state: &mut ControllerState) {
     }
 }
 
+/// Hands a proposal to raft and remembers who waits for its outcome.
+fn propose_here(state: &mut ControllerState, data: Vec<u8>, reply: oneshot::Sender<Outcome>) {
+    if let Ok(p) = Proposal::decode(&data) {
+        let entry = state
+            .waiting
+            .entry((p.client, p.seq))
+            .or_insert_with(|| (data.clone(), Instant::now(), Vec::new()));
+        entry.2.push(reply);
+        let _ = state.node.propose(data);
+    }
+}
+
 /// Status questions waiting for their ReadIndex: context -> (index, asker).
 #[derive(Default)]
 struct Reads {
@@ -310,27 +359,17 @@ struct Reads {
 }
 
 fn on_event(state: &mut ControllerState, ev: ControllerMsg) {
-    let node = &mut state.node;
     match ev {
-        ControllerMsg::Raft(m) => node.step(m),
-        ControllerMsg::Propose(data, reply) => {
-            if let Ok(p) = Proposal::decode(&data) {
-                let entry = state
-                    .waiting
-                    .entry((p.client, p.seq))
-                    .or_insert_with(|| (data.clone(), Instant::now(), Vec::new()));
-                entry.2.push(reply);
-                let _ = node.propose(data);
-            }
-        }
+        ControllerMsg::Raft(m) => state.node.step(m),
+        ControllerMsg::Propose(data, reply) => propose_here(state, data, reply),
         ControllerMsg::Status(reply, false) => {
-            let _ = reply.send(status(node));
+            let _ = reply.send(status(&state.node));
         }
         ControllerMsg::Status(reply, true) => {
             state.reads.next_id += 1;
             let ctx = state.reads.next_id.to_be_bytes().to_vec();
             state.reads.waiting.insert(ctx.clone(), (None, reply));
-            node.read_index(ctx);
+            state.node.read_index(ctx);
         }
         ControllerMsg::Member { id, add } => {
             let mut change = ConfChangeSingle {
@@ -349,9 +388,13 @@ fn on_event(state: &mut ControllerState, ev: ControllerMsg) {
             };
             let mut cc = ConfChangeV2::default();
             cc.set_changes(vec![change].into());
-            let _ = node.propose_conf_change(context, cc);
+            let _ = state.node.propose_conf_change(context, cc);
         }
-        ControllerMsg::Tick | ControllerMsg::Drive | ControllerMsg::Read(_) => {}
+        ControllerMsg::Tick
+        | ControllerMsg::Drive
+        | ControllerMsg::Read(_)
+        | ControllerMsg::ExecutorConnected(..)
+        | ControllerMsg::Answered { .. } => {}
     }
 }
 

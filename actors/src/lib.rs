@@ -6,7 +6,10 @@
 //! - `correlator`: a correlator host per process, one correlator actor per
 //!   job (supervised children); detection and reporting.
 //! - `controller`: one Raft replica; commits jobs, findings and their
-//!   closing, and tells sensors and correlator hosts where jobs live.
+//!   closing, and tells sensors and correlator hosts where jobs live; the
+//!   leader runs the mitigation loop (`controller::steward`).
+//! - `executor`: carries the leader's commands out on Slurm, HAProxy, a
+//!   webhook or the node's NIC, and acknowledges them.
 //!
 //! A crashed source or correlator is restarted by its parent, which logs the
 //! restart and counts it; its siblings keep running.
@@ -14,6 +17,7 @@
 pub mod client;
 pub mod controller;
 pub mod correlator;
+pub mod executor;
 pub mod sensor;
 pub mod sources;
 

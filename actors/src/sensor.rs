@@ -41,6 +41,10 @@ pub struct SensorConfig {
     pub window_len: Option<u64>,
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
+    /// Node-local actions (`retune_nic`) carried out in this process, under
+    /// an executor certificate of its own.
+    #[serde(default)]
+    pub executor: Option<crate::executor::ExecutorConfig>,
 }
 
 impl SensorConfig {

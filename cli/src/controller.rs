@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use keel_actors::controller::{self, Config};
 use keel_actors::correlator::{self, CorrelatorConfig};
+use keel_actors::executor::{self, ExecutorConfig};
 use keel_actors::sensor::{self, SensorConfig};
 use keel_model::{Message, Query, QueryReply};
 use keel_transport::{Client, Credentials, Options};
@@ -38,6 +39,12 @@ pub fn run_sensor(config: &Path) -> Result<()> {
     let cfg = SensorConfig::load(config)?;
     runtime()?.block_on(async {
         let node = cfg.node.clone();
+        // Node-local actions (the NIC) are carried out by an executor in
+        // the sensor's process, under its own executor certificate.
+        let _exec = match cfg.executor.clone() {
+            Some(e) => Some(executor::start(e).await?),
+            None => None,
+        };
         let (_actor, join) = sensor::start(cfg, None).await?;
         eprintln!("keel sensor {node}: running");
         let _ = join.await;
@@ -52,6 +59,17 @@ pub fn run_correlator(config: &Path) -> Result<()> {
         let host = correlator::start(cfg).await?;
         eprintln!("keel correlator: listening on {}", host.addr);
         let _ = host.join.await;
+        Ok(())
+    })
+}
+
+/// `keel executor --config FILE`.
+pub fn run_executor(config: &Path) -> Result<()> {
+    let cfg = ExecutorConfig::load(config)?;
+    runtime()?.block_on(async {
+        let (_actor, join) = executor::start(cfg).await?;
+        eprintln!("keel executor: running");
+        let _ = join.await;
         Ok(())
     })
 }

@@ -205,6 +205,7 @@ async fn live(
                 start_at: Some(start_at),
                 t0: Some(t0),
             }],
+            executor: None,
         };
         sensor::start(cfg, None).await?;
     }

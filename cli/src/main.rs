@@ -8,6 +8,7 @@ mod demo;
 mod eval;
 mod job;
 mod live;
+mod policy;
 mod replay;
 
 use anyhow::{bail, Context, Result};
@@ -139,10 +140,29 @@ enum Command {
         #[arg(long)]
         consistent: bool,
     },
-    /// Policies on the controller
+    /// Check policy files, apply one to the controller, explain a finding's match
     Policy {
         #[command(subcommand)]
-        command: PolicyCommand,
+        command: policy::PolicyCommand,
+    },
+    /// The mitigation ledger: every action, its status, and the audit trail
+    Actions {
+        #[command(flatten)]
+        at: ControllerAt,
+        /// Print the controller's JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Act on one action of the ledger
+    Action {
+        #[command(subcommand)]
+        command: policy::ActionCommand,
+    },
+    /// Run an executor: carries the controller's commands out (Slurm, HAProxy, webhook, NIC)
+    Executor {
+        /// TOML: credentials, [[controllers]], state_dir, nodes, [slurm], [haproxy], [webhook], [nic]
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Measure keel's speed
     Bench {
@@ -204,13 +224,13 @@ pub(crate) fn ask(
 pub(crate) struct ControllerAt {
     /// The controller's address
     #[arg(long)]
-    controller: std::net::SocketAddr,
+    pub(crate) controller: std::net::SocketAddr,
     /// The name in the controller's certificate
     #[arg(long)]
-    name: String,
+    pub(crate) name: String,
     /// A folder with an operator certificate (`keel cert issue --role operator`)
     #[arg(long)]
-    credentials: PathBuf,
+    pub(crate) credentials: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -263,19 +283,6 @@ pub(crate) enum JobCommand {
         /// Slurm's final state (COMPLETED, FAILED, CANCELLED, ...)
         #[arg(long, default_value = "COMPLETED")]
         state: String,
-        #[command(flatten)]
-        at: ControllerAt,
-    },
-}
-
-#[derive(Subcommand)]
-enum PolicyCommand {
-    /// Commit FILE as the next version of a named policy document
-    Apply {
-        file: PathBuf,
-        /// The policy's name (default: the file's stem)
-        #[arg(long)]
-        policy: Option<String>,
         #[command(flatten)]
         at: ControllerAt,
     },
@@ -513,35 +520,10 @@ fn run(cli: Cli) -> Result<()> {
                 .collect();
             ask(&at, "status", params)
         }
-        Command::Policy { command } => match command {
-            PolicyCommand::Apply { file, policy, at } => {
-                let document = std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?;
-                let name = policy.unwrap_or_else(|| {
-                    file.file_stem()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned()
-                });
-                let command =
-                    serde_json::json!({"apply_policy": {"name": name, "document": document}});
-                // One client id per invocation; a retry of this very call
-                // would reuse it with the same seq.
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
-                let client = format!("operator-{}-{nanos}", std::process::id());
-                let params = [
-                    ("client".to_string(), client),
-                    ("seq".to_string(), "1".to_string()),
-                    ("command".to_string(), command.to_string()),
-                ]
-                .into_iter()
-                .collect();
-                ask(&at, "propose", params)
-            }
-        },
+        Command::Policy { command } => policy::run(command),
+        Command::Actions { at, json } => policy::actions(&at, json),
+        Command::Action { command } => policy::approve(command),
+        Command::Executor { config } => controller::run_executor(&config),
         Command::Bench { command } => match command {
             BenchCommand::Replay { durations, seed } => bench::run(&durations, seed),
             BenchCommand::Edge { events, window_len } => bench_edge::run(events, window_len),

@@ -78,7 +78,8 @@ impl Role {
     /// - a correlator sends `finding`s to the controller and may `query` it;
     /// - the controller sends everything of control: `command`, `raft`,
     ///   `finding` (forwarded), `query` and `query_reply`, but never telemetry;
-    /// - an executor only acknowledges commands;
+    /// - an executor acknowledges commands, and greets the controller with
+    ///   what it carries out (a `query`, on that one topic);
     /// - an operator asks (`query`); to act it asks the controller, which alone
     ///   may send a `command`, so that every action passes through the replicated
     ///   ledger.
@@ -88,7 +89,7 @@ impl Role {
             M::Ping | M::Pong | M::Ack(_) => true,
             M::Telemetry(_) => *self == Role::Sensor,
             M::Finding(_) => matches!(self, Role::Correlator | Role::Controller),
-            M::Query(_) => *self != Role::Executor,
+            M::Query(_) => true,
             M::QueryReply(_) | M::Raft(_) | M::Command(_) => *self == Role::Controller,
         }
     }

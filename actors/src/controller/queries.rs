@@ -5,7 +5,10 @@
 //!   my node), `job` (a job I saw start, change or end);
 //! - correlator hosts: `hello` (I am alive at ADDR; which jobs are mine?),
 //!   `finding` messages, `close_finding`;
-//! - operators: `status`, `findings`, `job`, `propose`, `member`, `routes`.
+//! - executors: `executor` (I carry out these actions, on these nodes);
+//! - operators: `status`, `findings`, `job`, `propose`, `member`, `routes`,
+//!   `actions` (the ledger and its audit trail), `explain` (which rule a
+//!   finding matches, and why).
 //!
 //! Which correlator host is alive is soft state of each replica (hosts greet
 //! every replica), so routing works on any replica, leader or not, and
@@ -16,7 +19,7 @@ use crate::sources::unix_now;
 use anyhow::{bail, Context, Result};
 use keel_consensus::assign::assign;
 use keel_consensus::state::{Command, Outcome, Proposal, State};
-use keel_model::{Ack, Finding, JobRecord, Message, Name, Query, QueryReply, Role};
+use keel_model::{Ack, Action, Finding, JobRecord, Message, Name, Query, QueryReply, Role};
 use keel_transport::Request;
 use ractor::ActorRef;
 use serde::Serialize;
@@ -188,7 +191,7 @@ fn allowed(role: Role, topic: &str) -> bool {
         Role::Controller | Role::Operator => true,
         Role::Sensor => matches!(topic, "routes" | "job" | "status"),
         Role::Correlator => matches!(topic, "hello" | "close_finding" | "routes" | "status"),
-        Role::Executor => false,
+        Role::Executor => topic == "executor",
     }
 }
 
@@ -285,7 +288,8 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
         "close_finding" => {
             let finding: Finding = serde_json::from_str(param(q, "finding")?)
                 .context("param `finding` is not a finding")?;
-            let ts = finding.ts;
+            // The controller's clock, like `opened`: verification compares the two.
+            let ts = unix_now();
             let id = read(me, move |s| s.node.state.open_finding_like(&finding)).await?;
             let Some(id) = id else {
                 return Ok("\"not open\"".into());
@@ -300,6 +304,44 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
             )
             .await?;
             Ok(serde_json::to_string(&outcome)?)
+        }
+        "executor" => {
+            let actions = param(q, "actions")?
+                .split(',')
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    Action::ALL
+                        .iter()
+                        .copied()
+                        .find(|x| x.wire() == a)
+                        .with_context(|| format!("param `actions`: unknown action {a:?}"))
+                })
+                .collect::<Result<Vec<Action>>>()?;
+            let nodes: Vec<String> = param(q, "nodes")?
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect();
+            let name = peer.to_string();
+            read(me, move |s| s.steward.greeted(&name, actions, nodes)).await?;
+            Ok("\"ok\"".into())
+        }
+        "actions" => {
+            read(me, |s| {
+                let st = &s.node.state;
+                serde_json::json!({
+                    "ledger": st.ledger.values().collect::<Vec<_>>(),
+                    "audit": st.audit,
+                    "audit_dropped": st.audit_dropped,
+                    "executors": s.steward.executors(),
+                })
+                .to_string()
+            })
+            .await
+        }
+        "explain" => {
+            let id: u64 = param(q, "finding")?.parse().context("param `finding`")?;
+            read(me, move |s| super::steward::explain(s, id)).await?
         }
         "findings" => {
             read(me, |s| {

@@ -1,0 +1,442 @@
+//! The executor actor: carries the controller's commands out through the
+//! executors of `keel_adapters::executors` (Slurm, HAProxy, a webhook, the
+//! NIC of its own node), one command at a time.
+//!
+//! It dials every controller replica with its own `executor` certificate
+//! and greets each, every second, with the actions it carries out and the
+//! nodes it acts for; the leader sends it commands over that same
+//! connection. The transport accepts a `command` only from a peer whose
+//! certificate says `controller`. Policies name targets the way findings
+//! do (`job/J`, `node/N`, `node/N/DEV`); this actor translates them into
+//! what each system calls them (a Slurm job id, a HAProxy `BACKEND/SERVER`
+//! from `[haproxy.replicas]`, an interface name).
+
+use crate::client::ControllerAddr;
+use anyhow::{bail, Context, Result};
+use keel_adapters::executors::{
+    haproxy::HaproxyExecutor, nic::NicExecutor, slurm::SlurmExecutor, webhook::WebhookExecutor,
+    ExecCommand, ExecError, Executor, Journal,
+};
+use keel_model::{Ack, Action, Command, Message, Query};
+use keel_transport::{Backoff, Client, Credentials, Link, Options, Request};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Deserialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const GREET_EVERY: Duration = Duration::from_secs(1);
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `keel executor --config FILE`, or `[executor]` in a sensor's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// `cert.pem`, `key.pem` and `ca.pem`; the role must be `executor`.
+    pub credentials: PathBuf,
+    #[serde(default)]
+    pub controllers: Vec<ControllerAddr>,
+    /// Where each executor keeps the keys it applied (one JSON file each),
+    /// so that a restart between applying and acknowledging does not apply
+    /// twice. In memory only when absent.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// The nodes whose node-local actions (NIC, drain) this executor takes;
+    /// `["*"]` (the default) for any.
+    #[serde(default = "any_node")]
+    pub nodes: Vec<String>,
+    #[serde(default)]
+    pub slurm: Option<SlurmConfig>,
+    #[serde(default)]
+    pub haproxy: Option<HaproxyConfig>,
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    #[serde(default)]
+    pub nic: Option<NicConfig>,
+}
+
+fn any_node() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// `reclaim_zombie`, `drain_node`, `resume_node`, `rebalance_ranks`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmConfig {}
+
+/// `remap_requests` through HAProxy's runtime API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxyConfig {
+    /// The stats socket (`stats socket ... level admin`).
+    pub socket: PathBuf,
+    /// Job (or node) name -> `BACKEND/SERVER`: the replica that serves it.
+    #[serde(default)]
+    pub replicas: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub actions: Vec<Action>,
+}
+
+/// `retune_nic` on this node's interfaces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicConfig {
+    /// Act on the interfaces of this network namespace instead.
+    #[serde(default)]
+    pub netns: Option<String>,
+}
+
+impl ExecutorConfig {
+    pub fn load(path: &Path) -> Result<ExecutorConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: ExecutorConfig =
+            toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        cfg.check().with_context(|| format!("{}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.controllers.is_empty() {
+            bail!("no [[controllers]] configured");
+        }
+        if self.slurm.is_none()
+            && self.haproxy.is_none()
+            && self.webhook.is_none()
+            && self.nic.is_none()
+        {
+            bail!("no executor configured: add [slurm], [haproxy], [webhook] or [nic]");
+        }
+        if self.nic.is_some() && self.nodes.iter().any(|n| n == "*") {
+            bail!("[nic] acts on this node only: set `nodes` to this node's name");
+        }
+        Ok(())
+    }
+}
+
+/// One configured executor and how it names targets.
+struct Slot {
+    exec: Box<dyn Executor + Send>,
+    kind: Kind,
+}
+
+enum Kind {
+    Slurm,
+    Haproxy(BTreeMap<String, String>),
+    Webhook,
+    Nic,
+}
+
+fn journal(dir: &Option<PathBuf>, name: &str) -> Result<Journal> {
+    Ok(match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            Journal::open(d.join(format!("{name}.json")))?
+        }
+        None => Journal::in_memory(),
+    })
+}
+
+fn slots(cfg: &ExecutorConfig) -> Result<Vec<Slot>> {
+    let dir = &cfg.state_dir;
+    let mut out = Vec::new();
+    if cfg.slurm.is_some() {
+        out.push(Slot {
+            exec: Box::new(SlurmExecutor::new(journal(dir, "slurm")?)),
+            kind: Kind::Slurm,
+        });
+    }
+    if let Some(h) = &cfg.haproxy {
+        out.push(Slot {
+            exec: Box::new(HaproxyExecutor::new(&h.socket, journal(dir, "haproxy")?)),
+            kind: Kind::Haproxy(h.replicas.clone()),
+        });
+    }
+    if let Some(n) = &cfg.nic {
+        let mut e = NicExecutor::new(journal(dir, "nic")?);
+        if let Some(ns) = &n.netns {
+            e = e.in_netns(ns)?;
+        }
+        out.push(Slot {
+            exec: Box::new(e),
+            kind: Kind::Nic,
+        });
+    }
+    if let Some(w) = &cfg.webhook {
+        out.push(Slot {
+            exec: Box::new(WebhookExecutor::new(
+                &w.url,
+                &w.actions,
+                journal(dir, "webhook")?,
+            )?),
+            kind: Kind::Webhook,
+        });
+    }
+    Ok(out)
+}
+
+/// The command as the executor's system names things.
+fn translate(kind: &Kind, cmd: &Command) -> Result<ExecCommand, ExecError> {
+    let mut c = ExecCommand::from(cmd);
+    let parts: Vec<&str> = cmd.target.split('/').collect();
+    match (kind, parts.as_slice()) {
+        (Kind::Slurm, ["job", id]) | (Kind::Slurm, ["node", id]) => {
+            c.target = id.to_string();
+            if cmd.action == Action::RebalanceRanks {
+                // The policy names the node to leave out; Slurm's executor
+                // calls it `node` and has no use for the rank.
+                c.params.remove("rank");
+                if let Some(n) = c.params.remove("exclude") {
+                    c.params.insert("node".into(), n);
+                }
+            }
+        }
+        (Kind::Haproxy(replicas), ["job", name]) | (Kind::Haproxy(replicas), ["node", name]) => {
+            c.target = replicas.get(*name).cloned().ok_or_else(|| {
+                ExecError::invalid(
+                    "target",
+                    &cmd.target,
+                    format!("no [haproxy.replicas] entry says which server serves {name:?}"),
+                )
+            })?;
+        }
+        (Kind::Nic, ["node", _, dev]) => c.target = dev.to_string(),
+        (Kind::Webhook, _) | (Kind::Haproxy(_), [_, _]) => {}
+        _ => {
+            return Err(ExecError::invalid(
+                "target",
+                &cmd.target,
+                "not a target this executor knows how to act on",
+            ))
+        }
+    }
+    Ok(c)
+}
+
+pub enum ExecutorMsg {
+    Command(Command, RpcReplyPort<Ack>),
+    /// Hold acknowledgements (commands wait, unapplied) or let them go:
+    /// fault injection for the demo, like a slow or paused executor.
+    Hold(bool),
+    Stats(RpcReplyPort<ExecutorStats>),
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ExecutorStats {
+    pub commands: u64,
+    pub applied: u64,
+    pub already_done: u64,
+    pub refused: u64,
+}
+
+pub struct ExecutorActor;
+
+pub struct ExecutorState {
+    slots: Arc<Mutex<Vec<Slot>>>,
+    held: Option<VecDeque<(Command, RpcReplyPort<Ack>)>>,
+    stats: ExecutorStats,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts an executor actor and its links to the controllers.
+pub async fn start(
+    cfg: ExecutorConfig,
+) -> Result<(ActorRef<ExecutorMsg>, tokio::task::JoinHandle<()>)> {
+    cfg.check()?;
+    Actor::spawn(None, ExecutorActor, cfg)
+        .await
+        .context("starting the executor actor")
+}
+
+impl Actor for ExecutorActor {
+    type Msg = ExecutorMsg;
+    type State = ExecutorState;
+    type Arguments = ExecutorConfig;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ExecutorMsg>,
+        cfg: ExecutorConfig,
+    ) -> Result<ExecutorState, ActorProcessingErr> {
+        let creds = Credentials::from_dir(&cfg.credentials)
+            .with_context(|| format!("credentials in {}", cfg.credentials.display()))?;
+        let slots = slots(&cfg)?;
+        let mut actions: Vec<&str> = Action::ALL
+            .iter()
+            .filter(|a| slots.iter().any(|s| s.exec.handles(**a)))
+            .map(|a| a.wire())
+            .collect();
+        actions.dedup();
+        let greeting = BTreeMap::from([
+            ("actions".to_string(), actions.join(",")),
+            ("nodes".to_string(), cfg.nodes.join(",")),
+        ]);
+        tracing::info!(
+            actions = actions.join(","),
+            nodes = cfg.nodes.join(","),
+            "executor ready"
+        );
+        let mut tasks = Vec::new();
+        for c in &cfg.controllers {
+            let client = Client::new(&creds, Options::default())?;
+            let (link, mut inbox) = Link::start(client, c.addr, &c.name, Backoff::default());
+            let me = myself.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(req) = inbox.requests.recv().await {
+                    tokio::spawn(answer(req, me.clone()));
+                }
+            }));
+            let greeting = greeting.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let q = Query {
+                        id: 0,
+                        topic: "executor".into(),
+                        params: greeting.clone(),
+                    };
+                    if let Err(e) = link.request(Message::Query(q), ASK_TIMEOUT).await {
+                        tracing::debug!(error = %e, "greeting not answered");
+                    }
+                    tokio::time::sleep(GREET_EVERY).await;
+                }
+            }));
+        }
+        Ok(ExecutorState {
+            slots: Arc::new(Mutex::new(slots)),
+            held: None,
+            stats: ExecutorStats::default(),
+            tasks,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ExecutorMsg>,
+        state: &mut ExecutorState,
+    ) -> Result<(), ActorProcessingErr> {
+        for t in state.tasks.drain(..) {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ExecutorMsg>,
+        msg: ExecutorMsg,
+        state: &mut ExecutorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ExecutorMsg::Command(cmd, reply) => match &mut state.held {
+                Some(q) => q.push_back((cmd, reply)),
+                None => carry_out(state, cmd, reply).await,
+            },
+            ExecutorMsg::Hold(true) => {
+                state.held.get_or_insert_with(VecDeque::new);
+            }
+            ExecutorMsg::Hold(false) => {
+                for (cmd, reply) in state.held.take().unwrap_or_default() {
+                    carry_out(state, cmd, reply).await;
+                }
+            }
+            ExecutorMsg::Stats(reply) => {
+                let _ = reply.send(state.stats.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn carry_out(state: &mut ExecutorState, cmd: Command, reply: RpcReplyPort<Ack>) {
+    state.stats.commands += 1;
+    let slots = state.slots.clone();
+    let c = cmd.clone();
+    // Executors run programs and speak to sockets synchronously: off the
+    // async workers, one command at a time.
+    let ack = tokio::task::spawn_blocking(move || {
+        let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(slot) = slots.iter_mut().find(|s| s.exec.handles(c.action)) else {
+            return Ack {
+                id: c.id,
+                ok: false,
+                detail: format!("this executor does not carry out {}", c.action),
+            };
+        };
+        let local = match translate(&slot.kind, &c) {
+            Ok(l) => l,
+            Err(e) => return e.ack(c.id),
+        };
+        let done = if c.rollback {
+            slot.exec.rollback(&local)
+        } else {
+            slot.exec.apply(&local)
+        };
+        match done {
+            Ok(a) => a.ack(c.id),
+            Err(e) => e.ack(c.id),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Ack {
+        id: cmd.id,
+        ok: false,
+        detail: format!("executor crashed carrying the command out: {e}"),
+    });
+    if !ack.ok {
+        state.stats.refused += 1;
+    } else if ack.detail.starts_with("already") {
+        state.stats.already_done += 1;
+    } else {
+        state.stats.applied += 1;
+    }
+    tracing::info!(
+        key = cmd.idempotency_key,
+        action = %cmd.action,
+        target = cmd.target,
+        rollback = cmd.rollback,
+        ok = ack.ok,
+        detail = ack.detail,
+        "command carried out"
+    );
+    let _ = reply.send(ack);
+}
+
+async fn answer(req: Request, me: ActorRef<ExecutorMsg>) {
+    let reply = match &req.msg {
+        Message::Command(cmd) => {
+            let cmd = cmd.clone();
+            match me
+                .call(|r| ExecutorMsg::Command(cmd.clone(), r), None)
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(ack)) => Message::Ack(ack),
+                _ => Message::Ack(Ack {
+                    id: cmd.id,
+                    ok: false,
+                    detail: "executor stopping".into(),
+                }),
+            }
+        }
+        Message::Ping => Message::Pong,
+        other => Message::Ack(Ack {
+            id: 0,
+            ok: false,
+            detail: format!("an executor takes no {} here", other.kind()),
+        }),
+    };
+    let _ = req.reply(reply).await;
+}
+
+/// Reads an executor's counters, for tests and the demo.
+pub async fn stats(exec: &ActorRef<ExecutorMsg>) -> Option<ExecutorStats> {
+    match exec.call(ExecutorMsg::Stats, None).await {
+        Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+        _ => None,
+    }
+}
