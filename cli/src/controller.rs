@@ -67,8 +67,31 @@ pub fn run_correlator(config: &Path) -> Result<()> {
 pub fn run_executor(config: &Path) -> Result<()> {
     let cfg = ExecutorConfig::load(config)?;
     runtime()?.block_on(async {
-        let (_actor, join) = executor::start(cfg).await?;
-        eprintln!("keel executor: running");
+        let (actor, join) = executor::start(cfg).await?;
+        eprintln!("keel executor: running (SIGUSR1 pauses it, SIGUSR2 resumes)");
+        // A paused executor keeps its links and greetings, and holds the
+        // commands it receives unapplied until resumed: for maintenance
+        // windows, when nothing may change under an operator's hands.
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut pause, mut resume) = (
+            signal(SignalKind::user_defined1())?,
+            signal(SignalKind::user_defined2())?,
+        );
+        let a = actor.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = pause.recv() => {
+                        tracing::warn!("paused: commands wait until SIGUSR2");
+                        let _ = a.cast(executor::ExecutorMsg::Hold(true));
+                    }
+                    _ = resume.recv() => {
+                        tracing::warn!("resumed");
+                        let _ = a.cast(executor::ExecutorMsg::Hold(false));
+                    }
+                }
+            }
+        });
         let _ = join.await;
         Ok(())
     })

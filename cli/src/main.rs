@@ -351,7 +351,10 @@ fn main() {
     // Services log what they do; the demo tells its own story and logs only
     // errors. RUST_LOG overrides either.
     let default = match cli.command {
-        Command::Controller { .. } | Command::Sensor { .. } | Command::Correlator { .. } => "info",
+        Command::Controller { .. }
+        | Command::Sensor { .. }
+        | Command::Correlator { .. }
+        | Command::Executor { .. } => "info",
         _ => "error",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

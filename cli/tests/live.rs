@@ -6,134 +6,11 @@
 //! job are killed with SIGKILL, and the second straggler must still be
 //! committed, by the survivors, with nothing lost or doubled.
 
+mod support;
+
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn keel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?}: {}",
-        cmd,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Every process of the cluster, killed when the test ends however it ends.
-struct Cluster {
-    dir: PathBuf,
-    procs: Vec<(String, Option<Child>)>,
-    ctl_ports: Vec<u16>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, p) in self.procs.iter_mut() {
-            if let Some(p) = p.as_mut() {
-                let _ = p.kill();
-                let _ = p.wait();
-            }
-        }
-        if std::env::var_os("KEEL_KEEP_TEST_DIR").is_none() {
-            std::fs::remove_dir_all(&self.dir).ok();
-        }
-    }
-}
-
-impl Cluster {
-    fn issue(&self, role: &str, name: &str) -> PathBuf {
-        let out = self.dir.join(format!("{role}-{name}"));
-        ok(keel()
-            .args(["cert", "issue", "--role", role, "--name", name, "--ca"])
-            .arg(self.dir.join("ca"))
-            .arg("--out")
-            .arg(&out));
-        out
-    }
-
-    fn spawn(&mut self, name: &str, role: &str, config: &Path) {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
-        let child = keel()
-            .arg(role)
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.procs.push((name.to_string(), Some(child)));
-    }
-
-    fn kill(&mut self, name: &str) {
-        let (_, p) = self
-            .procs
-            .iter_mut()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("no process {name}"));
-        let mut child = p.take().unwrap_or_else(|| panic!("{name} already killed"));
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// Asks controller `i` (0-based) as the operator.
-    fn ask(&self, i: usize, args: &[&str]) -> Option<Value> {
-        let out = keel()
-            .args(args)
-            .arg("--controller")
-            .arg(format!("127.0.0.1:{}", self.ctl_ports[i]))
-            .args(["--name", &format!("ctl-{}", i + 1), "--credentials"])
-            .arg(self.dir.join("operator-op"))
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).ok())?
-    }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for (name, _) in &self.procs {
-            let text =
-                std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            s += &format!("--- {name} (last lines)\n");
-            for l in tail.iter().rev() {
-                s += l;
-                s += "\n";
-            }
-        }
-        s
-    }
-}
-
-/// Waits until `f` returns something, up to `limit`; the limit only
-/// bounds a failing run.
-fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let until = Instant::now() + limit;
-    while Instant::now() < until {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    None
-}
+use std::time::Duration;
+use support::{free_port, keel, ok, wait_for, Cluster};
 
 fn findings_for(c: &Cluster, alive: &[usize], job: &str) -> Vec<Value> {
     for &i in alive {
@@ -167,55 +44,9 @@ fn a_live_cluster_survives_losing_its_leader_and_a_correlator_host() {
     let first: Value = serde_json::from_str(first_line.lines().next().unwrap()).unwrap();
     let t0 = first["ts"].as_f64().unwrap();
 
-    ok(keel().args(["cert", "init", "--out"]).arg(dir.join("ca")));
-    let ctl_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let mut c = Cluster {
-        dir: dir.clone(),
-        procs: Vec::new(),
-        ctl_ports: ctl_ports.clone(),
-    };
-    c.issue("operator", "op");
-    let controllers: String = (0..3)
-        .map(|j| {
-            format!(
-                "[[controllers]]\naddr = \"127.0.0.1:{}\"\nname = \"ctl-{}\"\n",
-                ctl_ports[j],
-                j + 1
-            )
-        })
-        .collect();
-    for i in 0..3 {
-        let creds = c.issue("controller", &format!("ctl-{}", i + 1));
-        let mut cfg = format!(
-            "id = {}\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ncredentials = \"{}\"\n",
-            i + 1,
-            ctl_ports[i],
-            dir.join(format!("data-{}", i + 1)).display(),
-            creds.display()
-        );
-        for j in (0..3).filter(|&j| j != i) {
-            cfg += &format!(
-                "[[peers]]\nid = {}\naddr = \"127.0.0.1:{}\"\nname = \"ctl-{}\"\n",
-                j + 1,
-                ctl_ports[j],
-                j + 1
-            );
-        }
-        let path = dir.join(format!("ctl-{}.toml", i + 1));
-        std::fs::write(&path, cfg).unwrap();
-        c.spawn(&format!("ctl-{}", i + 1), "controller", &path);
-    }
-    for host in ["corr-a", "corr-b"] {
-        let creds = c.issue("correlator", host);
-        let cfg = format!(
-            "listen = \"127.0.0.1:{}\"\ncredentials = \"{}\"\n{controllers}",
-            free_port(),
-            creds.display()
-        );
-        let path = dir.join(format!("{host}.toml"));
-        std::fs::write(&path, cfg).unwrap();
-        c.spawn(host, "correlator", &path);
-    }
+    let mut c = Cluster::start(&dir, 3);
+    let controllers = c.controllers_toml();
+    c.start_correlators(&["corr-a", "corr-b"]);
     // Every sensor plays the trace against the same wall clock.
     let start_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

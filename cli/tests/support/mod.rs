@@ -1,0 +1,205 @@
+//! What the end-to-end tests share: the `keel` binary, a cluster of real
+//! processes killed when the test ends, and waiting without wall-clock
+//! assertions.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn keel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every process of the cluster, killed when the test ends however it ends.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub procs: Vec<(String, Option<Child>)>,
+    pub ctl_ports: Vec<u16>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, p) in self.procs.iter_mut() {
+            if let Some(p) = p.as_mut() {
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+        }
+        if std::env::var_os("KEEL_KEEP_TEST_DIR").is_none() {
+            std::fs::remove_dir_all(&self.dir).ok();
+        }
+    }
+}
+
+impl Cluster {
+    /// A CA, an operator certificate and `n` controller replicas in `dir`.
+    pub fn start(dir: &Path, n: usize) -> Cluster {
+        ok(keel().args(["cert", "init", "--out"]).arg(dir.join("ca")));
+        let ctl_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut c = Cluster {
+            dir: dir.to_path_buf(),
+            procs: Vec::new(),
+            ctl_ports: ctl_ports.clone(),
+        };
+        c.issue("operator", "op");
+        for i in 0..n {
+            let creds = c.issue("controller", &format!("ctl-{}", i + 1));
+            let mut cfg = format!(
+                "id = {}\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ncredentials = \"{}\"\n",
+                i + 1,
+                ctl_ports[i],
+                dir.join(format!("data-{}", i + 1)).display(),
+                creds.display()
+            );
+            for j in (0..n).filter(|&j| j != i) {
+                cfg += &format!(
+                    "[[peers]]\nid = {}\naddr = \"127.0.0.1:{}\"\nname = \"ctl-{}\"\n",
+                    j + 1,
+                    ctl_ports[j],
+                    j + 1
+                );
+            }
+            let path = dir.join(format!("ctl-{}.toml", i + 1));
+            std::fs::write(&path, cfg).unwrap();
+            c.spawn(&format!("ctl-{}", i + 1), "controller", &path);
+        }
+        c
+    }
+
+    /// The `[[controllers]]` tables of a sensor's, correlator's or executor's config.
+    pub fn controllers_toml(&self) -> String {
+        self.ctl_ports
+            .iter()
+            .enumerate()
+            .map(|(j, port)| {
+                format!(
+                    "[[controllers]]\naddr = \"127.0.0.1:{port}\"\nname = \"ctl-{}\"\n",
+                    j + 1
+                )
+            })
+            .collect()
+    }
+
+    pub fn start_correlators(&mut self, hosts: &[&str]) {
+        for host in hosts {
+            let creds = self.issue("correlator", host);
+            let cfg = format!(
+                "listen = \"127.0.0.1:{}\"\ncredentials = \"{}\"\n{}",
+                free_port(),
+                creds.display(),
+                self.controllers_toml()
+            );
+            let path = self.dir.join(format!("{host}.toml"));
+            std::fs::write(&path, cfg).unwrap();
+            self.spawn(host, "correlator", &path);
+        }
+    }
+
+    /// The leader's id, as the first replica that answers says.
+    pub fn leader(&self, alive: &[usize]) -> Option<u64> {
+        alive.iter().find_map(|&i| {
+            let s = self.ask(i, &["status"])?;
+            s["leader"].as_u64().filter(|l| *l > 0)
+        })
+    }
+
+    pub fn issue(&self, role: &str, name: &str) -> PathBuf {
+        let out = self.dir.join(format!("{role}-{name}"));
+        ok(keel()
+            .args(["cert", "issue", "--role", role, "--name", name, "--ca"])
+            .arg(self.dir.join("ca"))
+            .arg("--out")
+            .arg(&out));
+        out
+    }
+
+    pub fn spawn(&mut self, name: &str, role: &str, config: &Path) {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let child = keel()
+            .arg(role)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs.push((name.to_string(), Some(child)));
+    }
+
+    pub fn kill(&mut self, name: &str) {
+        let (_, p) = self
+            .procs
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        let mut child = p.take().unwrap_or_else(|| panic!("{name} already killed"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Asks controller `i` (0-based) as the operator.
+    pub fn ask(&self, i: usize, args: &[&str]) -> Option<Value> {
+        let out = keel()
+            .args(args)
+            .arg("--controller")
+            .arg(format!("127.0.0.1:{}", self.ctl_ports[i]))
+            .args(["--name", &format!("ctl-{}", i + 1), "--credentials"])
+            .arg(self.dir.join("operator-op"))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())?
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for (name, _) in &self.procs {
+            let text =
+                std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            s += &format!("--- {name} (last lines)\n");
+            for l in tail.iter().rev() {
+                s += l;
+                s += "\n";
+            }
+        }
+        s
+    }
+}
+
+/// Waits until `f` returns something, up to `limit`; the limit only
+/// bounds a failing run.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    None
+}
