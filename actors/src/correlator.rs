@@ -6,7 +6,8 @@
 //! job, as supervised children, and routes the sensors' summaries and
 //! readings to them. A correlator holds its job's topology, runs the
 //! detection engine over the summaries and reports each finding to the
-//! controller until a replica has committed it.
+//! controller until a replica has committed it, and later its close once
+//! the condition has cleared.
 
 use crate::client::{ControllerAddr, ControllerClient};
 use crate::controller::queries::params;
@@ -17,9 +18,11 @@ use keel_transport::{Credentials, Options, Server};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 const HELLO_EVERY: Duration = Duration::from_millis(500);
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -318,8 +321,47 @@ pub struct CorrelatorActor;
 
 pub struct CorrelatorState {
     engine: Engine,
-    client: ControllerClient,
     found: Vec<Finding>,
+    /// To this correlator's one delivery task, which outlives it so that
+    /// what was concluded before a stop or a crash still reaches the
+    /// controller.
+    reports: mpsc::UnboundedSender<Report>,
+}
+
+/// What a correlator tells the controller.
+enum Report {
+    Open(Finding),
+    Close(Finding),
+}
+
+impl CorrelatorState {
+    /// Queues what the last input concluded. Its findings go first: a
+    /// finding concluded and cleared by the same input must be open before
+    /// it can be closed.
+    fn queue_reports(&mut self) {
+        for f in self.found.drain(..) {
+            tracing::info!(
+                kind = %f.kind.wire(),
+                cause = %f.cause,
+                job = ?f.job,
+                rank = ?f.rank,
+                node = ?f.node,
+                "finding concluded; reporting it"
+            );
+            let _ = self.reports.send(Report::Open(f));
+        }
+        for f in self.engine.take_cleared() {
+            tracing::info!(
+                kind = %f.kind.wire(),
+                job = ?f.job,
+                rank = ?f.rank,
+                node = ?f.node,
+                evidence = ?f.evidence,
+                "finding cleared; reporting its close"
+            );
+            let _ = self.reports.send(Report::Close(f));
+        }
+    }
 }
 
 impl Actor for CorrelatorActor {
@@ -332,14 +374,17 @@ impl Actor for CorrelatorActor {
         _myself: ActorRef<CorrelatorMsg>,
         args: CorrelatorArgs,
     ) -> Result<CorrelatorState, ActorProcessingErr> {
-        let mut engine = Engine::default();
-        let mut found = Vec::new();
-        engine.push(&Record::Job(Box::new(args.record)), &mut found);
-        Ok(CorrelatorState {
-            engine,
-            client: args.client,
-            found,
-        })
+        let (reports, queue) = mpsc::unbounded_channel();
+        tokio::spawn(deliver(args.client, queue));
+        let mut state = CorrelatorState {
+            engine: Engine::default(),
+            found: Vec::new(),
+            reports,
+        };
+        let record = Record::Job(Box::new(args.record));
+        state.engine.push(&record, &mut state.found);
+        state.queue_reports();
+        Ok(state)
     }
 
     async fn handle(
@@ -348,53 +393,102 @@ impl Actor for CorrelatorActor {
         msg: CorrelatorMsg,
         state: &mut CorrelatorState,
     ) -> Result<(), ActorProcessingErr> {
+        // Reports are queued after each input, not after the batch: an
+        // episode may close and the next one open within one batch, and
+        // the controller must see them in that order.
         match msg {
-            CorrelatorMsg::Job(record) => state.engine.push(&Record::Job(record), &mut state.found),
+            CorrelatorMsg::Job(record) => {
+                state.engine.push(&Record::Job(record), &mut state.found);
+                state.queue_reports();
+            }
             CorrelatorMsg::Summaries(batch) => {
                 for s in &batch {
                     state.engine.push_window(s, &mut state.found);
+                    state.queue_reports();
                 }
             }
             CorrelatorMsg::Metrics(batch) => {
                 for m in batch {
                     state.engine.push(&Record::Metric(m), &mut state.found);
+                    state.queue_reports();
                 }
             }
             CorrelatorMsg::Crash => panic!("correlator crash injected"),
         }
-        for f in state.found.drain(..) {
-            tracing::info!(
-                kind = %f.kind.wire(),
-                cause = %f.cause,
-                job = ?f.job,
-                rank = ?f.rank,
-                node = ?f.node,
-                "finding concluded; reporting it"
-            );
-            tokio::spawn(report(state.client.clone(), f));
-        }
         Ok(())
+    }
+}
+
+/// Delivers one correlator's reports one at a time, in the order they were
+/// queued, so that a finding's close never overtakes its open. Ends once
+/// the correlator is gone and its queue is empty.
+async fn deliver(client: ControllerClient, mut queue: mpsc::UnboundedReceiver<Report>) {
+    while let Some(r) = queue.recv().await {
+        match r {
+            Report::Open(f) => open(&client, f).await,
+            Report::Close(f) => close(&client, f).await,
+        }
     }
 }
 
 /// Reports a finding until a replica has committed it. A retry of the
 /// same finding is the same proposal, and an open finding of the same kind
 /// at the same place is recognised as such, so nothing is counted twice.
-async fn report(client: ControllerClient, f: Finding) {
-    let mut delay = Duration::from_millis(100);
-    for attempt in 0..30u32 {
+async fn open(client: &ControllerClient, f: Finding) {
+    let sent = retry("finding not committed yet", || async {
         match client
             .request(Message::Finding(f.clone()), ASK_TIMEOUT * 3)
-            .await
+            .await?
         {
-            Ok(Message::Ack(a)) if a.ok => return,
-            Ok(other) => tracing::warn!(attempt, answer = ?other, "finding not committed yet"),
-            Err(e) => tracing::warn!(attempt, error = %e, "finding not committed yet"),
+            Message::Ack(a) if a.ok => Ok(()),
+            other => anyhow::bail!("answered {other:?}"),
+        }
+    })
+    .await;
+    if !sent {
+        tracing::error!(kind = %f.kind.wire(), job = ?f.job, "finding given up after 30 tries");
+    }
+}
+
+/// Closes the controller's open finding of the same kind and place. Any
+/// answer will do: "not open" means that its open was never committed or
+/// that it was closed already, and either way nothing is left to close.
+async fn close(client: &ControllerClient, f: Finding) {
+    let json = match serde_json::to_string(&f) {
+        Ok(json) => json,
+        Err(e) => {
+            tracing::error!(kind = %f.kind.wire(), error = %e, "finding close not encodable");
+            return;
+        }
+    };
+    let sent = retry("finding close not committed yet", || async {
+        let asked = params([("finding", json.clone())]);
+        client.ask("close_finding", asked, ASK_TIMEOUT * 3).await?;
+        Ok(())
+    })
+    .await;
+    if !sent {
+        tracing::error!(kind = %f.kind.wire(), job = ?f.job, "finding close given up after 30 tries");
+    }
+}
+
+/// Tries `attempt` up to 30 times with backoff, the controller being
+/// between leaders or unreachable for a while; false when every try failed.
+async fn retry<F, Fut>(what: &str, mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut delay = Duration::from_millis(100);
+    for n in 0..30u32 {
+        match attempt().await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(attempt = n, error = %e, "{what}"),
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
-    tracing::error!(kind = %f.kind.wire(), job = ?f.job, "finding given up after 30 tries");
+    false
 }
 
 /// Reads a host's counters, for tests and the demo.

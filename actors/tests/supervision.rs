@@ -1,14 +1,15 @@
 //! The actor layer with its real parts: a one-replica controller, a
 //! correlator host and a sensor, over QUIC on loopback. A correlator that
 //! panics is restarted by its host and counted, and its sibling is left
-//! alone; a sensor's push source takes collectives from a real UDP socket.
+//! alone; a finding that clears is closed on the controller; a sensor's push
+//! source takes collectives from a real UDP socket.
 
 use keel_actors::client::{ControllerAddr, ControllerClient};
 use keel_actors::controller::{self, queries::params};
 use keel_actors::correlator::{self, CorrelatorConfig, HostMsg};
 use keel_actors::sensor::{self, SensorConfig};
 use keel_actors::sources::SourceConfig;
-use keel_model::{JobRecord, JobState, Role};
+use keel_model::{JobRecord, JobState, MetricLabels, MetricName, MetricSample, Role};
 use keel_transport::certs::{Ca, Validity};
 use keel_transport::Credentials;
 use std::collections::BTreeMap;
@@ -130,6 +131,94 @@ async fn a_crashed_correlator_is_restarted_and_its_sibling_keeps_running() {
         "only the crashed one restarts"
     );
     assert_eq!(after.jobs, vec!["j1", "j2"], "both correlators run again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finding_that_clears_is_closed_on_the_controller() {
+    let dir = tmp("clearing");
+    let ca = Ca::generate(Validity::days(1)).unwrap();
+    let cfg = controller::Config {
+        id: 1,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.0.join("ctl-1"),
+        credentials: issue(&dir.0, &ca, Role::Controller, "ctl-1"),
+        peers: Vec::new(),
+        join: false,
+    };
+    let ctl = controller::start(cfg, None).await.unwrap();
+    let controllers = vec![ControllerAddr {
+        addr: ctl.addr,
+        name: "ctl-1".into(),
+    }];
+    let host = correlator::start(CorrelatorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: None,
+        credentials: issue(&dir.0, &ca, Role::Correlator, "corr-a"),
+        controllers: controllers.clone(),
+    })
+    .await
+    .unwrap();
+    let op = Credentials::from_dir(&issue(&dir.0, &ca, Role::Operator, "op")).unwrap();
+    let client = ControllerClient::new(&op, &controllers).unwrap();
+    let record = serde_json::to_string(&job("j1")).unwrap();
+    eventually(async || {
+        client
+            .ask(
+                "job",
+                params([("record", record.clone())]),
+                Duration::from_secs(2),
+            )
+            .await
+            .ok()
+    })
+    .await
+    .expect("job registered");
+    eventually(async || {
+        let s = correlator::stats(&host.actor).await?;
+        (s.jobs.len() == 1).then_some(())
+    })
+    .await
+    .expect("the job assigned to the only host");
+
+    // GPU 0 of the running job holds its memory idle for 70 s of trace
+    // time (a squatter), then releases it: found, then closed 5 s later.
+    let labels = MetricLabels {
+        gpu: Some(0),
+        ..MetricLabels::default()
+    };
+    let mut metrics = Vec::new();
+    for i in 0..80u32 {
+        let ts = 100.0 + f64::from(i);
+        let used = if i < 70 { 81_000.0 } else { 300.0 };
+        for (name, value) in [
+            (MetricName::FbUsed, used),
+            (MetricName::FbFree, 81_920.0 - used),
+            (MetricName::GpuUtil, 0.0),
+        ] {
+            metrics.push(MetricSample {
+                ts,
+                node: "n1".into(),
+                name,
+                labels: labels.clone(),
+                value,
+            });
+        }
+    }
+    host.actor.cast(HostMsg::Metrics(metrics)).unwrap();
+    let closed = eventually(async || {
+        let body = client
+            .ask("findings", BTreeMap::new(), Duration::from_secs(2))
+            .await
+            .ok()?;
+        let all: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
+        let f = all
+            .iter()
+            .find(|e| e["finding"]["kind"] == "gpu_squatter")?;
+        f["closed"].as_f64()
+    })
+    .await
+    .expect("the squatter was never closed");
+    assert!((175.0..180.0).contains(&closed), "closed at {closed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 //! while the cache stays full and requests wait: a hung or crashed worker).
 
 use crate::config::EngineConfig;
-use crate::episode::{Episode, Step};
+use crate::episode::{Episode, Reported, Step};
 use crate::stats::Ring;
 use keel_model::{
     Cause, Finding, FindingKind, MetricName, MetricSample, Name, Severity, Timestamp,
@@ -19,6 +19,8 @@ struct EngineState {
     waiting_history: Ring<(Timestamp, f64)>,
     saturation: Episode,
     stall: Episode,
+    saturation_reported: Reported,
+    stall_reported: Reported,
 }
 
 impl Default for EngineState {
@@ -30,6 +32,8 @@ impl Default for EngineState {
             waiting_history: Ring::new(64),
             saturation: Episode::Idle,
             stall: Episode::Idle,
+            saturation_reported: Reported::default(),
+            stall_reported: Reported::default(),
         }
     }
 }
@@ -49,7 +53,15 @@ impl EngineHealthDetector {
         }
     }
 
-    pub fn push(&mut self, s: &MetricSample, now: Timestamp, out: &mut Vec<Finding>) {
+    /// Findings concluded go to `out`; the clearings of findings whose
+    /// condition has cleared go to `cleared`.
+    pub fn push(
+        &mut self,
+        s: &MetricSample,
+        now: Timestamp,
+        out: &mut Vec<Finding>,
+        cleared: &mut Vec<Finding>,
+    ) {
         if !matches!(
             s.name,
             MetricName::VllmKvCacheUsage
@@ -107,11 +119,12 @@ impl EngineHealthDetector {
         } else {
             format!("{} ({model})", s.node)
         };
-        if let Step::Concluded { since } =
-            e.saturation
-                .observe(saturated, s.ts, cfg.saturation_sustain_s, cfg.clear_s)
+        match e
+            .saturation
+            .observe(saturated, s.ts, cfg.saturation_sustain_s, cfg.clear_s)
         {
-            out.push(finding(
+            Step::Concluded { since } => out.push(finding(
+                &mut e.saturation_reported,
                 FindingKind::KvCacheSaturation,
                 Severity::Warning,
                 now,
@@ -127,7 +140,9 @@ impl EngineHealthDetector {
                         cfg.growth_window_s
                     ),
                 ],
-            ));
+            )),
+            Step::Closed => cleared.extend(e.saturation_reported.clear(now)),
+            Step::Nothing => {}
         }
 
         let stalled = if e.stall.is_open() {
@@ -135,11 +150,12 @@ impl EngineHealthDetector {
         } else {
             running < 1.0 && usage >= cfg.kv_full && waiting >= 1.0
         };
-        if let Step::Concluded { since } =
-            e.stall
-                .observe(stalled, s.ts, cfg.stall_sustain_s, cfg.clear_s)
+        match e
+            .stall
+            .observe(stalled, s.ts, cfg.stall_sustain_s, cfg.clear_s)
         {
-            out.push(finding(
+            Step::Concluded { since } => out.push(finding(
+                &mut e.stall_reported,
                 FindingKind::EngineStall,
                 Severity::Critical,
                 now,
@@ -151,19 +167,23 @@ impl EngineHealthDetector {
                         usage * 100.0
                     ),
                 ],
-            ));
+            )),
+            Step::Closed => cleared.extend(e.stall_reported.clear(now)),
+            Step::Nothing => {}
         }
     }
 }
 
+/// The finding, remembered in `reported` for its clearing.
 fn finding(
+    reported: &mut Reported,
     kind: FindingKind,
     severity: Severity,
     now: Timestamp,
     node: &Name,
     evidence: Vec<String>,
 ) -> Finding {
-    Finding {
+    let f = Finding {
         ts: now,
         kind,
         cause: Cause::Engine,
@@ -175,5 +195,7 @@ fn finding(
         gpu: None,
         device: None,
         evidence,
-    }
+    };
+    reported.set(&f);
+    f
 }

@@ -3,7 +3,7 @@
 //! closes once the condition has stayed clear long enough. Time is the
 //! caller's (trace time), never the wall clock.
 
-use keel_model::Timestamp;
+use keel_model::{Finding, Timestamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Episode {
@@ -97,6 +97,41 @@ impl Episode {
     }
 }
 
+/// The finding an open episode reported. It is kept because its close must
+/// name the same place (job, node, rank, GPU, device) as its open did, even
+/// when the topology has changed since, so that the controller closes the
+/// finding this episode opened.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reported(Option<Finding>);
+
+impl Reported {
+    pub fn set(&mut self, f: &Finding) {
+        self.0 = Some(Finding {
+            evidence: Vec::new(),
+            job: f.job.clone(),
+            node: f.node.clone(),
+            device: f.device.clone(),
+            ..*f
+        });
+    }
+
+    /// The clearing of the reported finding, at `now`; `None` when the
+    /// episode reported nothing, since there is nothing to close then.
+    pub fn clear(&mut self, now: Timestamp) -> Option<Finding> {
+        let f = self.0.take()?;
+        let line = format!(
+            "{} cleared at {now:.1}, {:.1} s after it was reported",
+            f.kind.wire(),
+            now - f.ts
+        );
+        Some(Finding {
+            ts: now,
+            evidence: vec![line],
+            ..f
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +165,33 @@ mod tests {
             e.observe(true, 14.5, 2.0, 3.0),
             Step::Concluded { since: 12.5 }
         );
+    }
+
+    #[test]
+    fn a_clearing_repeats_the_reported_locus_once() {
+        use keel_model::{Cause, FindingKind, Severity};
+        let mut r = Reported::default();
+        assert_eq!(r.clear(5.0), None);
+        let f = Finding {
+            ts: 10.0,
+            kind: FindingKind::NicSaturation,
+            cause: Cause::Network,
+            severity: Severity::Warning,
+            confidence: 0.9,
+            job: None,
+            node: Some("n01".into()),
+            rank: None,
+            gpu: None,
+            device: Some("mlx5_0".into()),
+            evidence: vec!["at line rate".into()],
+        };
+        r.set(&f);
+        let c = r.clear(17.5).expect("reported before");
+        assert_eq!((c.kind, c.ts), (f.kind, 17.5));
+        assert_eq!((&c.node, &c.device), (&f.node, &f.device));
+        assert_eq!(c.locus(), f.locus());
+        assert_eq!(c.evidence.len(), 1);
+        assert!(c.evidence[0].contains("7.5 s"), "{:?}", c.evidence);
+        assert_eq!(r.clear(20.0), None);
     }
 }

@@ -1,10 +1,12 @@
 //! keel's detection brain, written sans-IO.
 //!
-//! Records go in (`Engine::push`), findings come out. Time is the records'
-//! own, never the wall clock, so a replayed trace gives the same findings on
-//! any machine at any speed, and a test feeds records and reads findings with
-//! no sockets and no sleeps. The correlator actor runs one `Engine` per job;
-//! `keel replay` runs one over a whole trace.
+//! Records go in (`Engine::push`), findings come out, and later the
+//! clearings of those findings whose condition has gone
+//! (`Engine::take_cleared`). Time is the records' own, never the wall clock,
+//! so a replayed trace gives the same findings on any machine at any speed,
+//! and a test feeds records and reads findings with no sockets and no
+//! sleeps. The correlator actor runs one `Engine` per job; `keel replay`
+//! runs one over a whole trace.
 
 pub mod attribute;
 pub mod config;
@@ -54,6 +56,8 @@ pub struct Engine {
     last_prune: Timestamp,
     records: u64,
     findings: u64,
+    /// Clearings not yet taken: at most one per finding emitted.
+    cleared: Vec<Finding>,
 }
 
 impl Default for Engine {
@@ -76,6 +80,7 @@ impl Engine {
             last_prune: f64::NEG_INFINITY,
             records: 0,
             findings: 0,
+            cleared: Vec::new(),
         }
     }
 
@@ -84,7 +89,8 @@ impl Engine {
         self.now
     }
 
-    /// Feeds one record; findings concluded because of it are appended to `out`.
+    /// Feeds one record; findings concluded because of it are appended to
+    /// `out`, and clearings it caused wait for `take_cleared`.
     pub fn push(&mut self, record: &Record, out: &mut Vec<Finding>) {
         self.records += 1;
         let ts = record.ts();
@@ -95,8 +101,9 @@ impl Engine {
         match record {
             Record::Job(job) => {
                 if self.topology.apply(job) {
-                    self.straggler.end_job(&job.job);
-                    self.windowed.end_job(&job.job);
+                    let cleared = &mut self.cleared;
+                    self.straggler.end_job(&job.job, self.now, cleared);
+                    self.windowed.end_job(&job.job, self.now, cleared);
                 }
             }
             Record::Collective(c) => {
@@ -105,13 +112,16 @@ impl Engine {
                     signals: &self.signals,
                     now: self.now,
                 };
-                self.straggler.push(c, &inputs, out);
+                self.straggler.push(c, &inputs, out, &mut self.cleared);
             }
             Record::Metric(m) => {
                 if let Some((_, derived)) = self.signals.push(m) {
-                    self.squatter.push(m, &self.topology, self.now, out);
-                    self.engine_health.push(m, self.now, out);
-                    self.network.push(m, derived, &self.signals, self.now, out);
+                    let cleared = &mut self.cleared;
+                    self.squatter
+                        .push(m, &self.topology, self.now, out, cleared);
+                    self.engine_health.push(m, self.now, out, cleared);
+                    self.network
+                        .push(m, derived, &self.signals, self.now, out, cleared);
                 }
             }
             Record::Request(_) => {}
@@ -137,8 +147,17 @@ impl Engine {
             signals: &self.signals,
             now: self.now,
         };
-        self.windowed.push_window(s, ts, &inputs, out);
+        self.windowed
+            .push_window(s, ts, &inputs, out, &mut self.cleared);
         self.findings += (out.len() - before) as u64;
+    }
+
+    /// Findings whose condition has cleared since the last call, oldest
+    /// first. Each has the kind and locus of a finding `push` or
+    /// `push_window` emitted earlier, `ts` at the trace time it cleared and
+    /// one line of evidence; no finding clears twice.
+    pub fn take_cleared(&mut self) -> Vec<Finding> {
+        std::mem::take(&mut self.cleared)
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -3,7 +3,7 @@
 //! `nic_saturation` (a NIC at line rate with its queue building).
 
 use crate::config::NetworkConfig;
-use crate::episode::{Episode, Step};
+use crate::episode::{Episode, Reported, Step};
 use crate::signals::{SignalStore, Sub};
 use keel_model::{
     Cause, Dir, Finding, FindingKind, MetricName, MetricSample, Name, Severity, Timestamp,
@@ -13,8 +13,8 @@ use rustc_hash::FxHashMap as HashMap;
 #[derive(Debug)]
 pub struct NetworkDetector {
     cfg: NetworkConfig,
-    storms: HashMap<Name, Episode>,
-    saturation: HashMap<(Name, Name, Option<Dir>), Episode>,
+    storms: HashMap<Name, (Episode, Reported)>,
+    saturation: HashMap<(Name, Name, Option<Dir>), (Episode, Reported)>,
 }
 
 impl NetworkDetector {
@@ -26,7 +26,9 @@ impl NetworkDetector {
         }
     }
 
-    /// Called after `signals` took the sample, with the rate or value it derived.
+    /// Called after `signals` took the sample, with the rate or value it
+    /// derived. Findings concluded go to `out`; the clearings of findings
+    /// whose condition has cleared go to `cleared`.
     pub fn push(
         &mut self,
         s: &MetricSample,
@@ -34,10 +36,11 @@ impl NetworkDetector {
         signals: &SignalStore,
         now: Timestamp,
         out: &mut Vec<Finding>,
+        cleared: &mut Vec<Finding>,
     ) {
         match s.name {
-            MetricName::TcpRetransSegs => self.retransmits(s, derived, signals, now, out),
-            MetricName::DpuNicLinkUtil => self.link(s, derived, signals, now, out),
+            MetricName::TcpRetransSegs => self.retransmits(s, derived, signals, now, out, cleared),
+            MetricName::DpuNicLinkUtil => self.link(s, derived, signals, now, out, cleared),
             _ => {}
         }
     }
@@ -49,9 +52,10 @@ impl NetworkDetector {
         signals: &SignalStore,
         now: Timestamp,
         out: &mut Vec<Finding>,
+        cleared: &mut Vec<Finding>,
     ) {
         let cfg = &self.cfg;
-        let episode = self.storms.entry(s.node.clone()).or_default();
+        let (episode, reported) = self.storms.entry(s.node.clone()).or_default();
         let out_rate = signals
             .get(&s.node, MetricName::TcpOutSegs, &Sub::Node)
             .and_then(|x| x.latest())
@@ -70,39 +74,46 @@ impl NetworkDetector {
         let base_ok = episode.is_open()
             || baseline.is_none_or(|b| rate >= cfg.retrans_over_baseline * b.max(1.0));
         let holds = rate >= min_rate && share_ok && base_ok;
-        if let Step::Concluded { since } = episode.observe(holds, s.ts, cfg.sustain_s, cfg.clear_s)
-        {
-            let mut evidence = vec![format!(
-                "{}: {rate:.0} TCP retransmits/s since {since:.1}",
-                s.node
-            )];
-            if let Some(o) = out_rate {
-                evidence.push(format!(
-                    "{:.2}% of {o:.0} segments/s sent",
-                    100.0 * rate / o.max(1.0)
-                ));
+        let since = match episode.observe(holds, s.ts, cfg.sustain_s, cfg.clear_s) {
+            Step::Concluded { since } => since,
+            Step::Closed => {
+                cleared.extend(reported.clear(now));
+                return;
             }
-            if let Some(b) = baseline {
-                evidence.push(format!("node's usual rate {b:.1}/s"));
-            }
-            out.push(Finding {
-                ts: now,
-                kind: FindingKind::RetransmitStorm,
-                cause: Cause::Network,
-                severity: Severity::Warning,
-                confidence: if out_rate.is_some() && baseline.is_some() {
-                    0.9
-                } else {
-                    0.7
-                },
-                job: None,
-                node: Some(s.node.clone()),
-                rank: None,
-                gpu: None,
-                device: None,
-                evidence,
-            });
+            Step::Nothing => return,
+        };
+        let mut evidence = vec![format!(
+            "{}: {rate:.0} TCP retransmits/s since {since:.1}",
+            s.node
+        )];
+        if let Some(o) = out_rate {
+            evidence.push(format!(
+                "{:.2}% of {o:.0} segments/s sent",
+                100.0 * rate / o.max(1.0)
+            ));
         }
+        if let Some(b) = baseline {
+            evidence.push(format!("node's usual rate {b:.1}/s"));
+        }
+        let f = Finding {
+            ts: now,
+            kind: FindingKind::RetransmitStorm,
+            cause: Cause::Network,
+            severity: Severity::Warning,
+            confidence: if out_rate.is_some() && baseline.is_some() {
+                0.9
+            } else {
+                0.7
+            },
+            job: None,
+            node: Some(s.node.clone()),
+            rank: None,
+            gpu: None,
+            device: None,
+            evidence,
+        };
+        reported.set(&f);
+        out.push(f);
     }
 
     fn link(
@@ -112,12 +123,13 @@ impl NetworkDetector {
         signals: &SignalStore,
         now: Timestamp,
         out: &mut Vec<Finding>,
+        cleared: &mut Vec<Finding>,
     ) {
         let cfg = &self.cfg;
         let Some(device) = s.labels.device.clone() else {
             return;
         };
-        let episode = self
+        let (episode, reported) = self
             .saturation
             .entry((s.node.clone(), device.clone(), s.labels.dir))
             .or_default();
@@ -135,34 +147,41 @@ impl NetworkDetector {
         } else {
             util >= cfg.nic_util && queue.is_none_or(|q| q >= cfg.nic_queue)
         };
-        if let Step::Concluded { since } = episode.observe(holds, s.ts, cfg.sustain_s, cfg.clear_s)
-        {
-            let dir = match s.labels.dir {
-                Some(Dir::Rx) => " RX",
-                Some(Dir::Tx) => " TX",
-                None => "",
-            };
-            let mut evidence = vec![format!(
-                "{} {device}{dir} at {:.0}% of line rate since {since:.1}",
-                s.node,
-                util * 100.0
-            )];
-            if let Some(q) = queue {
-                evidence.push(format!("queue depth {q:.0} packets"));
+        let since = match episode.observe(holds, s.ts, cfg.sustain_s, cfg.clear_s) {
+            Step::Concluded { since } => since,
+            Step::Closed => {
+                cleared.extend(reported.clear(now));
+                return;
             }
-            out.push(Finding {
-                ts: now,
-                kind: FindingKind::NicSaturation,
-                cause: Cause::Network,
-                severity: Severity::Warning,
-                confidence: if queue.is_some() { 0.9 } else { 0.7 },
-                job: None,
-                node: Some(s.node.clone()),
-                rank: None,
-                gpu: None,
-                device: Some(device),
-                evidence,
-            });
+            Step::Nothing => return,
+        };
+        let dir = match s.labels.dir {
+            Some(Dir::Rx) => " RX",
+            Some(Dir::Tx) => " TX",
+            None => "",
+        };
+        let mut evidence = vec![format!(
+            "{} {device}{dir} at {:.0}% of line rate since {since:.1}",
+            s.node,
+            util * 100.0
+        )];
+        if let Some(q) = queue {
+            evidence.push(format!("queue depth {q:.0} packets"));
         }
+        let f = Finding {
+            ts: now,
+            kind: FindingKind::NicSaturation,
+            cause: Cause::Network,
+            severity: Severity::Warning,
+            confidence: if queue.is_some() { 0.9 } else { 0.7 },
+            job: None,
+            node: Some(s.node.clone()),
+            rank: None,
+            gpu: None,
+            device: Some(device),
+            evidence,
+        };
+        reported.set(&f);
+        out.push(f);
     }
 }

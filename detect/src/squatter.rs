@@ -6,7 +6,7 @@
 //! loading and warm-up look the same for a while.
 
 use crate::config::SquatterConfig;
-use crate::episode::{Episode, Step};
+use crate::episode::{Episode, Reported, Step};
 use crate::topology::Topology;
 use keel_model::{
     Cause, Finding, FindingKind, MetricName, MetricSample, Name, Severity, Timestamp,
@@ -20,6 +20,7 @@ struct GpuState {
     util: Option<(Timestamp, f64)>,
     power: Option<(Timestamp, f64)>,
     episode: Episode,
+    reported: Reported,
 }
 
 #[derive(Debug)]
@@ -36,12 +37,15 @@ impl SquatterDetector {
         }
     }
 
+    /// Findings concluded go to `out`; the clearings of findings whose GPU
+    /// was released go to `cleared`.
     pub fn push(
         &mut self,
         s: &MetricSample,
         topology: &Topology,
         now: Timestamp,
         out: &mut Vec<Finding>,
+        cleared: &mut Vec<Finding>,
     ) {
         let Some(gpu) = s.labels.gpu else { return };
         match s.name {
@@ -78,43 +82,51 @@ impl SquatterDetector {
         } else {
             cfg.owned_sustain_s
         };
-        if let Step::Concluded { since } = g.episode.observe(holds, s.ts, sustain, cfg.clear_s) {
-            let mut evidence = vec![format!(
-                "{} gpu {gpu}: framebuffer {:.1}% used ({:.0} of {:.0} MiB) at {:.0}% utilisation for {:.0} s",
-                s.node,
-                share * 100.0,
-                used,
-                total,
-                util,
-                s.ts - since
-            )];
-            if let Some((_, w)) = fresh(g.power) {
-                evidence.push(format!("still drawing {w:.0} W"));
+        let since = match g.episode.observe(holds, s.ts, sustain, cfg.clear_s) {
+            Step::Concluded { since } => since,
+            Step::Closed => {
+                cleared.extend(g.reported.clear(now));
+                return;
             }
-            match holder {
-                Some(h) if h.state.is_finished() => evidence.push(format!(
-                    "job {} that held it ended {} at {:.1}; nothing has released the memory",
-                    h.job, h.state, h.since
-                )),
-                Some(h) => evidence.push(format!(
-                    "job {} still reports {} but does no work on this GPU",
-                    h.job, h.state
-                )),
-                None => evidence.push("no known job holds this GPU".into()),
-            }
-            out.push(Finding {
-                ts: now,
-                kind: FindingKind::GpuSquatter,
-                cause: Cause::Engine,
-                severity: Severity::Warning,
-                confidence: if holder.is_some() { 0.9 } else { 0.75 },
-                job: holder.map(|h| h.job.clone()),
-                node: Some(s.node.clone()),
-                rank: None,
-                gpu: Some(gpu),
-                device: None,
-                evidence,
-            });
+            Step::Nothing => return,
+        };
+        let mut evidence = vec![format!(
+            "{} gpu {gpu}: framebuffer {:.1}% used ({:.0} of {:.0} MiB) at {:.0}% utilisation for {:.0} s",
+            s.node,
+            share * 100.0,
+            used,
+            total,
+            util,
+            s.ts - since
+        )];
+        if let Some((_, w)) = fresh(g.power) {
+            evidence.push(format!("still drawing {w:.0} W"));
         }
+        match holder {
+            Some(h) if h.state.is_finished() => evidence.push(format!(
+                "job {} that held it ended {} at {:.1}; nothing has released the memory",
+                h.job, h.state, h.since
+            )),
+            Some(h) => evidence.push(format!(
+                "job {} still reports {} but does no work on this GPU",
+                h.job, h.state
+            )),
+            None => evidence.push("no known job holds this GPU".into()),
+        }
+        let f = Finding {
+            ts: now,
+            kind: FindingKind::GpuSquatter,
+            cause: Cause::Engine,
+            severity: Severity::Warning,
+            confidence: if holder.is_some() { 0.9 } else { 0.75 },
+            job: holder.map(|h| h.job.clone()),
+            node: Some(s.node.clone()),
+            rank: None,
+            gpu: Some(gpu),
+            device: None,
+            evidence,
+        };
+        g.reported.set(&f);
+        out.push(f);
     }
 }

@@ -13,7 +13,7 @@
 
 use crate::attribute::{attribute, Attribution, Site};
 use crate::config::StragglerConfig;
-use crate::episode::{Episode, Step};
+use crate::episode::{Episode, Reported, Step};
 use crate::signals::SignalStore;
 use crate::stats::{median_in_place, Ring};
 use crate::topology::Topology;
@@ -47,6 +47,7 @@ struct RankTiming {
     habit: Option<f64>,
     /// Concluded but not yet reported: waiting for attribution.
     unreported: Option<Timestamp>,
+    reported: Reported,
     median_us: f64,
     period_s: f64,
 }
@@ -61,6 +62,7 @@ impl RankTiming {
             episode: Episode::Idle,
             habit: None,
             unreported: None,
+            reported: Reported::default(),
             median_us: 0.0,
             period_s: 0.0,
         }
@@ -121,12 +123,28 @@ impl StragglerDetector {
         }
     }
 
-    /// Forgets a job that has ended.
-    pub fn end_job(&mut self, job: &Name) {
-        self.jobs.remove(job);
+    /// Forgets a job that has ended. Its reported stragglers clear with it:
+    /// no collective will ever close their episodes.
+    pub fn end_job(&mut self, job: &Name, now: Timestamp, cleared: &mut Vec<Finding>) {
+        let Some(timing) = self.jobs.remove(job) else {
+            return;
+        };
+        let mut ranks: Vec<(u32, RankTiming)> = timing.ranks.into_iter().collect();
+        ranks.sort_unstable_by_key(|(r, _)| *r);
+        for (_, mut rt) in ranks {
+            cleared.extend(rt.reported.clear(now));
+        }
     }
 
-    pub fn push(&mut self, rec: &CollectiveRecord, inp: &Inputs, out: &mut Vec<Finding>) {
+    /// Findings concluded go to `out`; the clearings of findings whose rank
+    /// has caught up go to `cleared`.
+    pub fn push(
+        &mut self,
+        rec: &CollectiveRecord,
+        inp: &Inputs,
+        out: &mut Vec<Finding>,
+        cleared: &mut Vec<Finding>,
+    ) {
         let at = At {
             job: &rec.job,
             node: &rec.node,
@@ -134,7 +152,7 @@ impl StragglerDetector {
             seq: rec.seq,
             ts: rec.ts,
         };
-        self.add(at, rec.dur_us, None, inp, out);
+        self.add(at, rec.dur_us, None, inp, out, cleared);
     }
 
     /// One rank's window of collectives, summarised by its sensor: the
@@ -146,6 +164,7 @@ impl StragglerDetector {
         ts: Timestamp,
         inp: &Inputs,
         out: &mut Vec<Finding>,
+        cleared: &mut Vec<Finding>,
     ) {
         let at = At {
             job: &s.job,
@@ -155,7 +174,7 @@ impl StragglerDetector {
             ts,
         };
         let step = (s.step_us > 0).then(|| s.step_us as f64 / 1e6);
-        self.add(at, s.dur_p50_us as f64, step, inp, out);
+        self.add(at, s.dur_p50_us as f64, step, inp, out, cleared);
     }
 
     fn add(
@@ -165,6 +184,7 @@ impl StragglerDetector {
         step_s: Option<f64>,
         inp: &Inputs,
         out: &mut Vec<Finding>,
+        cleared: &mut Vec<Finding>,
     ) {
         let window = self.cfg.window;
         if !self.jobs.contains_key(rec.job) {
@@ -224,7 +244,7 @@ impl StragglerDetector {
             }
             self.stats.collectives += 1;
             timing.judged_up_to = Some(timing.judged_up_to.map_or(seq, |s| s.max(seq)));
-            judge(&self.cfg, rec.job, timing, seq, &p, inp, out);
+            judge(&self.cfg, rec.job, timing, seq, &p, inp, out, cleared);
         }
     }
 }
@@ -240,6 +260,7 @@ fn median_without(sorted: &[f64], skip: usize) -> f64 {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn judge(
     cfg: &StragglerConfig,
     job: &Name,
@@ -248,6 +269,7 @@ fn judge(
     pending: &Pending,
     inp: &Inputs,
     out: &mut Vec<Finding>,
+    cleared: &mut Vec<Finding>,
 ) {
     let entries = &pending.entries[..];
     if entries.len() < 2 {
@@ -354,6 +376,8 @@ fn judge(
                 if let Some(since) = rt.unreported.take() {
                     report(cfg, job, rank, since, true, timing, inp, out);
                 }
+                let rt = timing.ranks.get_mut(&rank).expect("listed above");
+                cleared.extend(rt.reported.clear(inp.now));
                 continue;
             }
             Step::Nothing => {}
@@ -414,7 +438,7 @@ fn report(
         rt.last.len(),
     )];
     lines.extend(evidence);
-    out.push(Finding {
+    let f = Finding {
         ts: inp.now,
         kind: FindingKind::TpStraggler,
         cause,
@@ -430,8 +454,11 @@ fn report(
         gpu: who.gpu,
         device: who.nic,
         evidence: lines,
-    });
-    timing.ranks.get_mut(&rank).expect("present").unreported = None;
+    };
+    let rt = timing.ranks.get_mut(&rank).expect("present");
+    rt.unreported = None;
+    rt.reported.set(&f);
+    out.push(f);
 }
 
 #[cfg(test)]

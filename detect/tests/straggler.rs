@@ -2,14 +2,18 @@
 //! no clock. Each test builds a TP job's collectives by the spec's arrival
 //! model (all ranks leave together; a late rank waits least).
 
-use keel_detect::Engine;
-use keel_model::{CollectiveRecord, Finding, JobRecord, JobState, Record};
+use keel_detect::{Config, Engine};
+use keel_model::{CollectiveRecord, Finding, JobRecord, JobState, Record, Timestamp};
 use std::collections::BTreeMap;
 
 const T0: f64 = 1_763_800_000.0;
 const STEP: f64 = 0.04;
 
 fn job(ranks: u32) -> Record {
+    job_at(ranks, T0, JobState::Running)
+}
+
+fn job_at(ranks: u32, ts: Timestamp, state: JobState) -> Record {
     let mut by_node: BTreeMap<keel_model::Name, Vec<u32>> = BTreeMap::new();
     let mut gpus = BTreeMap::new();
     for r in 0..ranks {
@@ -18,10 +22,10 @@ fn job(ranks: u32) -> Record {
         gpus.insert(r, r % (ranks / 2).max(1));
     }
     Record::Job(Box::new(JobRecord {
-        ts: T0,
+        ts,
         node: None,
         job: "j1".into(),
-        state: JobState::Running,
+        state,
         tenant: None,
         nodes: by_node.keys().cloned().collect(),
         ranks: by_node,
@@ -33,6 +37,14 @@ fn job(ranks: u32) -> Record {
     }))
 }
 
+/// What one run produced.
+struct Run {
+    engine: Engine,
+    findings: Vec<Finding>,
+    /// Each clearing with the number of findings emitted before it.
+    cleared: Vec<(usize, Finding)>,
+}
+
 /// `delay(step, rank)` is how late the rank arrives at that step (seconds);
 /// `offset(rank)` its node clock's offset.
 fn run(
@@ -41,8 +53,33 @@ fn run(
     delay: impl Fn(u64, u32) -> f64,
     offset: impl Fn(u32) -> f64,
 ) -> Vec<Finding> {
-    let mut engine = Engine::default();
+    let r = run_all(ranks, steps, delay, offset);
+    assert!(
+        r.cleared.len() <= r.findings.len(),
+        "more clearings than findings: {:?}",
+        r.cleared
+    );
+    r.findings
+}
+
+fn run_all(
+    ranks: u32,
+    steps: u64,
+    delay: impl Fn(u64, u32) -> f64,
+    offset: impl Fn(u32) -> f64,
+) -> Run {
+    run_in(Engine::default(), ranks, steps, delay, offset)
+}
+
+fn run_in(
+    mut engine: Engine,
+    ranks: u32,
+    steps: u64,
+    delay: impl Fn(u64, u32) -> f64,
+    offset: impl Fn(u32) -> f64,
+) -> Run {
     let mut out = Vec::new();
+    let mut cleared = Vec::new();
     engine.push(&job(ranks), &mut out);
     let mut start = T0 + 1.0;
     for seq in 0..steps {
@@ -63,10 +100,17 @@ fn run(
                 dur_us: (leave - arrivals[r as usize]) * 1e6,
             };
             engine.push(&Record::Collective(rec), &mut out);
+            for c in engine.take_cleared() {
+                cleared.push((out.len(), c));
+            }
         }
         start = leave;
     }
-    out
+    Run {
+        engine,
+        findings: out,
+        cleared,
+    }
 }
 
 fn none(_: u32) -> f64 {
@@ -120,6 +164,104 @@ fn a_whole_job_slowing_down_together_is_not_a_straggler() {
 }
 
 #[test]
+fn a_straggler_that_catches_up_clears_once_under_its_locus() {
+    let r = run_all(
+        8,
+        2400,
+        |s, r| {
+            if r == 5 && (1000..1600).contains(&s) {
+                0.1 * STEP
+            } else {
+                0.0
+            }
+        },
+        none,
+    );
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.cleared.len(), 1, "{:?}", r.cleared);
+    let (before, c) = &r.cleared[0];
+    let f = &r.findings[0];
+    assert_eq!(*before, 1, "the clearing came before its finding");
+    assert_eq!(c.kind, f.kind);
+    assert_eq!(c.locus(), f.locus());
+    assert_eq!(
+        (&c.job, &c.node, c.rank, c.gpu, &c.device),
+        (&f.job, &f.node, f.rank, f.gpu, &f.device)
+    );
+    // Rank 5 catches up at step 1600; the episode closes after `clear_s`.
+    let recovered = T0 + 1.0 + 1600.0 * (STEP + 0.0003);
+    assert!(
+        c.ts > f.ts && c.ts > recovered && c.ts - recovered < 6.0,
+        "{c:?}"
+    );
+    assert_eq!(c.evidence.len(), 1, "{:?}", c.evidence);
+}
+
+#[test]
+fn a_straggler_that_clears_before_attribution_is_reported_then_cleared() {
+    let mut cfg = Config::default();
+    cfg.straggler.clear_s = 0.5;
+    cfg.straggler.attribution_grace_s = 60.0;
+    let r = run_in(
+        Engine::new(cfg),
+        8,
+        1400,
+        |s, r| {
+            if r == 5 && (1000..1100).contains(&s) {
+                0.1 * STEP
+            } else {
+                0.0
+            }
+        },
+        none,
+    );
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert_eq!(r.cleared.len(), 1, "{:?}", r.cleared);
+    let (before, c) = &r.cleared[0];
+    assert_eq!(*before, 1);
+    assert_eq!(c.locus(), r.findings[0].locus());
+    // Reported only because it closed: both in the same judgement.
+    assert_eq!(c.ts, r.findings[0].ts);
+}
+
+#[test]
+fn a_straggler_clears_when_its_job_ends() {
+    let mut r = run_all(
+        8,
+        2000,
+        |s, r| if r == 5 && s >= 1000 { 0.1 * STEP } else { 0.0 },
+        none,
+    );
+    assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+    assert!(r.cleared.is_empty(), "{:?}", r.cleared);
+    let end = r.engine.now() + 1.0;
+    r.engine
+        .push(&job_at(8, end, JobState::Completed), &mut r.findings);
+    assert_eq!(r.findings.len(), 1);
+    let cleared = r.engine.take_cleared();
+    assert_eq!(cleared.len(), 1, "{cleared:?}");
+    assert_eq!(cleared[0].locus(), r.findings[0].locus());
+    assert_eq!(cleared[0].ts, end);
+    assert!(r.engine.take_cleared().is_empty());
+}
+
+#[test]
+fn nothing_clears_without_a_finding() {
+    let mut r = run_all(
+        8,
+        2000,
+        |s, _| if s >= 1000 { 0.4 * STEP } else { 0.0 },
+        none,
+    );
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+    assert!(r.cleared.is_empty(), "{:?}", r.cleared);
+    let end = r.engine.now() + 1.0;
+    r.engine
+        .push(&job_at(8, end, JobState::Completed), &mut r.findings);
+    assert!(r.engine.take_cleared().is_empty());
+}
+
+#[test]
 fn one_off_spikes_are_not_a_straggler() {
     // every 50th step one rank is 3 steps late, never twice in a row
     let f = run(
@@ -157,7 +299,7 @@ fn a_habitually_late_rank_is_not_a_straggler_but_its_slowdown_is() {
 
 #[test]
 fn the_episode_is_reported_once_and_a_new_one_after_it_clears() {
-    let f = run(
+    let r = run_all(
         4,
         4000,
         |s, r| {
@@ -169,5 +311,12 @@ fn the_episode_is_reported_once_and_a_new_one_after_it_clears() {
         },
         none,
     );
-    assert_eq!(f.len(), 2, "{f:?}");
+    assert_eq!(r.findings.len(), 2, "{:?}", r.findings);
+    // Each episode's clearing follows its own finding and precedes the next.
+    let before: Vec<usize> = r.cleared.iter().map(|c| c.0).collect();
+    assert_eq!(before, [1, 2], "{:?}", r.cleared);
+    for (f, (_, c)) in r.findings.iter().zip(&r.cleared) {
+        assert_eq!(c.locus(), f.locus());
+        assert!(c.ts > f.ts);
+    }
 }
