@@ -334,7 +334,14 @@ impl Actor for ExecutorActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ExecutorMsg::Command(cmd, reply) => match &mut state.held {
-                Some(q) => q.push_back((cmd, reply)),
+                Some(q) => {
+                    tracing::info!(
+                        key = cmd.idempotency_key,
+                        action = %cmd.action,
+                        "command held: paused"
+                    );
+                    q.push_back((cmd, reply))
+                }
                 None => carry_out(state, cmd, reply).await,
             },
             ExecutorMsg::Hold(true) => {

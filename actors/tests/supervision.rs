@@ -135,6 +135,10 @@ async fn a_crashed_correlator_is_restarted_and_its_sibling_keeps_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finding_that_clears_is_closed_on_the_controller() {
+    let began = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     let dir = tmp("clearing");
     let ca = Ca::generate(Validity::days(1)).unwrap();
     let cfg = controller::Config {
@@ -218,7 +222,9 @@ async fn a_finding_that_clears_is_closed_on_the_controller() {
     })
     .await
     .expect("the squatter was never closed");
-    assert!((175.0..180.0).contains(&closed), "closed at {closed}");
+    // Closed on the controller's clock (as findings are opened on it), so
+    // that verification compares like with like: after this test began.
+    assert!(closed >= began, "closed at {closed}, test began at {began}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,6 +248,7 @@ async fn a_sensor_summarises_collectives_pushed_over_udp() {
         sources: vec![SourceConfig::Push {
             listen: format!("udp://127.0.0.1:{port}"),
         }],
+        executor: None,
     };
     let (sensor, _) = sensor::start(cfg, None).await.unwrap();
     // The endpoint is bound once the sensor has started.

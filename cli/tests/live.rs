@@ -10,7 +10,7 @@ mod support;
 
 use serde_json::Value;
 use std::time::Duration;
-use support::{free_port, keel, ok, wait_for, Cluster};
+use support::{keel, ok, wait_for, Cluster};
 
 fn findings_for(c: &Cluster, alive: &[usize], job: &str) -> Vec<Value> {
     for &i in alive {

@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use support::{free_port, keel, ok, wait_for, Cluster};
+use std::time::Duration;
+use support::{free_port, ok, wait_for, Cluster};
 
 const POLICY: &str = r#"
 # Any straggler: take load off its replica. The simulated ranks carry no
@@ -281,10 +281,16 @@ fn kill_leader_between_dispatch_and_ack(
 ) -> Vec<usize> {
     signal(c, "executor", "-USR1");
     trigger();
+    // Sent by the leader and received, never acknowledged.
+    let held = format!("action={action}");
     wait_for(within, || {
-        (status_of(c, alive, action).as_deref() == Some("dispatched")).then_some(())
+        let log = std::fs::read_to_string(c.dir.join("executor.log")).ok()?;
+        log.lines()
+            .any(|l| l.contains("command held: paused") && l.contains(&held))
+            .then_some(())
     })
-    .unwrap_or_else(|| panic!("{action} never dispatched\n{}", c.logs()));
+    .unwrap_or_else(|| panic!("{action} never reached the executor\n{}", c.logs()));
+    assert_eq!(status_of(c, alive, action).as_deref(), Some("dispatched"));
     let leader = c.leader(alive).expect("no leader");
     c.kill(&format!("ctl-{leader}"));
     signal(c, "executor", "-USR2");
