@@ -14,8 +14,8 @@
 use crate::client::ControllerAddr;
 use anyhow::{bail, Context, Result};
 use keel_adapters::executors::{
-    haproxy::HaproxyExecutor, nic::NicExecutor, slurm::SlurmExecutor, webhook::WebhookExecutor,
-    ExecCommand, ExecError, Executor, Journal,
+    haproxy::HaproxyExecutor, log::LogExecutor, nic::NicExecutor, slurm::SlurmExecutor,
+    webhook::WebhookExecutor, ExecCommand, ExecError, Executor, Journal,
 };
 use keel_model::{Ack, Action, Command, Message, Query};
 use keel_transport::{Backoff, Client, Credentials, Link, Options, Request};
@@ -54,7 +54,14 @@ pub struct ExecutorConfig {
     pub webhook: Option<WebhookConfig>,
     #[serde(default)]
     pub nic: Option<NicConfig>,
+    /// `notify` as a line in this executor's log.
+    #[serde(default)]
+    pub log: Option<LogConfig>,
 }
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {}
 
 fn any_node() -> Vec<String> {
     vec!["*".into()]
@@ -110,8 +117,9 @@ impl ExecutorConfig {
             && self.haproxy.is_none()
             && self.webhook.is_none()
             && self.nic.is_none()
+            && self.log.is_none()
         {
-            bail!("no executor configured: add [slurm], [haproxy], [webhook] or [nic]");
+            bail!("no executor configured: add [slurm], [haproxy], [webhook], [nic] or [log]");
         }
         if self.nic.is_some() && self.nodes.iter().any(|n| n == "*") {
             bail!("[nic] acts on this node only: set `nodes` to this node's name");
@@ -129,7 +137,8 @@ struct Slot {
 enum Kind {
     Slurm,
     Haproxy(BTreeMap<String, String>),
-    Webhook,
+    /// Takes targets as the policy names them (webhook, log).
+    AsIs,
     Nic,
 }
 
@@ -168,6 +177,12 @@ fn slots(cfg: &ExecutorConfig) -> Result<Vec<Slot>> {
             kind: Kind::Nic,
         });
     }
+    if cfg.log.is_some() {
+        out.push(Slot {
+            exec: Box::new(LogExecutor::new(journal(dir, "log")?)),
+            kind: Kind::AsIs,
+        });
+    }
     if let Some(w) = &cfg.webhook {
         out.push(Slot {
             exec: Box::new(WebhookExecutor::new(
@@ -175,7 +190,7 @@ fn slots(cfg: &ExecutorConfig) -> Result<Vec<Slot>> {
                 &w.actions,
                 journal(dir, "webhook")?,
             )?),
-            kind: Kind::Webhook,
+            kind: Kind::AsIs,
         });
     }
     Ok(out)
@@ -207,7 +222,7 @@ fn translate(kind: &Kind, cmd: &Command) -> Result<ExecCommand, ExecError> {
             })?;
         }
         (Kind::Nic, ["node", _, dev]) => c.target = dev.to_string(),
-        (Kind::Webhook, _) | (Kind::Haproxy(_), [_, _]) => {}
+        (Kind::AsIs, _) | (Kind::Haproxy(_), [_, _]) => {}
         _ => {
             return Err(ExecError::invalid(
                 "target",

@@ -155,6 +155,7 @@ fn deploy_configs_load() {
         ("correlator", "correlator.toml"),
         ("sensor", "sensor.toml"),
         ("sensor", "sensor-replay.toml"),
+        ("executor", "executor.toml"),
     ] {
         let out = keel()
             .args([role, "--config"])

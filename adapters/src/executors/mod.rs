@@ -17,6 +17,7 @@
 
 pub mod haproxy;
 pub mod journal;
+pub mod log;
 pub mod nic;
 pub mod run;
 pub mod slurm;
