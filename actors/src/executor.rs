@@ -220,6 +220,18 @@ fn translate(kind: &Kind, cmd: &Command) -> Result<ExecCommand, ExecError> {
                     format!("no [haproxy.replicas] entry says which server serves {name:?}"),
                 )
             })?;
+            // A policy's `share` is the part of its usual traffic the replica
+            // keeps: HAProxy's weight relative to the configured one.
+            if let Some(share) = c.params.remove("share") {
+                let pct = share
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| (0.0..=1.0).contains(s))
+                    .ok_or_else(|| ExecError::invalid("share", &share, "expected 0..1"))?;
+                c.params
+                    .entry("weight".into())
+                    .or_insert(format!("{:.0}%", pct * 100.0));
+            }
         }
         (Kind::Nic, ["node", _, dev]) => c.target = dev.to_string(),
         (Kind::AsIs, _) | (Kind::Haproxy(_), [_, _]) => {}
@@ -248,6 +260,8 @@ pub struct ExecutorStats {
     pub applied: u64,
     pub already_done: u64,
     pub refused: u64,
+    /// Commands waiting while paused.
+    pub held: u64,
 }
 
 pub struct ExecutorActor;
@@ -368,7 +382,9 @@ impl Actor for ExecutorActor {
                 }
             }
             ExecutorMsg::Stats(reply) => {
-                let _ = reply.send(state.stats.clone());
+                let mut stats = state.stats.clone();
+                stats.held = state.held.as_ref().map_or(0, |q| q.len() as u64);
+                let _ = reply.send(stats);
             }
         }
         Ok(())

@@ -33,7 +33,7 @@ pub fn run(command: JobCommand) -> Result<()> {
     ask(&at, "job", params)
 }
 
-fn record(job: &str, state: JobState) -> JobRecord {
+pub(crate) fn record(job: &str, state: JobState) -> JobRecord {
     JobRecord {
         ts: keel_actors::sources::unix_now(),
         node: None,
@@ -51,7 +51,7 @@ fn record(job: &str, state: JobState) -> JobRecord {
 }
 
 /// Builds a running job's record from `NODE=R,R,...` and `R=G,...` arguments.
-fn register(
+pub(crate) fn register(
     job: &str,
     ranks: &[String],
     gpus: Option<&str>,

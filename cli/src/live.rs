@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use keel_actors::client::ControllerAddr;
 use keel_actors::controller::{self, Applied, ControllerMsg, PeerConfig};
 use keel_actors::correlator::{self, CorrelatorConfig, HostMsg};
+use keel_actors::executor::ExecutorMsg;
 use keel_actors::ractor::ActorRef;
 use keel_actors::sensor::{self, SensorConfig};
 use keel_actors::sources::{unix_now, SourceConfig};
@@ -76,7 +77,7 @@ pub fn run(opts: LiveOptions) -> Result<LiveReport> {
     let summary = generate_to_dir(&opts.scenario, opts.seed, &gen, &dir)
         .with_context(|| format!("generating scenario {}", opts.scenario))?;
     let labels: Vec<Label> = read_jsonl(&dir.join("labels.jsonl"))?;
-    let nodes = trace_nodes(&dir.join("trace.jsonl"))?;
+    let (nodes, jobs) = trace_nodes(&dir.join("trace.jsonl"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -88,26 +89,29 @@ pub fn run(opts: LiveOptions) -> Result<LiveReport> {
         summary.end,
         &labels,
         &nodes,
+        &jobs,
     ));
     // The stopped cluster's tasks end with the runtime.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     report
 }
 
-/// Every node named in the trace's job records.
-fn trace_nodes(trace: &Path) -> Result<Vec<String>> {
+/// Every node and job named in the trace.
+fn trace_nodes(trace: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let (records, _) = keel_adapters::read_all(
         std::fs::File::open(trace).with_context(|| format!("opening {}", trace.display()))?,
     );
     let mut nodes = std::collections::BTreeSet::new();
+    let mut jobs = std::collections::BTreeSet::new();
     for r in &records {
         match r {
+            keel_model::Record::Job(j) => jobs.insert(j.job.to_string()),
             keel_model::Record::Collective(c) => nodes.insert(c.node.to_string()),
             keel_model::Record::Metric(m) => nodes.insert(m.node.to_string()),
             _ => false,
         };
     }
-    Ok(nodes.into_iter().collect())
+    Ok((nodes.into_iter().collect(), jobs.into_iter().collect()))
 }
 
 fn free_port() -> Result<SocketAddr> {
@@ -115,7 +119,7 @@ fn free_port() -> Result<SocketAddr> {
     Ok(s.local_addr()?)
 }
 
-fn issue(dir: &Path, ca: &certs::Ca, role: Role, name: &str) -> Result<PathBuf> {
+pub(crate) fn issue(dir: &Path, ca: &certs::Ca, role: Role, name: &str) -> Result<PathBuf> {
     let out = dir.join(format!("{role}-{name}"));
     std::fs::create_dir_all(&out)?;
     let pem = ca.issue(role, name, Validity::days(1))?;
@@ -132,6 +136,7 @@ async fn live(
     end: f64,
     labels: &[Label],
     nodes: &[String],
+    jobs: &[String],
 ) -> Result<LiveReport> {
     // A kept folder from an earlier run: start its cluster afresh.
     for sub in std::fs::read_dir(dir)?.flatten() {
@@ -234,6 +239,12 @@ async fn live(
             l.locus().map_or_else(|| "?".into(), |x| x.to_string())
         );
     }
+    let mut labels = labels.to_vec();
+    let mut acting = None;
+    if !opts.quiet {
+        say!("acting:");
+        acting = Some(crate::demo_act::start(dir, &ca, &controllers, &replicas, jobs).await?);
+    }
     say!("\nlive:");
     let trace_now = |speed: f64| t0 + (unix_now() - start_at) * speed;
     let mut seen = HashSet::new();
@@ -241,6 +252,10 @@ async fn live(
     let mut killed: Option<u64> = None;
     let mut kill_at: Option<f64> = None;
     let mut crash_at: Option<f64> = None;
+    // With an executor, the leader is killed between the dispatch of the
+    // first action and its acknowledgement: the executor is paused until
+    // the command reaches it, then resumed once the leader is dead.
+    let mut paused_at: Option<f64> = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -250,14 +265,34 @@ async fn live(
                     continue;
                 }
                 let now = trace_now(opts.speed);
-                print_committed(&entry, a.replica, now, t0, labels);
-                if killed.is_none() && kill_at.is_none() {
-                    kill_at = Some(now + 3.0);
+                print_committed(&entry, a.replica, now, t0, &labels);
+                if killed.is_none() && kill_at.is_none() && paused_at.is_none() {
+                    match &acting {
+                        Some(a) => {
+                            let _ = a.executor.cast(ExecutorMsg::Hold(true));
+                            paused_at = Some(now);
+                        }
+                        None => kill_at = Some(now + 3.0),
+                    }
                 }
                 committed.push(Committed { id: entry.id, trace_ts: now, entry });
             }
             _ = ticker.tick() => {
                 let now = trace_now(opts.speed);
+                if let Some(a) = acting.as_mut() {
+                    a.tick(&replicas, t0, now).await;
+                    labels.extend(a.injected.take());
+                    if let Some(p) = paused_at {
+                        let held = keel_actors::executor::stats(&a.executor).await.map_or(0, |s| s.held);
+                        if held > 0 || now - p > 10.0 {
+                            if held > 0 {
+                                say!("  t+{:>5.1}s  ** executor paused: the leader's command reached it, unacknowledged **", now - t0);
+                            }
+                            paused_at = None;
+                            kill_at = Some(now);
+                        }
+                    }
+                }
                 if kill_at.is_some_and(|k| now >= k) {
                     kill_at = None;
                     if let Some(leader) = leader_of(&replicas).await {
@@ -265,6 +300,10 @@ async fn live(
                             actor.stop(Some("killed by the demo".into()));
                             killed = Some(leader);
                             say!("  t+{:>5.1}s  ** killed controller ctl-{leader}, the Raft leader **", now - t0);
+                            if let Some(a) = &acting {
+                                let _ = a.executor.cast(ExecutorMsg::Hold(false));
+                                say!("  t+{:>5.1}s  ** executor resumed: it acts on the dead leader's command; the next leader sends it again **", now - t0);
+                            }
                             crash_at = Some(now + 4.0);
                         }
                     }
@@ -282,7 +321,10 @@ async fn live(
             }
         }
     }
-    let result = report(&committed, labels, t0, killed, &hosts).await;
+    let result = report(&committed, &labels, t0, killed, &hosts).await;
+    if let Some(a) = &acting {
+        a.summary(&replicas).await;
+    }
     if let Some(d) = &opts.keep {
         say!(
             "\ntrace, labels, certificates and Raft logs kept in {}",

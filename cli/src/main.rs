@@ -5,6 +5,7 @@ mod bench_controller;
 mod bench_edge;
 mod controller;
 mod demo;
+mod demo_act;
 mod eval;
 mod job;
 mod live;

@@ -9,7 +9,7 @@
 //! rejected deterministically, inside the state machine, so every replica
 //! rejects them alike.
 
-use keel_model::{Action, Finding, JobRecord, JobState, Name, Timestamp};
+use keel_model::{Action, Finding, JobRecord, Name, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -21,6 +21,10 @@ pub const CLIENT_WINDOW: usize = 1024;
 /// How far the audit trail reaches back; older events are dropped (counted),
 /// so that a long-lived controller's snapshots stay bounded.
 pub const AUDIT_KEPT: usize = 100_000;
+
+/// Ended jobs remembered (with their placement and final state); the oldest
+/// are forgotten first.
+pub const ENDED_JOBS_KEPT: usize = 1_000;
 
 /// The life of a mitigation in the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -325,11 +329,27 @@ impl State {
                 self.nodes.insert(node, NodeInfo { gpus, nics });
                 Outcome::Applied
             }
-            Command::Job { record } => {
-                if record.state.is_finished() || record.state == JobState::Completing {
-                    self.jobs.remove(&record.job);
-                } else {
-                    self.jobs.insert(record.job.clone(), record);
+            Command::Job { mut record } => {
+                // A record without placement (an epilog's end, `keel job
+                // end`) keeps the placement already known.
+                if record.ranks.is_empty() {
+                    if let Some(known) = self.jobs.get(&record.job) {
+                        record.nodes.clone_from(&known.nodes);
+                        record.ranks.clone_from(&known.ranks);
+                        record.gpus.clone_from(&known.gpus);
+                        record.nics.clone_from(&known.nics);
+                        record.tp = record.tp.or(known.tp);
+                        record.tenant = record.tenant.or_else(|| known.tenant.clone());
+                    }
+                }
+                // An ended job stays known with its final state: its
+                // correlator lingers (a GPU it leaves held shows only after
+                // the end), and its placement is what a squatter finding
+                // names. The oldest ended ones go once there are too many.
+                let ended = record.state.is_finished();
+                self.jobs.insert(record.job.clone(), record);
+                if ended {
+                    self.prune_ended_jobs();
                 }
                 Outcome::Applied
             }
@@ -463,6 +483,22 @@ impl State {
         });
     }
 
+    fn prune_ended_jobs(&mut self) {
+        let mut ended: Vec<(Timestamp, Name)> = self
+            .jobs
+            .values()
+            .filter(|j| j.state.is_finished())
+            .map(|j| (j.ts, j.job.clone()))
+            .collect();
+        if ended.len() <= ENDED_JOBS_KEPT {
+            return;
+        }
+        ended.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        for (_, job) in ended.iter().take(ended.len() - ENDED_JOBS_KEPT) {
+            self.jobs.remove(job);
+        }
+    }
+
     /// Records that a log entry with no proposal (a membership change) was
     /// applied, so snapshots say exactly how far the log was applied.
     pub fn mark_applied(&mut self, index: u64) {
@@ -531,6 +567,51 @@ mod tests {
             ts: 2.0,
             detail: String::new(),
         }
+    }
+
+    fn job(name: &str, state: &str, ts: f64) -> Command {
+        let record = serde_json::from_value(serde_json::json!({
+            "t": "job", "ts": ts, "job": name, "state": state,
+            "nodes": ["n1"], "ranks": {"n1": [0]}, "gpus": {"0": 0}
+        }))
+        .unwrap();
+        Command::Job { record }
+    }
+
+    #[test]
+    fn ended_jobs_stay_known_and_the_oldest_are_forgotten() {
+        let mut s = State::default();
+        s.apply(1, &p("op", 1, job("live", "RUNNING", 0.0)));
+        s.apply(2, &p("op", 2, job("j0", "RUNNING", 1.0)));
+        let mut end = job("j0", "FAILED", 2.0);
+        if let Command::Job { record } = &mut end {
+            record.ranks.clear();
+            record.nodes.clear();
+        }
+        s.apply(3, &p("op", 3, end));
+        assert!(s.jobs["j0"].state.is_finished());
+        assert_eq!(s.jobs["j0"].ranks.len(), 1, "placement kept");
+        for i in 0..ENDED_JOBS_KEPT as u64 + 5 {
+            let seq = 10 + i;
+            s.apply(
+                seq,
+                &p(
+                    "op",
+                    seq,
+                    job(&format!("e{i}"), "COMPLETED", 10.0 + i as f64),
+                ),
+            );
+        }
+        let ended = s.jobs.values().filter(|j| j.state.is_finished()).count();
+        assert_eq!(ended, ENDED_JOBS_KEPT);
+        assert!(
+            !s.jobs.contains_key("j0"),
+            "the oldest ended job is forgotten first"
+        );
+        assert!(
+            s.jobs.contains_key("live"),
+            "running jobs are never forgotten"
+        );
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct World {
 }
 
 /// One thing to do.
+// A plan is much larger than the other steps, but a turn yields a handful
+// of steps that are moved once, as with `Decision`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// Commit this plan to the ledger.
