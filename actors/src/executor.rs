@@ -203,6 +203,7 @@ fn translate(kind: &Kind, cmd: &Command) -> Result<ExecCommand, ExecError> {
     match (kind, parts.as_slice()) {
         (Kind::Slurm, ["job", id]) | (Kind::Slurm, ["node", id]) => {
             c.target = id.to_string();
+            slurm_params(cmd.action, &mut c)?;
             if cmd.action == Action::RebalanceRanks {
                 // The policy names the node to leave out; Slurm's executor
                 // calls it `node` and has no use for the rank.
@@ -233,7 +234,15 @@ fn translate(kind: &Kind, cmd: &Command) -> Result<ExecCommand, ExecError> {
                     .or_insert(format!("{:.0}%", pct * 100.0));
             }
         }
-        (Kind::Nic, ["node", _, dev]) => c.target = dev.to_string(),
+        (Kind::Nic, ["node", _, dev]) => {
+            c.target = dev.to_string();
+            // The policy language's names for what ethtool calls them.
+            for (from, to) in [("channels", "combined"), ("coalesce_rx_usecs", "rx_usecs")] {
+                if let Some(v) = c.params.remove(from) {
+                    c.params.insert(to.into(), v);
+                }
+            }
+        }
         (Kind::AsIs, _) | (Kind::Haproxy(_), [_, _]) => {}
         _ => {
             return Err(ExecError::invalid(
@@ -244,6 +253,35 @@ fn translate(kind: &Kind, cmd: &Command) -> Result<ExecCommand, ExecError> {
         }
     }
     Ok(c)
+}
+
+/// The policy parameters Slurm's executor has no use for, or refuses.
+fn slurm_params(action: Action, c: &mut ExecCommand) -> Result<(), ExecError> {
+    let take = |c: &mut ExecCommand, name: &str, ok: &[&str], why: &str| match c.params.remove(name)
+    {
+        Some(v) if !ok.contains(&v.as_str()) => Err(ExecError::invalid(name, &v, why)),
+        _ => Ok(()),
+    };
+    match action {
+        Action::ReclaimZombie => take(
+            c,
+            "signal",
+            &["TERM"],
+            "scancel ends a job with TERM, then KILL after Slurm's KillWait; no other signal",
+        ),
+        Action::RebalanceRanks => take(
+            c,
+            "strategy",
+            &["requeue"],
+            "Slurm can only requeue the job without the node",
+        ),
+        // Slurm keeps no reason for a resumed node.
+        Action::ResumeNode => {
+            c.params.remove("reason");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 pub enum ExecutorMsg {
@@ -476,5 +514,77 @@ pub async fn stats(exec: &ActorRef<ExecutorMsg>) -> Option<ExecutorStats> {
     match exec.call(ExecutorMsg::Stats, None).await {
         Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(action: Action, target: &str, params: &[(&str, &str)]) -> Command {
+        Command {
+            id: 1,
+            action,
+            target: target.into(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            idempotency_key: "k".into(),
+            rollback: false,
+        }
+    }
+
+    #[test]
+    fn policy_targets_become_what_each_system_calls_them() {
+        let c = translate(&Kind::Slurm, &cmd(Action::ReclaimZombie, "job/4242", &[])).unwrap();
+        assert_eq!(c.target, "4242");
+        let c = translate(
+            &Kind::Slurm,
+            &cmd(
+                Action::RebalanceRanks,
+                "job/7",
+                &[("exclude", "n3"), ("rank", "5")],
+            ),
+        )
+        .unwrap();
+        assert_eq!((c.target.as_str(), c.params["node"].as_str()), ("7", "n3"));
+        assert!(!c.params.contains_key("rank"));
+        let replicas = Kind::Haproxy(BTreeMap::from([("j1".into(), "llm/a".into())]));
+        let c = translate(
+            &replicas,
+            &cmd(Action::RemapRequests, "job/j1", &[("share", "0.5")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.target.as_str(), c.params["weight"].as_str()),
+            ("llm/a", "50%")
+        );
+        let c = translate(
+            &Kind::Nic,
+            &cmd(Action::RetuneNic, "node/n1/eth0", &[("channels", "8")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.target.as_str(), c.params["combined"].as_str()),
+            ("eth0", "8")
+        );
+    }
+
+    #[test]
+    fn what_a_system_cannot_do_is_refused_with_the_reason() {
+        let unknown = Kind::Haproxy(BTreeMap::new());
+        let e = translate(
+            &unknown,
+            &cmd(Action::RemapRequests, "job/j9", &[("weight", "3")]),
+        );
+        assert!(e.unwrap_err().to_string().contains("[haproxy.replicas]"));
+        let e = translate(
+            &Kind::Slurm,
+            &cmd(Action::ReclaimZombie, "job/1", &[("signal", "KILL")]),
+        );
+        assert!(e.unwrap_err().to_string().contains("scancel"));
+        let e = translate(&Kind::Slurm, &cmd(Action::DrainNode, "link/a/b", &[]));
+        assert!(e.is_err());
     }
 }

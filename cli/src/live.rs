@@ -313,7 +313,7 @@ async fn live(
                     if let Some(new_leader) = leader_of(&replicas).await {
                         say!("  t+{:>5.1}s  ctl-{new_leader} leads now; sensors and correlators moved to the survivors", now - t0);
                     }
-                    crash_a_correlator(&hosts, now - t0).await;
+                    crash_a_correlator(&hosts, jobs, now - t0).await;
                 }
                 if now >= end + 2.0 {
                     break;
@@ -335,10 +335,13 @@ async fn live(
 }
 
 /// Injects a panic into one correlator, to show its host restart it.
-async fn crash_a_correlator(hosts: &[ActorRef<HostMsg>], at: f64) {
+/// One of the scenario's jobs: a restarted correlator starts its episodes
+/// afresh, and the demo's squatter should close under the correlator that
+/// saw it open.
+async fn crash_a_correlator(hosts: &[ActorRef<HostMsg>], jobs: &[String], at: f64) {
     for h in hosts {
         if let Some(s) = correlator::stats(h).await {
-            if let Some(job) = s.jobs.first() {
+            if let Some(job) = s.jobs.iter().find(|j| jobs.iter().any(|x| x == j.as_str())) {
                 say!("  t+{at:>5.1}s  ** crash injected into the correlator of job {job} **");
                 let _ = h.cast(HostMsg::Crash(job.clone()));
                 return;
