@@ -5,22 +5,13 @@
 //! replica joins (3 -> 4) and one of the first leaves (4 -> 3). Nothing
 //! committed is lost.
 
+mod support;
+
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-fn keel() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{free_port, keel, ok};
 
 struct Cluster {
     dir: PathBuf,
@@ -36,17 +27,6 @@ impl Drop for Cluster {
         }
         std::fs::remove_dir_all(&self.dir).ok();
     }
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?}: {}",
-        cmd,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 impl Cluster {

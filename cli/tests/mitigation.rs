@@ -277,10 +277,10 @@ fn kill_leader_between_dispatch_and_ack(
     alive: &[usize],
     action: &str,
     within: Duration,
-    trigger: impl FnOnce(),
+    trigger: impl FnOnce() + Send + 'static,
 ) -> Vec<usize> {
     signal(c, "executor", "-USR1");
-    trigger();
+    let trigger = std::thread::spawn(trigger);
     // Sent by the leader and received, never acknowledged.
     let held = format!("action={action}");
     wait_for(within, || {
@@ -291,6 +291,7 @@ fn kill_leader_between_dispatch_and_ack(
     })
     .unwrap_or_else(|| panic!("{action} never reached the executor\n{}", c.logs()));
     assert_eq!(status_of(c, alive, action).as_deref(), Some("dispatched"));
+    trigger.join().expect("the trigger failed");
     let leader = c.leader(alive).expect("no leader");
     c.kill(&format!("ctl-{leader}"));
     signal(c, "executor", "-USR2");
@@ -386,7 +387,10 @@ fn findings_are_mitigated_through_real_haproxy_and_slurm_once_across_leader_kill
         &alive,
         "remap_requests",
         Duration::from_secs(60),
-        || work.straggle.store(true, Ordering::Relaxed),
+        {
+            let straggle = work.straggle.clone();
+            move || straggle.store(true, Ordering::Relaxed)
+        },
     );
     wait_for(Duration::from_secs(90), || {
         (status_of(&c, &alive, "remap_requests").as_deref() == Some("verified")).then_some(())
@@ -407,13 +411,57 @@ fn findings_are_mitigated_through_real_haproxy_and_slurm_once_across_leader_kill
         "not sent again by the new leader: {remap:?}"
     );
 
-    // The squatter: its finding comes after 60 s of full memory at 0%.
+    // `keel policy explain` says which rule matched and what the ledger holds.
+    let explain = alive
+        .iter()
+        .find_map(|&i| c.ask_text(i, &["policy", "explain", "1"]))
+        .expect("no replica explains finding 1");
+    assert!(
+        explain.contains("straggler-remap (remap_requests): matched"),
+        "{explain}"
+    );
+    assert!(explain.contains("verified"), "{explain}");
+
+    // A second version of the policy: reclaims now wait for a person.
+    let v2 = dir.join("policy-v2.toml");
+    std::fs::write(
+        &v2,
+        POLICY.replace(
+            "action = \"reclaim_zombie\"\nmode = \"auto\"",
+            "action = \"reclaim_zombie\"\nmode = \"approve\"",
+        ),
+    )
+    .unwrap();
+    let ctl = alive[0];
+    c.ask(ctl, &["policy", "apply", v2.to_str().unwrap()])
+        .unwrap_or_else(|| panic!("policy v2 not applied\n{}", c.logs()));
+
+    // The squatter: its finding comes after 60 s of full memory at 0%; the
+    // reclaim is planned, waits for approval, and nothing reaches Slurm
+    // until `keel action approve`.
+    let approver = c.view();
     alive = kill_leader_between_dispatch_and_ack(
         &mut c,
         &alive,
         "reclaim_zombie",
         Duration::from_secs(150),
-        || {},
+        move || {
+            let planned = wait_for(Duration::from_secs(150), || {
+                let e = entries(&approver, &[ctl], "reclaim_zombie");
+                (e.first()?["status"] == "planned").then_some(())
+            });
+            assert!(planned.is_some(), "the reclaim was never planned");
+            std::thread::sleep(Duration::from_secs(2));
+            assert_eq!(
+                entries(&approver, &[ctl], "reclaim_zombie")[0]["status"],
+                "planned",
+                "acted without approval"
+            );
+            assert!(in_squeue(squatter), "the job went without approval");
+            approver
+                .ask_text(ctl, &["action", "approve", "f2/"])
+                .expect("keel action approve failed");
+        },
     );
     wait_for(Duration::from_secs(120), || {
         (status_of(&c, &alive, "reclaim_zombie").as_deref() == Some("verified")).then_some(())
@@ -472,6 +520,16 @@ fn findings_are_mitigated_through_real_haproxy_and_slurm_once_across_leader_kill
             "verified"
         ],
         "{audit:#}"
+    );
+    let approved = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == reclaim[0]["key"] && a["to"] == "approved")
+        .unwrap_or_else(|| panic!("no approval in the audit trail: {audit:#}"));
+    assert!(
+        approved["detail"].as_str().unwrap().contains("operator-op"),
+        "{approved}"
     );
     assert!(work.sent.load(Ordering::Relaxed) > 0);
 }

@@ -37,6 +37,8 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub procs: Vec<(String, Option<Child>)>,
     pub ctl_ports: Vec<u16>,
+    /// A view (`Cluster::view`) asks, and leaves processes and files alone.
+    pub view: bool,
 }
 
 impl Drop for Cluster {
@@ -47,7 +49,7 @@ impl Drop for Cluster {
                 let _ = p.wait();
             }
         }
-        if std::env::var_os("KEEL_KEEP_TEST_DIR").is_none() {
+        if !self.view && std::env::var_os("KEEL_KEEP_TEST_DIR").is_none() {
             std::fs::remove_dir_all(&self.dir).ok();
         }
     }
@@ -62,6 +64,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             procs: Vec::new(),
             ctl_ports: ctl_ports.clone(),
+            view: false,
         };
         c.issue("operator", "op");
         for i in 0..n {
@@ -117,6 +120,16 @@ impl Cluster {
         }
     }
 
+    /// A view that asks questions and owns no process (for another thread).
+    pub fn view(&self) -> Cluster {
+        Cluster {
+            dir: self.dir.clone(),
+            procs: Vec::new(),
+            ctl_ports: self.ctl_ports.clone(),
+            view: true,
+        }
+    }
+
     /// The leader's id, as the first replica that answers says.
     pub fn leader(&self, alive: &[usize]) -> Option<u64> {
         alive.iter().find_map(|&i| {
@@ -162,6 +175,11 @@ impl Cluster {
 
     /// Asks controller `i` (0-based) as the operator.
     pub fn ask(&self, i: usize, args: &[&str]) -> Option<Value> {
+        serde_json::from_str(&self.ask_text(i, args)?).ok()
+    }
+
+    /// Asks controller `i` as the operator; its standard output, if it succeeded.
+    pub fn ask_text(&self, i: usize, args: &[&str]) -> Option<String> {
         let out = keel()
             .args(args)
             .arg("--controller")
@@ -172,7 +190,7 @@ impl Cluster {
             .ok()?;
         out.status
             .success()
-            .then(|| serde_json::from_slice(&out.stdout).ok())?
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn logs(&self) -> String {
