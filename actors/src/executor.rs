@@ -67,10 +67,33 @@ fn any_node() -> Vec<String> {
     vec!["*".into()]
 }
 
-/// `reclaim_zombie`, `drain_node`, `resume_node`, `rebalance_ranks`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `reclaim_zombie`, `drain_node`, `resume_node`, `rebalance_ranks`, and
+/// job discovery (`crate::discovery`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SlurmConfig {}
+pub struct SlurmConfig {
+    /// How often `squeue` is read for jobs that appeared, changed or left
+    /// (0: never; the prolog and epilog then report them alone).
+    #[serde(default = "discover_every_s")]
+    pub discover_every_s: u64,
+    /// Ranks per node, numbered node by node, for discovered jobs; 0 leaves
+    /// placement to the prolog.
+    #[serde(default)]
+    pub ranks_per_node: u32,
+}
+
+fn discover_every_s() -> u64 {
+    10
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            discover_every_s: discover_every_s(),
+            ranks_per_node: 0,
+        }
+    }
+}
 
 /// `remap_requests` through HAProxy's runtime API.
 #[derive(Debug, Clone, Deserialize)]
@@ -350,9 +373,12 @@ impl Actor for ExecutorActor {
             "executor ready"
         );
         let mut tasks = Vec::new();
+        let mut links = Vec::new();
         for c in &cfg.controllers {
             let client = Client::new(&creds, Options::default())?;
             let (link, mut inbox) = Link::start(client, c.addr, &c.name, Backoff::default());
+            let link = Arc::new(link);
+            links.push(link.clone());
             let me = myself.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(req) = inbox.requests.recv().await {
@@ -373,6 +399,13 @@ impl Actor for ExecutorActor {
                     tokio::time::sleep(GREET_EVERY).await;
                 }
             }));
+        }
+        if let Some(s) = cfg.slurm.as_ref().filter(|s| s.discover_every_s > 0) {
+            tasks.push(crate::discovery::spawn(
+                Arc::new(links),
+                Duration::from_secs(s.discover_every_s),
+                s.ranks_per_node,
+            ));
         }
         Ok(ExecutorState {
             slots: Arc::new(Mutex::new(slots)),

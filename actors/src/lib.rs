@@ -17,6 +17,7 @@
 pub mod client;
 pub mod controller;
 pub mod correlator;
+pub mod discovery;
 pub mod executor;
 pub mod sensor;
 pub mod sources;

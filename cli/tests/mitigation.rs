@@ -474,6 +474,24 @@ fn findings_are_mitigated_through_real_haproxy_and_slurm_once_across_leader_kill
         )
     });
     assert!(!in_squeue(squatter), "job {squatter} still in squeue");
+    // The executor's discovery saw it leave Slurm's queue: keel knows it ended.
+    let ended = wait_for(Duration::from_secs(60), || {
+        let s = alive.iter().find_map(|&i| c.ask(i, &["status"]))?;
+        let known = s["jobs"]
+            .as_array()?
+            .iter()
+            .any(|j| j == &squatter.to_string());
+        let running = s["running_jobs"]
+            .as_array()?
+            .iter()
+            .any(|j| j == &squatter.to_string());
+        (known && !running).then_some(())
+    });
+    assert!(
+        ended.is_some(),
+        "keel never learned that job {squatter} ended\n{}",
+        c.logs()
+    );
     let reclaim = entries(&c, &alive, "reclaim_zombie");
     assert_eq!(reclaim.len(), 1, "{reclaim:?}");
     assert_eq!(reclaim[0]["target"], format!("job/{squatter}"));

@@ -5,7 +5,8 @@
 //!   my node), `job` (a job I saw start, change or end);
 //! - correlator hosts: `hello` (I am alive at ADDR; which jobs are mine?),
 //!   `finding` messages, `close_finding`;
-//! - executors: `executor` (I carry out these actions, on these nodes);
+//! - executors: `executor` (I carry out these actions, on these nodes),
+//!   `job` (a job discovered in Slurm);
 //! - operators: `status`, `findings`, `job`, `propose`, `member`, `routes`,
 //!   `actions` (the ledger and its audit trail), `explain` (which rule a
 //!   finding matches, and why).
@@ -191,7 +192,8 @@ fn allowed(role: Role, topic: &str) -> bool {
         Role::Controller | Role::Operator => true,
         Role::Sensor => matches!(topic, "routes" | "job" | "status"),
         Role::Correlator => matches!(topic, "hello" | "close_finding" | "routes" | "status"),
-        Role::Executor => topic == "executor",
+        // Slurm's executor also reports the jobs it discovers.
+        Role::Executor => matches!(topic, "executor" | "job"),
     }
 }
 
