@@ -99,27 +99,9 @@ fn look(
             .map(|j| j.job_state())
             .filter(|s| s.is_finished())
             .unwrap_or(JobState::Completed);
-        records.push(ended(id, last, now));
+        records.push(JobRecord::state_only(&id.to_string(), last, now));
     }
     Ok(records)
-}
-
-/// A job that left the queue: its placement stays as the controller knows it.
-fn ended(id: u64, state: JobState, ts: f64) -> JobRecord {
-    JobRecord {
-        ts,
-        node: None,
-        job: id.to_string().as_str().into(),
-        state,
-        tenant: None,
-        nodes: Vec::new(),
-        ranks: BTreeMap::new(),
-        gpus: BTreeMap::new(),
-        nics: BTreeMap::new(),
-        tp: None,
-        pp: None,
-        replica: None,
-    }
 }
 
 async fn tell(links: &[Arc<Link>], record: &JobRecord) {

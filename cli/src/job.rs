@@ -4,7 +4,6 @@
 use crate::{ask, JobCommand};
 use anyhow::{bail, Context, Result};
 use keel_model::{JobRecord, JobState, Name};
-use std::collections::BTreeMap;
 
 pub fn run(command: JobCommand) -> Result<()> {
     let (record, at) = match command {
@@ -34,20 +33,7 @@ pub fn run(command: JobCommand) -> Result<()> {
 }
 
 pub(crate) fn record(job: &str, state: JobState) -> JobRecord {
-    JobRecord {
-        ts: keel_actors::sources::unix_now(),
-        node: None,
-        job: job.into(),
-        state,
-        tenant: None,
-        nodes: Vec::new(),
-        ranks: BTreeMap::new(),
-        gpus: BTreeMap::new(),
-        nics: BTreeMap::new(),
-        tp: None,
-        pp: None,
-        replica: None,
-    }
+    JobRecord::state_only(job, state, keel_actors::sources::unix_now())
 }
 
 /// Builds a running job's record from `NODE=R,R,...` and `R=G,...` arguments.

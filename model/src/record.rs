@@ -119,6 +119,25 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A record that says only the job's state: no placement (the
+    /// controller keeps the placement it knows for such a record).
+    pub fn state_only(job: &str, state: JobState, ts: Timestamp) -> JobRecord {
+        JobRecord {
+            ts,
+            node: None,
+            job: job.into(),
+            state,
+            tenant: None,
+            nodes: Vec::new(),
+            ranks: BTreeMap::new(),
+            gpus: BTreeMap::new(),
+            nics: BTreeMap::new(),
+            tp: None,
+            pp: None,
+            replica: None,
+        }
+    }
+
     /// The node a rank runs on.
     pub fn node_of(&self, rank: u32) -> Option<&Name> {
         self.ranks
