@@ -26,63 +26,7 @@ pub const AUDIT_KEPT: usize = 100_000;
 /// are forgotten first.
 pub const ENDED_JOBS_KEPT: usize = 1_000;
 
-/// The life of a mitigation in the ledger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActionStatus {
-    Planned,
-    /// An operator approved an action whose rule asked for approval.
-    Approved,
-    /// A dry run: what would have been done is recorded, nothing is sent.
-    Recorded,
-    Dispatched,
-    Acknowledged,
-    Verified,
-    Failed,
-    RolledBack,
-}
-
-impl ActionStatus {
-    /// The transitions the ledger allows. Re-dispatching a dispatched action
-    /// (a new leader re-sending it under the same key) is allowed; going
-    /// back is not.
-    pub fn may_become(self, next: ActionStatus) -> bool {
-        use ActionStatus::*;
-        matches!(
-            (self, next),
-            (Planned, Dispatched)
-                | (Planned, Approved)
-                | (Planned, Recorded)
-                | (Planned, Failed)
-                | (Approved, Dispatched)
-                | (Approved, Failed)
-                | (Dispatched, Dispatched)
-                | (Dispatched, Acknowledged)
-                | (Dispatched, Failed)
-                | (Acknowledged, Verified)
-                | (Acknowledged, Failed)
-                | (Verified, RolledBack)
-                | (Failed, RolledBack)
-        )
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, ActionStatus::RolledBack | ActionStatus::Recorded)
-    }
-
-    pub fn wire(self) -> &'static str {
-        match self {
-            ActionStatus::Planned => "planned",
-            ActionStatus::Approved => "approved",
-            ActionStatus::Recorded => "recorded",
-            ActionStatus::Dispatched => "dispatched",
-            ActionStatus::Acknowledged => "acknowledged",
-            ActionStatus::Verified => "verified",
-            ActionStatus::Failed => "failed",
-            ActionStatus::RolledBack => "rolled_back",
-        }
-    }
-}
+pub use keel_model::ActionStatus;
 
 /// A node of the cluster as the controller knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

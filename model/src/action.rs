@@ -51,3 +51,73 @@ impl fmt::Display for Action {
         f.write_str(self.wire())
     }
 }
+
+/// The life of a mitigation in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionStatus {
+    Planned,
+    /// An operator approved an action whose rule asked for approval.
+    Approved,
+    /// A dry run: what would have been done is recorded, nothing is sent.
+    Recorded,
+    Dispatched,
+    Acknowledged,
+    Verified,
+    Failed,
+    RolledBack,
+}
+
+impl ActionStatus {
+    /// The transitions the ledger allows. Re-dispatching a dispatched action
+    /// (a new leader re-sending it under the same key) is allowed; going
+    /// back is not.
+    pub fn may_become(self, next: ActionStatus) -> bool {
+        use ActionStatus::*;
+        matches!(
+            (self, next),
+            (Planned, Dispatched)
+                | (Planned, Approved)
+                | (Planned, Recorded)
+                | (Planned, Failed)
+                | (Approved, Dispatched)
+                | (Approved, Failed)
+                | (Dispatched, Dispatched)
+                | (Dispatched, Acknowledged)
+                | (Dispatched, Failed)
+                | (Acknowledged, Verified)
+                | (Acknowledged, Failed)
+                | (Verified, RolledBack)
+                | (Failed, RolledBack)
+        )
+    }
+
+    /// Still acting on its target (or about to): counts against a rule's
+    /// blast radius. A dry run's record never does.
+    pub fn in_flight(self) -> bool {
+        matches!(
+            self,
+            ActionStatus::Planned
+                | ActionStatus::Approved
+                | ActionStatus::Dispatched
+                | ActionStatus::Acknowledged
+        )
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, ActionStatus::RolledBack | ActionStatus::Recorded)
+    }
+
+    pub fn wire(self) -> &'static str {
+        match self {
+            ActionStatus::Planned => "planned",
+            ActionStatus::Approved => "approved",
+            ActionStatus::Recorded => "recorded",
+            ActionStatus::Dispatched => "dispatched",
+            ActionStatus::Acknowledged => "acknowledged",
+            ActionStatus::Verified => "verified",
+            ActionStatus::Failed => "failed",
+            ActionStatus::RolledBack => "rolled_back",
+        }
+    }
+}

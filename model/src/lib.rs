@@ -14,7 +14,7 @@ pub mod label;
 pub mod metric;
 pub mod record;
 
-pub use action::Action;
+pub use action::{Action, ActionStatus};
 pub use envelope::{
     Ack, Command, Envelope, Message, Query, QueryReply, RaftBytes, Role, Summary, TelemetryBatch,
     WIRE_VERSION,

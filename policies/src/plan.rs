@@ -10,34 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-/// Where an action stands in the ledger (the controller keeps the real
-/// ledger; this is the part of it that guards look at).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActionStatus {
-    Planned,
-    Approved,
-    /// A dry run's record: never in flight.
-    Recorded,
-    Dispatched,
-    Acknowledged,
-    Verified,
-    Failed,
-    RolledBack,
-}
-
-impl ActionStatus {
-    /// Still acting on its target: counts against the blast radius.
-    pub fn in_flight(self) -> bool {
-        matches!(
-            self,
-            ActionStatus::Planned
-                | ActionStatus::Approved
-                | ActionStatus::Dispatched
-                | ActionStatus::Acknowledged
-        )
-    }
-}
+pub use keel_model::ActionStatus;
 
 /// An action already in the ledger, planned by `rule` at `ts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,12 +9,11 @@
 
 use super::{ControllerMsg, ControllerState};
 use crate::sources::unix_now;
-use keel_consensus::state::{
-    ActionStatus as Status, Command, Handling, LedgerEntry, Outcome, Proposal, State,
-};
+use keel_consensus::state::{Command, Handling, LedgerEntry, Outcome, Proposal, State};
 use keel_model::{Ack, Action, Message};
 use keel_policies::{
-    check, steward, ActionStatus, Entry, Mode, OnFailure, OpenFinding, Planner, Step, World,
+    check, steward, ActionStatus as Status, Entry, Mode, OnFailure, OpenFinding, Planner, Step,
+    World,
 };
 use keel_transport::Connection;
 use ractor::ActorRef;
@@ -184,7 +183,6 @@ pub fn turn(state: &mut ControllerState, me: &ActorRef<ControllerMsg>) {
                 if state.steward.pending.contains_key(&key) {
                     continue;
                 }
-                let to = to_ledger(to);
                 if to == Status::Dispatched {
                     state.steward.dispatched_by_me.insert(key.clone());
                 }
@@ -394,39 +392,13 @@ fn entry(e: &LedgerEntry) -> Entry {
         target: e.target.clone(),
         params: e.params.clone(),
         finding: e.finding,
-        status: from_ledger(e.status),
+        status: e.status,
         // An entry that does not say how to handle it waits for a person.
         mode: Mode::from_wire(&e.handling.mode).unwrap_or(Mode::Approve),
         verify_s: e.handling.verify_s,
         on_failure: OnFailure::from_wire(&e.handling.on_failure).unwrap_or_default(),
         planned_at: e.planned_at,
         since: e.since,
-    }
-}
-
-fn from_ledger(s: Status) -> ActionStatus {
-    match s {
-        Status::Planned => ActionStatus::Planned,
-        Status::Approved => ActionStatus::Approved,
-        Status::Recorded => ActionStatus::Recorded,
-        Status::Dispatched => ActionStatus::Dispatched,
-        Status::Acknowledged => ActionStatus::Acknowledged,
-        Status::Verified => ActionStatus::Verified,
-        Status::Failed => ActionStatus::Failed,
-        Status::RolledBack => ActionStatus::RolledBack,
-    }
-}
-
-fn to_ledger(s: ActionStatus) -> Status {
-    match s {
-        ActionStatus::Planned => Status::Planned,
-        ActionStatus::Approved => Status::Approved,
-        ActionStatus::Recorded => Status::Recorded,
-        ActionStatus::Dispatched => Status::Dispatched,
-        ActionStatus::Acknowledged => Status::Acknowledged,
-        ActionStatus::Verified => Status::Verified,
-        ActionStatus::Failed => Status::Failed,
-        ActionStatus::RolledBack => Status::RolledBack,
     }
 }
 
