@@ -68,6 +68,16 @@ impl LogStore for MemStorage {
 pub const ELECTION_TICK: usize = 10;
 pub const HEARTBEAT_TICK: usize = 3;
 
+/// The most bytes of entries one append message carries (raft's
+/// `max_size_per_msg`): a quarter of the transport's 1 MiB frame, so an
+/// append with its envelope stays far below the frame limit. A single entry
+/// larger than this still travels alone; proposals are bounded by
+/// [`MAX_PROPOSAL_BYTES`] so that such an entry also fits a frame.
+pub const MAX_APPEND_BYTES: u64 = 256 * 1024;
+
+/// The largest encoded proposal a replica accepts (bytes).
+pub const MAX_PROPOSAL_BYTES: usize = 256 * 1024;
+
 /// What one round of `ready` produced.
 #[derive(Debug, Default)]
 pub struct Output {
@@ -96,7 +106,7 @@ impl<S: LogStore + Clone> Node<S> {
             id,
             election_tick: ELECTION_TICK,
             heartbeat_tick: HEARTBEAT_TICK,
-            max_size_per_msg: 1 << 20,
+            max_size_per_msg: MAX_APPEND_BYTES,
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
@@ -116,6 +126,23 @@ impl<S: LogStore + Clone> Node<S> {
 
     pub fn tick(&mut self) {
         self.raw.tick();
+    }
+
+    /// Tells raft whether a snapshot sent to `to` arrived whole (`ok`) or
+    /// not; after a failure raft probes the peer and sends it again.
+    pub fn report_snapshot(&mut self, to: u64, ok: bool) {
+        let status = if ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
+    }
+
+    /// Tells raft that a message to `to` could not be delivered, so it stops
+    /// pipelining appends to that peer and probes it instead.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.raw.report_unreachable(to);
     }
 
     /// Feeds a message from a peer. Errors (a message for another term or a
