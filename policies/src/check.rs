@@ -2,7 +2,7 @@
 //! first), each with its line and column, before anything is built.
 
 use crate::error::{closest, suggest, PolicyError, Reporter};
-use crate::rule::{BlastRadius, Match, Mode, OnFailure, PolicySet, RateLimit, Rule};
+use crate::rule::{BlastRadius, Match, Mode, OnFailure, PolicyBrakes, PolicySet, RateLimit, Rule};
 use crate::tree::{self, Entry, Node, Val};
 use crate::{links, params};
 use keel_model::{Action, FindingKind};
@@ -63,12 +63,22 @@ pub fn check(file: &str, text: &str) -> Result<PolicySet, Vec<PolicyError>> {
     let mut rules = Vec::new();
     let mut names = Vec::new();
     let mut saw_rule = false;
+    let mut brakes = PolicyBrakes::default();
     for e in tree::root(doc.as_table()) {
+        if e.key == "brakes" {
+            let mut ck = Checker {
+                rep: &mut rep,
+                text,
+                names: &mut names,
+            };
+            brakes = ck.brakes(&e.node);
+            continue;
+        }
         if e.key != "rule" {
             rep.error(
                 &e.key_span,
                 format!("unknown key `{}` at the top level", e.key),
-                Some(suggest(&e.key, ["rule"])),
+                Some(suggest(&e.key, ["rule", "brakes"])),
             );
             continue;
         }
@@ -109,6 +119,7 @@ pub fn check(file: &str, text: &str) -> Result<PolicySet, Vec<PolicyError>> {
     }
     Ok(PolicySet {
         file: file.to_string(),
+        brakes,
         rules: rules.into_iter().map(|r| r.rule).collect(),
         warnings: rep.into_sorted(),
     })
@@ -431,6 +442,55 @@ impl Checker<'_, '_> {
                 None
             }
         }
+    }
+
+    /// The top-level `[brakes]` table: advisory mode and the circuit breaker.
+    fn brakes(&mut self, node: &Node) -> PolicyBrakes {
+        let mut b = PolicyBrakes::default();
+        let Val::Table(entries) = &node.val else {
+            self.rep.error(
+                &node.span,
+                format!("`brakes` must be a table, found {}", node.val.type_name()),
+                Some("write it as [brakes]".into()),
+            );
+            return b;
+        };
+        let keys = [
+            "advisory",
+            "max_nodes_share",
+            "max_jobs_share",
+            "window_s",
+            "min_targets",
+        ];
+        self.unknown_keys(entries, &keys, "brakes");
+        for e in entries {
+            let br = &mut b.breaker;
+            match e.key.as_str() {
+                "advisory" => b.advisory = self.boolean(&e.node),
+                "max_nodes_share" => {
+                    if let Some(x) = self.number(&e.node, &e.key, 0.0, 1.0) {
+                        br.max_nodes_share = x;
+                    }
+                }
+                "max_jobs_share" => {
+                    if let Some(x) = self.number(&e.node, &e.key, 0.0, 1.0) {
+                        br.max_jobs_share = x;
+                    }
+                }
+                "window_s" => {
+                    if let Some(x) = self.number(&e.node, &e.key, 1.0, f64::MAX) {
+                        br.window_s = x;
+                    }
+                }
+                "min_targets" => {
+                    if let Some(x) = self.number(&e.node, &e.key, 0.0, 1_000_000.0) {
+                        br.min_targets = x as usize;
+                    }
+                }
+                _ => {}
+            }
+        }
+        b
     }
 
     fn boolean(&mut self, node: &Node) -> bool {

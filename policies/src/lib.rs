@@ -29,6 +29,8 @@ pub use explain::{RuleVerdict, Selector, Verdict};
 pub use plan::{
     idempotency_key, target_for, ActionStatus, Context, Decision, Guard, PastAction, Plan, Planner,
 };
-pub use rule::{BlastRadius, Match, Mode, OnFailure, Pattern, PolicySet, RateLimit, Rule};
+pub use rule::{
+    BlastRadius, Match, Mode, OnFailure, Pattern, PolicyBrakes, PolicySet, RateLimit, Rule,
+};
 pub use steward::{steward, Brakes, Breaker, Entry, OpenFinding, Step, World, DEFAULT_VERIFY_S};
 pub use when::{When, FINDING_FIELDS, VARIABLES};

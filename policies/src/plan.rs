@@ -127,7 +127,7 @@ impl Planner {
         let mut out = Vec::new();
         for rule in self.set.rules.iter().filter(|r| !r.escalation_only) {
             if selects(rule, finding, ctx).is_ok() {
-                out.push(decide(rule, finding_id, finding, ctx));
+                out.push(self.advised(decide(rule, finding_id, finding, ctx)));
                 if !rule.continue_ {
                     break;
                 }
@@ -145,7 +145,18 @@ impl Planner {
             return None;
         };
         let rule = self.set.rule(next)?;
-        Some(decide(rule, failed.finding_id, &failed.finding, ctx))
+        Some(self.advised(decide(rule, failed.finding_id, &failed.finding, ctx)))
+    }
+
+    /// In advisory mode every plan is a dry run.
+    fn advised(&self, d: Decision) -> Decision {
+        match d {
+            Decision::Plan(mut p) if self.set.brakes.advisory => {
+                p.mode = Mode::DryRun;
+                Decision::Plan(p)
+            }
+            other => other,
+        }
     }
 }
 

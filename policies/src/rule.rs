@@ -184,10 +184,21 @@ pub struct Rule {
     pub escalation_only: bool,
 }
 
+/// The policy document's `[brakes]`: above every rule.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyBrakes {
+    /// Advisory mode for the whole set: every rule's action is recorded
+    /// (`dry_run`), nothing is sent, whatever the rule's own mode.
+    pub advisory: bool,
+    /// The circuit breaker over all rules.
+    pub breaker: crate::steward::Breaker,
+}
+
 /// A checked policy document.
 #[derive(Debug, Clone)]
 pub struct PolicySet {
     pub(crate) file: String,
+    pub(crate) brakes: PolicyBrakes,
     pub(crate) rules: Vec<Rule>,
     pub(crate) warnings: Vec<PolicyError>,
 }
@@ -197,6 +208,11 @@ impl PolicySet {
     /// caller passed with the text).
     pub fn file(&self) -> &str {
         &self.file
+    }
+
+    /// The document's brakes (advisory mode, circuit breaker).
+    pub fn brakes(&self) -> &PolicyBrakes {
+        &self.brakes
     }
 
     /// Rules in file order, which is the order they are tried in.

@@ -218,3 +218,28 @@ fn rejected_and_cancelled_actions_are_never_sent() {
         "a refused action came back: {steps:?}"
     );
 }
+
+#[test]
+fn the_policy_file_sets_the_breaker_and_advisory_mode() {
+    let text = format!(
+        "[brakes]\nadvisory = true\nmax_nodes_share = 0.2\nwindow_s = 600\nmin_targets = 2\n{RULES}"
+    );
+    let set = check("advisory.toml", &text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(set.brakes().advisory);
+    assert_eq!(set.brakes().breaker.max_nodes_share, 0.2);
+    assert_eq!(set.brakes().breaker.window_s, 600.0);
+    assert_eq!(set.brakes().breaker.min_targets, 2);
+    // Advisory: every rule's action is a dry run, recorded and never sent.
+    let p = Planner::new(set);
+    let mut w = world();
+    let steps = turns(&p, &mut w, 4);
+    assert!(w.ledger.iter().all(|e| e.status == ActionStatus::Recorded));
+    assert!(!steps.iter().any(|s| matches!(s, Step::Send { .. })));
+    // A mistake in [brakes] is reported with its place.
+    let bad = check(
+        "bad.toml",
+        &format!("[brakes]\nmax_nodes_share = 2\n{RULES}"),
+    )
+    .unwrap_err();
+    assert!(bad[0].to_string().contains("bad.toml:2:"), "{}", bad[0]);
+}

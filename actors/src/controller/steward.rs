@@ -149,10 +149,11 @@ pub fn turn(state: &mut ControllerState, me: &ActorRef<ControllerMsg>) {
         matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
             && now.duration_since(*at) < PROPOSAL_PATIENCE
     });
-    let world = world(&state.node.state, &state.steward.dispatched_by_me);
+    let mut world = world(&state.node.state, &state.steward.dispatched_by_me);
     let Some(planner) = state.steward.planner(&state.node.state) else {
         return;
     };
+    world.brakes.breaker = planner.policies().brakes().breaker.clone();
     let steps = steward(planner, &world);
     for step in steps {
         match step {
