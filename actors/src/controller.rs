@@ -107,6 +107,9 @@ pub enum ControllerMsg {
 
 pub struct ControllerActor;
 
+/// Who waits for a membership change to be applied.
+type MemberReply = oneshot::Sender<Result<(), String>>;
+
 pub struct ControllerState {
     pub cfg: Config,
     pub node: Node<DiskStorage>,
@@ -122,7 +125,7 @@ pub struct ControllerState {
     pub sessions: sessions::Sessions,
     sending: send::Sending,
     chunks: transfer::Reassembler,
-    members: Vec<(u64, bool, oneshot::Sender<Result<(), String>>)>,
+    members: Vec<(u64, bool, MemberReply)>,
     retention: compat::Retention,
     last_retention: f64,
     /// History records that could not be written (logged).

@@ -43,7 +43,7 @@ pub fn page<T: Serialize>(
     let mut out = Vec::new();
     let mut bytes = 0;
     let mut items = items.skip(offset).peekable();
-    while let Some(item) = items.next() {
+    for item in items.by_ref() {
         let v = serde_json::to_value(item).unwrap_or(Value::Null);
         bytes += v.to_string().len();
         out.push(v);
