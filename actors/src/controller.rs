@@ -10,7 +10,6 @@
 //! `ready` (one fsync) cover the whole burst. After each `ready`, what
 //! retention removed from the state is appended to the on-disk `history`.
 
-pub mod compat;
 mod config;
 mod drain;
 pub mod history;
@@ -126,7 +125,7 @@ pub struct ControllerState {
     sending: send::Sending,
     chunks: transfer::Reassembler,
     members: Vec<(u64, bool, MemberReply)>,
-    retention: compat::Retention,
+    retention: keel_consensus::retention::Retention,
     last_retention: f64,
     /// History records that could not be written (logged).
     pub history_lost: u64,

@@ -1,6 +1,5 @@
 //! The controller's configuration file (`keel controller --config FILE`).
 
-use super::compat;
 use super::history;
 use anyhow::{bail, Context, Result};
 use keel_transport::Options;
@@ -74,9 +73,8 @@ impl Span {
 
 impl RetentionConfig {
     /// The retention rules this config asks for.
-    // TODO(merge): keel_consensus::retention::Retention
-    pub fn rules(&self) -> Result<compat::Retention> {
-        let mut r = compat::Retention::default();
+    pub fn rules(&self) -> Result<keel_consensus::retention::Retention> {
+        let mut r = keel_consensus::retention::Retention::default();
         if let Some(keep) = &self.keep {
             r.keep_s = keep.seconds().context("[retention] keep")?;
         }
