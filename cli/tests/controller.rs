@@ -232,6 +232,20 @@ fn a_killed_leader_loses_nothing_and_its_restart_catches_up() {
             s["members"] == serde_json::json!([2, 3, 4])
         });
     }
+    // The removed replica stops by itself, cleanly.
+    let mut gone = c.procs[0].take().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = gone.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the removed replica never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "a removed replica exits 0: {status}");
     c.apply(3, "extra", "# after the shrink\n");
     for i in [1usize, 2, 3] {
         let s = c.wait(i, "applied everything", |s| versions(s) == 12);

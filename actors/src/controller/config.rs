@@ -51,6 +51,9 @@ pub struct RetentionConfig {
     /// `"7d"`, `"12h"`, `"30m"` (default 7 days).
     #[serde(default)]
     pub keep: Option<Span>,
+    /// How often the leader checks what is due, like `keep` (default 60 s).
+    #[serde(default)]
+    pub every: Option<Span>,
 }
 
 /// A length of time in a config: seconds, or text with a unit.
@@ -77,6 +80,9 @@ impl RetentionConfig {
         let mut r = keel_consensus::retention::Retention::default();
         if let Some(keep) = &self.keep {
             r.keep_s = keep.seconds().context("[retention] keep")?;
+        }
+        if let Some(every) = &self.every {
+            r.every_s = every.seconds().context("[retention] every")?;
         }
         Ok(r)
     }
