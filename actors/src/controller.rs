@@ -136,6 +136,9 @@ pub struct ControllerState {
     pub history_lost: u64,
     /// Proposals and reads refused because too many were waiting.
     pub refused: u64,
+    /// The state digest at an applied index, kept until the state moves
+    /// (a digest encodes the whole state).
+    digest: (u64, String),
     ticks: u64,
     applied: broadcast::Sender<Applied>,
     /// Set when this replica was removed from the cluster (a clean stop).
@@ -274,6 +277,7 @@ impl Actor for ControllerActor {
             last_retention: 0.0,
             history_lost: 0,
             refused: 0,
+            digest: (u64::MAX, String::new()),
             ticks: 0,
             applied,
             removed,
@@ -421,7 +425,7 @@ fn on_event(state: &mut ControllerState, ev: ControllerMsg) {
         }
         ControllerMsg::Propose(data, reply) => propose_here(state, data, reply),
         ControllerMsg::Status(reply, false) => {
-            let _ = reply.send(pages::status(&state.node));
+            let _ = reply.send(status_of(state));
         }
         ControllerMsg::Status(reply, true) => {
             if state.reads.waiting.len() >= READS_WAITING {
@@ -546,11 +550,20 @@ fn answer_reads(state: &mut ControllerState) {
         .collect();
     for k in done {
         if let Some((_, reply)) = state.reads.waiting.remove(&k) {
-            let _ = reply.send(pages::status(&state.node));
+            let _ = reply.send(status_of(state));
         }
     }
     state
         .reads
         .waiting
         .retain(|_, (_, reply)| !reply.is_closed());
+}
+
+/// `keel status`, with the digest computed once per applied index.
+fn status_of(state: &mut ControllerState) -> String {
+    let applied = state.node.state.applied;
+    if state.digest.0 != applied {
+        state.digest = (applied, state.node.state.digest());
+    }
+    pages::status_with(&state.node, &state.digest.1)
 }
