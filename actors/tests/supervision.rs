@@ -188,7 +188,8 @@ async fn a_finding_that_clears_is_closed_on_the_controller() {
     .expect("the job assigned to the only host");
 
     // GPU 0 of the running job holds its memory idle for 70 s of trace
-    // time (a squatter), then releases it: found, then closed 5 s later.
+    // time (an idle reservation: the job runs), then releases it: found,
+    // then closed 5 s later.
     let labels = MetricLabels {
         gpu: Some(0),
         ..MetricLabels::default()
@@ -221,11 +222,11 @@ async fn a_finding_that_clears_is_closed_on_the_controller() {
         let f = page["items"]
             .as_array()?
             .iter()
-            .find(|e| e["finding"]["kind"] == "gpu_squatter")?;
+            .find(|e| e["finding"]["kind"] == "idle_gpu_reservation")?;
         f["closed"].as_f64()
     })
     .await
-    .expect("the squatter was never closed");
+    .expect("the idle reservation was never closed");
     // Closed on the controller's clock (as findings are opened on it), so
     // that verification compares like with like: after this test began.
     assert!(closed >= began, "closed at {closed}, test began at {began}");
