@@ -81,6 +81,7 @@ async fn a_crashed_correlator_is_restarted_and_its_sibling_keeps_running() {
         credentials: issue(&dir.0, &ca, Role::Controller, "ctl-1"),
         peers: Vec::new(),
         join: false,
+        retention: Default::default(),
     };
     let ctl = controller::start(cfg, None).await.unwrap();
     let controllers = vec![ControllerAddr {
@@ -149,6 +150,7 @@ async fn a_finding_that_clears_is_closed_on_the_controller() {
         credentials: issue(&dir.0, &ca, Role::Controller, "ctl-1"),
         peers: Vec::new(),
         join: false,
+        retention: Default::default(),
     };
     let ctl = controller::start(cfg, None).await.unwrap();
     let controllers = vec![ControllerAddr {
@@ -186,7 +188,8 @@ async fn a_finding_that_clears_is_closed_on_the_controller() {
     .expect("the job assigned to the only host");
 
     // GPU 0 of the running job holds its memory idle for 70 s of trace
-    // time (a squatter), then releases it: found, then closed 5 s later.
+    // time (an idle reservation: the job runs), then releases it: found,
+    // then closed 5 s later.
     let labels = MetricLabels {
         gpu: Some(0),
         ..MetricLabels::default()
@@ -215,14 +218,15 @@ async fn a_finding_that_clears_is_closed_on_the_controller() {
             .ask("findings", BTreeMap::new(), Duration::from_secs(2))
             .await
             .ok()?;
-        let all: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
-        let f = all
+        let page: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let f = page["items"]
+            .as_array()?
             .iter()
-            .find(|e| e["finding"]["kind"] == "gpu_squatter")?;
+            .find(|e| e["finding"]["kind"] == "idle_gpu_reservation")?;
         f["closed"].as_f64()
     })
     .await
-    .expect("the squatter was never closed");
+    .expect("the idle reservation was never closed");
     // Closed on the controller's clock (as findings are opened on it), so
     // that verification compares like with like: after this test began.
     assert!(closed >= began, "closed at {closed}, test began at {began}");

@@ -173,6 +173,33 @@ impl Cluster {
         child.wait().unwrap();
     }
 
+    /// Stops a process with SIGTERM and waits for it (a bounded wait, so a
+    /// process that ignores it fails the test); its exit status.
+    pub fn terminate(&mut self, name: &str) -> std::process::ExitStatus {
+        let (_, p) = self
+            .procs
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        let mut child = p.take().unwrap_or_else(|| panic!("{name} already stopped"));
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {name}");
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("{name} ignored SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Asks controller `i` (0-based) as the operator.
     pub fn ask(&self, i: usize, args: &[&str]) -> Option<Value> {
         serde_json::from_str(&self.ask_text(i, args)?).ok()
