@@ -230,10 +230,21 @@ fn run_workload(n01: u16, n02: u16, socket: PathBuf, squatter: u64) -> Workload 
                         r#"{{"t":"metric","ts":{now:.3},"node":"n02","name":"{name}","labels":{{"gpu":"0"}},"value":{v}}}"#
                     )
                 };
+                // The job's engine is hung while it holds the GPU: requests
+                // wait and none run (what makes a RUNNING job's idle GPU a
+                // squatter rather than an idle reservation).
+                let (waiting, running) = if held { (5, 0) } else { (0, 0) };
+                let e = |name: &str, v: u32| {
+                    format!(
+                        r#"{{"t":"metric","ts":{now:.3},"node":"n02","name":"{name}","labels":{{"model_name":"sim"}},"value":{v}}}"#
+                    )
+                };
                 let text = [
                     m("DCGM_FI_DEV_FB_USED", used),
                     m("DCGM_FI_DEV_FB_FREE", free),
                     m("DCGM_FI_DEV_GPU_UTIL", 0),
+                    e("vllm:num_requests_waiting", waiting),
+                    e("vllm:num_requests_running", running),
                 ]
                 .join("\n");
                 let _ = udp.send_to(text.as_bytes(), ("127.0.0.1", n02));
@@ -436,7 +447,8 @@ fn findings_are_mitigated_through_real_haproxy_and_slurm_once_across_leader_kill
     c.ask(ctl, &["policy", "apply", v2.to_str().unwrap()])
         .unwrap_or_else(|| panic!("policy v2 not applied\n{}", c.logs()));
 
-    // The squatter: its finding comes after 60 s of full memory at 0%; the
+    // The squatter: its finding comes once its engine has been hung for 30 s
+    // (requests waiting, none running) with the memory full at 0%; the
     // reclaim is planned, waits for approval, and nothing reaches Slurm
     // until `keel action approve`.
     let approver = c.view();
