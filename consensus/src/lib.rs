@@ -10,6 +10,7 @@
 
 pub mod assign;
 pub mod node;
+pub mod routing;
 pub mod state;
 pub mod storage;
 
