@@ -8,6 +8,7 @@
 //! `ready` (one fsync) cover the whole burst.
 
 pub mod queries;
+pub mod routing;
 pub mod steward;
 
 use anyhow::{bail, Context, Result};
@@ -144,7 +145,7 @@ pub struct ControllerState {
     reads: Reads,
     drive_queued: bool,
     server: Option<tokio::task::JoinHandle<()>>,
-    pub routing: queries::Routing,
+    pub routing: routing::Routes,
     pub steward: steward::Steward,
     ticks: u64,
     applied: broadcast::Sender<Applied>,
@@ -210,7 +211,8 @@ impl Actor for ControllerActor {
             voters.clear();
         }
         let store = DiskStorage::open(&cfg.data_dir.join("raft.redb"), &voters)?;
-        let node = Node::new(cfg.id, store)?;
+        let node = Node::new(cfg.id, store.clone())?;
+        let routes = routing::Routes::new(store, &node.state, epoch(cfg.id));
         let mut links = HashMap::new();
         for p in &cfg.peers {
             links.insert(p.id, connect(&creds, p.addr, &p.name)?);
@@ -243,7 +245,7 @@ impl Actor for ControllerActor {
             reads: Reads::default(),
             drive_queued: false,
             server: Some(handle),
-            routing: queries::Routing::default(),
+            routing: routes,
             steward: steward::Steward::default(),
             ticks: 0,
             applied,
@@ -313,6 +315,15 @@ impl Actor for ControllerActor {
         }
         Ok(())
     }
+}
+
+/// A routing epoch for this start of replica `id`: never 0 (a first
+/// question's), and different at each start.
+fn epoch(id: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ id.rotate_left(48)) | 1
 }
 
 fn connect(creds: &Credentials, addr: SocketAddr, name: &str) -> Result<Arc<Link>> {
@@ -439,6 +450,7 @@ fn drive(state: &mut ControllerState) -> Result<bool> {
             r.0 = Some(index);
         }
     }
+    state.routing.applied(&state.node.state, &out.applied);
     for (index, outcome) in out.applied {
         let key = state
             .node

@@ -2,7 +2,8 @@
 //!
 //! A correlator host (`keel correlator`) greets every controller replica
 //! twice a second and learns which jobs are its own (rendezvous hashing over
-//! the hosts alive, `consensus::assign`); it runs one correlator actor per
+//! the hosts alive, `consensus::assign`) as changes since its last answer,
+//! from one replica (`controller::routing`); it runs one correlator actor per
 //! job, as supervised children, and routes the sensors' summaries and
 //! readings to them. A correlator holds its job's topology, runs the
 //! detection engine over the summaries and reports each finding to the
@@ -11,6 +12,7 @@
 
 use crate::client::{ControllerAddr, ControllerClient};
 use crate::controller::queries::params;
+use crate::controller::routing::Delta;
 use anyhow::{Context, Result};
 use keel_detect::Engine;
 use keel_model::{Finding, JobRecord, Message, MetricSample, Name, Record, Summary};
@@ -25,6 +27,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 const HELLO_EVERY: Duration = Duration::from_millis(500);
+/// Greetings in a row without an answer from the replica this host takes
+/// its assignment from, before it takes it afresh from any replica.
+const SOURCE_PATIENCE: u32 = 3;
+/// Jobs one host holds at most; assignments beyond are refused and
+/// counted (`HostStats::assigned_refused`).
+pub const MAX_ASSIGNED: usize = 100_000;
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `keel correlator --config FILE`.
@@ -50,8 +58,8 @@ impl CorrelatorConfig {
 }
 
 pub enum HostMsg {
-    /// The jobs the controller assigns to this host now.
-    Assigned(Vec<JobRecord>),
+    /// What changed in the jobs the controller assigns to this host.
+    Assigned(Delta<JobRecord>),
     Summaries(Vec<Summary>),
     Metrics(Vec<MetricSample>),
     Stats(tokio::sync::oneshot::Sender<HostStats>),
@@ -65,6 +73,8 @@ pub struct HostStats {
     pub summaries: u64,
     pub unassigned_summaries: u64,
     pub correlator_restarts: u64,
+    /// Assigned jobs refused because `MAX_ASSIGNED` were held.
+    pub assigned_refused: u64,
 }
 
 pub struct HostActor;
@@ -73,6 +83,10 @@ pub struct HostState {
     name: String,
     client: ControllerClient,
     correlators: HashMap<Name, (ActorRef<CorrelatorMsg>, JobRecord)>,
+    /// The jobs assigned to this host, as the deltas so far say.
+    assigned: HashMap<Name, JobRecord>,
+    /// `assigned` changed since the correlators were last matched to it.
+    unsettled: bool,
     by_id: HashMap<ActorId, Name>,
     stats: HostStats,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -143,23 +157,46 @@ impl Actor for HostActor {
         let me = myself.clone();
         let greeter = client.clone();
         let hello = tokio::spawn(async move {
+            // The replica whose changes this host follows (every replica
+            // hears the greeting; the others refuse to answer it), and the
+            // version of its last answer.
+            let mut source: Option<(u64, u64)> = None;
+            let mut failures = 0u32;
             let mut tick = tokio::time::interval(HELLO_EVERY);
             loop {
                 tick.tick().await;
-                let asked = greeter
-                    .ask_all(
-                        "hello",
-                        params([("addr", advertise.to_string())]),
-                        ASK_TIMEOUT,
-                    )
-                    .await;
-                match asked.and_then(|b| Ok(serde_json::from_str::<Vec<JobRecord>>(&b)?)) {
-                    Ok(jobs) => {
-                        if me.cast(HostMsg::Assigned(jobs)).is_err() {
-                            return;
+                // Pages follow at once while the answer says there is more.
+                loop {
+                    let mut asked = params([("addr", advertise.to_string())]);
+                    if let Some((epoch, since)) = source {
+                        asked.insert("epoch".into(), epoch.to_string());
+                        asked.insert("since".into(), since.to_string());
+                    }
+                    let answer = greeter
+                        .ask_all("hello", asked, ASK_TIMEOUT)
+                        .await
+                        .and_then(|b| Ok(serde_json::from_str::<Delta<JobRecord>>(&b)?));
+                    match answer {
+                        Ok(delta) => {
+                            failures = 0;
+                            source = Some((delta.epoch, delta.version));
+                            let more = delta.more;
+                            if me.cast(HostMsg::Assigned(delta)).is_err() {
+                                return;
+                            }
+                            if !more {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            if failures >= SOURCE_PATIENCE && source.take().is_some() {
+                                tracing::info!(error = %e, "assignment source silent; taking it afresh");
+                            }
+                            tracing::debug!(error = %e, "no assignment this round");
+                            break;
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "no assignment this round"),
                 }
             }
         });
@@ -167,6 +204,8 @@ impl Actor for HostActor {
             name,
             client,
             correlators: HashMap::new(),
+            assigned: HashMap::new(),
+            unsettled: false,
             by_id: HashMap::new(),
             stats: HostStats::default(),
             tasks: vec![accept, hello],
@@ -191,7 +230,7 @@ impl Actor for HostActor {
         state: &mut HostState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            HostMsg::Assigned(jobs) => state.assign(&myself, jobs).await?,
+            HostMsg::Assigned(delta) => state.assigned(&myself, delta).await?,
             HostMsg::Summaries(summaries) => {
                 let mut by_job: HashMap<Name, Vec<Summary>> = HashMap::new();
                 for s in summaries {
@@ -260,12 +299,37 @@ impl Actor for HostActor {
 }
 
 impl HostState {
-    async fn assign(&mut self, myself: &ActorRef<HostMsg>, jobs: Vec<JobRecord>) -> Result<()> {
-        let keep: HashMap<Name, JobRecord> = jobs.into_iter().map(|j| (j.job.clone(), j)).collect();
+    /// Applies one delta of the assignment; once a whole answer is in
+    /// (no more pages), starts, updates and stops correlators to match.
+    async fn assigned(&mut self, myself: &ActorRef<HostMsg>, delta: Delta<JobRecord>) -> Result<()> {
+        let changed = delta.reset || !delta.changed.is_empty() || !delta.removed.is_empty();
+        if delta.reset {
+            self.assigned.clear();
+        }
+        for job in &delta.removed {
+            self.assigned.remove(job);
+        }
+        for record in delta.changed {
+            if self.assigned.len() >= MAX_ASSIGNED && !self.assigned.contains_key(&record.job) {
+                self.stats.assigned_refused += 1;
+                continue;
+            }
+            self.assigned.insert(record.job.clone(), record);
+        }
+        self.unsettled |= changed;
+        if delta.more || !self.unsettled {
+            return Ok(());
+        }
+        self.unsettled = false;
+        self.settle(myself).await
+    }
+
+    /// Matches the correlators to the assignment.
+    async fn settle(&mut self, myself: &ActorRef<HostMsg>) -> Result<()> {
         let gone: Vec<Name> = self
             .correlators
             .keys()
-            .filter(|j| !keep.contains_key(*j))
+            .filter(|j| !self.assigned.contains_key(*j))
             .cloned()
             .collect();
         for job in gone {
@@ -275,13 +339,17 @@ impl HostState {
                 tracing::info!(host = %self.name, %job, "correlator stopped");
             }
         }
-        for (job, record) in keep {
-            match self.correlators.get_mut(&job) {
+        let new_or_changed: Vec<JobRecord> = self
+            .assigned
+            .values()
+            .filter(|r| self.correlators.get(&r.job).is_none_or(|(_, known)| known != *r))
+            .cloned()
+            .collect();
+        for record in new_or_changed {
+            match self.correlators.get_mut(&record.job) {
                 Some((c, known)) => {
-                    if *known != record {
-                        *known = record.clone();
-                        let _ = c.cast(CorrelatorMsg::Job(Box::new(record)));
-                    }
+                    *known = record.clone();
+                    let _ = c.cast(CorrelatorMsg::Job(Box::new(record)));
                 }
                 None => self.spawn(myself, record).await?,
             }

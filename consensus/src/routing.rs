@@ -197,6 +197,23 @@ impl Routing {
 
     /// A job record as applied (its latest state) at `now`.
     pub fn job(&mut self, record: &JobRecord, now: f64) {
+        // A record without placement (an end told by an epilog) keeps the
+        // placement known, as the replicated state does.
+        let merged;
+        let record = match self.jobs.get(&record.job) {
+            Some(l) if record.ranks.is_empty() && !l.record.ranks.is_empty() => {
+                let mut r = record.clone();
+                r.nodes.clone_from(&l.record.nodes);
+                r.ranks.clone_from(&l.record.ranks);
+                r.gpus.clone_from(&l.record.gpus);
+                r.nics.clone_from(&l.record.nics);
+                r.tp = r.tp.or(l.record.tp);
+                r.tenant = r.tenant.or_else(|| l.record.tenant.clone());
+                merged = r;
+                &merged
+            }
+            _ => record,
+        };
         if record.state == JobState::Pending {
             self.remove(&record.job);
             return;
