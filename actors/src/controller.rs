@@ -39,6 +39,8 @@ const RAFT_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 const REPROPOSE_AFTER: Duration = Duration::from_secs(1);
 /// The leader's mitigation loop turns every this many ticks (250 ms).
 const STEWARD_EVERY: u64 = 5;
+/// Requests from one connection being answered at once; the next waits.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 64;
 
 /// Links between replicas notice a dead peer within about a second.
 pub fn replica_options() -> Options {
@@ -228,9 +230,21 @@ impl Actor for ControllerActor {
                     let _ = me.cast(ControllerMsg::ExecutorConnected(name, conn));
                 }
                 let me = me.clone();
+                // A connection's requests are answered concurrently, up to a
+                // bound; past it the next waits, and the transport pushes
+                // back on that peer alone (a replica's Raft messages never
+                // wait behind a busy client).
+                let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
                 tokio::spawn(async move {
                     while let Some(req) = inbox.requests.recv().await {
-                        tokio::spawn(queries::handle(req, me.clone()));
+                        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                            return;
+                        };
+                        let me = me.clone();
+                        tokio::spawn(async move {
+                            queries::handle(req, me).await;
+                            drop(permit);
+                        });
                     }
                 });
             }

@@ -15,7 +15,8 @@ use crate::controller::queries::params;
 use crate::controller::routing::Delta;
 use anyhow::{Context, Result};
 use keel_detect::Engine;
-use keel_model::{Finding, JobRecord, Message, MetricSample, Name, Record, Summary};
+use crate::mailbox::DropOldest;
+use keel_model::{Finding, JobRecord, Message, MetricSample, Name, Record, Summary, TelemetryBatch};
 use keel_transport::{Credentials, Options, Server};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::Deserialize;
@@ -23,6 +24,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -33,6 +35,9 @@ const SOURCE_PATIENCE: u32 = 3;
 /// Jobs one host holds at most; assignments beyond are refused and
 /// counted (`HostStats::assigned_refused`).
 pub const MAX_ASSIGNED: usize = 100_000;
+/// Telemetry batches from sensors waiting for the host actor; when full
+/// the oldest is dropped and counted (`HostStats::telemetry_dropped`).
+pub const TELEMETRY_QUEUE: usize = 1024;
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `keel correlator --config FILE`.
@@ -62,6 +67,9 @@ pub enum HostMsg {
     Assigned(Delta<JobRecord>),
     Summaries(Vec<Summary>),
     Metrics(Vec<MetricSample>),
+    /// A sensor's batch from the intake queue; `done` once handled, so
+    /// that the mailbox holds one such batch at most.
+    Telemetry(TelemetryBatch, tokio::sync::oneshot::Sender<()>),
     Stats(tokio::sync::oneshot::Sender<HostStats>),
     /// Fault injection for tests and the demo: the job's correlator panics.
     Crash(Name),
@@ -75,6 +83,8 @@ pub struct HostStats {
     pub correlator_restarts: u64,
     /// Assigned jobs refused because `MAX_ASSIGNED` were held.
     pub assigned_refused: u64,
+    /// Sensor batches dropped (oldest first) at the intake queue.
+    pub telemetry_dropped: u64,
 }
 
 pub struct HostActor;
@@ -89,6 +99,8 @@ pub struct HostState {
     unsettled: bool,
     by_id: HashMap<ActorId, Name>,
     stats: HostStats,
+    /// Sensors' batches on their way to this actor.
+    intake: Arc<DropOldest<TelemetryBatch>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -124,18 +136,26 @@ impl Actor for HostActor {
         (name, client, mut server, advertise): Self::Arguments,
     ) -> Result<HostState, ActorProcessingErr> {
         tracing::info!(host = %name, addr = %advertise, "correlator host listening");
-        let me = myself.clone();
+        // Every connection's batches go into one drop-oldest queue; one
+        // forwarder hands them to the actor one at a time.
+        let intake = Arc::new(DropOldest::new(TELEMETRY_QUEUE));
+        let (queue, me) = (intake.clone(), myself.clone());
+        let forward = tokio::spawn(async move {
+            while let Some(batch) = queue.pop().await {
+                let (done, handled) = tokio::sync::oneshot::channel();
+                if me.cast(HostMsg::Telemetry(batch, done)).is_err() {
+                    return;
+                }
+                let _ = handled.await;
+            }
+        });
+        let queue = intake.clone();
         let accept = tokio::spawn(async move {
             while let Some((_conn, mut inbox)) = server.accept().await {
-                let me2 = me.clone();
+                let queue = queue.clone();
                 tokio::spawn(async move {
                     while let Some((_peer, batch)) = inbox.telemetry.recv().await {
-                        if !batch.metrics.is_empty()
-                            && me2.cast(HostMsg::Metrics(batch.metrics)).is_err()
-                        {
-                            return;
-                        }
-                        if me2.cast(HostMsg::Summaries(batch.summaries)).is_err() {
+                        if !queue.push(batch) {
                             return;
                         }
                     }
@@ -208,7 +228,8 @@ impl Actor for HostActor {
             unsettled: false,
             by_id: HashMap::new(),
             stats: HostStats::default(),
-            tasks: vec![accept, hello],
+            intake,
+            tasks: vec![accept, forward, hello],
         })
     }
 
@@ -217,6 +238,7 @@ impl Actor for HostActor {
         _myself: ActorRef<HostMsg>,
         state: &mut HostState,
     ) -> Result<(), ActorProcessingErr> {
+        state.intake.close();
         for t in state.tasks.drain(..) {
             t.abort();
         }
@@ -231,35 +253,18 @@ impl Actor for HostActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             HostMsg::Assigned(delta) => state.assigned(&myself, delta).await?,
-            HostMsg::Summaries(summaries) => {
-                let mut by_job: HashMap<Name, Vec<Summary>> = HashMap::new();
-                for s in summaries {
-                    by_job.entry(s.job.clone()).or_default().push(s);
+            HostMsg::Summaries(summaries) => state.summaries(summaries),
+            HostMsg::Metrics(metrics) => state.metrics(&metrics),
+            HostMsg::Telemetry(batch, done) => {
+                if !batch.metrics.is_empty() {
+                    state.metrics(&batch.metrics);
                 }
-                for (job, batch) in by_job {
-                    match state.correlators.get(&job) {
-                        Some((c, _)) => {
-                            state.stats.summaries += batch.len() as u64;
-                            let _ = c.cast(CorrelatorMsg::Summaries(batch));
-                        }
-                        None => state.stats.unassigned_summaries += batch.len() as u64,
-                    }
-                }
-            }
-            HostMsg::Metrics(metrics) => {
-                for (c, job) in state.correlators.values() {
-                    let mine: Vec<MetricSample> = metrics
-                        .iter()
-                        .filter(|m| job.ranks.contains_key(&m.node))
-                        .cloned()
-                        .collect();
-                    if !mine.is_empty() {
-                        let _ = c.cast(CorrelatorMsg::Metrics(mine));
-                    }
-                }
+                state.summaries(batch.summaries);
+                let _ = done.send(());
             }
             HostMsg::Stats(reply) => {
                 let mut s = state.stats.clone();
+                s.telemetry_dropped = state.intake.dropped();
                 s.jobs = state.correlators.keys().cloned().collect();
                 s.jobs.sort();
                 let _ = reply.send(s);
@@ -299,6 +304,37 @@ impl Actor for HostActor {
 }
 
 impl HostState {
+    /// Hands each job's summaries to its correlator.
+    fn summaries(&mut self, summaries: Vec<Summary>) {
+        let mut by_job: HashMap<Name, Vec<Summary>> = HashMap::new();
+        for s in summaries {
+            by_job.entry(s.job.clone()).or_default().push(s);
+        }
+        for (job, batch) in by_job {
+            match self.correlators.get(&job) {
+                Some((c, _)) => {
+                    self.stats.summaries += batch.len() as u64;
+                    let _ = c.cast(CorrelatorMsg::Summaries(batch));
+                }
+                None => self.stats.unassigned_summaries += batch.len() as u64,
+            }
+        }
+    }
+
+    /// Hands each correlator the readings of its job's nodes.
+    fn metrics(&self, metrics: &[MetricSample]) {
+        for (c, job) in self.correlators.values() {
+            let mine: Vec<MetricSample> = metrics
+                .iter()
+                .filter(|m| job.ranks.contains_key(&m.node))
+                .cloned()
+                .collect();
+            if !mine.is_empty() {
+                let _ = c.cast(CorrelatorMsg::Metrics(mine));
+            }
+        }
+    }
+
     /// Applies one delta of the assignment; once a whole answer is in
     /// (no more pages), starts, updates and stops correlators to match.
     async fn assigned(&mut self, myself: &ActorRef<HostMsg>, delta: Delta<JobRecord>) -> Result<()> {
