@@ -13,10 +13,12 @@
 use crate::client::{ControllerAddr, ControllerClient};
 use crate::controller::queries::params;
 use crate::controller::routing::Delta;
+use crate::mailbox::DropOldest;
 use anyhow::{Context, Result};
 use keel_detect::Engine;
-use crate::mailbox::DropOldest;
-use keel_model::{Finding, JobRecord, Message, MetricSample, Name, Record, Summary, TelemetryBatch};
+use keel_model::{
+    Finding, JobRecord, Message, MetricSample, Name, Record, Summary, TelemetryBatch,
+};
 use keel_transport::{Credentials, Options, Server};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::Deserialize;
@@ -337,7 +339,11 @@ impl HostState {
 
     /// Applies one delta of the assignment; once a whole answer is in
     /// (no more pages), starts, updates and stops correlators to match.
-    async fn assigned(&mut self, myself: &ActorRef<HostMsg>, delta: Delta<JobRecord>) -> Result<()> {
+    async fn assigned(
+        &mut self,
+        myself: &ActorRef<HostMsg>,
+        delta: Delta<JobRecord>,
+    ) -> Result<()> {
         let changed = delta.reset || !delta.changed.is_empty() || !delta.removed.is_empty();
         if delta.reset {
             self.assigned.clear();
@@ -378,7 +384,11 @@ impl HostState {
         let new_or_changed: Vec<JobRecord> = self
             .assigned
             .values()
-            .filter(|r| self.correlators.get(&r.job).is_none_or(|(_, known)| known != *r))
+            .filter(|r| {
+                self.correlators
+                    .get(&r.job)
+                    .is_none_or(|(_, known)| known != *r)
+            })
             .cloned()
             .collect();
         for record in new_or_changed {

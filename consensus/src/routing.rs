@@ -357,7 +357,14 @@ impl Routing {
         budget: usize,
         cost: impl Fn(&Route) -> usize,
     ) -> Delta<Route> {
-        self.delta(Set::Node(node), epoch, since, budget, |l| self.route(l), cost)
+        self.delta(
+            Set::Node(node),
+            epoch,
+            since,
+            budget,
+            |l| self.route(l),
+            cost,
+        )
     }
 
     /// The records of the jobs `host` holds that changed since (`epoch`,

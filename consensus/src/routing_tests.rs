@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 const EPOCH: u64 = 7;
 const NO_LIMIT: usize = usize::MAX;
 
+/// What a follower holds: its jobs and the cursor of its last answer.
+type Follower = (BTreeMap<Name, JobRecord>, Option<(u64, u64)>);
+
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -96,7 +99,10 @@ fn ten_thousand_jobs_a_host_lost_only_its_jobs_move() {
         assert!(r.hello(h, addr(i as u16 + 1), 0.0));
     }
     for i in 0..10_000 {
-        r.job(&running(&format!("job-{i}"), &[&format!("n{}", i % 500)]), 0.0);
+        r.job(
+            &running(&format!("job-{i}"), &[&format!("n{}", i % 500)]),
+            0.0,
+        );
     }
     let before: BTreeMap<String, String> = (0..10_000)
         .map(|i| {
@@ -106,8 +112,7 @@ fn ten_thousand_jobs_a_host_lost_only_its_jobs_move() {
         })
         .collect();
     // Every host follows its set; so does a sensor of one node.
-    let mut held: BTreeMap<&str, (BTreeMap<Name, JobRecord>, Option<(u64, u64)>)> =
-        BTreeMap::new();
+    let mut held: BTreeMap<&str, Follower> = BTreeMap::new();
     for h in hosts {
         let (set, at) = held.entry(h).or_default();
         follow(&r, h, set, at, NO_LIMIT);
@@ -166,7 +171,10 @@ fn ten_thousand_jobs_a_host_lost_only_its_jobs_move() {
         .count();
     assert!(on_b > 0);
     assert_eq!(d.changed.len(), on_b);
-    assert!(d.changed.iter().all(|x| x.host.as_deref() != Some("corr-b")));
+    assert!(d
+        .changed
+        .iter()
+        .all(|x| x.host.as_deref() != Some("corr-b")));
     // An unchanged version after that: empty.
     let again = r.routes("n0", Some(EPOCH), d.version, NO_LIMIT, |_| 1);
     assert!(again.changed.is_empty() && again.removed.is_empty());
@@ -217,7 +225,10 @@ fn answers_are_paged_within_the_budget_and_add_up() {
     assert_eq!(held.len(), 5_000);
     // Changes between pages are not lost: end some jobs, follow again.
     for i in 0..10 {
-        r.job(&job(&format!("j{i}"), JobState::Completed, &["n1"], 0.0), 5.0);
+        r.job(
+            &job(&format!("j{i}"), JobState::Completed, &["n1"], 0.0),
+            5.0,
+        );
     }
     r.hello("corr-a", addr(1), 5.0 + LINGER_S);
     r.expire(5.0 + LINGER_S);

@@ -334,7 +334,11 @@ mod tests {
     #[test]
     fn the_executor_is_chosen_by_action_and_node() {
         let mut d = with(&[
-            ("slurm", &[Action::DrainNode, Action::RebalanceRanks], &["*"]),
+            (
+                "slurm",
+                &[Action::DrainNode, Action::RebalanceRanks],
+                &["*"],
+            ),
             ("nic-n1", &[Action::RetuneNic], &["n1"]),
             ("nic-any", &[Action::RetuneNic], &["*"]),
         ]);
@@ -372,7 +376,13 @@ mod tests {
             SendDecision::Wait
         );
         d.greeted("slurm", vec![Action::DrainNode], vec!["*".into()], 119.0);
-        match d.send("k", Action::DrainNode, "node/n1", false, 100.0 + SEND_TIMEOUT_S) {
+        match d.send(
+            "k",
+            Action::DrainNode,
+            "node/n1",
+            false,
+            100.0 + SEND_TIMEOUT_S,
+        ) {
             SendDecision::Send { id, executor } => {
                 assert_eq!(executor, "slurm");
                 assert!(id > first_id);
@@ -388,10 +398,22 @@ mod tests {
         let a = d.answered("k", "slurm", false, Err("link down".into()), 2.0);
         assert_eq!(a, AnswerDecision::RetryLater);
         assert_eq!(
-            d.send("k", Action::DrainNode, "node/n1", false, 2.0 + RETRY_AFTER_S - 0.1),
+            d.send(
+                "k",
+                Action::DrainNode,
+                "node/n1",
+                false,
+                2.0 + RETRY_AFTER_S - 0.1
+            ),
             SendDecision::Wait
         );
-        sent_to(d.send("k", Action::DrainNode, "node/n1", false, 2.0 + RETRY_AFTER_S));
+        sent_to(d.send(
+            "k",
+            Action::DrainNode,
+            "node/n1",
+            false,
+            2.0 + RETRY_AFTER_S,
+        ));
     }
 
     #[test]
@@ -401,7 +423,10 @@ mod tests {
             ("b", &[Action::DrainNode], &["*"]),
         ]);
         d.disconnected("a");
-        assert_eq!(sent_to(d.send("k", Action::DrainNode, "node/n1", false, 1.0)), "b");
+        assert_eq!(
+            sent_to(d.send("k", Action::DrainNode, "node/n1", false, 1.0)),
+            "b"
+        );
         d.disconnected("b");
         // An answer that came before the link closed still counts; after
         // it, nobody carries the action out.
@@ -421,7 +446,13 @@ mod tests {
             SendDecision::NoExecutor
         );
         assert!(matches!(
-            d.send("k2", Action::DrainNode, "node/n1", false, 3.0 + NO_EXECUTOR_FAILS_AFTER_S),
+            d.send(
+                "k2",
+                Action::DrainNode,
+                "node/n1",
+                false,
+                3.0 + NO_EXECUTOR_FAILS_AFTER_S
+            ),
             SendDecision::Fail { .. }
         ));
     }

@@ -147,7 +147,9 @@ pub fn hello(s: &mut ControllerState, host: &str, q: &Query) -> Result<String> {
     }
     r.expire(now);
     let (epoch, since) = match at {
-        Some((e, _)) if e != r.epoch() => bail!("greeted; changes come from the replica of epoch {e}"),
+        Some((e, _)) if e != r.epoch() => {
+            bail!("greeted; changes come from the replica of epoch {e}")
+        }
         Some((e, v)) => (Some(e), v),
         None => (None, 0),
     };

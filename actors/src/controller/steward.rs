@@ -252,9 +252,13 @@ fn send(state: &mut ControllerState, me: &ActorRef<ControllerMsg>, key: String, 
         };
     let Some(conn) = st.conns.get(&executor).cloned() else {
         // Chosen but its connection just went: the rules try again later.
-        let _ = st
-            .dispatch
-            .answered(&key, &executor, rollback, Err("no connection".into()), clock());
+        let _ = st.dispatch.answered(
+            &key,
+            &executor,
+            rollback,
+            Err("no connection".into()),
+            clock(),
+        );
         return;
     };
     let cmd = keel_model::Command {
