@@ -185,6 +185,11 @@ impl Routing {
         self.jobs.len()
     }
 
+    /// Jobs routed but held by no host (none alive).
+    pub fn unassigned(&self) -> usize {
+        self.unassigned.len()
+    }
+
     /// The host holding `job`, if it is routed and a host is alive.
     pub fn host_of(&self, job: &str) -> Option<&str> {
         self.jobs.get(job)?.host.as_deref()

@@ -31,6 +31,9 @@ pub struct Routes {
     store: DiskStorage,
     /// The last log index fed to the index.
     fed: u64,
+    /// Times the index was rebuilt from the job map (after a snapshot, a
+    /// gap, an unreadable entry).
+    pub resyncs: u64,
 }
 
 impl Routes {
@@ -43,6 +46,7 @@ impl Routes {
             index,
             store,
             fed: state.applied,
+            resyncs: 0,
         }
     }
 
@@ -51,28 +55,62 @@ impl Routes {
         let now = unix_now();
         let mut gap = false;
         for (index, outcome) in applied {
-            gap |= *index != self.fed + 1;
+            gap |= *index != self.fed + 1 && !self.no_jobs_between(self.fed + 1, *index);
             self.fed = *index;
             if gap || *outcome != Outcome::Applied {
                 continue;
             }
-            if let Some(record) = self.job_at(*index) {
-                // The state's copy has the placement merged in.
-                let r = state.jobs.get(&record.job).unwrap_or(&record);
-                self.index.job(r, now);
+            match self.job_at(*index) {
+                Ok(Some(record)) => {
+                    // The state's copy has the placement merged in.
+                    let r = state.jobs.get(&record.job).unwrap_or(&record);
+                    self.index.job(r, now);
+                }
+                Ok(None) => {}
+                // Unreadable here: the job map says what it changed.
+                Err(()) => gap = true,
             }
         }
-        // A snapshot, a membership change or a new leader's empty entry:
-        // what happened in between is read from the job map.
+        // Membership changes at the end change no job.
+        if !gap && state.applied > self.fed && self.no_jobs_between(self.fed + 1, state.applied + 1)
+        {
+            self.fed = state.applied;
+        }
+        // A snapshot, or anything not seen applied one by one: what
+        // happened in between is read from the job map.
         if gap || state.applied != self.fed {
             tracing::debug!(applied = state.applied, "routing index resynced");
             self.index.resync(state.jobs.values(), now);
             self.fed = state.applied;
+            self.resyncs += 1;
         }
     }
 
-    /// The job record a `job` command at `index` carried.
-    fn job_at(&self, index: u64) -> Option<JobRecord> {
+    /// Whether the entries in `lo..hi`, which were not reported applied,
+    /// are all a new leader's empty entries or membership changes (a few
+    /// at most), so that no job changed in them.
+    fn no_jobs_between(&self, lo: u64, hi: u64) -> bool {
+        if hi <= lo || hi - lo > 64 {
+            return hi <= lo;
+        }
+        let Ok(entries) = raft::Storage::entries(
+            &self.store,
+            lo,
+            hi,
+            None,
+            raft::GetEntriesContext::empty(false),
+        ) else {
+            return false;
+        };
+        entries.len() as u64 == hi - lo
+            && entries.iter().all(|e| {
+                e.get_entry_type() != raft::prelude::EntryType::EntryNormal || e.data.is_empty()
+            })
+    }
+
+    /// The job record a `job` command at `index` carried (`None`: another
+    /// command; `Err`: the entry could not be read back).
+    fn job_at(&self, index: u64) -> Result<Option<JobRecord>, ()> {
         let entries = raft::Storage::entries(
             &self.store,
             index,
@@ -80,10 +118,11 @@ impl Routes {
             None,
             raft::GetEntriesContext::empty(false),
         )
-        .ok()?;
-        match Proposal::decode(&entries.first()?.data).ok()?.command {
-            Command::Job { record } => Some(record),
-            _ => None,
+        .map_err(|_| ())?;
+        let entry = entries.first().ok_or(())?;
+        match Proposal::decode(&entry.data).map_err(|_| ())?.command {
+            Command::Job { record } => Ok(Some(record)),
+            _ => Ok(None),
         }
     }
 }
@@ -160,4 +199,78 @@ pub fn hello(s: &mut ControllerState, host: &str, q: &Query) -> Result<String> {
 /// The bytes an item takes in an answer.
 fn cost<T: serde::Serialize>(item: &T) -> usize {
     serde_json::to_vec(item).map_or(0, |b| b.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_consensus::node::Node;
+    use keel_model::JobState;
+
+    fn record(job: &str, state: JobState) -> JobRecord {
+        let mut r = JobRecord::state_only(job, state, unix_now());
+        r.nodes = vec!["n1".into()];
+        r.ranks = [("n1".into(), vec![0])].into_iter().collect();
+        r
+    }
+
+    /// Drives a one-replica node until it has nothing more to do, feeding
+    /// the index what it applied.
+    fn settle(node: &mut Node<DiskStorage>, routes: &mut Routes) {
+        for _ in 0..100 {
+            node.tick();
+            let out = node.ready();
+            routes.applied(&node.state, &out.applied);
+        }
+    }
+
+    #[test]
+    fn applied_job_entries_feed_the_index() {
+        let dir = std::env::temp_dir().join(format!("keel-routing-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = DiskStorage::open(&dir.join("raft.redb"), &[1]).unwrap();
+        let mut node = Node::new(1, store.clone()).unwrap();
+        let mut routes = Routes::new(store, &node.state, 1);
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(routes.index.hello("corr-a", addr, unix_now()));
+        settle(&mut node, &mut routes);
+        assert!(node.is_leader());
+        let resyncs = routes.resyncs;
+        let jobs = [
+            record("j-run", JobState::Running),
+            record("j-wait", JobState::Pending),
+        ];
+        for (seq, r) in jobs.into_iter().enumerate() {
+            let p = Proposal {
+                client: "test/1".into(),
+                seq: seq as u64 + 1,
+                command: Command::Job { record: r },
+            };
+            node.propose(p.encode()).unwrap();
+        }
+        settle(&mut node, &mut routes);
+        assert_eq!(node.state.jobs.len(), 2);
+        assert_eq!(routes.index.host_of("j-run"), Some("corr-a"));
+        assert_eq!(routes.index.host_of("j-wait"), None);
+        assert_eq!(routes.index.jobs(), 1);
+        // The end comes without placement; the index keeps it, lingering.
+        let end = JobRecord::state_only("j-run", JobState::Completed, unix_now());
+        let p = Proposal {
+            client: "test/1".into(),
+            seq: 3,
+            command: Command::Job { record: end },
+        };
+        node.propose(p.encode()).unwrap();
+        settle(&mut node, &mut routes);
+        let all = routes.index.all_routes();
+        assert_eq!(all.len(), 1);
+        assert!(all[0].ended);
+        assert_eq!(all[0].host.as_deref(), Some("corr-a"));
+        let d = routes.index.routes("n1", None, 0, REPLY_BUDGET, |_| 1);
+        assert_eq!(d.changed.len(), 1);
+        // All of it came from the entries themselves, not from a resync.
+        assert_eq!(routes.resyncs, resyncs);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
