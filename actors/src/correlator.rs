@@ -13,7 +13,7 @@
 use crate::client::{ControllerAddr, ControllerClient};
 use crate::controller::queries::params;
 use crate::controller::routing::Delta;
-use crate::mailbox::DropOldest;
+use crate::mailbox::{forward, Done, DropOldest};
 use anyhow::{Context, Result};
 use keel_detect::Engine;
 use keel_model::{
@@ -40,6 +40,10 @@ pub const MAX_ASSIGNED: usize = 100_000;
 /// Telemetry batches from sensors waiting for the host actor; when full
 /// the oldest is dropped and counted (`HostStats::telemetry_dropped`).
 pub const TELEMETRY_QUEUE: usize = 1024;
+/// Inputs (batches of summaries or readings) waiting for one job's
+/// correlator; when full the oldest is dropped and counted
+/// (`HostStats::correlator_dropped`).
+pub const CORRELATOR_QUEUE: usize = 256;
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `keel correlator --config FILE`.
@@ -71,7 +75,7 @@ pub enum HostMsg {
     Metrics(Vec<MetricSample>),
     /// A sensor's batch from the intake queue; `done` once handled, so
     /// that the mailbox holds one such batch at most.
-    Telemetry(TelemetryBatch, tokio::sync::oneshot::Sender<()>),
+    Telemetry(TelemetryBatch, Done),
     Stats(tokio::sync::oneshot::Sender<HostStats>),
     /// Fault injection for tests and the demo: the job's correlator panics.
     Crash(Name),
@@ -87,6 +91,8 @@ pub struct HostStats {
     pub assigned_refused: u64,
     /// Sensor batches dropped (oldest first) at the intake queue.
     pub telemetry_dropped: u64,
+    /// Inputs dropped (oldest first) in front of slow correlators.
+    pub correlator_dropped: u64,
 }
 
 pub struct HostActor;
@@ -95,6 +101,10 @@ pub struct HostState {
     name: String,
     client: ControllerClient,
     correlators: HashMap<Name, (ActorRef<CorrelatorMsg>, JobRecord)>,
+    /// Each correlator's input queue (see `CORRELATOR_QUEUE`).
+    inputs: HashMap<Name, Arc<DropOldest<Input>>>,
+    /// Inputs dropped by queues since closed.
+    inputs_dropped: u64,
     /// The jobs assigned to this host, as the deltas so far say.
     assigned: HashMap<Name, JobRecord>,
     /// `assigned` changed since the correlators were last matched to it.
@@ -141,16 +151,7 @@ impl Actor for HostActor {
         // Every connection's batches go into one drop-oldest queue; one
         // forwarder hands them to the actor one at a time.
         let intake = Arc::new(DropOldest::new(TELEMETRY_QUEUE));
-        let (queue, me) = (intake.clone(), myself.clone());
-        let forward = tokio::spawn(async move {
-            while let Some(batch) = queue.pop().await {
-                let (done, handled) = tokio::sync::oneshot::channel();
-                if me.cast(HostMsg::Telemetry(batch, done)).is_err() {
-                    return;
-                }
-                let _ = handled.await;
-            }
-        });
+        let forwarder = forward(intake.clone(), myself.clone(), HostMsg::Telemetry);
         let queue = intake.clone();
         let accept = tokio::spawn(async move {
             while let Some((_conn, mut inbox)) = server.accept().await {
@@ -226,12 +227,14 @@ impl Actor for HostActor {
             name,
             client,
             correlators: HashMap::new(),
+            inputs: HashMap::new(),
+            inputs_dropped: 0,
             assigned: HashMap::new(),
             unsettled: false,
             by_id: HashMap::new(),
             stats: HostStats::default(),
             intake,
-            tasks: vec![accept, forward, hello],
+            tasks: vec![accept, forwarder, hello],
         })
     }
 
@@ -267,6 +270,8 @@ impl Actor for HostActor {
             HostMsg::Stats(reply) => {
                 let mut s = state.stats.clone();
                 s.telemetry_dropped = state.intake.dropped();
+                s.correlator_dropped =
+                    state.inputs_dropped + state.inputs.values().map(|q| q.dropped()).sum::<u64>();
                 s.jobs = state.correlators.keys().cloned().collect();
                 s.jobs.sort();
                 let _ = reply.send(s);
@@ -314,9 +319,11 @@ impl HostState {
         }
         for (job, batch) in by_job {
             match self.correlators.get(&job) {
-                Some((c, _)) => {
+                Some(_) => {
                     self.stats.summaries += batch.len() as u64;
-                    let _ = c.cast(CorrelatorMsg::Summaries(batch));
+                    if let Some(q) = self.inputs.get(&job) {
+                        q.push(Input::Summaries(batch));
+                    }
                 }
                 None => self.stats.unassigned_summaries += batch.len() as u64,
             }
@@ -325,14 +332,14 @@ impl HostState {
 
     /// Hands each correlator the readings of its job's nodes.
     fn metrics(&self, metrics: &[MetricSample]) {
-        for (c, job) in self.correlators.values() {
+        for (name, (_, job)) in &self.correlators {
             let mine: Vec<MetricSample> = metrics
                 .iter()
                 .filter(|m| job.ranks.contains_key(&m.node))
                 .cloned()
                 .collect();
-            if !mine.is_empty() {
-                let _ = c.cast(CorrelatorMsg::Metrics(mine));
+            if let (false, Some(q)) = (mine.is_empty(), self.inputs.get(name)) {
+                q.push(Input::Metrics(mine));
             }
         }
     }
@@ -375,6 +382,7 @@ impl HostState {
             .cloned()
             .collect();
         for job in gone {
+            self.close_inputs(&job);
             if let Some((c, _)) = self.correlators.remove(&job) {
                 self.by_id.remove(&c.get_id());
                 c.stop(Some("job no longer assigned here".into()));
@@ -403,6 +411,14 @@ impl HostState {
         Ok(())
     }
 
+    fn close_inputs(&mut self, job: &Name) {
+        if let Some(q) = self.inputs.remove(job) {
+            q.close();
+            self.inputs_dropped += q.dropped();
+        }
+        self.tasks.retain(|t| !t.is_finished());
+    }
+
     async fn spawn(&mut self, myself: &ActorRef<HostMsg>, record: JobRecord) -> Result<()> {
         let job = record.job.clone();
         let args = CorrelatorArgs {
@@ -414,6 +430,13 @@ impl HostState {
             .with_context(|| format!("starting the correlator of {job}"))?;
         tracing::info!(host = %self.name, %job, "correlator started");
         self.by_id.insert(c.get_id(), job.clone());
+        // A restarted correlator gets a fresh queue; the old one's
+        // forwarder ends with the old actor.
+        self.close_inputs(&job);
+        let inputs = Arc::new(DropOldest::new(CORRELATOR_QUEUE));
+        self.tasks
+            .push(forward(inputs.clone(), c.clone(), CorrelatorMsg::Input));
+        self.inputs.insert(job.clone(), inputs);
         self.correlators.insert(job, (c, record));
         Ok(())
     }
@@ -423,7 +446,15 @@ pub enum CorrelatorMsg {
     Job(Box<JobRecord>),
     Summaries(Vec<Summary>),
     Metrics(Vec<MetricSample>),
+    /// From the correlator's input queue; `done` once handled.
+    Input(Input, Done),
     Crash,
+}
+
+/// What a correlator's input queue carries.
+pub enum Input {
+    Summaries(Vec<Summary>),
+    Metrics(Vec<MetricSample>),
 }
 
 pub struct CorrelatorArgs {
@@ -515,13 +546,13 @@ impl Actor for CorrelatorActor {
                 state.engine.push(&Record::Job(record), &mut state.found);
                 state.queue_reports();
             }
-            CorrelatorMsg::Summaries(batch) => {
+            CorrelatorMsg::Summaries(batch) | CorrelatorMsg::Input(Input::Summaries(batch), _) => {
                 for s in &batch {
                     state.engine.push_window(s, &mut state.found);
                     state.queue_reports();
                 }
             }
-            CorrelatorMsg::Metrics(batch) => {
+            CorrelatorMsg::Metrics(batch) | CorrelatorMsg::Input(Input::Metrics(batch), _) => {
                 for m in batch {
                     state.engine.push(&Record::Metric(m), &mut state.found);
                     state.queue_reports();

@@ -13,8 +13,36 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use tokio::sync::Notify;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{oneshot, Notify};
+
+/// Sent (or dropped) by an actor once it has handled a forwarded item.
+pub type Done = oneshot::Sender<()>;
+
+/// Spawns the task that hands `queue`'s items to `actor` one at a time,
+/// each as `wrap(item, done)`, waiting for `done` before the next: the
+/// actor's mailbox holds one such message at most. Ends once the queue is
+/// closed and empty, or the actor is gone.
+pub fn forward<T, M>(
+    queue: Arc<DropOldest<T>>,
+    actor: ractor::ActorRef<M>,
+    wrap: impl Fn(T, Done) -> M + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    T: Send + 'static,
+    M: ractor::Message,
+{
+    tokio::spawn(async move {
+        while let Some(item) = queue.pop().await {
+            let (done, handled) = oneshot::channel();
+            if actor.cast(wrap(item, done)).is_err() {
+                queue.close();
+                return;
+            }
+            let _ = handled.await;
+        }
+    })
+}
 
 /// A bounded multi-producer queue that drops its oldest item when full.
 #[derive(Debug)]
