@@ -24,6 +24,7 @@
 //! records carry); nothing here reads a clock or opens a socket.
 
 use crate::assign::assign;
+use delta::{Index, Set};
 use keel_model::{JobRecord, JobState, Name};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -72,29 +73,6 @@ pub struct Delta<T> {
     pub removed: Vec<Name>,
 }
 
-/// Jobs in one set (a host's, a node's, all), by the version of their
-/// last change.
-#[derive(Debug, Default)]
-struct Index {
-    at: HashMap<Name, u64>,
-    by_version: BTreeMap<u64, Name>,
-}
-
-impl Index {
-    fn put(&mut self, job: &Name, version: u64) {
-        if let Some(old) = self.at.insert(job.clone(), version) {
-            self.by_version.remove(&old);
-        }
-        self.by_version.insert(version, job.clone());
-    }
-
-    fn remove(&mut self, job: &Name) {
-        if let Some(old) = self.at.remove(job) {
-            self.by_version.remove(&old);
-        }
-    }
-}
-
 /// A job that left a set at `version`: its host's, and these nodes'.
 #[derive(Debug)]
 struct Removal {
@@ -118,12 +96,6 @@ struct Live {
 struct Host {
     addr: SocketAddr,
     seen: f64,
-}
-
-/// Which set a delta is about.
-enum Set<'a> {
-    Host(&'a str),
-    Node(&'a str),
 }
 
 /// The replica's routing index; see the module doc.
@@ -412,79 +384,6 @@ impl Routing {
         }
     }
 
-    fn delta<T>(
-        &self,
-        set: Set<'_>,
-        epoch: Option<u64>,
-        since: u64,
-        budget: usize,
-        item: impl Fn(&Live) -> T,
-        cost: impl Fn(&T) -> usize,
-    ) -> Delta<T> {
-        let reset = epoch != Some(self.epoch) || since < self.horizon || since > self.version;
-        let since = if reset { 0 } else { since };
-        let index = match set {
-            Set::Host(h) => self.by_host.get(h),
-            Set::Node(n) => self.by_node.get(n),
-        };
-        let mut changed = index
-            .map(|i| i.by_version.range(since + 1..))
-            .into_iter()
-            .flatten()
-            .peekable();
-        let first = self.removals.partition_point(|r| r.version <= since);
-        let mut removals = self
-            .removals
-            .range(first..)
-            .filter(|r| {
-                !reset
-                    && match set {
-                        Set::Host(h) => r.host.as_deref() == Some(h),
-                        Set::Node(n) => r.nodes.iter().any(|m| m == n),
-                    }
-                    && !index.is_some_and(|i| i.at.contains_key(&r.job))
-            })
-            .peekable();
-        let mut out = Delta {
-            epoch: self.epoch,
-            version: self.version,
-            reset,
-            more: false,
-            changed: Vec::new(),
-            removed: Vec::new(),
-        };
-        let mut used = 0usize;
-        loop {
-            let next_change = changed.peek().map(|(v, _)| **v);
-            let next_removal = removals.peek().map(|r| r.version);
-            let version = match (next_change, next_removal) {
-                (None, None) => break,
-                (Some(c), Some(r)) => c.min(r),
-                (Some(c), None) => c,
-                (None, Some(r)) => r,
-            };
-            if used >= budget {
-                out.more = true;
-                // Everything up to the last item given is given.
-                out.version = version - 1;
-                break;
-            }
-            if next_change == Some(version) {
-                if let Some((_, job)) = changed.next() {
-                    if let Some(l) = self.jobs.get(job) {
-                        let t = item(l);
-                        used += cost(&t);
-                        out.changed.push(t);
-                    }
-                }
-            } else if let Some(r) = removals.next() {
-                used += r.job.len() + 4;
-                out.removed.push(r.job.clone());
-            }
-        }
-        out
-    }
-
     /// Inserts or updates a job that needs a correlator (`linger_until`
     /// set for an ended one).
     fn place(&mut self, record: &JobRecord, linger_until: Option<f64>) {
@@ -635,6 +534,9 @@ fn millis(s: f64) -> u64 {
         0
     }
 }
+
+#[path = "routing_delta.rs"]
+mod delta;
 
 #[cfg(test)]
 #[path = "routing_tests.rs"]
