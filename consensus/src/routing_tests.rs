@@ -12,24 +12,14 @@ fn addr(port: u16) -> SocketAddr {
 }
 
 fn job(name: &str, state: JobState, nodes: &[&str], ts: f64) -> JobRecord {
-    JobRecord {
-        ts,
-        node: None,
-        job: name.into(),
-        state,
-        tenant: None,
-        nodes: nodes.iter().map(|n| Name::from(*n)).collect(),
-        ranks: nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (Name::from(*n), vec![i as u32]))
-            .collect(),
-        gpus: BTreeMap::new(),
-        nics: BTreeMap::new(),
-        tp: None,
-        pp: None,
-        replica: None,
-    }
+    let mut r = JobRecord::state_only(name, state, ts);
+    r.nodes = nodes.iter().map(|n| Name::from(*n)).collect();
+    r.ranks = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (Name::from(*n), vec![i as u32]))
+        .collect();
+    r
 }
 
 fn running(name: &str, nodes: &[&str]) -> JobRecord {
