@@ -47,6 +47,9 @@ pub struct Steward {
     /// Keys with a proposal under way: no other step for them until applied.
     pending: HashMap<String, oneshot::Receiver<Outcome>>,
     held_logged: HashSet<String>,
+    /// This replica's client session for the loop's proposals, and the
+    /// last sequence number used in it.
+    session: String,
     seq: u64,
 }
 
@@ -289,14 +292,17 @@ fn send(state: &mut ControllerState, me: &ActorRef<ControllerMsg>, key: String, 
 
 fn propose(state: &mut ControllerState, key: String, command: Command) {
     let st = &mut state.steward;
-    if st.seq == 0 {
-        // Sequence numbers must grow across restarts of this replica, or a
-        // restarted loop's proposals would be taken for old ones.
-        st.seq = (unix_now() * 1e6) as u64;
+    if st.session.is_empty() {
+        // One client session per start of this replica, numbered from 1:
+        // a restarted loop's proposals are never taken for old ones.
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        st.session = format!("steward/{}.{boot:x}", state.cfg.id);
     }
     st.seq += 1;
     let proposal = Proposal {
-        client: format!("steward/{}", state.cfg.id),
+        client: st.session.clone(),
         seq: st.seq,
         command,
     };
