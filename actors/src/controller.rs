@@ -15,6 +15,7 @@ mod drain;
 pub mod history;
 pub mod pages;
 pub mod queries;
+pub mod routing;
 pub mod send;
 pub mod sessions;
 pub mod steward;
@@ -61,6 +62,8 @@ pub const MEMBER_CHANGES_WAITING: usize = 64;
 pub const PROPOSALS_WAITING: usize = 65_536;
 /// Linearizable status questions waiting for their read index, at most.
 pub const READS_WAITING: usize = 1_024;
+/// Requests from one connection being answered at once; the next waits.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 64;
 
 /// What a replica applied, for whoever watches (the demo, tests).
 #[derive(Debug, Clone)]
@@ -124,7 +127,7 @@ pub struct ControllerState {
     reads: Reads,
     drive_queued: bool,
     server: Option<tokio::task::JoinHandle<()>>,
-    pub routing: queries::Routing,
+    pub routing: routing::Routes,
     pub steward: steward::Steward,
     pub sessions: sessions::Sessions,
     sending: send::Sending,
@@ -219,7 +222,8 @@ impl Actor for ControllerActor {
             voters.clear();
         }
         let store = DiskStorage::open(&cfg.data_dir.join("raft.redb"), &voters)?;
-        let node = Node::new(cfg.id, store)?;
+        let node = Node::new(cfg.id, store.clone())?;
+        let routes = routing::Routes::new(store, &node.state, epoch(cfg.id));
         let mut links = HashMap::new();
         for p in &cfg.peers {
             links.insert(p.id, connect(&creds, p.addr, &p.name)?);
@@ -236,14 +240,23 @@ impl Actor for ControllerActor {
                 }
                 let me = me.clone();
                 let drain = drain.clone();
+                // A connection's requests are answered concurrently, up to a
+                // bound; past it the next waits, and the transport pushes
+                // back on that peer alone (a replica's Raft messages never
+                // wait behind a busy client).
+                let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
                 tokio::spawn(async move {
                     while let Some(req) = inbox.requests.recv().await {
+                        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                            return;
+                        };
                         match drain.enter() {
                             Some(guard) => {
                                 let me = me.clone();
                                 tokio::spawn(async move {
                                     queries::handle(req, me).await;
                                     drop(guard);
+                                    drop(permit);
                                 });
                             }
                             None => {
@@ -268,7 +281,7 @@ impl Actor for ControllerActor {
             reads: Reads::default(),
             drive_queued: false,
             server: Some(handle),
-            routing: queries::Routing::default(),
+            routing: routes,
             steward: steward::Steward::default(),
             sending: send::Sending::default(),
             chunks: transfer::Reassembler::default(),
@@ -362,6 +375,15 @@ impl Actor for ControllerActor {
         }
         Ok(())
     }
+}
+
+/// A routing epoch for this start of replica `id`: never 0 (a first
+/// question's), and different at each start.
+fn epoch(id: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ id.rotate_left(48)) | 1
 }
 
 fn connect(creds: &Credentials, addr: SocketAddr, name: &str) -> Result<Arc<Link>> {
@@ -515,6 +537,7 @@ fn drive(state: &mut ControllerState) -> Result<bool> {
             r.0 = Some(index);
         }
     }
+    state.routing.applied(&state.node.state, &out.applied);
     for (index, outcome) in out.applied {
         let key = state
             .node

@@ -2,7 +2,8 @@
 //!
 //! A correlator host (`keel correlator`) greets every controller replica
 //! twice a second and learns which jobs are its own (rendezvous hashing over
-//! the hosts alive, `consensus::assign`); it runs one correlator actor per
+//! the hosts alive, `consensus::assign`) as changes since its last answer,
+//! from one replica (`controller::routing`); it runs one correlator actor per
 //! job, as supervised children, and routes the sensors' summaries and
 //! readings to them. A correlator holds its job's topology, runs the
 //! detection engine over the summaries and reports each finding to the
@@ -11,9 +12,17 @@
 
 use crate::client::{ControllerAddr, ControllerClient};
 use crate::controller::queries::params;
+use crate::controller::routing::Delta;
+
+#[path = "correlator_assignment.rs"]
+mod assignment;
+use crate::mailbox::{forward, Done, DropOldest};
 use anyhow::{Context, Result};
+pub use assignment::MAX_ASSIGNED;
 use keel_detect::Engine;
-use keel_model::{Finding, JobRecord, Message, MetricSample, Name, Record, Summary};
+use keel_model::{
+    Finding, JobRecord, Message, MetricSample, Name, Record, Summary, TelemetryBatch,
+};
 use keel_transport::{Credentials, Options, Server};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::Deserialize;
@@ -21,10 +30,18 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 const HELLO_EVERY: Duration = Duration::from_millis(500);
+/// Telemetry batches from sensors waiting for the host actor; when full
+/// the oldest is dropped and counted (`HostStats::telemetry_dropped`).
+pub const TELEMETRY_QUEUE: usize = 1024;
+/// Inputs (batches of summaries or readings) waiting for one job's
+/// correlator; when full the oldest is dropped and counted
+/// (`HostStats::correlator_dropped`).
+pub const CORRELATOR_QUEUE: usize = 256;
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `keel correlator --config FILE`.
@@ -50,10 +67,13 @@ impl CorrelatorConfig {
 }
 
 pub enum HostMsg {
-    /// The jobs the controller assigns to this host now.
-    Assigned(Vec<JobRecord>),
+    /// What changed in the jobs the controller assigns to this host.
+    Assigned(Delta<JobRecord>),
     Summaries(Vec<Summary>),
     Metrics(Vec<MetricSample>),
+    /// A sensor's batch from the intake queue; `done` once handled, so
+    /// that the mailbox holds one such batch at most.
+    Telemetry(TelemetryBatch, Done),
     Stats(tokio::sync::oneshot::Sender<HostStats>),
     /// Fault injection for tests and the demo: the job's correlator panics.
     Crash(Name),
@@ -65,6 +85,12 @@ pub struct HostStats {
     pub summaries: u64,
     pub unassigned_summaries: u64,
     pub correlator_restarts: u64,
+    /// Assigned jobs refused because `MAX_ASSIGNED` were held.
+    pub assigned_refused: u64,
+    /// Sensor batches dropped (oldest first) at the intake queue.
+    pub telemetry_dropped: u64,
+    /// Inputs dropped (oldest first) in front of slow correlators.
+    pub correlator_dropped: u64,
 }
 
 pub struct HostActor;
@@ -73,8 +99,18 @@ pub struct HostState {
     name: String,
     client: ControllerClient,
     correlators: HashMap<Name, (ActorRef<CorrelatorMsg>, JobRecord)>,
+    /// Each correlator's input queue (see `CORRELATOR_QUEUE`).
+    inputs: HashMap<Name, Arc<DropOldest<Input>>>,
+    /// Inputs dropped by queues since closed.
+    inputs_dropped: u64,
+    /// The jobs assigned to this host, as the deltas so far say.
+    assigned: HashMap<Name, JobRecord>,
+    /// `assigned` changed since the correlators were last matched to it.
+    unsettled: bool,
     by_id: HashMap<ActorId, Name>,
     stats: HostStats,
+    /// Sensors' batches on their way to this actor.
+    intake: Arc<DropOldest<TelemetryBatch>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -110,18 +146,17 @@ impl Actor for HostActor {
         (name, client, mut server, advertise): Self::Arguments,
     ) -> Result<HostState, ActorProcessingErr> {
         tracing::info!(host = %name, addr = %advertise, "correlator host listening");
-        let me = myself.clone();
+        // Every connection's batches go into one drop-oldest queue; one
+        // forwarder hands them to the actor one at a time.
+        let intake = Arc::new(DropOldest::new(TELEMETRY_QUEUE));
+        let forwarder = forward(intake.clone(), myself.clone(), HostMsg::Telemetry);
+        let queue = intake.clone();
         let accept = tokio::spawn(async move {
             while let Some((_conn, mut inbox)) = server.accept().await {
-                let me2 = me.clone();
+                let queue = queue.clone();
                 tokio::spawn(async move {
                     while let Some((_peer, batch)) = inbox.telemetry.recv().await {
-                        if !batch.metrics.is_empty()
-                            && me2.cast(HostMsg::Metrics(batch.metrics)).is_err()
-                        {
-                            return;
-                        }
-                        if me2.cast(HostMsg::Summaries(batch.summaries)).is_err() {
+                        if !queue.push(batch) {
                             return;
                         }
                     }
@@ -140,36 +175,19 @@ impl Actor for HostActor {
                 });
             }
         });
-        let me = myself.clone();
-        let greeter = client.clone();
-        let hello = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HELLO_EVERY);
-            loop {
-                tick.tick().await;
-                let asked = greeter
-                    .ask_all(
-                        "hello",
-                        params([("addr", advertise.to_string())]),
-                        ASK_TIMEOUT,
-                    )
-                    .await;
-                match asked.and_then(|b| Ok(serde_json::from_str::<Vec<JobRecord>>(&b)?)) {
-                    Ok(jobs) => {
-                        if me.cast(HostMsg::Assigned(jobs)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "no assignment this round"),
-                }
-            }
-        });
+        let hello = assignment::greet(client.clone(), advertise, myself.clone());
         Ok(HostState {
             name,
             client,
             correlators: HashMap::new(),
+            inputs: HashMap::new(),
+            inputs_dropped: 0,
+            assigned: HashMap::new(),
+            unsettled: false,
             by_id: HashMap::new(),
             stats: HostStats::default(),
-            tasks: vec![accept, hello],
+            intake,
+            tasks: vec![accept, forwarder, hello],
         })
     }
 
@@ -178,6 +196,7 @@ impl Actor for HostActor {
         _myself: ActorRef<HostMsg>,
         state: &mut HostState,
     ) -> Result<(), ActorProcessingErr> {
+        state.intake.close();
         for t in state.tasks.drain(..) {
             t.abort();
         }
@@ -191,36 +210,21 @@ impl Actor for HostActor {
         state: &mut HostState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            HostMsg::Assigned(jobs) => state.assign(&myself, jobs).await?,
-            HostMsg::Summaries(summaries) => {
-                let mut by_job: HashMap<Name, Vec<Summary>> = HashMap::new();
-                for s in summaries {
-                    by_job.entry(s.job.clone()).or_default().push(s);
+            HostMsg::Assigned(delta) => state.assigned(&myself, delta).await?,
+            HostMsg::Summaries(summaries) => state.summaries(summaries),
+            HostMsg::Metrics(metrics) => state.metrics(&metrics),
+            HostMsg::Telemetry(batch, done) => {
+                if !batch.metrics.is_empty() {
+                    state.metrics(&batch.metrics);
                 }
-                for (job, batch) in by_job {
-                    match state.correlators.get(&job) {
-                        Some((c, _)) => {
-                            state.stats.summaries += batch.len() as u64;
-                            let _ = c.cast(CorrelatorMsg::Summaries(batch));
-                        }
-                        None => state.stats.unassigned_summaries += batch.len() as u64,
-                    }
-                }
-            }
-            HostMsg::Metrics(metrics) => {
-                for (c, job) in state.correlators.values() {
-                    let mine: Vec<MetricSample> = metrics
-                        .iter()
-                        .filter(|m| job.ranks.contains_key(&m.node))
-                        .cloned()
-                        .collect();
-                    if !mine.is_empty() {
-                        let _ = c.cast(CorrelatorMsg::Metrics(mine));
-                    }
-                }
+                state.summaries(batch.summaries);
+                let _ = done.send(());
             }
             HostMsg::Stats(reply) => {
                 let mut s = state.stats.clone();
+                s.telemetry_dropped = state.intake.dropped();
+                s.correlator_dropped =
+                    state.inputs_dropped + state.inputs.values().map(|q| q.dropped()).sum::<u64>();
                 s.jobs = state.correlators.keys().cloned().collect();
                 s.jobs.sort();
                 let _ = reply.send(s);
@@ -260,33 +264,45 @@ impl Actor for HostActor {
 }
 
 impl HostState {
-    async fn assign(&mut self, myself: &ActorRef<HostMsg>, jobs: Vec<JobRecord>) -> Result<()> {
-        let keep: HashMap<Name, JobRecord> = jobs.into_iter().map(|j| (j.job.clone(), j)).collect();
-        let gone: Vec<Name> = self
-            .correlators
-            .keys()
-            .filter(|j| !keep.contains_key(*j))
-            .cloned()
-            .collect();
-        for job in gone {
-            if let Some((c, _)) = self.correlators.remove(&job) {
-                self.by_id.remove(&c.get_id());
-                c.stop(Some("job no longer assigned here".into()));
-                tracing::info!(host = %self.name, %job, "correlator stopped");
-            }
+    /// Hands each job's summaries to its correlator.
+    fn summaries(&mut self, summaries: Vec<Summary>) {
+        let mut by_job: HashMap<Name, Vec<Summary>> = HashMap::new();
+        for s in summaries {
+            by_job.entry(s.job.clone()).or_default().push(s);
         }
-        for (job, record) in keep {
-            match self.correlators.get_mut(&job) {
-                Some((c, known)) => {
-                    if *known != record {
-                        *known = record.clone();
-                        let _ = c.cast(CorrelatorMsg::Job(Box::new(record)));
+        for (job, batch) in by_job {
+            match self.correlators.get(&job) {
+                Some(_) => {
+                    self.stats.summaries += batch.len() as u64;
+                    if let Some(q) = self.inputs.get(&job) {
+                        q.push(Input::Summaries(batch));
                     }
                 }
-                None => self.spawn(myself, record).await?,
+                None => self.stats.unassigned_summaries += batch.len() as u64,
             }
         }
-        Ok(())
+    }
+
+    /// Hands each correlator the readings of its job's nodes.
+    fn metrics(&self, metrics: &[MetricSample]) {
+        for (name, (_, job)) in &self.correlators {
+            let mine: Vec<MetricSample> = metrics
+                .iter()
+                .filter(|m| job.ranks.contains_key(&m.node))
+                .cloned()
+                .collect();
+            if let (false, Some(q)) = (mine.is_empty(), self.inputs.get(name)) {
+                q.push(Input::Metrics(mine));
+            }
+        }
+    }
+
+    fn close_inputs(&mut self, job: &Name) {
+        if let Some(q) = self.inputs.remove(job) {
+            q.close();
+            self.inputs_dropped += q.dropped();
+        }
+        self.tasks.retain(|t| !t.is_finished());
     }
 
     async fn spawn(&mut self, myself: &ActorRef<HostMsg>, record: JobRecord) -> Result<()> {
@@ -300,6 +316,13 @@ impl HostState {
             .with_context(|| format!("starting the correlator of {job}"))?;
         tracing::info!(host = %self.name, %job, "correlator started");
         self.by_id.insert(c.get_id(), job.clone());
+        // A restarted correlator gets a fresh queue; the old one's
+        // forwarder ends with the old actor.
+        self.close_inputs(&job);
+        let inputs = Arc::new(DropOldest::new(CORRELATOR_QUEUE));
+        self.tasks
+            .push(forward(inputs.clone(), c.clone(), CorrelatorMsg::Input));
+        self.inputs.insert(job.clone(), inputs);
         self.correlators.insert(job, (c, record));
         Ok(())
     }
@@ -309,7 +332,15 @@ pub enum CorrelatorMsg {
     Job(Box<JobRecord>),
     Summaries(Vec<Summary>),
     Metrics(Vec<MetricSample>),
+    /// From the correlator's input queue; `done` once handled.
+    Input(Input, Done),
     Crash,
+}
+
+/// What a correlator's input queue carries.
+pub enum Input {
+    Summaries(Vec<Summary>),
+    Metrics(Vec<MetricSample>),
 }
 
 pub struct CorrelatorArgs {
@@ -401,13 +432,13 @@ impl Actor for CorrelatorActor {
                 state.engine.push(&Record::Job(record), &mut state.found);
                 state.queue_reports();
             }
-            CorrelatorMsg::Summaries(batch) => {
+            CorrelatorMsg::Summaries(batch) | CorrelatorMsg::Input(Input::Summaries(batch), _) => {
                 for s in &batch {
                     state.engine.push_window(s, &mut state.found);
                     state.queue_reports();
                 }
             }
-            CorrelatorMsg::Metrics(batch) => {
+            CorrelatorMsg::Metrics(batch) | CorrelatorMsg::Input(Input::Metrics(batch), _) => {
                 for m in batch {
                     state.engine.push(&Record::Metric(m), &mut state.found);
                     state.queue_reports();

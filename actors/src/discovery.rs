@@ -6,36 +6,52 @@
 //! epilog in `deploy/slurm/` report the same events as they happen, with
 //! the ranks' placement; discovery is the safety net that catches the jobs
 //! whose epilog never ran.
+//!
+//! Each look is one pass over the listing (hash maps, O(n) in the jobs
+//! listed). Slurm is asked for the whole queue each time: `squeue` has no
+//! option to list only the jobs changed since a time (its `--iterate` only
+//! repeats the listing). slurmrestd's `GET /slurm/v0.0.4x/jobs` does take
+//! `update_time` ("Filter jobs since update timestamp" in its OpenAPI
+//! description); an executor that talks to slurmrestd instead of running
+//! `squeue` could pass the time of its last look there.
 
 use keel_adapters::executors::slurm::{SlurmExecutor, SlurmJob};
 use keel_adapters::executors::Journal;
 use keel_model::{JobRecord, JobState, Message, Query};
 use keel_transport::Link;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// What Slurm said at the last look, per job id.
 #[derive(Debug, Default)]
 pub struct Discovery {
-    known: BTreeMap<u64, JobState>,
+    known: HashMap<u64, JobState>,
 }
 
 impl Discovery {
     /// The jobs to report after a look at the queue: new or changed ones,
-    /// and the ids of those that left it.
+    /// and the ids of those that left it (in id order). O(n) in the jobs
+    /// listed and known. A job listed twice counts once, as last listed.
     pub fn step<'a>(&mut self, listed: &'a [SlurmJob]) -> (Vec<&'a SlurmJob>, Vec<u64>) {
-        let changed: Vec<&SlurmJob> = listed
-            .iter()
-            .filter(|j| self.known.get(&j.job_id) != Some(&j.job_state()))
-            .collect();
-        let gone: Vec<u64> = self
+        let mut now: HashMap<u64, JobState> = HashMap::with_capacity(listed.len());
+        let mut changed: Vec<&SlurmJob> = Vec::new();
+        let mut reported: HashSet<u64> = HashSet::new();
+        for j in listed {
+            let state = j.job_state();
+            now.insert(j.job_id, state);
+            if self.known.get(&j.job_id) != Some(&state) && reported.insert(j.job_id) {
+                changed.push(j);
+            }
+        }
+        let mut gone: Vec<u64> = self
             .known
             .keys()
-            .filter(|id| !listed.iter().any(|j| j.job_id == **id))
+            .filter(|id| !now.contains_key(id))
             .copied()
             .collect();
-        self.known = listed.iter().map(|j| (j.job_id, j.job_state())).collect();
+        gone.sort_unstable();
+        self.known = now;
         (changed, gone)
     }
 }
@@ -158,5 +174,20 @@ mod tests {
         let (changed, gone) = d.step(&later);
         assert_eq!(changed.iter().map(|j| j.job_id).collect::<Vec<_>>(), [1]);
         assert_eq!(gone, [2]);
+    }
+
+    #[test]
+    fn a_large_queue_is_diffed_in_one_pass() {
+        let mut d = Discovery::default();
+        let all: Vec<SlurmJob> = (0..50_000).map(|i| job(i, "RUNNING")).collect();
+        assert_eq!(d.step(&all).0.len(), 50_000);
+        // Every other job left, one changed.
+        let mut half: Vec<SlurmJob> = (0..50_000).step_by(2).map(|i| job(i, "RUNNING")).collect();
+        half[0] = job(0, "COMPLETING");
+        let (changed, gone) = d.step(&half);
+        assert_eq!(changed.iter().map(|j| j.job_id).collect::<Vec<_>>(), [0]);
+        assert_eq!(gone.len(), 25_000);
+        assert!(gone.iter().all(|id| id % 2 == 1));
+        assert!(gone.windows(2).all(|w| w[0] < w[1]));
     }
 }

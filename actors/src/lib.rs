@@ -19,6 +19,7 @@ pub mod controller;
 pub mod correlator;
 pub mod discovery;
 pub mod executor;
+pub mod mailbox;
 pub mod sensor;
 pub mod sources;
 

@@ -17,7 +17,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::controller::queries::{params, Route};
+use crate::controller::queries::params;
+use crate::controller::routing::{Delta, Route};
 
 /// How often summaries and readings are sent.
 const FLUSH: Duration = Duration::from_millis(50);
@@ -64,7 +65,8 @@ pub enum SensorMsg {
     /// Records from a source, with the source's clock when it sent them.
     Records(Vec<Record>, f64),
     Flush,
-    Routes(Vec<Route>),
+    /// What changed in the routes of this node's jobs.
+    Routes(Delta<Route>),
     /// Counters, for status and tests.
     Stats(tokio::sync::oneshot::Sender<SensorStats>),
 }
@@ -138,19 +140,36 @@ impl Actor for SensorActor {
         let node = state.cfg.node.to_string();
         let me = myself.clone();
         state.routes_task = Some(tokio::spawn(async move {
+            // The last answer's (epoch, version): the next one holds only
+            // what changed since, or everything from a replica that does
+            // not know it (a first question passes epoch 0).
+            let mut at = (0u64, 0u64);
             let mut tick = tokio::time::interval(ROUTES_EVERY);
             loop {
                 tick.tick().await;
-                let asked = client
-                    .ask("routes", params([("node", node.clone())]), ASK_TIMEOUT)
-                    .await;
-                match asked.and_then(|b| Ok(serde_json::from_str::<Vec<Route>>(&b)?)) {
-                    Ok(routes) => {
-                        if me.cast(SensorMsg::Routes(routes)).is_err() {
-                            return;
+                loop {
+                    let asked = params([
+                        ("node", node.clone()),
+                        ("epoch", at.0.to_string()),
+                        ("since", at.1.to_string()),
+                    ]);
+                    let asked = client.ask("routes", asked, ASK_TIMEOUT).await;
+                    match asked.and_then(|b| Ok(serde_json::from_str::<Delta<Route>>(&b)?)) {
+                        Ok(delta) => {
+                            at = (delta.epoch, delta.version);
+                            let more = delta.more;
+                            if me.cast(SensorMsg::Routes(delta)).is_err() {
+                                return;
+                            }
+                            if !more {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "routes not refreshed");
+                            break;
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "routes not refreshed"),
                 }
             }
         }));
@@ -183,8 +202,16 @@ impl Actor for SensorActor {
                 }
             }
             SensorMsg::Flush => state.flush(),
-            SensorMsg::Routes(routes) => {
-                state.routes = routes.into_iter().map(|r| (r.job.clone(), r)).collect();
+            SensorMsg::Routes(delta) => {
+                if delta.reset {
+                    state.routes.clear();
+                }
+                for job in &delta.removed {
+                    state.routes.remove(job);
+                }
+                for r in delta.changed {
+                    state.routes.insert(r.job.clone(), r);
+                }
             }
             SensorMsg::Stats(reply) => {
                 let mut s = state.stats.clone();

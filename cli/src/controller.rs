@@ -14,9 +14,20 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+/// Worker threads of a role process's runtime unless `--worker-threads`
+/// says otherwise.
+pub const DEFAULT_WORKER_THREADS: usize = 2;
+static WORKER_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// `--worker-threads N`: set once, before a role's runtime starts.
+pub fn set_worker_threads(n: usize) {
+    let _ = WORKER_THREADS.set(n.max(1));
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
+    let threads = *WORKER_THREADS.get().unwrap_or(&DEFAULT_WORKER_THREADS);
     Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()?)
 }

@@ -26,6 +26,10 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Worker threads of a role process's runtime (controller, sensor,
+    /// correlator, executor); default 2
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -404,6 +408,9 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.worker_threads {
+        controller::set_worker_threads(usize::from(n));
+    }
     match cli.command {
         Command::Demo {
             scenario,

@@ -13,6 +13,7 @@ pub mod history;
 pub mod memstore;
 pub mod node;
 pub mod retention;
+pub mod routing;
 pub mod state;
 pub mod storage;
 

@@ -12,6 +12,7 @@
 //! [`Context`], so that every replica, replay and test decides alike.
 
 mod check;
+pub mod dispatch;
 mod error;
 mod explain;
 mod links;

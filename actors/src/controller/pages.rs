@@ -110,7 +110,7 @@ pub fn jobs(s: &ControllerState, job: Option<&str>, offset: usize, limit: usize)
 
 /// `actions`: a page of the ledger (from `offset`) and one of the audit
 /// trail (from `audit_offset`), each with its own `next`.
-pub fn actions(s: &ControllerState, q: &Query) -> Result<String> {
+pub fn actions(s: &mut ControllerState, q: &Query) -> Result<String> {
     let (offset, limit) = window(q)?;
     let audit_offset: usize = q
         .params

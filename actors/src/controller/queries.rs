@@ -18,81 +18,24 @@
 //!
 //! Which correlator host is alive is soft state of each replica (hosts greet
 //! every replica), so routing works on any replica, leader or not, and
-//! keeps working through an election.
+//! keeps working through an election; `routes` and `hello` are answered in
+//! `routing`, from the replica's routing index.
+
+pub use super::routing::Route;
 
 use super::{ControllerMsg, ControllerState};
 use crate::sources::unix_now;
 use anyhow::{bail, Context, Result};
-use keel_consensus::assign::assign;
 use keel_consensus::node::MAX_PROPOSAL_BYTES;
-use keel_consensus::state::{Command, Outcome, Proposal, State};
-use keel_model::{Ack, Action, Finding, JobRecord, Message, Name, Query, QueryReply, Role};
+use keel_consensus::state::{Command, Outcome, Proposal};
+use keel_model::{Ack, Action, Finding, JobRecord, Message, Query, QueryReply, Role};
 use keel_transport::Request;
 use ractor::ActorRef;
-use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// A correlator host silent this long is taken as gone: its jobs move.
-pub const HOST_TTL: Duration = Duration::from_secs(2);
-/// A job that ended keeps its correlator this long: a GPU it leaves held
-/// (a squatter) shows only after the end.
-pub const LINGER: Duration = Duration::from_secs(90);
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The replica's soft state for routing.
-#[derive(Default)]
-pub struct Routing {
-    hosts: HashMap<String, (SocketAddr, Instant)>,
-    ended: HashMap<Name, Instant>,
-}
-
-/// Where one job's summaries go.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct Route {
-    pub job: Name,
-    /// The correlator host holding the job, when any host is alive.
-    pub host: Option<String>,
-    pub addr: Option<SocketAddr>,
-    pub ended: bool,
-}
-
-impl Routing {
-    fn live_hosts(&self, now: Instant) -> Vec<&str> {
-        self.hosts
-            .iter()
-            .filter(|(_, (_, seen))| now.duration_since(*seen) < HOST_TTL)
-            .map(|(h, _)| h.as_str())
-            .collect()
-    }
-
-    /// Jobs that need a correlator: running, or ended less than `LINGER` ago.
-    fn live_jobs<'a>(&mut self, state: &'a State, now: Instant) -> Vec<&'a JobRecord> {
-        let mut out = Vec::new();
-        for (name, job) in &state.jobs {
-            if job.state.is_finished() {
-                let since = *self.ended.entry(name.clone()).or_insert(now);
-                if now.duration_since(since) >= LINGER {
-                    continue;
-                }
-            }
-            out.push(job);
-        }
-        out
-    }
-
-    fn route(&self, job: &JobRecord, hosts: &[&str]) -> Route {
-        let host = assign(&job.job, hosts);
-        Route {
-            job: job.job.clone(),
-            host: host.map(str::to_string),
-            addr: host.and_then(|h| self.hosts.get(h)).map(|(a, _)| *a),
-            ended: job.state.is_finished(),
-        }
-    }
-}
 
 /// Answers one request from a peer.
 pub async fn handle(req: Request, me: ActorRef<ControllerMsg>) {
@@ -257,37 +200,12 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
             rx.await.context("controller stopping")
         }
         "routes" => {
-            let node: Option<Name> = q.params.get("node").map(|n| n.as_str().into());
-            read(me, move |s| {
-                let now = Instant::now();
-                let jobs = s.routing.live_jobs(&s.node.state, now);
-                let hosts = s.routing.live_hosts(now);
-                let routes: Vec<Route> = jobs
-                    .into_iter()
-                    .filter(|j| node.as_ref().is_none_or(|n| j.ranks.contains_key(n)))
-                    .map(|j| s.routing.route(j, &hosts))
-                    .collect();
-                serde_json::to_string(&routes).unwrap_or_default()
-            })
-            .await
+            let q = q.clone();
+            read(me, move |s| super::routing::routes(s, &q)).await?
         }
         "hello" => {
-            let addr: SocketAddr = param(q, "addr")?
-                .parse()
-                .context("param `addr` is not an address")?;
-            let host = peer.to_string();
-            read(me, move |s| {
-                let now = Instant::now();
-                s.routing.hosts.insert(host.clone(), (addr, now));
-                let jobs = s.routing.live_jobs(&s.node.state, now);
-                let hosts = s.routing.live_hosts(now);
-                let mine: Vec<&JobRecord> = jobs
-                    .into_iter()
-                    .filter(|j| assign(&j.job, &hosts) == Some(host.as_str()))
-                    .collect();
-                serde_json::to_string(&mine).unwrap_or_default()
-            })
-            .await
+            let (q, host) = (q.clone(), peer.to_string());
+            read(me, move |s| super::routing::hello(s, &host, &q)).await?
         }
         "job" => {
             let incoming: JobRecord = serde_json::from_str(param(q, "record")?)

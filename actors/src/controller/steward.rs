@@ -1,7 +1,8 @@
 //! The leader's side of the mitigation ledger: a thin shell around
-//! `keel_policies::steward`. Every few ticks the leader shows the loop its
-//! replicated state, proposes the plans and transitions it returns, and
-//! sends dispatched commands to executors over the executors' own
+//! `keel_policies::steward` (what to do) and `keel_policies::dispatch` (to
+//! which executor, when again, when to give up). Every few ticks the leader
+//! shows the loop its replicated state, proposes the plans and transitions
+//! it returns, and sends dispatched commands to executors over the executors' own
 //! connections (an executor dials every replica and greets it with what it
 //! carries out). Acknowledgements come back as `ControllerMsg::Answered`
 //! and are committed as transitions. Nothing here is replicated: a new
@@ -10,7 +11,8 @@
 use super::{ControllerMsg, ControllerState};
 use crate::sources::unix_now;
 use keel_consensus::state::{Command, Handling, LedgerEntry, Outcome, Proposal, State};
-use keel_model::{Ack, Action, Message};
+use keel_model::{Ack, Message};
+use keel_policies::dispatch::{AnswerDecision, Dispatch, SendDecision, SEND_TIMEOUT_S};
 use keel_policies::{
     check, steward, ActionStatus as Status, Entry, Mode, OnFailure, OpenFinding, Planner, Step,
     World,
@@ -18,78 +20,77 @@ use keel_policies::{
 use keel_transport::Connection;
 use ractor::ActorRef;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// The policy document the controller acts on (`keel policy apply`).
 pub const ACTIVE_POLICY: &str = "default";
-/// How long a command may take to be acknowledged before it is sent again.
-const SEND_TIMEOUT: Duration = Duration::from_secs(20);
-/// A send that failed (no executor, link down) is tried again after this.
-const RETRY_AFTER: Duration = Duration::from_secs(2);
-/// An action no executor carries out fails after this long.
-const NO_EXECUTOR_FAILS_AFTER: Duration = Duration::from_secs(10);
-/// A proposal not seen applied within this is proposed again.
-const PROPOSAL_PATIENCE: Duration = Duration::from_secs(5);
-/// An executor that has not greeted a replica for this long is taken as gone.
-const EXECUTOR_TTL: Duration = Duration::from_secs(5);
 
-/// One executor as this replica knows it.
-struct ExecutorLink {
-    conn: Option<Connection>,
-    actions: Vec<Action>,
-    /// Nodes whose node-local actions it carries out; `*` for any.
-    nodes: Vec<String>,
-    seen: Instant,
+/// Seconds on this process's monotonic clock: the time `Dispatch` is fed.
+fn clock() -> f64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
-/// The replica's soft state for the loop.
+/// The replica's soft state for the loop: the sending rules
+/// (`keel_policies::dispatch`) and what they need from the world (the
+/// executors' connections, the proposals under way).
 #[derive(Default)]
 pub struct Steward {
-    executors: HashMap<String, ExecutorLink>,
+    /// Executors' connections to this replica, by certificate name.
+    conns: HashMap<String, Connection>,
+    dispatch: Dispatch,
     planner: Option<(u64, Planner)>,
     term: u64,
     dispatched_by_me: BTreeSet<String>,
     /// Keys with a proposal under way: no other step for them until applied.
-    pending: HashMap<String, (oneshot::Receiver<Outcome>, Instant)>,
-    /// Keys being sent: when the send started, or when to try again.
-    sending: HashMap<String, Instant>,
-    no_executor_since: HashMap<String, Instant>,
-    rollback_refused: HashSet<String>,
+    pending: HashMap<String, oneshot::Receiver<Outcome>>,
     held_logged: HashSet<String>,
+    /// This replica's client session for the loop's proposals, and the
+    /// last sequence number used in it.
+    session: String,
     seq: u64,
-    next_command: u64,
 }
 
 impl Steward {
     /// An executor's connection (accepted by this replica).
     pub fn connected(&mut self, name: String, conn: Connection) {
-        let e = self.executors.entry(name).or_insert_with(|| ExecutorLink {
-            conn: None,
-            actions: Vec::new(),
-            nodes: Vec::new(),
-            seen: Instant::now(),
-        });
-        e.conn = Some(conn);
+        if self.dispatch.connected(&name, clock()) {
+            self.conns.insert(name, conn);
+        } else {
+            tracing::warn!(
+                executor = name,
+                refused = self.dispatch.executors_refused,
+                bound = keel_policies::dispatch::MAX_EXECUTORS,
+                "too many executors; connection ignored"
+            );
+        }
     }
 
     /// An executor's greeting: what it carries out, and where.
-    pub fn greeted(&mut self, name: &str, actions: Vec<Action>, nodes: Vec<String>) {
-        if let Some(e) = self.executors.get_mut(name) {
-            e.actions = actions;
-            e.nodes = nodes;
-            e.seen = Instant::now();
+    pub fn greeted(&mut self, name: &str, actions: Vec<keel_model::Action>, nodes: Vec<String>) {
+        self.dispatch.greeted(name, actions, nodes, clock());
+    }
+
+    /// Tells the rules about executors whose connection closed.
+    fn sweep(&mut self) {
+        let closed: Vec<String> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_closed())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in closed {
+            self.conns.remove(&name);
+            self.dispatch.disconnected(&name);
         }
     }
 
     /// Executors alive, for `status`.
-    pub fn executors(&self) -> BTreeMap<String, Vec<String>> {
-        let now = Instant::now();
-        self.executors
-            .iter()
-            .filter(|(_, e)| e.alive(now))
-            .map(|(n, e)| (n.clone(), e.actions.iter().map(|a| a.to_string()).collect()))
-            .collect()
+    pub fn executors(&mut self) -> BTreeMap<String, Vec<String>> {
+        self.sweep();
+        self.dispatch.executors(clock())
     }
 
     /// The active policy, parsed once per version.
@@ -111,20 +112,10 @@ impl Steward {
         }
         self.planner.as_ref().map(|(_, p)| p)
     }
-}
 
-impl ExecutorLink {
-    fn alive(&self, now: Instant) -> bool {
-        self.conn.as_ref().is_some_and(|c| !c.is_closed())
-            && now.duration_since(self.seen) < EXECUTOR_TTL
-    }
-
-    fn serves(&self, action: Action, node: Option<&str>) -> bool {
-        self.actions.contains(&action)
-            && match node {
-                None => true,
-                Some(n) => self.nodes.iter().any(|m| m == "*" || m == n),
-            }
+    /// Whether a proposal for `key` is under way.
+    fn busy(&mut self, key: &str) -> bool {
+        self.dispatch.is_proposing(key, clock())
     }
 }
 
@@ -138,16 +129,22 @@ pub fn turn(state: &mut ControllerState, me: &ActorRef<ControllerMsg>) {
         // leader (this one again, or another) dispatches it again first.
         st.term = term;
         st.dispatched_by_me.clear();
-        st.sending.clear();
+        st.dispatch.new_term();
         st.pending.clear();
     }
     if !leader {
         return;
     }
-    let now = Instant::now();
-    st.pending.retain(|_, (rx, at)| {
-        matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-            && now.duration_since(*at) < PROPOSAL_PATIENCE
+    st.sweep();
+    let now = clock();
+    let (pending, dispatch) = (&mut st.pending, &mut st.dispatch);
+    pending.retain(|key, rx| {
+        let open = matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+            && dispatch.is_proposing(key, now);
+        if !open {
+            dispatch.settled(key);
+        }
+        open
     });
     let mut world = world(&state.node.state, &state.steward.dispatched_by_me);
     let Some(planner) = state.steward.planner(&state.node.state) else {
@@ -159,7 +156,7 @@ pub fn turn(state: &mut ControllerState, me: &ActorRef<ControllerMsg>) {
         match step {
             Step::Plan { plan, reason } => {
                 let key = plan.key.clone();
-                if state.steward.pending.contains_key(&key) {
+                if state.steward.busy(&key) {
                     continue;
                 }
                 tracing::info!(key, action = %plan.action, target = plan.target, mode = %plan.mode, "planning");
@@ -181,7 +178,7 @@ pub fn turn(state: &mut ControllerState, me: &ActorRef<ControllerMsg>) {
                 propose(state, key, cmd);
             }
             Step::Move { key, to, detail } => {
-                if state.steward.pending.contains_key(&key) {
+                if state.steward.busy(&key) {
                     continue;
                 }
                 if to == Status::Dispatched {
@@ -191,11 +188,7 @@ pub fn turn(state: &mut ControllerState, me: &ActorRef<ControllerMsg>) {
                 transition(state, key, to, detail);
             }
             Step::Send { key } => send(state, me, key, false),
-            Step::Rollback { key } => {
-                if !state.steward.rollback_refused.contains(&key) {
-                    send(state, me, key, true)
-                }
-            }
+            Step::Rollback { key } => send(state, me, key, true),
             Step::Trip { why } => {
                 let key = "brakes/trip".to_string();
                 if state.steward.pending.contains_key(&key)
@@ -231,33 +224,29 @@ pub fn answered(
     rollback: bool,
     result: Result<Ack, String>,
 ) {
-    let st = &mut state.steward;
     if !state.node.is_leader() {
         return;
     }
-    match result {
-        Err(e) => {
-            tracing::warn!(
-                key,
-                executor,
-                error = e,
-                "command not acknowledged; sending again soon"
-            );
-            st.sending.insert(key, Instant::now() + RETRY_AFTER);
+    let error = result.as_ref().err().cloned();
+    let result = result.map(|a| (a.ok, a.detail));
+    match state
+        .steward
+        .dispatch
+        .answered(&key, &executor, rollback, result, clock())
+    {
+        AnswerDecision::Ignored => {
+            tracing::debug!(key, executor, "answer to no send under way; ignored")
         }
-        Ok(ack) => {
-            st.sending.remove(&key);
-            let detail = format!("{executor}: {}", ack.detail);
-            let to = match (rollback, ack.ok) {
-                (false, true) => Status::Acknowledged,
-                (false, false) => Status::Failed,
-                (true, true) => Status::RolledBack,
-                (true, false) => {
-                    tracing::warn!(key, detail, "rollback refused; leaving the action failed");
-                    st.rollback_refused.insert(key);
-                    return;
-                }
-            };
+        AnswerDecision::RetryLater => tracing::warn!(
+            key,
+            executor,
+            error = error.unwrap_or_default(),
+            "command not acknowledged; sending again soon"
+        ),
+        AnswerDecision::RollbackRefused { detail } => {
+            tracing::warn!(key, detail, "rollback refused; leaving the action failed")
+        }
+        AnswerDecision::Transition { to, detail } => {
             tracing::info!(key, to = to.wire(), detail, "ledger");
             transition(state, key, to, detail);
         }
@@ -265,67 +254,54 @@ pub fn answered(
 }
 
 fn send(state: &mut ControllerState, me: &ActorRef<ControllerMsg>, key: String, rollback: bool) {
-    let now = Instant::now();
-    let st = &mut state.steward;
-    if let Some(&at) = st.sending.get(&key) {
-        // Under way (`at` in the past: started then) or waiting to retry.
-        if at > now || now.duration_since(at) < SEND_TIMEOUT {
-            return;
-        }
-    }
     let Some(entry) = state.node.state.ledger.get(&key) else {
         return;
     };
-    let node = node_of(&entry.target);
-    let chosen = st
-        .executors
-        .iter()
-        .filter(|(_, e)| e.alive(now) && e.serves(entry.action, node))
-        // One named for the node first, then any.
-        .min_by_key(|(n, e)| {
-            (
-                !e.nodes.iter().any(|m| Some(m.as_str()) == node),
-                (*n).clone(),
-            )
-        });
-    let Some((name, exec)) = chosen else {
-        let since = *st.no_executor_since.entry(key.clone()).or_insert(now);
-        if now.duration_since(since) >= NO_EXECUTOR_FAILS_AFTER && !rollback {
-            let detail = format!(
-                "no executor carries out {} for {} (none connected and greeting this replica)",
-                entry.action, entry.target
-            );
-            tracing::warn!(key, detail, "ledger");
-            st.no_executor_since.remove(&key);
-            transition(state, key, Status::Failed, detail);
-        }
+    let st = &mut state.steward;
+    let (executor, id) =
+        match st
+            .dispatch
+            .send(&key, entry.action, &entry.target, rollback, clock())
+        {
+            SendDecision::Wait | SendDecision::NoExecutor => return,
+            SendDecision::Fail { detail } => {
+                tracing::warn!(key, detail, "ledger");
+                transition(state, key, Status::Failed, detail);
+                return;
+            }
+            SendDecision::Send { executor, id } => (executor, id),
+        };
+    let Some(conn) = st.conns.get(&executor).cloned() else {
+        // Chosen but its connection just went: the rules try again later.
+        let _ = st.dispatch.answered(
+            &key,
+            &executor,
+            rollback,
+            Err("no connection".into()),
+            clock(),
+        );
         return;
     };
-    st.no_executor_since.remove(&key);
-    let Some(conn) = exec.conn.clone() else {
-        return;
-    };
-    st.next_command += 1;
     let cmd = keel_model::Command {
-        id: st.next_command,
+        id,
         action: entry.action,
         target: entry.target.clone(),
         params: entry.params.clone(),
         idempotency_key: key.clone(),
         rollback,
     };
-    st.sending.insert(key.clone(), now);
-    let (name, me) = (name.clone(), me.clone());
-    tracing::info!(key, executor = name, rollback, "sending command");
+    let me = me.clone();
+    tracing::info!(key, executor, rollback, "sending command");
     tokio::spawn(async move {
-        let result = match conn.request(Message::Command(cmd), SEND_TIMEOUT).await {
+        let timeout = Duration::from_secs_f64(SEND_TIMEOUT_S);
+        let result = match conn.request(Message::Command(cmd), timeout).await {
             Ok(Message::Ack(a)) => Ok(a),
             Ok(other) => Err(format!("answered with {}", other.kind())),
             Err(e) => Err(e.to_string()),
         };
         let _ = me.cast(ControllerMsg::Answered {
             key,
-            executor: name,
+            executor,
             rollback,
             result,
         });
@@ -334,19 +310,23 @@ fn send(state: &mut ControllerState, me: &ActorRef<ControllerMsg>, key: String, 
 
 fn propose(state: &mut ControllerState, key: String, command: Command) {
     let st = &mut state.steward;
-    if st.seq == 0 {
-        // Sequence numbers must grow across restarts of this replica, or a
-        // restarted loop's proposals would be taken for old ones.
-        st.seq = (unix_now() * 1e6) as u64;
+    if st.session.is_empty() {
+        // One client session per start of this replica, numbered from 1:
+        // a restarted loop's proposals are never taken for old ones.
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        st.session = format!("steward/{}.{boot:x}", state.cfg.id);
     }
     st.seq += 1;
     let proposal = Proposal {
-        client: format!("steward/{}", state.cfg.id),
+        client: st.session.clone(),
         seq: st.seq,
         command,
     };
     let (tx, rx) = oneshot::channel();
-    st.pending.insert(key, (rx, Instant::now()));
+    st.dispatch.proposing(&key, clock());
+    st.pending.insert(key, rx);
     super::propose_here(state, proposal.encode(), tx);
 }
 
@@ -358,12 +338,6 @@ fn transition(state: &mut ControllerState, key: String, to: Status, detail: Stri
         detail,
     };
     propose(state, key, cmd);
-}
-
-/// The node a target acts on, if it names one (`node/<n>[/...]`).
-fn node_of(target: &str) -> Option<&str> {
-    let rest = target.strip_prefix("node/")?;
-    Some(rest.split('/').next().unwrap_or(rest))
 }
 
 /// The loop's view of the replicated state.
