@@ -142,6 +142,7 @@ mod tests {
             name: "j".into(),
             excluded_nodes: Vec::new(),
             reason: String::new(),
+            gpus: Default::default(),
         }
     }
 
