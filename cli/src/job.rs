@@ -11,9 +11,14 @@ pub fn run(command: JobCommand) -> Result<()> {
             job,
             ranks,
             gpus,
+            node_gpus,
             tenant,
             at,
-        } => (register(&job, &ranks, gpus.as_deref(), tenant)?, at),
+        } => {
+            let mut r = register(&job, &ranks, gpus.as_deref(), tenant)?;
+            allocated(&mut r, &node_gpus)?;
+            (r, at)
+        }
         JobCommand::End { job, state, at } => {
             let state: JobState = serde_json::from_value(serde_json::Value::String(state.clone()))
                 .with_context(|| format!("--state {state}"))?;
@@ -34,6 +39,24 @@ pub fn run(command: JobCommand) -> Result<()> {
 
 pub(crate) fn record(job: &str, state: JobState) -> JobRecord {
     JobRecord::state_only(job, state, keel_actors::sources::unix_now())
+}
+
+/// Adds `NODE=0,2-3` arguments (the GPU indices Slurm allocated on NODE)
+/// to the record's `node_gpus`; each node must be one of the job's.
+pub(crate) fn allocated(r: &mut JobRecord, args: &[String]) -> Result<()> {
+    for arg in args {
+        let (node, list) = arg
+            .split_once('=')
+            .with_context(|| format!("--node-gpus {arg:?}: expected NODE=IDX,IDX-IDX"))?;
+        let node: Name = node.trim().into();
+        if !r.nodes.contains(&node) {
+            bail!("--node-gpus {arg:?}: {node} is not in --ranks");
+        }
+        let idx = keel_adapters::executors::slurm_gres::parse_index_list(list)
+            .map_err(|why| anyhow::anyhow!("--node-gpus {arg:?}: {why}"))?;
+        r.node_gpus.insert(node, idx);
+    }
+    Ok(())
 }
 
 /// Builds a running job's record from `NODE=R,R,...` and `R=G,...` arguments.
@@ -121,5 +144,15 @@ mod tests {
         assert!(format!("{e:#}").contains("given twice"), "{e:#}");
         let e = register("j1", &["n1=0".into()], Some("5=1"), None).unwrap_err();
         assert!(format!("{e:#}").contains("not in --ranks"), "{e:#}");
+    }
+
+    #[test]
+    fn allocated_gpus_are_read_per_node() {
+        let mut r = register("j1", &["n1=0,1".into()], None, None).unwrap();
+        allocated(&mut r, &["n1=0,2-3".into()]).unwrap();
+        assert_eq!(r.node_gpus["n1"], vec![0, 2, 3]);
+        let e = allocated(&mut r, &["n9=1".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("not in --ranks"), "{e:#}");
+        assert!(allocated(&mut r, &["n1=3-1".into()]).is_err());
     }
 }

@@ -11,6 +11,7 @@ mod job;
 mod live;
 mod policy;
 mod replay;
+mod slurm;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -121,6 +122,11 @@ enum Command {
     Job {
         #[command(subcommand)]
         command: JobCommand,
+    },
+    /// What keel reads from Slurm (jobs, states, nodes, GPU indices)
+    Slurm {
+        #[command(subcommand)]
+        command: slurm::SlurmCommand,
     },
     /// Which correlator host holds each job (and where sensors send its summaries)
     Routes {
@@ -272,6 +278,10 @@ pub(crate) enum JobCommand {
         /// RANK=GPU pairs, comma-separated (default: rank i on GPU i mod 8)
         #[arg(long)]
         gpus: Option<String>,
+        /// NODE=IDX,IDX-IDX: the GPU indices Slurm allocated to the job on
+        /// NODE (repeat per node); without it, they are unknown
+        #[arg(long = "node-gpus")]
+        node_gpus: Vec<String>,
         #[arg(long)]
         tenant: Option<String>,
         #[command(flatten)]
@@ -516,6 +526,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sensor { config } => controller::run_sensor(&config),
         Command::Correlator { config } => controller::run_correlator(&config),
         Command::Job { command } => job::run(command),
+        Command::Slurm { command } => slurm::run(command),
         Command::Findings { at } => ask(&at, "findings", Default::default()),
         Command::Routes { at } => ask(&at, "routes", Default::default()),
         Command::Status { at, consistent } => {
