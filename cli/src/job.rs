@@ -12,11 +12,12 @@ pub fn run(command: JobCommand) -> Result<()> {
             ranks,
             gpus,
             node_gpus,
+            slurm_detail,
             tenant,
             at,
         } => {
             let mut r = register(&job, &ranks, gpus.as_deref(), tenant)?;
-            allocated(&mut r, &node_gpus)?;
+            allocated(&mut r, &node_gpus, slurm_detail.as_deref(), true)?;
             (r, at)
         }
         JobCommand::End { job, state, at } => {
@@ -41,9 +42,37 @@ pub(crate) fn record(job: &str, state: JobState) -> JobRecord {
     JobRecord::state_only(job, state, keel_actors::sources::unix_now())
 }
 
-/// Adds `NODE=0,2-3` arguments (the GPU indices Slurm allocated on NODE)
-/// to the record's `node_gpus`; each node must be one of the job's.
-pub(crate) fn allocated(r: &mut JobRecord, args: &[String]) -> Result<()> {
+/// Adds the GPU indices Slurm allocated to the record's `node_gpus`: from
+/// `NODE=0,2-3` arguments (each node must be one of the job's), and from
+/// `scontrol show job -d -o ID` output (`detail`: its per-node GRES; a
+/// mapping it leaves unknown is said on stderr and left out). With
+/// `ranks_follow`, a node's ranks are put on its allocated GPUs in order
+/// when Slurm named as many GPUs as the node has ranks (over `--gpus`,
+/// which is then a guess).
+pub(crate) fn allocated(
+    r: &mut JobRecord,
+    args: &[String],
+    detail: Option<&str>,
+    ranks_follow: bool,
+) -> Result<()> {
+    use keel_adapters::executors::slurm::{parse_scontrol_jobs, Gpus};
+    if let Some(text) = detail {
+        let jobs = parse_scontrol_jobs(text).context("--slurm-detail")?;
+        match jobs.iter().find(|j| j.job_id.to_string() == r.job.as_str()) {
+            Some(j) => match &j.gpus {
+                Gpus::Known(m) => {
+                    for (node, idx) in m {
+                        let node: Name = node.as_str().into();
+                        if r.nodes.contains(&node) {
+                            r.node_gpus.insert(node, idx.clone());
+                        }
+                    }
+                }
+                Gpus::Unknown(why) => eprintln!("job {}: GPU indices unknown: {why}", r.job),
+            },
+            None => eprintln!("job {}: --slurm-detail does not describe it", r.job),
+        }
+    }
     for arg in args {
         let (node, list) = arg
             .split_once('=')
@@ -55,6 +84,15 @@ pub(crate) fn allocated(r: &mut JobRecord, args: &[String]) -> Result<()> {
         let idx = keel_adapters::executors::slurm_gres::parse_index_list(list)
             .map_err(|why| anyhow::anyhow!("--node-gpus {arg:?}: {why}"))?;
         r.node_gpus.insert(node, idx);
+    }
+    if ranks_follow {
+        for (node, idx) in &r.node_gpus {
+            if let Some(ranks) = r.ranks.get(node).filter(|x| x.len() == idx.len()) {
+                for (rank, gpu) in ranks.iter().zip(idx) {
+                    r.gpus.insert(*rank, *gpu);
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -149,10 +187,23 @@ mod tests {
     #[test]
     fn allocated_gpus_are_read_per_node() {
         let mut r = register("j1", &["n1=0,1".into()], None, None).unwrap();
-        allocated(&mut r, &["n1=0,2-3".into()]).unwrap();
+        allocated(&mut r, &["n1=0,2-3".into()], None, true).unwrap();
         assert_eq!(r.node_gpus["n1"], vec![0, 2, 3]);
-        let e = allocated(&mut r, &["n9=1".into()]).unwrap_err();
+        // Three GPUs for two ranks: the ranks' GPUs stay as they were.
+        assert_eq!((r.gpus[&0], r.gpus[&1]), (0, 1));
+        let e = allocated(&mut r, &["n9=1".into()], None, true).unwrap_err();
         assert!(format!("{e:#}").contains("not in --ranks"), "{e:#}");
-        assert!(allocated(&mut r, &["n1=3-1".into()]).is_err());
+        assert!(allocated(&mut r, &["n1=3-1".into()], None, true).is_err());
+        // From scontrol show job -d -o: the ranks follow the allocation.
+        let mut r = register("42", &["g1=0,1".into(), "g2=2".into()], None, None).unwrap();
+        let detail = "JobId=42 JobState=RUNNING NodeList=g[1-2] Nodes=g1 CPU_IDs=0 Mem=0 GRES=gpu:2(IDX:3,5) Nodes=g2 CPU_IDs=0 Mem=0 GRES=gpu:1(IDX:7)\n";
+        allocated(&mut r, &[], Some(detail), true).unwrap();
+        assert_eq!(r.node_gpus["g1"], vec![3, 5]);
+        assert_eq!((r.gpus[&0], r.gpus[&1], r.gpus[&2]), (3, 5, 7));
+        // Unknown (by count): nothing added.
+        let mut r = register("42", &["g1=0".into()], None, None).unwrap();
+        let detail = "JobId=42 JobState=RUNNING NodeList=g1 Nodes=g1 CPU_IDs=0 Mem=0 GRES=gpu:1(CNT:1)\n";
+        allocated(&mut r, &[], Some(detail), true).unwrap();
+        assert!(r.node_gpus.is_empty());
     }
 }

@@ -279,9 +279,15 @@ pub(crate) enum JobCommand {
         #[arg(long)]
         gpus: Option<String>,
         /// NODE=IDX,IDX-IDX: the GPU indices Slurm allocated to the job on
-        /// NODE (repeat per node); without it, they are unknown
+        /// NODE (repeat per node); without it (or --slurm-detail), they are
+        /// unknown. Where they are as many as the node's ranks, the ranks
+        /// run on them in order (over --gpus)
         #[arg(long = "node-gpus")]
         node_gpus: Vec<String>,
+        /// The output of `scontrol show job -d -o JOB`: the GPU indices
+        /// per node are read from its GRES detail
+        #[arg(long = "slurm-detail")]
+        slurm_detail: Option<String>,
         #[arg(long)]
         tenant: Option<String>,
         #[command(flatten)]
