@@ -321,7 +321,12 @@ fn slurm_jobs_are_found_checked_requeued_and_nodes_drained_and_resumed() {
     assert!(
         sh(
             "scontrol",
-            &["update", &format!("NodeName={node}"), "State=DRAIN", "Reason=ops: bad psu"]
+            &[
+                "update",
+                &format!("NodeName={node}"),
+                "State=DRAIN",
+                "Reason=ops: bad psu"
+            ]
         )
         .0
     );
@@ -329,9 +334,18 @@ fn slurm_jobs_are_found_checked_requeued_and_nodes_drained_and_resumed() {
         .apply(&ExecCommand::new(Action::ResumeNode, &node, "resume-3"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("ops: bad psu") && err.contains("left alone"), "{err}");
+    assert!(
+        err.contains("ops: bad psu") && err.contains("left alone"),
+        "{err}"
+    );
     assert!(node_state(&node).contains("DRAIN"), "{}", node_state(&node));
-    assert!(sh("scontrol", &["update", &format!("NodeName={node}"), "State=RESUME"]).0);
+    assert!(
+        sh(
+            "scontrol",
+            &["update", &format!("NodeName={node}"), "State=RESUME"]
+        )
+        .0
+    );
 
     // Unknown names are errors that say so.
     let err = exec
@@ -349,7 +363,10 @@ fn slurm_jobs_are_found_checked_requeued_and_nodes_drained_and_resumed() {
     // The journal file holds what was applied, for a restarted executor.
     let reopened = Journal::open(&journal_path).unwrap();
     assert!(reopened.get("rebalance-1").is_some() && reopened.get("drain-1").unwrap().rolled_back);
-    assert!(reopened.get("wrong-node").is_none(), "a refusal is not remembered as applied");
+    assert!(
+        reopened.get("wrong-node").is_none(),
+        "a refusal is not remembered as applied"
+    );
     let mut restarted = SlurmExecutor::new(reopened);
     assert_eq!(
         restarted.apply(&rebalance).unwrap().outcome,
@@ -475,7 +492,11 @@ impl GresSlurm {
             .env("SLURM_CONF", self.conf())
             .output()
             .expect("sbatch runs");
-        assert!(out.status.success(), "sbatch --gres {gres}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sbatch --gres {gres}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let id: u64 = String::from_utf8_lossy(&out.stdout)
             .trim()
             .split(';')
@@ -500,7 +521,10 @@ impl Drop for GresSlurm {
                 let _ = Command::new("kill").arg(&p).output();
                 let end = Instant::now() + Duration::from_secs(10);
                 while Instant::now() < end
-                    && Command::new("kill").args(["-0", &p]).output().is_ok_and(|o| o.status.success())
+                    && Command::new("kill")
+                        .args(["-0", &p])
+                        .output()
+                        .is_ok_and(|o| o.status.success())
                 {
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -542,8 +566,15 @@ fn a_reclaim_cancels_only_the_job_that_holds_the_gpu_on_a_node_with_gpus() {
     both.sort();
     assert_eq!(both, [0, 1]);
     let m = jobs.iter().find(|j| j.job_id == mig).unwrap();
-    assert!(matches!(m.gpus.on(&node), Err(w) if w.contains("MIG")), "{m:?}");
-    let rec = jobs.iter().find(|j| j.job_id == a).unwrap().to_record(1.0, 1);
+    assert!(
+        matches!(m.gpus.on(&node), Err(w) if w.contains("MIG")),
+        "{m:?}"
+    );
+    let rec = jobs
+        .iter()
+        .find(|j| j.job_id == a)
+        .unwrap()
+        .to_record(1.0, 1);
     assert_eq!(rec.node_gpus[node.as_str()], vec![ga]);
 
     let reclaim = |id: u64, key: &str, gpu: u32| {

@@ -153,7 +153,11 @@ fn a_one_node_job_gets_its_gpus_from_slurm_job_gpus() {
         let s = Setup::new(0, "KEEL_RANKS_PER_NODE=3\n");
         let (rc, err) = s.run(
             "prolog.sh",
-            &[("SLURM_JOB_ID", "7"), ("SLURM_JOB_NODELIST", "vm"), (var, value)],
+            &[
+                ("SLURM_JOB_ID", "7"),
+                ("SLURM_JOB_NODELIST", "vm"),
+                (var, value),
+            ],
         );
         assert_eq!(rc, 0, "{err}");
         assert_eq!(
@@ -192,7 +196,10 @@ fn gpus_not_in_the_environment_come_from_scontrol_detail_or_stay_unknown() {
     assert_eq!(rc, 0, "{err}");
     let argv = s.argv().unwrap();
     assert!(!argv.contains(&"--node-gpus".to_string()), "{argv:?}");
-    let at = argv.iter().position(|a| a == "--slurm-detail").expect("detail passed");
+    let at = argv
+        .iter()
+        .position(|a| a == "--slurm-detail")
+        .expect("detail passed");
     assert_eq!(argv[at + 1], detail.trim_end());
     // Nothing from Slurm: no GPU indices at all, and it is logged.
     let s = Setup::new(0, "");
@@ -204,7 +211,9 @@ fn gpus_not_in_the_environment_come_from_scontrol_detail_or_stay_unknown() {
     assert!(err.contains("GPU indices of job 42 unknown"), "{err}");
     let argv = s.argv().unwrap();
     assert!(
-        !argv.iter().any(|a| a == "--node-gpus" || a == "--slurm-detail"),
+        !argv
+            .iter()
+            .any(|a| a == "--node-gpus" || a == "--slurm-detail"),
         "{argv:?}"
     );
 }

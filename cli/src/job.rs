@@ -202,7 +202,8 @@ mod tests {
         assert_eq!((r.gpus[&0], r.gpus[&1], r.gpus[&2]), (3, 5, 7));
         // Unknown (by count): nothing added.
         let mut r = register("42", &["g1=0".into()], None, None).unwrap();
-        let detail = "JobId=42 JobState=RUNNING NodeList=g1 Nodes=g1 CPU_IDs=0 Mem=0 GRES=gpu:1(CNT:1)\n";
+        let detail =
+            "JobId=42 JobState=RUNNING NodeList=g1 Nodes=g1 CPU_IDs=0 Mem=0 GRES=gpu:1(CNT:1)\n";
         allocated(&mut r, &[], Some(detail), true).unwrap();
         assert!(r.node_gpus.is_empty());
     }

@@ -47,7 +47,10 @@ pub(crate) fn run(command: SlurmCommand) -> Result<()> {
                     .context("asking Slurm")?,
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&to_json(&jobs, &source))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&to_json(&jobs, &source))?
+                );
             } else {
                 print!("{}", table(&jobs, &source));
             }
@@ -81,7 +84,10 @@ pub(crate) fn parse_any(text: &str) -> Result<(Vec<SlurmJob>, &'static str)> {
     let t = text.trim_start();
     if t.starts_with('{') {
         let jobs = parse_squeue_json(text)?;
-        return Ok((jobs, "Slurm JSON: squeue --json or scontrol show job --json"));
+        return Ok((
+            jobs,
+            "Slurm JSON: squeue --json or scontrol show job --json",
+        ));
     }
     if t.is_empty() || t.starts_with("No jobs") || t.contains("JobId=") {
         let jobs = parse_scontrol_jobs(text)?;
@@ -223,10 +229,16 @@ mod tests {
                 row("25687666", "RUNNING", "node-001", "1"),
             ]
         );
-        let (jobs, kind) = parse_any(&wild("24-slurm-scontrol-show-job-multi/scontrol-show-job.txt")).unwrap();
+        let (jobs, kind) = parse_any(&wild(
+            "24-slurm-scontrol-show-job-multi/scontrol-show-job.txt",
+        ))
+        .unwrap();
         assert_eq!(kind, "scontrol show job text");
         let v = to_json(&jobs, "f");
-        assert_eq!(v["jobs"][2]["gpus"]["node-06"], serde_json::json!([0, 2, 3, 5]));
+        assert_eq!(
+            v["jobs"][2]["gpus"]["node-06"],
+            serde_json::json!([0, 2, 3, 5])
+        );
         assert_eq!(v["jobs"][4]["gpus"]["gpu-node-08"], serde_json::json!([5]));
     }
 
@@ -236,7 +248,10 @@ mod tests {
         let ids: Vec<&str> = r.iter().map(|x| x.0.as_str()).collect();
         assert_eq!(
             ids,
-            ["776", "777", "778", "779", "780", "781", "782", "783", "784", "785", "786", "787", "788", "789"]
+            [
+                "776", "777", "778", "779", "780", "781", "782", "783", "784", "785", "786", "787",
+                "788", "789"
+            ]
         );
         assert_eq!(r[0], row("776", "TIMEOUT", "cn1", "unknown"));
         assert_eq!(r[2], row("778", "FAILED", "cn1", "unknown"));
@@ -259,7 +274,10 @@ mod tests {
         );
         let (jobs, _) = parse_any(&wild("06-slurm-24.11-job-failed/scontrol-job.json")).unwrap();
         let t = table(&jobs, "f");
-        assert!(t.contains("GPU indices: Slurm gave no per-node GRES detail"), "{t}");
+        assert!(
+            t.contains("GPU indices: Slurm gave no per-node GRES detail"),
+            "{t}"
+        );
         let v = to_json(&jobs, "f");
         assert!(v["jobs"][0]["gpus"].is_null());
         assert_eq!(v["jobs"][0]["keel_state"], "FAILED");

@@ -25,11 +25,11 @@
 //!   same node before the exclusion lands. Not reversible.
 
 use super::run::{argv, checked, Runner, SystemRunner};
-pub use super::slurm_check::{check_reclaim, check_resume, ReclaimTarget, Verdict, DRAIN_PREFIX};
 use super::slurm_check::describe;
+pub use super::slurm_check::{check_reclaim, check_resume, ReclaimTarget, Verdict, DRAIN_PREFIX};
 pub use super::slurm_parse::{
-    expand_hostlist, known_job_state, parse_scontrol_jobs, parse_scontrol_node,
-    parse_squeue_json, Gpus, SlurmJob, SlurmNode,
+    expand_hostlist, known_job_state, parse_scontrol_jobs, parse_scontrol_node, parse_squeue_json,
+    Gpus, SlurmJob, SlurmNode,
 };
 use super::{
     seen_before, summarize, to_roll_back, undo_list, validate, Applied, Change, ExecCommand,
@@ -111,12 +111,10 @@ impl<R: Runner> SlurmExecutor<R> {
         {
             Ok(jobs) => jobs,
             Err(first) => {
-                let out = checked(&mut self.runner, &detail).map_err(|e| {
-                    ExecError::Failed {
-                        argv: super::run::show(&detail),
-                        status: "fallback".into(),
-                        stderr: format!("{e} (after squeue --json: {first})"),
-                    }
+                let out = checked(&mut self.runner, &detail).map_err(|e| ExecError::Failed {
+                    argv: super::run::show(&detail),
+                    status: "fallback".into(),
+                    stderr: format!("{e} (after squeue --json: {first})"),
                 })?;
                 let jobs = parse_scontrol_jobs(&out.stdout)?;
                 return Ok((jobs, super::run::show(&detail)));

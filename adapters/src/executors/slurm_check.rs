@@ -48,8 +48,11 @@ impl ReclaimTarget {
         let gpu = gpu_s
             .parse::<u32>()
             .map_err(|_| ExecError::invalid("gpu", &gpu_s, "a GPU index is a small number"))?;
-        let state = need("state", "the job state the finding assumed (RUNNING, FAILED, ...)")?
-            .to_ascii_uppercase();
+        let state = need(
+            "state",
+            "the job state the finding assumed (RUNNING, FAILED, ...)",
+        )?
+        .to_ascii_uppercase();
         let assumed = known_job_state(&state).ok_or_else(|| {
             ExecError::invalid("state", &state, "not a Slurm job state keel knows")
         })?;
@@ -96,7 +99,7 @@ pub fn check_reclaim(t: &ReclaimTarget, now: Option<&SlurmJob>) -> Result<Verdic
             ),
         ));
     }
-    if !job.nodes.iter().any(|n| *n == t.node) {
+    if !job.nodes.contains(&t.node) {
         return Err(ExecError::invalid(
             "node",
             &t.node,

@@ -103,8 +103,9 @@ fn entries(s: &str) -> Vec<&str> {
 /// `3g.40gb`).
 fn is_mig_type(t: &str) -> bool {
     let t = t.to_ascii_lowercase();
-    t.split_once("g.")
-        .is_some_and(|(a, b)| !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.ends_with("gb"))
+    t.split_once("g.").is_some_and(|(a, b)| {
+        !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.ends_with("gb")
+    })
 }
 
 /// The GPU indices in one node's GRES detail (`gpu:rtx2080:1(IDX:1),gg:g0(CNT:1)`,
@@ -194,8 +195,14 @@ mod tests {
         assert_eq!(gpus_in_gres("gpu(IDX:0,2-3,5)").unwrap(), [0, 2, 3, 5]);
         assert_eq!(gpus_in_gres("gpu(IDX:5)").unwrap(), [5]);
         assert_eq!(gpus_in_gres("gg:g0(CNT:1),gpu:1(IDX:3)").unwrap(), [3]);
-        assert_eq!(gpus_in_gres("gpu:rtx2080:1(IDX:1),gg:g0(CNT:1)").unwrap(), [1]);
-        assert_eq!(gpus_in_gres("gpu:a100:2(IDX:0-1),gpu:v100:1(IDX:4)").unwrap(), [0, 1, 4]);
+        assert_eq!(
+            gpus_in_gres("gpu:rtx2080:1(IDX:1),gg:g0(CNT:1)").unwrap(),
+            [1]
+        );
+        assert_eq!(
+            gpus_in_gres("gpu:a100:2(IDX:0-1),gpu:v100:1(IDX:4)").unwrap(),
+            [0, 1, 4]
+        );
         assert_eq!(gpus_in_gres("").unwrap(), Vec::<u32>::new());
         assert_eq!(gpus_in_gres("(null)").unwrap(), Vec::<u32>::new());
         assert_eq!(gpus_in_gres("gg:g0(CNT:1)").unwrap(), Vec::<u32>::new());
@@ -219,6 +226,9 @@ mod tests {
         assert!(!from_gres_detail(&nodes, &d[..1]).is_known());
         assert_eq!(from_gres_detail(&[], &[]), Gpus::Known(BTreeMap::new()));
         let g = from_gres_detail(&nodes[..1], &["gpu:2(CNT:2)".to_string()]);
-        assert_eq!(g.on("a"), Err("a: \"gpu:2(CNT:2)\" names no GPU index (IDX)"));
+        assert_eq!(
+            g.on("a"),
+            Err("a: \"gpu:2(CNT:2)\" names no GPU index (IDX)")
+        );
     }
 }

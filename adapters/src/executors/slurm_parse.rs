@@ -10,8 +10,8 @@
 //! job, the field and the value (so that a new Slurm is noticed, not read
 //! as `OTHER`).
 
-pub use super::slurm_gres::Gpus;
 use super::slurm_gres::from_gres_detail;
+pub use super::slurm_gres::Gpus;
 pub use super::slurm_text::parse_scontrol_jobs;
 use super::ExecError;
 use keel_model::{JobRecord, JobState, Name, Timestamp};

@@ -153,18 +153,36 @@ fn slurm_states_map_onto_keel_states() {
 #[test]
 fn a_state_that_cannot_be_read_is_an_error_naming_job_and_field() {
     let cases = [
-        (r#"{"jobs": [{"job_id": 9, "job_state": "WEIRD"}]}"#, "\"WEIRD\""),
+        (
+            r#"{"jobs": [{"job_id": 9, "job_state": "WEIRD"}]}"#,
+            "\"WEIRD\"",
+        ),
         (r#"{"jobs": [{"job_id": 9}]}"#, "no job_state"),
-        (r#"{"jobs": [{"job_id": 9, "job_state": null}]}"#, "no job_state"),
-        (r#"{"jobs": [{"job_id": 9, "job_state": []}]}"#, "empty list"),
-        (r#"{"jobs": [{"job_id": 9, "job_state": ["NEW_THING"]}]}"#, "NEW_THING"),
+        (
+            r#"{"jobs": [{"job_id": 9, "job_state": null}]}"#,
+            "no job_state",
+        ),
+        (
+            r#"{"jobs": [{"job_id": 9, "job_state": []}]}"#,
+            "empty list",
+        ),
+        (
+            r#"{"jobs": [{"job_id": 9, "job_state": ["NEW_THING"]}]}"#,
+            "NEW_THING",
+        ),
         (r#"{"jobs": [{"job_id": 9, "job_state": 3}]}"#, "neither"),
     ];
     for (doc, says) in cases {
         let e = parse_squeue_json(doc).unwrap_err().to_string();
-        assert!(e.contains("job 9") && e.contains("job_state") && e.contains(says), "{doc}: {e}");
+        assert!(
+            e.contains("job 9") && e.contains("job_state") && e.contains(says),
+            "{doc}: {e}"
+        );
     }
-    for text in ["JobId=9 JobState=REVOKED NodeList=(null)", "JobId=9 NodeList=(null)"] {
+    for text in [
+        "JobId=9 JobState=REVOKED NodeList=(null)",
+        "JobId=9 NodeList=(null)",
+    ] {
         let e = parse_scontrol_jobs(text).unwrap_err().to_string();
         assert!(e.contains("job 9") && e.contains("JobState"), "{text}: {e}");
     }
@@ -172,12 +190,19 @@ fn a_state_that_cannot_be_read_is_an_error_naming_job_and_field() {
 
 /// The folder of real outputs (`shared/data/wild`, beside the repository).
 fn wild(path: &str) -> String {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/wild").join(path);
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/wild")
+        .join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// (id, state, nodes, GPUs: Some(node -> indices) when known).
-type Expect<'a> = (u64, &'a str, &'a [&'a str], Option<&'a [(&'a str, &'a [u32])]>);
+type Expect<'a> = (
+    u64,
+    &'a str,
+    &'a [&'a str],
+    Option<&'a [(&'a str, &'a [u32])]>,
+);
 
 fn check(jobs: &[SlurmJob], expect: &[Expect]) {
     assert_eq!(jobs.len(), expect.len(), "{jobs:?}");
@@ -187,8 +212,10 @@ fn check(jobs: &[SlurmJob], expect: &[Expect]) {
         assert_ne!(j.job_state(), JobState::Other, "job {id}");
         match (gpus, &j.gpus) {
             (Some(want), Gpus::Known(m)) => {
-                let want: BTreeMap<String, Vec<u32>> =
-                    want.iter().map(|(n, g)| (n.to_string(), g.to_vec())).collect();
+                let want: BTreeMap<String, Vec<u32>> = want
+                    .iter()
+                    .map(|(n, g)| (n.to_string(), g.to_vec()))
+                    .collect();
                 assert_eq!(m, &want, "job {id}");
             }
             (None, Gpus::Unknown(_)) => {}
@@ -253,7 +280,10 @@ fn fixture_07_slurm_21_08_squeue_mixed() {
 
 #[test]
 fn fixture_24_scontrol_show_job_text_with_gres_indices() {
-    let jobs = parse_scontrol_jobs(&wild("24-slurm-scontrol-show-job-multi/scontrol-show-job.txt")).unwrap();
+    let jobs = parse_scontrol_jobs(&wild(
+        "24-slurm-scontrol-show-job-multi/scontrol-show-job.txt",
+    ))
+    .unwrap();
     check(
         &jobs,
         &[
@@ -263,18 +293,46 @@ fn fixture_24_scontrol_show_job_text_with_gres_indices() {
                 &["node-63", "node-64", "node-65"],
                 Some(&[("node-63", &[]), ("node-64", &[]), ("node-65", &[])]),
             ),
-            (2398617, "COMPLETED", &["node-44"], Some(&[("node-44", &[])])),
-            (153291, "RUNNING", &["node-06"], Some(&[("node-06", &[0, 2, 3, 5])])),
+            (
+                2398617,
+                "COMPLETED",
+                &["node-44"],
+                Some(&[("node-44", &[])]),
+            ),
+            (
+                153291,
+                "RUNNING",
+                &["node-06"],
+                Some(&[("node-06", &[0, 2, 3, 5])]),
+            ),
             (134238037, "PENDING", &[], Some(NONE)),
-            (2423559, "RUNNING", &["gpu-node-08"], Some(&[("gpu-node-08", &[5])])),
+            (
+                2423559,
+                "RUNNING",
+                &["gpu-node-08"],
+                Some(&[("gpu-node-08", &[5])]),
+            ),
             (20547, "PENDING", &[], Some(NONE)),
             (1306093, "RUNNING", &["node-12"], Some(&[("node-12", &[])])),
-            (25686416, "RUNNING", &["node-005"], Some(&[("node-005", &[3])])),
-            (25687666, "RUNNING", &["node-001"], Some(&[("node-001", &[1])])),
+            (
+                25686416,
+                "RUNNING",
+                &["node-005"],
+                Some(&[("node-005", &[3])]),
+            ),
+            (
+                25687666,
+                "RUNNING",
+                &["node-001"],
+                Some(&[("node-001", &[1])]),
+            ),
         ],
     );
     assert_eq!(jobs[3].reason, "AssocGrpCpuLimit");
-    assert_eq!((jobs[2].user.as_str(), jobs[2].account.as_str()), ("user3", "account3"));
+    assert_eq!(
+        (jobs[2].user.as_str(), jobs[2].account.as_str()),
+        ("user3", "account3")
+    );
     let r = jobs[2].to_record(0.0, 4);
     assert_eq!(r.node_gpus[&Name::from("node-06")], vec![0, 2, 3, 5]);
     assert_eq!(r.gpus[&1], 2);
@@ -283,14 +341,23 @@ fn fixture_24_scontrol_show_job_text_with_gres_indices() {
 #[test]
 fn scontrol_text_without_detail_leaves_gpus_unknown() {
     let jobs = parse_scontrol_jobs(&job_line_text()).unwrap();
-    assert!(matches!(&jobs[0].gpus, Gpus::Unknown(w) if w.contains("-d")), "{jobs:?}");
+    assert!(
+        matches!(&jobs[0].gpus, Gpus::Unknown(w) if w.contains("-d")),
+        "{jobs:?}"
+    );
     // A detail line that misses one of the job's nodes: unknown too.
     let t = "JobId=3 JobState=RUNNING NodeList=a,b Nodes=a CPU_IDs=0 Mem=0 GRES=gpu:1(IDX:0)";
     let j = &parse_scontrol_jobs(t).unwrap()[0];
-    assert!(matches!(&j.gpus, Gpus::Unknown(w) if w.contains("b: no detail")), "{j:?}");
+    assert!(
+        matches!(&j.gpus, Gpus::Unknown(w) if w.contains("b: no detail")),
+        "{j:?}"
+    );
     let t = "JobId=3 JobState=RUNNING NodeList=a Nodes=a CPU_IDs=0 Mem=0 GRES=gpu:2(CNT:2)";
     let j = &parse_scontrol_jobs(t).unwrap()[0];
-    assert!(matches!(&j.gpus, Gpus::Unknown(w) if w.contains("IDX")), "{j:?}");
+    assert!(
+        matches!(&j.gpus, Gpus::Unknown(w) if w.contains("IDX")),
+        "{j:?}"
+    );
 }
 
 fn job_line_text() -> String {

@@ -136,7 +136,10 @@ fn reclaim_refuses_a_job_that_is_not_on_the_named_node() {
         &reclaim(7, "k", "gpu01", 0, "RUNNING"),
     );
     assert_eq!(field, "node");
-    assert!(why.contains("does not run on it (it runs on gpu02)"), "{why}");
+    assert!(
+        why.contains("does not run on it (it runs on gpu02)"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -146,7 +149,10 @@ fn reclaim_refuses_a_job_that_does_not_hold_the_gpu() {
         &reclaim(7, "k", "gpu01", 1, "RUNNING"),
     );
     assert_eq!(field, "gpu");
-    assert!(why.contains("does not hold GPU 1 on gpu01 (Slurm allocated it GPUs 0,2)"), "{why}");
+    assert!(
+        why.contains("does not hold GPU 1 on gpu01 (Slurm allocated it GPUs 0,2)"),
+        "{why}"
+    );
     // A job with no GPU at all on the node.
     let (field, why) = refused(
         &job_detail(7, "RUNNING", "gpu01", ""),
@@ -182,7 +188,10 @@ fn reclaim_refuses_when_the_gpu_mapping_is_unknown() {
         &reclaim(7, "k", "gpu01", 0, "RUNNING"),
     );
     assert_eq!(field, "gpu");
-    assert!(why.contains("unknown") && why.contains("not cancelled on a guess"), "{why}");
+    assert!(
+        why.contains("unknown") && why.contains("not cancelled on a guess"),
+        "{why}"
+    );
     // No detail lines at all (a scontrol that ignores -d).
     let (field, why) = refused(
         &job_line(7, "RUNNING", "gpu01", "(null)"),
@@ -261,7 +270,10 @@ fn resume_leaves_an_operators_drain_alone() {
         .apply(&ExecCommand::new(Action::ResumeNode, "n1", "k"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("\"bad psu\"") && err.contains("left alone"), "{err}");
+    assert!(
+        err.contains("\"bad psu\"") && err.contains("left alone"),
+        "{err}"
+    );
     assert_eq!(ran(&e), ["scontrol show node -o n1"]);
     // A node down for a reason Slurm gave is not keel's either.
     e.runner.answer(
@@ -432,11 +444,18 @@ fn discovery_takes_gpu_indices_from_scontrol_when_squeue_has_none() {
     );
     let (jobs, from) = e.jobs_from().unwrap();
     assert_eq!(jobs[0].gpus.on("gpu01"), Ok(Some(&[0u32, 2][..])));
-    assert!(from.contains("squeue --json") && from.contains("scontrol show job -d"), "{from}");
+    assert!(
+        from.contains("squeue --json") && from.contains("scontrol show job -d"),
+        "{from}"
+    );
     // Without JSON (an old squeue), the text is read instead.
     let mut e = exec();
-    e.runner
-        .answer(&["squeue", "--json"], 1, "", "squeue: unrecognized option '--json'");
+    e.runner.answer(
+        &["squeue", "--json"],
+        1,
+        "",
+        "squeue: unrecognized option '--json'",
+    );
     e.runner.answer(
         &["scontrol", "show", "job", "-d"],
         0,
@@ -454,8 +473,12 @@ fn discovery_takes_gpu_indices_from_scontrol_when_squeue_has_none() {
         r#"{"jobs": [{"job_id": 7, "job_state": "RUNNING", "nodes": "gpu01"}]}"#,
         "",
     );
-    e.runner
-        .answer(&["scontrol", "show", "job", "-d"], 1, "", "slurm_load_jobs error");
+    e.runner.answer(
+        &["scontrol", "show", "job", "-d"],
+        1,
+        "",
+        "slurm_load_jobs error",
+    );
     let jobs = e.jobs().unwrap();
     assert!(!jobs[0].gpus.is_known());
 }

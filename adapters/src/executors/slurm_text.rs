@@ -75,7 +75,7 @@ pub fn parse_scontrol_jobs(text: &str) -> Result<Vec<SlurmJob>, ExecError> {
         let mut groups = 0usize;
         let mut group: Option<(Vec<String>, Option<String>)> = None;
         let close = |g: Option<(Vec<String>, Option<String>)>,
-                         detail: &mut BTreeMap<String, Result<Vec<u32>, String>>| {
+                     detail: &mut BTreeMap<String, Result<Vec<u32>, String>>| {
             if let Some((nodes, gres)) = g {
                 let gpus = gpus_in_gres(gres.as_deref().unwrap_or(""));
                 for n in nodes {
