@@ -147,11 +147,8 @@ fn value(s: &str) -> Option<u32> {
 }
 
 /// Parses `ethtool -g` or `ethtool -l` output (sections of `Label: value`).
-/// ethtool prints the maxima before the current values; where the section
-/// headers (`Pre-set maximums:`, `Current hardware settings:`) are missing,
-/// a label seen twice is read the same way (first the maximum, then the
-/// current value), and a label seen once is a current value whose maximum
-/// is not known, never a maximum lost.
+/// Without the section headers, a label seen twice is first the maximum
+/// (ethtool prints maxima first), one seen once a current value.
 pub fn parse_ethtool_sections(group: NicGroup, text: &str) -> GroupValues {
     let mut out = GroupValues::default();
     let mut in_max = false;
@@ -433,8 +430,7 @@ impl<R: Runner> NicExecutor<R> {
                             format!("over {ifname}'s maximum of {max}; nothing was changed"),
                         ));
                     }
-                    // A ring size is set only under a maximum the device
-                    // stated: over it, some drivers fail half-way.
+                    // Ring sizes only under a maximum the device stated.
                     None | Some(None) if group == NicGroup::Rings && want != now => {
                         return Err(ExecError::invalid(
                             p.name(),
