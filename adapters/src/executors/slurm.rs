@@ -111,12 +111,13 @@ impl<R: Runner> SlurmExecutor<R> {
         {
             Ok(jobs) => jobs,
             Err(first) => {
-                let out = checked(&mut self.runner, &detail).map_err(|e| ExecError::Failed {
-                    argv: super::run::show(&detail),
-                    status: "fallback".into(),
-                    stderr: format!("{e} (after squeue --json: {first})"),
-                })?;
-                let jobs = parse_scontrol_jobs(&out.stdout)?;
+                // Both failing: the error says both, squeue's first.
+                let both = |e: ExecError| ExecError::Parse {
+                    what: "Slurm's job list".into(),
+                    why: format!("squeue --json: {first}; then scontrol show job -d: {e}"),
+                };
+                let out = checked(&mut self.runner, &detail).map_err(both)?;
+                let jobs = parse_scontrol_jobs(&out.stdout).map_err(both)?;
                 return Ok((jobs, super::run::show(&detail)));
             }
         };

@@ -482,3 +482,27 @@ fn discovery_takes_gpu_indices_from_scontrol_when_squeue_has_none() {
     let jobs = e.jobs().unwrap();
     assert!(!jobs[0].gpus.is_known());
 }
+
+#[test]
+fn a_job_list_neither_client_can_give_is_an_error_naming_both() {
+    let mut e = exec();
+    e.runner.answer(
+        &["squeue", "--json"],
+        0,
+        r#"{"jobs": [{"job_id": 7, "job_state": "WEIRD"}]}"#,
+        "",
+    );
+    e.runner.answer(
+        &["scontrol", "show", "job", "-d"],
+        0,
+        "JobId=7 JobState=WEIRD NodeList=(null)\n",
+        "",
+    );
+    let err = e.jobs().unwrap_err().to_string();
+    assert!(
+        err.contains("squeue --json")
+            && err.contains("scontrol show job -d")
+            && err.contains("job 7"),
+        "{err}"
+    );
+}
