@@ -46,6 +46,8 @@ fn finding(id: u64, kind: FindingKind, job: &str) -> OpenFinding {
     OpenFinding {
         id,
         finding: Finding {
+            basis: None,
+            gpu_instance: None,
             ts: 100.0,
             kind,
             cause: Cause::Host,
@@ -128,6 +130,7 @@ impl Ledger {
                 }
                 Step::Send { key } => self.sent.push((key, false)),
                 Step::Rollback { key } => self.sent.push((key, true)),
+                Step::Trip { .. } => self.world.brakes.tripped = true,
                 h @ Step::Held { .. } => held.push(h),
             }
         }
