@@ -158,6 +158,7 @@ mod tests {
             name: "j".into(),
             excluded_nodes: Vec::new(),
             reason: String::new(),
+            gpus: Default::default(),
         }
     }
 

@@ -15,6 +15,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod slurm_gres;
+use slurm_gres::GresSlurm;
+
 const DEADLINE: Duration = Duration::from_secs(90);
 
 fn setup_script() -> PathBuf {
@@ -150,7 +153,7 @@ fn node_state(node: &str) -> String {
 }
 
 #[test]
-fn slurm_jobs_are_found_reclaimed_requeued_and_nodes_drained_and_resumed() {
+fn slurm_jobs_are_found_checked_requeued_and_nodes_drained_and_resumed() {
     let mut c = start();
     let node = c.node.clone();
     let dir = tempfile::tempdir().unwrap();
@@ -178,6 +181,8 @@ fn slurm_jobs_are_found_reclaimed_requeued_and_nodes_drained_and_resumed() {
     let record = j.to_record(1.0, 1);
     assert_eq!(record.job, zombie.to_string());
     assert_eq!(record.ranks.get(node.as_str()), Some(&vec![0]));
+    // No GRES on this node: Slurm says the job holds no GPU there.
+    assert_eq!(record.node_gpus.get(node.as_str()), Some(&vec![]));
     let by_scontrol = exec
         .job(zombie)
         .unwrap()
@@ -187,23 +192,69 @@ fn slurm_jobs_are_found_reclaimed_requeued_and_nodes_drained_and_resumed() {
         ("RUNNING", vec![node.clone()])
     );
 
-    // reclaim_zombie: scancel, gone from squeue; again is already done.
-    let reclaim = ExecCommand::new(Action::ReclaimZombie, zombie.to_string(), "reclaim-1")
-        .param("node", &node);
-    let a = exec.apply(&reclaim).unwrap();
-    assert_eq!(a.outcome, Outcome::Done, "{a:?}");
-    wait_for("the reclaimed job gone from squeue", || {
+    // reclaim_zombie on a wrong target: refused, naming what did not hold,
+    // and the job still runs.
+    let reclaim = |key: &str, on: &str, gpu: &str, state: &str| {
+        ExecCommand::new(Action::ReclaimZombie, zombie.to_string(), key)
+            .param("node", on)
+            .param("gpu", gpu)
+            .param("state", state)
+    };
+    for (cmd, field, says) in [
+        (
+            reclaim("wrong-node", "elsewhere", "0", "RUNNING"),
+            "node",
+            "does not run on it",
+        ),
+        (
+            reclaim("wrong-gpu", &node, "0", "RUNNING"),
+            "gpu",
+            "does not hold GPU 0",
+        ),
+        (
+            reclaim("wrong-state", &node, "0", "PENDING"),
+            "state",
+            "assumed PENDING, Slurm says RUNNING",
+        ),
+    ] {
+        match exec.apply(&cmd) {
+            Err(ExecError::Invalid { field: f, why, .. }) => {
+                assert_eq!(f, field, "{why}");
+                assert!(why.contains(says), "{why}");
+            }
+            other => panic!("{cmd:?}: {other:?}"),
+        }
+    }
+    // A Slurm answer without GRES detail (scontrol without -d): the
+    // mapping is unknown, and nothing is cancelled on a guess.
+    let bin = tempfile::tempdir().unwrap();
+    let no_detail = bin.path().join("scontrol");
+    std::fs::write(
+        &no_detail,
+        "#!/bin/sh\n[ \"$1 $2 $3\" = 'show job -d' ] && { shift 3; exec scontrol show job \"$@\"; }\nexec scontrol \"$@\"\n",
+    )
+    .unwrap();
+    sh("chmod", &["+x", &no_detail.display().to_string()]);
+    let mut plain = SlurmExecutor::new(Journal::in_memory());
+    plain.bins.scontrol = no_detail.display().to_string();
+    match plain.apply(&reclaim("unknown", &node, "0", "RUNNING")) {
+        Err(ExecError::Invalid { field, why, .. }) => {
+            assert_eq!(field, "gpu");
+            assert!(why.contains("unknown") && why.contains("-d"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(in_squeue(zombie).0, "a refused reclaim cancelled the job");
+    assert!(sh("scancel", &[&zombie.to_string()]).0);
+    wait_for("the cancelled job gone from squeue", || {
         let (listed, seen) = in_squeue(zombie);
         (!listed, seen)
     });
-    assert_eq!(exec.apply(&reclaim).unwrap().outcome, Outcome::AlreadyDone);
-    let fresh = ExecCommand::new(Action::ReclaimZombie, zombie.to_string(), "reclaim-2");
-    let again = exec.apply(&fresh).unwrap();
+    // Ended since the finding: nothing to cancel, already done.
+    let again = exec
+        .apply(&reclaim("reclaim-2", &node, "0", "RUNNING"))
+        .unwrap();
     assert_eq!(again.outcome, Outcome::AlreadyDone, "{again:?}");
-    assert!(matches!(
-        exec.rollback(&reclaim),
-        Err(ExecError::NotReversible { .. })
-    ));
 
     // rebalance_ranks: requeued with the node excluded (on one node: pending).
     let rebalance = ExecCommand::new(Action::RebalanceRanks, moved.to_string(), "rebalance-1")
@@ -220,14 +271,7 @@ fn slurm_jobs_are_found_reclaimed_requeued_and_nodes_drained_and_resumed() {
     let fresh = ExecCommand::new(Action::RebalanceRanks, moved.to_string(), "rebalance-2")
         .param("node", &node);
     assert_eq!(exec.apply(&fresh).unwrap().outcome, Outcome::AlreadyDone);
-    let a = exec
-        .apply(&ExecCommand::new(
-            Action::ReclaimZombie,
-            moved.to_string(),
-            "reclaim-3",
-        ))
-        .unwrap();
-    assert_eq!(a.outcome, Outcome::Done);
+    assert!(sh("scancel", &[&moved.to_string()]).0);
 
     // drain_node / resume_node, each checked through Slurm's own view.
     let drain = ExecCommand::new(Action::DrainNode, &node, "drain-1")
@@ -240,7 +284,7 @@ fn slurm_jobs_are_found_reclaimed_requeued_and_nodes_drained_and_resumed() {
     );
     let (_, sinfo, _) = sh("sinfo", &["-h", "-n", &node, "-o", "%T|%E"]);
     assert!(
-        sinfo.starts_with("drain") && sinfo.contains("keel test: slow nic"),
+        sinfo.starts_with("drain") && sinfo.contains("keel: keel test: slow nic"),
         "sinfo: {sinfo}"
     );
     let again = exec
@@ -276,6 +320,36 @@ fn slurm_jobs_are_found_reclaimed_requeued_and_nodes_drained_and_resumed() {
     );
     assert_eq!(exec.rollback(&drain).unwrap().outcome, Outcome::AlreadyDone);
 
+    // An operator's own drain: resume_node refuses it and leaves it.
+    assert!(
+        sh(
+            "scontrol",
+            &[
+                "update",
+                &format!("NodeName={node}"),
+                "State=DRAIN",
+                "Reason=ops: bad psu"
+            ]
+        )
+        .0
+    );
+    let err = exec
+        .apply(&ExecCommand::new(Action::ResumeNode, &node, "resume-3"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ops: bad psu") && err.contains("left alone"),
+        "{err}"
+    );
+    assert!(node_state(&node).contains("DRAIN"), "{}", node_state(&node));
+    assert!(
+        sh(
+            "scontrol",
+            &["update", &format!("NodeName={node}"), "State=RESUME"]
+        )
+        .0
+    );
+
     // Unknown names are errors that say so.
     let err = exec
         .apply(&ExecCommand::new(
@@ -291,10 +365,95 @@ fn slurm_jobs_are_found_reclaimed_requeued_and_nodes_drained_and_resumed() {
 
     // The journal file holds what was applied, for a restarted executor.
     let reopened = Journal::open(&journal_path).unwrap();
-    assert!(reopened.get("reclaim-1").is_some() && reopened.get("drain-1").unwrap().rolled_back);
+    assert!(reopened.get("rebalance-1").is_some() && reopened.get("drain-1").unwrap().rolled_back);
+    assert!(
+        reopened.get("wrong-node").is_none(),
+        "a refusal is not remembered as applied"
+    );
     let mut restarted = SlurmExecutor::new(reopened);
     assert_eq!(
-        restarted.apply(&reclaim).unwrap().outcome,
+        restarted.apply(&rebalance).unwrap().outcome,
         Outcome::AlreadyDone
     );
+}
+
+#[test]
+fn a_reclaim_cancels_only_the_job_that_holds_the_gpu_on_a_node_with_gpus() {
+    let c = start();
+    let node = c.node.clone();
+    let mut g = GresSlurm::start(&node);
+    let a = g.submit("gpu:h200:1");
+    let b = g.submit("gpu:h200:1");
+    let mig = g.submit("gpu:1g.18gb:1");
+    let mut exec = SlurmExecutor::new(Journal::in_memory());
+    exec.bins = g.bins.clone();
+    wait_for("three jobs running", || {
+        let jobs = exec.jobs().expect("squeue --json");
+        let running = jobs
+            .iter()
+            .filter(|j| j.job_state() == JobState::Running)
+            .count();
+        (running == 3, format!("{jobs:?}"))
+    });
+    // Slurm's own allocation: each whole-GPU job holds one of 0 and 1; the
+    // MIG instance's index counts instances, so its GPU is unknown.
+    let jobs = exec.jobs().unwrap();
+    let gpu_of = |id: u64| {
+        let j = jobs.iter().find(|j| j.job_id == id).unwrap();
+        match j.gpus.on(&node) {
+            Ok(Some(g)) if g.len() == 1 => g[0],
+            other => panic!("job {id}: {other:?}"),
+        }
+    };
+    let (ga, gb) = (gpu_of(a), gpu_of(b));
+    let mut both = [ga, gb];
+    both.sort();
+    assert_eq!(both, [0, 1]);
+    let m = jobs.iter().find(|j| j.job_id == mig).unwrap();
+    assert!(
+        matches!(m.gpus.on(&node), Err(w) if w.contains("MIG")),
+        "{m:?}"
+    );
+    let rec = jobs
+        .iter()
+        .find(|j| j.job_id == a)
+        .unwrap()
+        .to_record(1.0, 1);
+    assert_eq!(rec.node_gpus[node.as_str()], vec![ga]);
+
+    let reclaim = |id: u64, key: &str, gpu: u32| {
+        ExecCommand::new(Action::ReclaimZombie, id.to_string(), key)
+            .param("node", &node)
+            .param("gpu", gpu.to_string())
+            .param("state", "RUNNING")
+    };
+    // B does not hold A's GPU: refused.
+    match exec.apply(&reclaim(b, "b-on-a", ga)) {
+        Err(ExecError::Invalid { field, why, .. }) => {
+            assert_eq!(field, "gpu");
+            assert!(why.contains(&format!("does not hold GPU {ga}")), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The MIG job: mapping unknown, refused.
+    match exec.apply(&reclaim(mig, "mig", 2)) {
+        Err(ExecError::Invalid { field, why, .. }) => {
+            assert_eq!(field, "gpu");
+            assert!(why.contains("unknown"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A on its own GPU: cancelled, and only A.
+    let done = exec.apply(&reclaim(a, "a-on-a", ga)).unwrap();
+    assert_eq!(done.outcome, Outcome::Done, "{done:?}");
+    wait_for("A ended, B and the MIG job still running", || {
+        let jobs = exec.jobs().unwrap();
+        let state = |id: u64| jobs.iter().find(|j| j.job_id == id).map(|j| j.job_state());
+        let ok = state(a).is_none_or(|s| s.is_finished())
+            && state(b) == Some(JobState::Running)
+            && state(mig) == Some(JobState::Running);
+        (ok, format!("{jobs:?}"))
+    });
+    drop(g);
+    drop(c);
 }

@@ -18,7 +18,9 @@ struct Setup {
 
 impl Setup {
     /// A fake keel that writes its argv, one per line, and exits `keel_rc`;
-    /// a fake scontrol that expands `gpu[01-02]`.
+    /// a fake scontrol that expands `gpu[01-02]` and answers `show job -d
+    /// -o ID` with the file `detail` when a test wrote one (else fails, as
+    /// a Slurm without the job would).
     fn new(keel_rc: i32, extra_env: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
@@ -29,7 +31,7 @@ impl Setup {
         .unwrap();
         std::fs::write(
             p("scontrol"),
-            "#!/bin/sh\n[ \"$1 $2 $3\" = 'show hostnames gpu[01-02]' ] || exit 1\nprintf 'gpu01\\ngpu02\\n'\n",
+            format!("#!/bin/sh\nif [ \"$1 $2 $3 $4\" = 'show job -d -o' ]; then cat '{}' 2>/dev/null; exit; fi\n[ \"$1 $2 $3\" = 'show hostnames gpu[01-02]' ] || exit 1\nprintf 'gpu01\\ngpu02\\n'\n", p("detail").display()),
         )
         .unwrap();
         for f in ["keel", "scontrol"] {
@@ -138,6 +140,81 @@ fn a_plain_node_list_needs_no_scontrol_and_the_user_is_the_tenant() {
     assert_eq!(
         argv[..10],
         ["job", "register", "--job", "7", "--ranks", "vm=0", "--gpus", "0=0", "--tenant", "root"]
+    );
+}
+
+#[test]
+fn a_one_node_job_gets_its_gpus_from_slurm_job_gpus() {
+    for (var, value) in [
+        ("SLURM_JOB_GPUS", "0,2-3"),
+        ("SLURM_STEP_GPUS", "0,2-3"),
+        ("CUDA_VISIBLE_DEVICES", "0,2-3"),
+    ] {
+        let s = Setup::new(0, "KEEL_RANKS_PER_NODE=3\n");
+        let (rc, err) = s.run(
+            "prolog.sh",
+            &[
+                ("SLURM_JOB_ID", "7"),
+                ("SLURM_JOB_NODELIST", "vm"),
+                (var, value),
+            ],
+        );
+        assert_eq!(rc, 0, "{err}");
+        assert_eq!(
+            s.argv().unwrap()[..10],
+            [
+                "job",
+                "register",
+                "--job",
+                "7",
+                "--ranks",
+                "vm=0,1,2",
+                "--node-gpus",
+                "vm=0,2-3",
+                "--gpus",
+                "0=0,1=1,2=2"
+            ],
+            "{var}"
+        );
+    }
+}
+
+#[test]
+fn gpus_not_in_the_environment_come_from_scontrol_detail_or_stay_unknown() {
+    // UUIDs in CUDA_VISIBLE_DEVICES name no index: scontrol is asked.
+    let s = Setup::new(0, "");
+    let detail = "JobId=42 JobState=RUNNING NodeList=gpu[01-02] Nodes=gpu01 CPU_IDs=0 Mem=0 GRES=gpu:1(IDX:5) Nodes=gpu02 CPU_IDs=0 Mem=0 GRES=gpu:1(IDX:0)\n";
+    std::fs::write(s.dir.path().join("detail"), detail).unwrap();
+    let (rc, err) = s.run(
+        "prolog.sh",
+        &[
+            ("SLURM_JOB_ID", "42"),
+            ("SLURM_JOB_NODELIST", "gpu[01-02]"),
+            ("CUDA_VISIBLE_DEVICES", "GPU-0b1c"),
+        ],
+    );
+    assert_eq!(rc, 0, "{err}");
+    let argv = s.argv().unwrap();
+    assert!(!argv.contains(&"--node-gpus".to_string()), "{argv:?}");
+    let at = argv
+        .iter()
+        .position(|a| a == "--slurm-detail")
+        .expect("detail passed");
+    assert_eq!(argv[at + 1], detail.trim_end());
+    // Nothing from Slurm: no GPU indices at all, and it is logged.
+    let s = Setup::new(0, "");
+    let (rc, err) = s.run(
+        "prolog.sh",
+        &[("SLURM_JOB_ID", "42"), ("SLURM_JOB_NODELIST", "gpu[01-02]")],
+    );
+    assert_eq!(rc, 0);
+    assert!(err.contains("GPU indices of job 42 unknown"), "{err}");
+    let argv = s.argv().unwrap();
+    assert!(
+        !argv
+            .iter()
+            .any(|a| a == "--node-gpus" || a == "--slurm-detail"),
+        "{argv:?}"
     );
 }
 

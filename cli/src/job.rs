@@ -24,6 +24,8 @@ pub fn run(command: JobCommand) -> Result<()> {
             job,
             ranks,
             gpus,
+            node_gpus,
+            slurm_detail,
             tenant,
             at,
             file: None,
@@ -34,7 +36,9 @@ pub fn run(command: JobCommand) -> Result<()> {
             if ranks.is_empty() {
                 bail!("--ranks NODE=RANK,... is required with --job");
             }
-            (register(&job, &ranks, gpus.as_deref(), tenant)?, at)
+            let mut r = register(&job, &ranks, gpus.as_deref(), tenant)?;
+            allocated(&mut r, &node_gpus, slurm_detail.as_deref(), true)?;
+            (r, at)
         }
         JobCommand::End { job, state, at } => {
             let state: JobState = serde_json::from_value(serde_json::Value::String(state.clone()))
@@ -197,6 +201,61 @@ pub(crate) fn record(job: &str, state: JobState) -> JobRecord {
     JobRecord::state_only(job, state, keel_actors::sources::unix_now())
 }
 
+/// Adds the GPU indices Slurm allocated to the record's `node_gpus`: from
+/// `NODE=0,2-3` arguments (each node must be one of the job's), and from
+/// `scontrol show job -d -o ID` output (`detail`: its per-node GRES; a
+/// mapping it leaves unknown is said on stderr and left out). With
+/// `ranks_follow`, a node's ranks are put on its allocated GPUs in order
+/// when Slurm named as many GPUs as the node has ranks (over `--gpus`,
+/// which is then a guess).
+pub(crate) fn allocated(
+    r: &mut JobRecord,
+    args: &[String],
+    detail: Option<&str>,
+    ranks_follow: bool,
+) -> Result<()> {
+    use keel_adapters::executors::slurm::{parse_scontrol_jobs, Gpus};
+    if let Some(text) = detail {
+        let jobs = parse_scontrol_jobs(text).context("--slurm-detail")?;
+        match jobs.iter().find(|j| j.job_id.to_string() == r.job.as_str()) {
+            Some(j) => match &j.gpus {
+                Gpus::Known(m) => {
+                    for (node, idx) in m {
+                        let node: Name = node.as_str().into();
+                        if r.nodes.contains(&node) {
+                            r.node_gpus.insert(node, idx.clone());
+                        }
+                    }
+                }
+                Gpus::Unknown(why) => eprintln!("job {}: GPU indices unknown: {why}", r.job),
+            },
+            None => eprintln!("job {}: --slurm-detail does not describe it", r.job),
+        }
+    }
+    for arg in args {
+        let (node, list) = arg
+            .split_once('=')
+            .with_context(|| format!("--node-gpus {arg:?}: expected NODE=IDX,IDX-IDX"))?;
+        let node: Name = node.trim().into();
+        if !r.nodes.contains(&node) {
+            bail!("--node-gpus {arg:?}: {node} is not in --ranks");
+        }
+        let idx = keel_adapters::executors::slurm_gres::parse_index_list(list)
+            .map_err(|why| anyhow::anyhow!("--node-gpus {arg:?}: {why}"))?;
+        r.node_gpus.insert(node, idx);
+    }
+    if ranks_follow {
+        for (node, idx) in &r.node_gpus {
+            if let Some(ranks) = r.ranks.get(node).filter(|x| x.len() == idx.len()) {
+                for (rank, gpu) in ranks.iter().zip(idx) {
+                    r.gpus.insert(*rank, *gpu);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Builds a running job's record from `NODE=R,R,...` and `R=G,...` arguments.
 pub(crate) fn register(
     job: &str,
@@ -293,5 +352,29 @@ mod tests {
         assert!(format!("{e:#}").contains("given twice"), "{e:#}");
         let e = register("j1", &["n1=0".into()], Some("5=1"), None).unwrap_err();
         assert!(format!("{e:#}").contains("not in --ranks"), "{e:#}");
+    }
+
+    #[test]
+    fn allocated_gpus_are_read_per_node() {
+        let mut r = register("j1", &["n1=0,1".into()], None, None).unwrap();
+        allocated(&mut r, &["n1=0,2-3".into()], None, true).unwrap();
+        assert_eq!(r.node_gpus["n1"], vec![0, 2, 3]);
+        // Three GPUs for two ranks: the ranks' GPUs stay as they were.
+        assert_eq!((r.gpus[&0], r.gpus[&1]), (0, 1));
+        let e = allocated(&mut r, &["n9=1".into()], None, true).unwrap_err();
+        assert!(format!("{e:#}").contains("not in --ranks"), "{e:#}");
+        assert!(allocated(&mut r, &["n1=3-1".into()], None, true).is_err());
+        // From scontrol show job -d -o: the ranks follow the allocation.
+        let mut r = register("42", &["g1=0,1".into(), "g2=2".into()], None, None).unwrap();
+        let detail = "JobId=42 JobState=RUNNING NodeList=g[1-2] Nodes=g1 CPU_IDs=0 Mem=0 GRES=gpu:2(IDX:3,5) Nodes=g2 CPU_IDs=0 Mem=0 GRES=gpu:1(IDX:7)\n";
+        allocated(&mut r, &[], Some(detail), true).unwrap();
+        assert_eq!(r.node_gpus["g1"], vec![3, 5]);
+        assert_eq!((r.gpus[&0], r.gpus[&1], r.gpus[&2]), (3, 5, 7));
+        // Unknown (by count): nothing added.
+        let mut r = register("42", &["g1=0".into()], None, None).unwrap();
+        let detail =
+            "JobId=42 JobState=RUNNING NodeList=g1 Nodes=g1 CPU_IDs=0 Mem=0 GRES=gpu:1(CNT:1)\n";
+        allocated(&mut r, &[], Some(detail), true).unwrap();
+        assert!(r.node_gpus.is_empty());
     }
 }

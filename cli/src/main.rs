@@ -12,6 +12,7 @@ mod live;
 mod policy;
 mod queries;
 mod replay;
+mod slurm;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -126,6 +127,11 @@ enum Command {
     Job {
         #[command(subcommand)]
         command: JobCommand,
+    },
+    /// What keel reads from Slurm (jobs, states, nodes, GPU indices)
+    Slurm {
+        #[command(subcommand)]
+        command: slurm::SlurmCommand,
     },
     /// Which correlator host holds each job (and where sensors send its summaries)
     Routes {
@@ -296,6 +302,16 @@ pub(crate) enum JobCommand {
         /// RANK=GPU pairs, comma-separated (default: rank i on GPU i mod 8)
         #[arg(long)]
         gpus: Option<String>,
+        /// NODE=IDX,IDX-IDX: the GPU indices Slurm allocated to the job on
+        /// NODE (repeat per node); without it (or --slurm-detail), they are
+        /// unknown. Where they are as many as the node's ranks, the ranks
+        /// run on them in order (over --gpus)
+        #[arg(long = "node-gpus")]
+        node_gpus: Vec<String>,
+        /// The output of `scontrol show job -d -o JOB`: the GPU indices
+        /// per node are read from its GRES detail
+        #[arg(long = "slurm-detail")]
+        slurm_detail: Option<String>,
         #[arg(long)]
         tenant: Option<String>,
         /// Register every job of FILE, one per line: a JSON job record, or
@@ -548,6 +564,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sensor { config } => controller::run_sensor(&config),
         Command::Correlator { config } => controller::run_correlator(&config),
         Command::Job { command } => job::run(command),
+        Command::Slurm { command } => slurm::run(command),
         Command::Findings { at, since } => queries::findings(&at, since.as_deref()),
         Command::Jobs { at, job } => queries::jobs(&at, job.as_deref()),
         Command::Routes { at } => ask(&at, "routes", Default::default()),

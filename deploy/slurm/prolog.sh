@@ -1,6 +1,15 @@
 #!/bin/sh
 # keel's PrologSlurmctld: tells the keel controller that job $SLURM_JOB_ID
-# started, on which nodes, with which ranks where.
+# started, on which nodes, with which ranks where, and which GPUs Slurm
+# allocated to it on each node.
+#
+# The GPU indices come from Slurm, never from the rank numbers: for a
+# one-node job from SLURM_JOB_GPUS (else SLURM_STEP_GPUS, else
+# CUDA_VISIBLE_DEVICES when it holds indices rather than UUIDs), otherwise
+# from the per-node GRES detail of `scontrol show job -d -o $SLURM_JOB_ID`
+# (read by keel itself). When neither says, keel records them as unknown,
+# and no rule reclaims on them; ranks are then put on local GPUs 0, 1, ...
+# as a guess that keel keeps apart from the allocation.
 #
 # Runs once per job on the slurmctld host (slurm.conf:
 # PrologSlurmctld=/usr/local/lib/keel/prolog.sh), where Slurm sets
@@ -97,6 +106,29 @@ case $list in
 *) nodes=$(printf '%s\n' "$list" | tr ',' '\n') ;;
 esac
 
+# An index list as Slurm writes one (0,2-3,5), or nothing.
+index_list() {
+    case $1 in
+    '' | *[!0-9,-]* | ,* | *, | *,,* | -* | *-) return 1 ;;
+    esac
+    printf '%s' "$1"
+}
+
+count=0
+for node in $nodes; do count=$((count + 1)); done
+allocated=
+if [ "$count" -eq 1 ]; then
+    for v in "${SLURM_JOB_GPUS:-}" "${SLURM_STEP_GPUS:-}" "${CUDA_VISIBLE_DEVICES:-}"; do
+        if allocated=$(index_list "$v"); then break; fi
+        allocated=
+    done
+fi
+detail=
+if [ -z "$allocated" ]; then
+    detail=$("$KEEL_SCONTROL" show job -d -o "$SLURM_JOB_ID" 2>/dev/null) || detail=
+    [ -n "$detail" ] || log "GPU indices of job $SLURM_JOB_ID unknown: no SLURM_JOB_GPUS and no scontrol show job -d"
+fi
+
 set -- job register --job "$SLURM_JOB_ID"
 rank=0
 gpus=
@@ -113,9 +145,13 @@ for node in $nodes; do
         local_index=$((local_index + 1))
     done
     set -- "$@" --ranks "$node=$ranks"
+    [ -z "$allocated" ] || set -- "$@" --node-gpus "$node=$allocated"
 done
 [ "$rank" -gt 0 ] || { log "no nodes for job $SLURM_JOB_ID"; exit 0; }
+# Local rank i on GPU i: a guess, which keel replaces by the allocated GPUs
+# in order where Slurm named as many as the node has ranks.
 set -- "$@" --gpus "$gpus"
+[ -z "$detail" ] || set -- "$@" --slurm-detail "$detail"
 tenant=${SLURM_JOB_ACCOUNT:-}
 [ -n "$tenant" ] || tenant=${SLURM_JOB_USER:-}
 [ -z "$tenant" ] || set -- "$@" --tenant "$tenant"

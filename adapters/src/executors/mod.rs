@@ -21,7 +21,10 @@ pub mod log;
 pub mod nic;
 pub mod run;
 pub mod slurm;
+mod slurm_check;
+pub mod slurm_gres;
 mod slurm_parse;
+mod slurm_text;
 pub mod validate;
 pub mod webhook;
 

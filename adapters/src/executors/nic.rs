@@ -147,29 +147,47 @@ fn value(s: &str) -> Option<u32> {
 }
 
 /// Parses `ethtool -g` or `ethtool -l` output (sections of `Label: value`).
+/// Without the section headers, a label seen twice is first the maximum
+/// (ethtool prints maxima first), one seen once a current value.
 pub fn parse_ethtool_sections(group: NicGroup, text: &str) -> GroupValues {
     let mut out = GroupValues::default();
     let mut in_max = false;
+    let mut headers = false;
+    let mut seen: Vec<(NicParam, Option<u32>)> = Vec::new();
     for line in text.lines() {
         let t = line.trim();
         if t.starts_with("Pre-set maximums") {
             in_max = true;
+            headers = true;
             continue;
         }
         if t.starts_with("Current hardware settings") {
             in_max = false;
+            headers = true;
             continue;
         }
         let Some((label, v)) = t.split_once(':') else {
             continue;
         };
         for p in group.params().filter(|p| p.label() == label.trim()) {
+            seen.push((p, value(v)));
             let map = if in_max {
                 &mut out.max
             } else {
                 &mut out.current
             };
             map.insert(p, value(v));
+        }
+    }
+    if !headers {
+        out = GroupValues::default();
+        for (p, v) in seen {
+            if out.current.contains_key(&p) && !out.max.contains_key(&p) {
+                // The first one was the maximum.
+                let first = out.current.remove(&p).flatten();
+                out.max.insert(p, first);
+            }
+            out.current.insert(p, v);
         }
     }
     out
@@ -404,14 +422,25 @@ impl<R: Runner> NicExecutor<R> {
                     changes.insert(p, Change::unsupported(p.name(), Some(want_s), why));
                     continue;
                 };
-                if let Some(Some(max)) = found.max.get(&p).copied() {
-                    if want > max {
+                match found.max.get(&p).copied() {
+                    Some(Some(max)) if want > max => {
                         return Err(ExecError::invalid(
                             p.name(),
                             &want_s,
                             format!("over {ifname}'s maximum of {max}; nothing was changed"),
                         ));
                     }
+                    // Ring sizes only under a maximum the device stated.
+                    None | Some(None) if group == NicGroup::Rings && want != now => {
+                        return Err(ExecError::invalid(
+                            p.name(),
+                            &want_s,
+                            format!(
+                                "`ethtool -g {ifname}` states no maximum for it, so the size cannot be checked; nothing was changed"
+                            ),
+                        ));
+                    }
+                    _ => {}
                 }
                 if now == want {
                     changes.insert(p, Change::already(p.name(), want_s));

@@ -245,3 +245,55 @@ fn a_missing_interface_is_not_found() {
         "{err}"
     );
 }
+
+/// `ethtool -g` of an mlx5 ConnectX-4 Lx (shared/data/wild entry 13).
+fn mlx5_rings() -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/wild/13-ethtool-mlx5-cx4lx/ethtool-g.txt");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn ring_maxima_survive_output_without_section_headers() {
+    let with = mlx5_rings();
+    let r = parse_ethtool_sections(NicGroup::Rings, &with);
+    assert_eq!(
+        (r.max[&NicParam::RxRing], r.current[&NicParam::RxRing]),
+        (Some(8192), Some(1024))
+    );
+    // The same output with its section headers gone.
+    let without: String = with
+        .lines()
+        .filter(|l| !l.starts_with("Pre-set") && !l.starts_with("Current hardware"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let r = parse_ethtool_sections(NicGroup::Rings, &without);
+    assert_eq!(r.max[&NicParam::RxRing], Some(8192));
+    assert_eq!(r.max[&NicParam::TxRing], Some(8192));
+    assert_eq!(r.current[&NicParam::RxRing], Some(1024));
+    assert_eq!(r.current[&NicParam::TxRing], Some(1024));
+    // So a size over the maximum never reaches ethtool -G.
+    let mut e = exec();
+    e.runner.answer(&["ethtool", "-g"], 0, &without, "");
+    e.runner.answer(&["ethtool", "-G"], 0, "", "");
+    let cmd = ExecCommand::new(Action::RetuneNic, "eth0", "k").param("rx_ring", "16384");
+    let err = e.apply(&cmd).unwrap_err().to_string();
+    assert!(err.contains("maximum of 8192"), "{err}");
+    assert!(!ran(&e).iter().any(|a| a.contains(" -G ")), "{:?}", ran(&e));
+}
+
+#[test]
+fn a_ring_size_without_a_stated_maximum_is_refused() {
+    // Each value once, no headers: the current sizes, maxima unknown.
+    let once = "Ring parameters for eth0:\nRX:\t\t1024\nTX:\t\t1024\n";
+    let r = parse_ethtool_sections(NicGroup::Rings, once);
+    assert_eq!(r.current[&NicParam::RxRing], Some(1024));
+    assert!(r.max.is_empty());
+    let mut e = exec();
+    e.runner.answer(&["ethtool", "-g"], 0, once, "");
+    e.runner.answer(&["ethtool", "-G"], 0, "", "");
+    let cmd = ExecCommand::new(Action::RetuneNic, "eth0", "k").param("rx_ring", "2048");
+    let err = e.apply(&cmd).unwrap_err().to_string();
+    assert!(err.contains("no maximum"), "{err}");
+    assert!(!ran(&e).iter().any(|a| a.contains(" -G ")), "{:?}", ran(&e));
+}

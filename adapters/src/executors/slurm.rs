@@ -2,14 +2,22 @@
 //! `resume_node` and `rebalance_ranks` through Slurm's own clients.
 //!
 //! Commands and their parameters:
-//! - `reclaim_zombie`, target a job id; `node` (optional): refuse unless the
-//!   job runs there, so that a stale finding cannot cancel a job that has
-//!   since moved. `scancel ID`. A job already ended is "already done".
-//!   Not reversible.
+//! - `reclaim_zombie`, target a job id; `node`, `gpu` and `state`, all
+//!   required: the node and GPU index the finding is about and the Slurm
+//!   state it assumed the job in. At the moment of acting the executor asks
+//!   Slurm (`scontrol show job -d -o ID`) and cancels (`scancel ID`) only
+//!   when the job still runs on that node, holds that GPU there (GRES
+//!   `IDX`), and is in the assumed state; otherwise it refuses, naming what
+//!   did not hold (state changed since the finding, not on the node, GPU
+//!   mapping unknown, not holding that GPU). A job already ended or gone is
+//!   "already done". Not reversible.
 //! - `drain_node`, target a node; `reason` (optional). `scontrol update
-//!   NodeName=N State=DRAIN Reason=...`. Rollback resumes it.
-//! - `resume_node`, target a node. `State=RESUME`. Rollback drains it again
-//!   (or sets it down, if it was down) with the reason it had.
+//!   NodeName=N State=DRAIN Reason=keel: ...`: the reason always starts
+//!   with `keel:`. Rollback resumes it (a keel drain only).
+//! - `resume_node`, target a node. `State=RESUME`, only for a drain (or
+//!   down) whose reason starts with `keel:`: an operator's drain is refused
+//!   with its reason. Rollback drains it again (or sets it down, if it was
+//!   down) with the reason it had.
 //! - `rebalance_ranks`, target a job id; `node` (required): the node to take
 //!   the job off. `scontrol requeuehold`, then `update JobId=ID
 //!   ExcNodeList=...`, then `release`: Slurm refuses to change a running
@@ -17,8 +25,12 @@
 //!   same node before the exclusion lands. Not reversible.
 
 use super::run::{argv, checked, Runner, SystemRunner};
-pub use super::slurm_parse::{expand_hostlist, SlurmJob, SlurmNode};
-use super::slurm_parse::{parse_scontrol_jobs, parse_scontrol_node, parse_squeue_json};
+use super::slurm_check::describe;
+pub use super::slurm_check::{check_reclaim, check_resume, ReclaimTarget, Verdict, DRAIN_PREFIX};
+pub use super::slurm_parse::{
+    expand_hostlist, known_job_state, parse_scontrol_jobs, parse_scontrol_node, parse_squeue_json,
+    Gpus, SlurmJob, SlurmNode,
+};
 use super::{
     seen_before, summarize, to_roll_back, undo_list, validate, Applied, Change, ExecCommand,
     ExecError, Executor, Journal, Outcome,
@@ -80,19 +92,71 @@ impl<R: Runner> SlurmExecutor<R> {
     }
 
     /// Every job `squeue --json` lists (recently ended ones included, with
-    /// their final state).
+    /// their final state); see [`SlurmExecutor::jobs_from`].
     pub fn jobs(&mut self) -> Result<Vec<SlurmJob>, ExecError> {
-        let out = checked(&mut self.runner, &argv([&self.bins.squeue, "--json"]))?;
-        parse_squeue_json(&out.stdout)
+        self.jobs_from().map(|(jobs, _)| jobs)
     }
 
-    /// One job from `scontrol show job -o ID`; None when Slurm no longer
-    /// knows it.
+    /// Every job Slurm lists, and the commands that said so: `squeue
+    /// --json`, or `scontrol show job -d` text where squeue has no JSON
+    /// (or its JSON cannot be read). Where squeue's JSON leaves a placed
+    /// job's GPUs unknown (its `gres_detail` is filled only on request),
+    /// `scontrol show job -d` is asked once for the GRES detail of all
+    /// jobs; if that fails the GPUs stay unknown, never guessed.
+    pub fn jobs_from(&mut self) -> Result<(Vec<SlurmJob>, String), ExecError> {
+        let squeue = argv([&self.bins.squeue, "--json"]);
+        let detail = argv([&self.bins.scontrol, "show", "job", "-d"]);
+        let mut jobs = match checked(&mut self.runner, &squeue)
+            .and_then(|out| parse_squeue_json(&out.stdout))
+        {
+            Ok(jobs) => jobs,
+            Err(first) => {
+                // Both failing: the error says both, squeue's first.
+                let both = |e: ExecError| ExecError::Parse {
+                    what: "Slurm's job list".into(),
+                    why: format!("squeue --json: {first}; then scontrol show job -d: {e}"),
+                };
+                let out = checked(&mut self.runner, &detail).map_err(both)?;
+                let jobs = parse_scontrol_jobs(&out.stdout).map_err(both)?;
+                return Ok((jobs, super::run::show(&detail)));
+            }
+        };
+        let unknown = |j: &SlurmJob| !j.nodes.is_empty() && !j.gpus.is_known();
+        if !jobs.iter().any(unknown) {
+            return Ok((jobs, super::run::show(&squeue)));
+        }
+        let Ok(out) = checked(&mut self.runner, &detail) else {
+            return Ok((jobs, super::run::show(&squeue)));
+        };
+        let Ok(text) = parse_scontrol_jobs(&out.stdout) else {
+            return Ok((jobs, super::run::show(&squeue)));
+        };
+        for j in jobs.iter_mut().filter(|j| unknown(j)) {
+            if let Some(t) = text
+                .iter()
+                .find(|t| t.job_id == j.job_id && t.nodes == j.nodes)
+            {
+                j.gpus = t.gpus.clone();
+            }
+        }
+        Ok((
+            jobs,
+            format!(
+                "{} + {}",
+                super::run::show(&squeue),
+                super::run::show(&detail)
+            ),
+        ))
+    }
+
+    /// One job from `scontrol show job -d -o ID` (with its GRES detail);
+    /// None when Slurm no longer knows it.
     pub fn job(&mut self, id: u64) -> Result<Option<SlurmJob>, ExecError> {
         let a = argv([
             self.bins.scontrol.clone(),
             "show".into(),
             "job".into(),
+            "-d".into(),
             "-o".into(),
             id.to_string(),
         ]);
@@ -156,45 +220,33 @@ impl<R: Runner> SlurmExecutor<R> {
     }
 
     fn reclaim(&mut self, cmd: &ExecCommand) -> Result<Applied, ExecError> {
-        validate::known_params(&cmd.params, &["node"])?;
+        validate::known_params(&cmd.params, &["node", "gpu", "state"])?;
         let id = validate::job_id("target", &cmd.target)?;
-        let node = cmd.params.get("node");
-        if let Some(n) = node {
-            validate::node_name("node", n)?;
-        }
-        let job = match self.job(id)? {
-            Some(j) if !j.job_state().is_finished() => j,
-            gone => {
-                let state = gone.map_or("gone".to_string(), |j| j.state);
-                return Ok(Applied::new(
-                    Outcome::AlreadyDone,
-                    vec![Change::already("state", state.clone())],
-                    format!("job {id} already ended ({state})"),
-                ));
-            }
-        };
-        if let Some(n) = node {
-            if !job.nodes.iter().any(|x| x == n) {
-                return Err(ExecError::invalid(
-                    "node",
-                    n,
+        let target = ReclaimTarget::from_params(id, &cmd.params)?;
+        let now = self.job(id)?;
+        match check_reclaim(&target, now.as_ref())? {
+            Verdict::Ended(state) => Ok(Applied::new(
+                Outcome::AlreadyDone,
+                vec![Change::already("state", state.clone())],
+                format!("job {id} already ended ({state})"),
+            )),
+            Verdict::Cancel => {
+                let job = now.unwrap_or_default();
+                checked(
+                    &mut self.runner,
+                    &argv([self.bins.scancel.clone(), id.to_string()]),
+                )?;
+                let changes = vec![Change::applied("state", Some(job.state), "CANCELLED")];
+                Ok(Applied::new(
+                    Outcome::Done,
+                    changes,
                     format!(
-                        "job {id} does not run on it (it runs on {}); not cancelled",
-                        describe(&job.nodes)
+                        "cancelled job {id} (scancel), checked first: on {}, holding GPU {} there, {}",
+                        target.node, target.gpu, target.state
                     ),
-                ));
+                ))
             }
         }
-        checked(
-            &mut self.runner,
-            &argv([self.bins.scancel.clone(), id.to_string()]),
-        )?;
-        let changes = vec![Change::applied("state", Some(job.state), "CANCELLED")];
-        Ok(Applied::new(
-            Outcome::Done,
-            changes,
-            format!("cancelled job {id} (scancel) on {}", describe(&job.nodes)),
-        ))
     }
 
     fn drain(&mut self, cmd: &ExecCommand) -> Result<Applied, ExecError> {
@@ -203,10 +255,11 @@ impl<R: Runner> SlurmExecutor<R> {
         let reason = match cmd.params.get("reason") {
             Some(r) => {
                 validate::text("reason", r, MAX_REASON)?;
-                r.clone()
+                keel_reason(r)
             }
-            None => format!("keel {} ({})", cmd.action, cmd.idempotency_key),
+            None => keel_reason(&format!("{} ({})", cmd.action, cmd.idempotency_key)),
         };
+        validate::text("reason", &reason, MAX_REASON + DRAIN_PREFIX.len() + 1)?;
         let node = self.node(&cmd.target)?;
         if node.is_drained() {
             return Ok(Applied::new(
@@ -238,6 +291,7 @@ impl<R: Runner> SlurmExecutor<R> {
                 format!("node {} already in service ({})", cmd.target, node.state),
             ));
         }
+        check_resume(&node)?;
         self.set_node_state(&cmd.target, "RESUME", None)?;
         // The reason first, so that undoing (last change first) restores the
         // state with the reason at hand.
@@ -352,11 +406,14 @@ impl<R: Runner> SlurmExecutor<R> {
     }
 }
 
-fn describe(nodes: &[String]) -> String {
-    if nodes.is_empty() {
-        "no node".to_string()
+/// The reason as keel sets it: `keel: ...` (a reason that already starts
+/// with the prefix is kept as it is).
+pub fn keel_reason(reason: &str) -> String {
+    let r = reason.trim();
+    if r.starts_with(DRAIN_PREFIX) {
+        r.to_string()
     } else {
-        nodes.join(",")
+        format!("{DRAIN_PREFIX} {r}")
     }
 }
 
@@ -405,7 +462,7 @@ impl<R: Runner> Executor for SlurmExecutor<R> {
             }
             Action::DrainNode if !undo.is_empty() => {
                 let node = self.node(&cmd.target)?;
-                if node.is_drained() {
+                if node.is_drained() && check_resume(&node).is_ok() {
                     self.set_node_state(&cmd.target, "RESUME", None)?;
                     changes.push(Change::applied("state", Some(node.state), "RESUME"));
                 } else {

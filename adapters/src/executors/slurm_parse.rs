@@ -1,9 +1,18 @@
-//! Reading what Slurm's clients print, sans-IO: `squeue --json` (the
-//! OpenAPI v0.0.38 shape of Slurm 22.05, and the later shapes where states
-//! are lists and numbers are `{set, number}` objects), `scontrol show job -o`
-//! and `scontrol show node -o` (one `Key=Value` line per record), and
-//! hostlist expressions (`gpu[01-04,07]`).
+//! Reading what Slurm's clients print, sans-IO: `squeue --json` and
+//! `scontrol show job --json` (the OpenAPI v0.0.37/38 shapes of Slurm
+//! 21.08–22.05, and the later data_parser shapes where states are lists and
+//! numbers are `{set, number}` objects), `scontrol show node -o` (one
+//! `Key=Value` line per record), and hostlist expressions (`gpu[01-04,07]`).
+//! `scontrol show job [-d] [-o]` text is read in `slurm_text.rs`.
+//!
+//! A job state is never read loosely: a job whose state field is missing,
+//! of the wrong type, or a name keel does not know is an error naming the
+//! job, the field and the value (so that a new Slurm is noticed, not read
+//! as `OTHER`).
 
+use super::slurm_gres::from_gres_detail;
+pub use super::slurm_gres::Gpus;
+pub use super::slurm_text::parse_scontrol_jobs;
 use super::ExecError;
 use keel_model::{JobRecord, JobState, Name, Timestamp};
 use serde_json::Value;
@@ -28,18 +37,29 @@ pub struct SlurmJob {
     pub excluded_nodes: Vec<String>,
     /// Why it waits, or `None`.
     pub reason: String,
+    /// The GPUs Slurm allocated to it on each node, or why that is unknown.
+    pub gpus: Gpus,
 }
 
 impl SlurmJob {
+    /// keel's name for the state. The parsers only ever produce states
+    /// that [`known_job_state`] reads; a hand-built job with another name
+    /// is `Other`.
     pub fn job_state(&self) -> JobState {
-        job_state(&self.state)
+        known_job_state(&self.state).unwrap_or(JobState::Other)
     }
 
-    /// The job as keel's trace and controller describe jobs. Slurm does not
-    /// say where ranks run; with `ranks_per_node` > 0 they are numbered
-    /// node by node in allocation order (as `srun` places block-distributed
-    /// tasks), otherwise left for the prolog or the operator to register.
-    /// The tenant is the account where one is set, else the user.
+    /// The job as keel's trace and controller describe jobs. `node_gpus`
+    /// holds the GPU indices Slurm allocated on each node when Slurm said
+    /// (a node with an empty list: the job holds no GPU there), and is
+    /// empty when that is unknown. Slurm does not say where ranks run; with
+    /// `ranks_per_node` > 0 they are numbered node by node in allocation
+    /// order (as `srun` places block-distributed tasks), otherwise left for
+    /// the prolog or the operator to register. A rank's GPU (`gpus`) is
+    /// then the node's allocated GPU in the same local order when Slurm
+    /// named as many GPUs as ranks, else local rank i on GPU i (a guess,
+    /// kept out of `node_gpus`). The tenant is the account where one is
+    /// set, else the user.
     pub fn to_record(&self, ts: Timestamp, ranks_per_node: u32) -> JobRecord {
         let mut ranks = BTreeMap::new();
         let mut gpus = BTreeMap::new();
@@ -47,12 +67,24 @@ impl SlurmJob {
             for (i, node) in self.nodes.iter().enumerate() {
                 let first = i as u32 * ranks_per_node;
                 let on_node: Vec<u32> = (first..first + ranks_per_node).collect();
+                let allocated = match self.gpus.on(node) {
+                    Ok(Some(g)) if g.len() == on_node.len() => Some(g),
+                    _ => None,
+                };
                 for (local, rank) in on_node.iter().enumerate() {
-                    gpus.insert(*rank, local as u32);
+                    let gpu = allocated.map_or(local as u32, |g| g[local]);
+                    gpus.insert(*rank, gpu);
                 }
                 ranks.insert(Name::from(node.as_str()), on_node);
             }
         }
+        let node_gpus = match &self.gpus {
+            Gpus::Known(m) => m
+                .iter()
+                .map(|(n, g)| (Name::from(n.as_str()), g.clone()))
+                .collect(),
+            Gpus::Unknown(_) => BTreeMap::new(),
+        };
         let tenant = if !self.account.is_empty() {
             Some(Name::from(self.account.as_str()))
         } else if !self.user.is_empty() {
@@ -70,7 +102,7 @@ impl SlurmJob {
             ranks,
             gpus,
             nics: BTreeMap::new(),
-            node_gpus: Default::default(),
+            node_gpus,
             tp: None,
             pp: None,
             replica: None,
@@ -78,25 +110,50 @@ impl SlurmJob {
     }
 }
 
-/// Slurm's base job state names onto keel's.
-pub fn job_state(s: &str) -> JobState {
-    match s {
-        "PENDING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" => JobState::Pending,
-        "RUNNING" | "CONFIGURING" => JobState::Running,
-        "COMPLETING" => JobState::Completing,
+/// Slurm's job state names onto keel's: the base states of every version
+/// from 21.08 to 24.11, and the flags that `scontrol show job` prints in
+/// place of the base state (`JobState=STAGE_OUT`). None for a name keel
+/// does not know (`REVOKED`, `UPDATE_DB`, a state of a later Slurm): the
+/// parsers turn that into an error naming the job.
+pub fn known_job_state(s: &str) -> Option<JobState> {
+    Some(match s {
+        "PENDING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "SPECIAL_EXIT"
+        | "RESV_DEL_HOLD" | "POWER_UP_NODE" => JobState::Pending,
+        "RUNNING" | "CONFIGURING" | "RESIZING" | "SIGNALING" => JobState::Running,
+        "COMPLETING" | "STAGE_OUT" => JobState::Completing,
         "COMPLETED" => JobState::Completed,
-        "FAILED" | "BOOT_FAIL" => JobState::Failed,
+        "FAILED" | "BOOT_FAIL" | "LAUNCH_FAILED" => JobState::Failed,
         "TIMEOUT" | "DEADLINE" => JobState::Timeout,
         "OUT_OF_MEMORY" => JobState::OutOfMemory,
         "CANCELLED" => JobState::Cancelled,
         "NODE_FAIL" => JobState::NodeFail,
         "PREEMPTED" => JobState::Preempted,
-        "SUSPENDED" => JobState::Suspended,
-        _ => JobState::Other,
+        "SUSPENDED" | "STOPPED" => JobState::Suspended,
+        _ => return None,
+    })
+}
+
+/// Checks a state name read from Slurm: the error names the job, the
+/// field and what it held.
+pub(crate) fn checked_state(
+    what: &str,
+    job: u64,
+    field: &str,
+    name: &str,
+) -> Result<String, ExecError> {
+    if name.is_empty() {
+        return Err(bad(what, format!("job {job}: {field} is empty or missing")));
+    }
+    match known_job_state(name) {
+        Some(_) => Ok(name.to_string()),
+        None => Err(bad(
+            what,
+            format!("job {job}: {field} {name:?} is not a state keel knows"),
+        )),
     }
 }
 
-fn bad(what: &str, why: impl Into<String>) -> ExecError {
+pub(crate) fn bad(what: &str, why: impl Into<String>) -> ExecError {
     ExecError::Parse {
         what: what.to_string(),
         why: why.into(),
@@ -125,33 +182,53 @@ fn string(v: Option<&Value>) -> String {
     }
 }
 
-/// The base state: a string (22.05) or the first known name in a list of
-/// state and flags (23.02 and later).
-fn state_of(v: Option<&Value>) -> String {
+/// The base state: a string (21.08–22.05) or the first known name in a
+/// list of state and flags (23.02 and later). An error names the job and
+/// the field when there is none, or none keel knows.
+fn state_of(what: &str, job: u64, v: Option<&Value>) -> Result<String, ExecError> {
+    const FIELD: &str = "job_state";
     match v {
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => checked_state(what, job, FIELD, s),
         Some(Value::Array(a)) => {
             let names: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
-            names
-                .iter()
-                .find(|s| job_state(s) != JobState::Other)
-                .or(names.first())
-                .map(|s| s.to_string())
-                .unwrap_or_default()
+            match names.iter().find(|s| known_job_state(s).is_some()) {
+                Some(s) => Ok(s.to_string()),
+                None if names.is_empty() => {
+                    Err(bad(what, format!("job {job}: {FIELD} is an empty list")))
+                }
+                None => Err(bad(
+                    what,
+                    format!("job {job}: {FIELD} {names:?} holds no state keel knows"),
+                )),
+            }
         }
-        _ => String::new(),
+        None | Some(Value::Null) => Err(bad(what, format!("job {job}: no {FIELD}"))),
+        Some(other) => Err(bad(
+            what,
+            format!("job {job}: {FIELD} is neither a name nor a list ({other})"),
+        )),
     }
 }
 
-/// Parses `squeue --json`. Jobs without a readable id are an error (so
-/// that a format change is noticed, not read as an empty queue).
+/// The most jobs one Slurm output is read for: beyond it the output is
+/// refused, not cut (a cut list would read as jobs that ended).
+pub const MAX_JOBS: usize = 1_000_000;
+
+/// Parses `squeue --json` or `scontrol show job [-d] --json` (the same
+/// `jobs` list). Jobs without a readable id or state are an error (so that
+/// a format change is noticed, not read as an empty queue or as `OTHER`).
+/// GPU indices come from `gres_detail` (filled by `scontrol show job -d
+/// --json`; often empty in `squeue --json`, which leaves them unknown).
 pub fn parse_squeue_json(text: &str) -> Result<Vec<SlurmJob>, ExecError> {
-    const WHAT: &str = "squeue --json";
+    const WHAT: &str = "Slurm JSON";
     let doc: Value = serde_json::from_str(text).map_err(|e| bad(WHAT, e.to_string()))?;
     let jobs = doc
         .get("jobs")
         .and_then(Value::as_array)
         .ok_or_else(|| bad(WHAT, "no \"jobs\" list"))?;
+    if jobs.len() > MAX_JOBS {
+        return Err(bad(WHAT, format!("more than {MAX_JOBS} jobs")));
+    }
     let mut out = Vec::with_capacity(jobs.len());
     for (i, j) in jobs.iter().enumerate() {
         let job_id = j
@@ -166,9 +243,18 @@ pub fn parse_squeue_json(text: &str) -> Result<Vec<SlurmJob>, ExecError> {
             Some(Value::String(s)) => expand_hostlist(s)?,
             _ => Vec::new(),
         };
+        let state = state_of(WHAT, job_id, j.get("job_state"))?;
+        let details: Vec<String> = match j.get("gres_detail") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|d| d.as_str().unwrap_or_default().to_string())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let gpus = from_gres_detail(&nodes, &details);
         out.push(SlurmJob {
             job_id,
-            state: state_of(j.get("job_state")),
+            state,
             nodes,
             user: string(j.get("user_name")),
             account: string(j.get("account")),
@@ -176,6 +262,7 @@ pub fn parse_squeue_json(text: &str) -> Result<Vec<SlurmJob>, ExecError> {
             name: string(j.get("name")),
             excluded_nodes,
             reason: string(j.get("state_reason")),
+            gpus,
         });
     }
     Ok(out)
@@ -204,55 +291,18 @@ pub fn parse_kv(line: &str) -> BTreeMap<String, String> {
     out
 }
 
-fn is_key(k: &str) -> bool {
+pub(crate) fn is_key(k: &str) -> bool {
     let mut b = k.bytes();
     matches!(b.next(), Some(c) if c.is_ascii_alphabetic())
         && b.all(|c| c.is_ascii_alphanumeric() || b"_:/".contains(&c))
 }
 
 /// `(null)` and `N/A` mean "unset" in scontrol's output.
-fn unset(v: Option<&String>) -> String {
+pub(crate) fn unset(v: Option<&String>) -> String {
     match v.map(String::as_str) {
         None | Some("(null)") | Some("N/A") => String::new(),
         Some(s) => s.to_string(),
     }
-}
-
-/// `root(0)` -> `root`.
-fn name_of_id(v: Option<&String>) -> String {
-    let s = unset(v);
-    match s.split_once('(') {
-        Some((name, _)) => name.to_string(),
-        None => s,
-    }
-}
-
-/// The jobs of `scontrol show job -o [ID]`, one per line.
-pub fn parse_scontrol_jobs(text: &str) -> Result<Vec<SlurmJob>, ExecError> {
-    const WHAT: &str = "scontrol show job";
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let kv = parse_kv(line);
-        let Some(id) = kv.get("JobId") else {
-            // "No jobs in the system" and the like.
-            continue;
-        };
-        let job_id = id
-            .parse()
-            .map_err(|_| bad(WHAT, format!("JobId={id} is not a number")))?;
-        out.push(SlurmJob {
-            job_id,
-            state: unset(kv.get("JobState")),
-            nodes: expand_hostlist(&unset(kv.get("NodeList")))?,
-            user: name_of_id(kv.get("UserId")),
-            account: unset(kv.get("Account")),
-            partition: unset(kv.get("Partition")),
-            name: unset(kv.get("JobName")),
-            excluded_nodes: expand_hostlist(&unset(kv.get("ExcNodeList")))?,
-            reason: unset(kv.get("Reason")),
-        });
-    }
-    Ok(out)
 }
 
 /// One node as `scontrol show node -o NAME` describes it.
