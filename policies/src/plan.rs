@@ -187,11 +187,46 @@ pub fn target_for(
         },
         // A squatter's holder is a job when Slurm knows one, else a stray
         // process on the GPU, which the node agent ends.
-        Action::ReclaimZombie => match (&f.job, &f.node, f.gpu) {
-            (Some(j), _, _) => format!("job/{j}"),
-            (None, Some(n), Some(g)) => format!("node/{n}/gpu/{g}"),
-            _ => return Err("the finding names neither a job nor a node and GPU".into()),
-        },
+        //
+        // The executor checks the target at Slurm before `scancel`: the node,
+        // the GPU and the job state the finding assumed travel with the
+        // command. Keel never reclaims on an unknown holder.
+        Action::ReclaimZombie => {
+            use keel_model::Basis;
+            let assumed =
+                match f.basis {
+                    Some(Basis::JobEnded) => "FAILED",
+                    Some(Basis::EngineDead | Basis::EngineHung | Basis::JobStalled) => "RUNNING",
+                    Some(Basis::NoJob) => "",
+                    Some(Basis::MappingUnknown) => {
+                        return Err(
+                            "which job holds the GPU is unknown: never reclaimed on a guess".into(),
+                        )
+                    }
+                    Some(Basis::EngineIdle | Basis::NoEngineSignal) => return Err(
+                        "the GPU's holder is a running job with a live engine: nothing to reclaim"
+                            .into(),
+                    ),
+                    None => return Err(
+                        "the finding does not say what holds the GPU (no basis): never reclaimed"
+                            .into(),
+                    ),
+                };
+            if let Some(n) = &f.node {
+                derived.insert("node".to_string(), n.to_string());
+            }
+            if let Some(g) = f.gpu {
+                derived.insert("gpu".to_string(), g.to_string());
+            }
+            if !assumed.is_empty() {
+                derived.insert("state".to_string(), assumed.to_string());
+            }
+            match (&f.job, &f.node, f.gpu) {
+                (Some(j), _, _) => format!("job/{j}"),
+                (None, Some(n), Some(g)) => format!("node/{n}/gpu/{g}"),
+                _ => return Err("the finding names neither a job nor a node and GPU".into()),
+            }
+        }
         Action::DrainNode | Action::ResumeNode => match &f.node {
             Some(n) => format!("node/{n}"),
             None => return Err("the finding names no node".into()),

@@ -45,7 +45,7 @@ fn finding(id: u64, kind: FindingKind, job: &str, node: &str) -> OpenFinding {
             gpu: Some(1),
             device: None,
             evidence: vec![],
-            basis: None,
+            basis: (kind == FindingKind::GpuSquatter).then_some(keel_model::Basis::JobEnded),
             gpu_instance: None,
         },
         opened: 100.0,

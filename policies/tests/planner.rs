@@ -242,7 +242,6 @@ fn targets_per_action() {
     let rebalance = plan("rebalance_ranks", "");
     assert_eq!(rebalance.target, "job/j1");
     assert_eq!(rebalance.params["exclude"], "n1");
-    assert_eq!(plan("reclaim_zombie", "").target, "job/j1");
     assert_eq!(plan("notify", "").target, "job/j1/rank/3");
     assert!(plan("notify", "").params["message"].contains("tp_straggler"));
 }
@@ -275,10 +274,39 @@ txqueuelen = 5000
     let mut f = straggler("j", "n5", Cause::Engine);
     f.kind = FindingKind::GpuSquatter;
     f.job = None;
+    f.basis = Some(keel_model::Basis::NoJob);
+    let reclaim = only_plan(p.plan(1, &f, &ctx(0.0, vec![])));
+    assert_eq!(reclaim.target, "node/n5/gpu/3");
     assert_eq!(
-        only_plan(p.plan(1, &f, &ctx(0.0, vec![]))).target,
-        "node/n5/gpu/3"
+        (
+            reclaim.params["node"].as_str(),
+            reclaim.params["gpu"].as_str()
+        ),
+        ("n5", "3")
     );
+    // A job's squatter carries what the executor checks at Slurm first.
+    f.job = Some("77".into());
+    f.basis = Some(keel_model::Basis::EngineHung);
+    let reclaim = only_plan(p.plan(1, &f, &ctx(0.0, vec![])));
+    assert_eq!(reclaim.target, "job/77");
+    assert_eq!(reclaim.params["state"], "RUNNING");
+    f.basis = Some(keel_model::Basis::JobEnded);
+    assert_eq!(
+        only_plan(p.plan(1, &f, &ctx(0.0, vec![]))).params["state"],
+        "FAILED"
+    );
+    // Never on an unknown holder, nor on a finding that does not say.
+    for basis in [Some(keel_model::Basis::MappingUnknown), None] {
+        f.basis = basis;
+        assert!(
+            matches!(
+                p.plan(1, &f, &ctx(0.0, vec![])).as_slice(),
+                [Decision::NoTarget { .. }]
+            ),
+            "{basis:?}"
+        );
+    }
+    f.job = None;
     f.kind = FindingKind::KvCacheSaturation;
     assert_eq!(
         only_plan(p.plan(1, &f, &ctx(0.0, vec![]))).target,

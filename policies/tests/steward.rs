@@ -46,7 +46,7 @@ fn finding(id: u64, kind: FindingKind, job: &str) -> OpenFinding {
     OpenFinding {
         id,
         finding: Finding {
-            basis: None,
+            basis: (kind == FindingKind::GpuSquatter).then_some(keel_model::Basis::JobEnded),
             gpu_instance: None,
             ts: 100.0,
             kind,
