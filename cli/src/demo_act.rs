@@ -8,7 +8,10 @@
 //! `reclaim_zombie`. With Slurm, the demo submits a real job, makes it a
 //! squatter (a simulated GPU of an extra node reports its memory full at 0%
 //! utilisation for as long as the job is in `squeue`, after keel is told
-//! the job's engine crashed), and keel reclaims it. Notifications go to the
+//! the job's engine crashed); keel plans the reclaim, and the executor checks
+//! the target at Slurm before `scancel`: Slurm still lists the job RUNNING
+//! on another node than the simulated one, so the check refuses it and says
+//! why in the ledger (never a cancel on a wrong target). Notifications go to the
 //! executor's log.
 
 use crate::live::issue;
@@ -227,7 +230,7 @@ impl Acting {
                         onset: trace_now,
                         end: trace_now + 600.0,
                     });
-                    say!("  t+{:>5.1}s  ** the engine of Slurm job {id} crashed (keel is told FAILED); Slurm still holds the allocation and its GPU memory **", trace_now - t0);
+                    say!("  t+{:>5.1}s  ** the engine of Slurm job {id} crashed (keel is told FAILED); Slurm still lists it RUNNING: the reclaim will be checked at Slurm before any scancel **", trace_now - t0);
                 }
             }
         }
