@@ -188,6 +188,20 @@ enum Command {
         #[command(subcommand)]
         command: policy::ActionCommand,
     },
+    /// Pause all automation: no leader sends, rolls back or escalates
+    /// anything until `keel resume` (findings are still planned)
+    Pause {
+        /// Why (kept with the pause in the replicated state)
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        at: ControllerAt,
+    },
+    /// Resume automation; also resets a tripped circuit breaker
+    Resume {
+        #[command(flatten)]
+        at: ControllerAt,
+    },
     /// Run an executor: carries the controller's commands out (Slurm, HAProxy, webhook, NIC)
     Executor {
         /// TOML: credentials, [[controllers]], state_dir, nodes, [slurm], [haproxy], [webhook], [nic]
@@ -577,6 +591,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy { command } => policy::run(command),
         Command::Actions { at, json, since } => policy::actions(&at, json, since.as_deref()),
         Command::Action { command } => policy::approve(command),
+        Command::Pause { reason, at } => policy::brake(&at, Some(reason)),
+        Command::Resume { at } => policy::brake(&at, None),
         Command::Executor { config } => controller::run_executor(&config),
         Command::Bench { command } => match command {
             BenchCommand::Replay { durations, seed } => bench::run(&durations, seed),

@@ -46,6 +46,41 @@ pub(crate) enum ActionCommand {
         #[command(flatten)]
         at: ControllerAt,
     },
+    /// Refuse a planned action: it is never sent
+    Reject {
+        /// The action's key, or a prefix of it that names only one action
+        key: String,
+        /// Why (kept in the audit trail)
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        at: ControllerAt,
+    },
+    /// Withdraw a planned or approved action before it is sent
+    Cancel {
+        /// The action's key, or a prefix of it that names only one action
+        key: String,
+        /// Why (kept in the audit trail)
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        at: ControllerAt,
+    },
+}
+
+/// `keel pause` / `keel resume`: all automation, committed so that every
+/// leader obeys.
+pub(crate) fn brake(at: &ControllerAt, pause: Option<String>) -> Result<()> {
+    let command = match &pause {
+        Some(reason) => serde_json::json!({"pause": {"reason": reason, "ts": now()}}),
+        None => serde_json::json!({"resume": {"ts": now()}}),
+    };
+    propose(at, command)?;
+    match pause {
+        Some(_) => println!("paused: no leader sends anything until `keel resume`"),
+        None => println!("resumed; the circuit breaker, if tripped, is reset"),
+    }
+    Ok(())
 }
 
 pub(crate) fn run(cmd: PolicyCommand) -> Result<()> {
@@ -98,13 +133,29 @@ fn check(files: &[PathBuf]) -> Result<()> {
 }
 
 pub(crate) fn approve(cmd: ActionCommand) -> Result<()> {
-    let ActionCommand::Approve { key, at } = cmd;
+    let (key, at, from, to, verb, reason): (String, ControllerAt, &[&str], &str, &str, String) =
+        match cmd {
+            ActionCommand::Approve { key, at } => {
+                (key, at, &["planned"], "approved", "approved", String::new())
+            }
+            ActionCommand::Reject { key, reason, at } => {
+                (key, at, &["planned"], "rejected", "rejected", reason)
+            }
+            ActionCommand::Cancel { key, reason, at } => (
+                key,
+                at,
+                &["planned", "approved"],
+                "cancelled",
+                "cancelled",
+                reason,
+            ),
+        };
     let v = crate::queries::actions(&crate::queries::connect(&at)?, None)?;
     let keys: Vec<String> = v["ledger"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|e| e["status"] == "planned")
+        .filter(|e| from.iter().any(|s| e["status"] == *s))
         .filter_map(|e| e["key"].as_str().map(String::from))
         .collect();
     let key = match keys
@@ -113,17 +164,24 @@ pub(crate) fn approve(cmd: ActionCommand) -> Result<()> {
         .collect::<Vec<_>>()[..]
     {
         [one] => one.clone(),
-        [] => bail!("no planned action waits for approval under {key:?} (see `keel actions`)"),
+        [] => bail!(
+            "no action in state {} under {key:?} (see `keel actions`)",
+            from.join(" or ")
+        ),
         ref many => bail!("{key:?} names {} actions: {:?}", many.len(), many),
     };
+    let mut detail = format!("{verb} by the operator `{}`", whoami(&at));
+    if !reason.is_empty() {
+        detail.push_str(&format!(": {reason}"));
+    }
     let command = serde_json::json!({"transition": {
         "key": key,
-        "to": "approved",
+        "to": to,
         "ts": now(),
-        "detail": format!("approved by the operator `{}`", whoami(&at)),
+        "detail": detail,
     }});
     propose(&at, command)?;
-    println!("approved {key}");
+    println!("{verb} {key}");
     Ok(())
 }
 

@@ -191,6 +191,18 @@ fn a_killed_leader_loses_nothing_and_its_restart_catches_up() {
         c.apply(follower, "default", &format!("# version {v}\n"));
     }
 
+    // `keel pause` is committed: every replica, the next leader's included,
+    // reads it with who and why; `keel resume` clears it.
+    ok(keel()
+        .args(["pause", "--reason", "maintenance window"])
+        .args(c.at(follower)));
+    for i in [follower, (follower + 1) % 3] {
+        let s = c.wait(i, "saw the pause", |s| !s["paused"].is_null());
+        assert_eq!(s["paused"]["reason"], "maintenance window", "{s}");
+    }
+    ok(keel().arg("resume").args(c.at(follower)));
+    c.wait(follower, "saw the resume", |s| s["paused"].is_null());
+
     c.start(leader);
     let restarted = c.wait(leader, "caught up", |s| versions(s) == 10);
     for i in 0..3 {

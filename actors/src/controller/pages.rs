@@ -80,6 +80,9 @@ pub fn status_with<S: LogStore + Clone>(node: &Node<S>, digest: &str) -> String 
         "ledger": s.ledger.len(),
         "audit": s.audit.len(),
         "policies": policies,
+        "sessions": s.sessions(),
+        "paused": s.brakes.paused,
+        "breaker_tripped": s.brakes.tripped,
     })
     .to_string()
 }
