@@ -25,7 +25,8 @@ fn run_ok(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-struct Procs(Vec<Option<Child>>);
+/// Child processes, killed when dropped.
+pub(crate) struct Procs(pub(crate) Vec<Option<Child>>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -36,7 +37,9 @@ impl Drop for Procs {
     }
 }
 
-fn start(dir: &Path, ports: &[u16]) -> Result<Procs> {
+/// Certificates in `dir` (a CA in `ca/`, replicas `c1`..`c3`, an operator
+/// in `op/`) and three controller replicas listening on `ports`.
+pub(crate) fn start(dir: &Path, ports: &[u16]) -> Result<Procs> {
     run_ok(keel()?.args(["cert", "init", "--out"]).arg(dir.join("ca")))?;
     for name in ["c1", "c2", "c3"] {
         run_ok(
@@ -96,7 +99,7 @@ fn start(dir: &Path, ports: &[u16]) -> Result<Procs> {
     Ok(Procs(procs))
 }
 
-fn query(topic: &str, params: BTreeMap<String, String>) -> Message {
+pub(crate) fn query(topic: &str, params: BTreeMap<String, String>) -> Message {
     Message::Query(Query {
         id: 0,
         topic: topic.into(),

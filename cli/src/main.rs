@@ -3,6 +3,7 @@
 mod bench;
 mod bench_controller;
 mod bench_edge;
+mod bench_scale;
 mod controller;
 mod demo;
 mod demo_act;
@@ -337,6 +338,8 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         window_len: u64,
     },
+    /// Controller CPU, memory, routing and commit latency on a simulated cluster of N nodes
+    Scale(bench_scale::ScaleArgs),
     /// Replay throughput (records/s on one core) and peak memory on traces of growing length
     Replay {
         /// Trace lengths to measure, in seconds of trace time
@@ -531,6 +534,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { command } => match command {
             BenchCommand::Replay { durations, seed } => bench::run(&durations, seed),
             BenchCommand::Edge { events, window_len } => bench_edge::run(events, window_len),
+            BenchCommand::Scale(args) => bench_scale::run(&args),
             BenchCommand::Live { seeds, scenario } => bench_edge::live(&scenario, &seeds),
             BenchCommand::Controller {
                 seconds,
