@@ -22,27 +22,23 @@
 //! another host, and until a surviving host's `hello` hands them over.
 
 use crate::bench_controller::{query, start, Procs};
+use crate::bench_scale_load::{ask, commit_all, lose_host, spawn_host, spawn_sensors, Load, POLL};
 use crate::demo::TempDir;
 use anyhow::{bail, Context, Result};
 use keel_consensus::state::Command;
 use keel_model::{Cause, Finding, FindingKind, JobRecord, JobState, Message, Name, Role, Severity};
-use keel_transport::{Client, Connection, Credentials, Options};
-use std::collections::{BTreeMap, HashSet};
+use keel_transport::{Client, Credentials, Options};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Ranks per simulated node (8 GPUs).
 const RANKS_PER_NODE: u32 = 8;
-/// How often a sensor asks for its routes, and a correlator host says hello.
-const POLL: Duration = Duration::from_millis(500);
 /// Nodes per simulated correlator host.
 const NODES_PER_HOST: usize = 256;
-/// Requests in flight at once, per kind of load.
-const IN_FLIGHT: usize = 64;
-const ASK: Duration = Duration::from_secs(10);
 
 /// `keel bench scale` arguments.
 #[derive(clap::Args, Debug, Clone)]
@@ -71,6 +67,8 @@ struct Row {
     load_proposals: usize,
     /// CPU seconds per second over the window, all three replicas; the busiest.
     cpu_all: f64,
+    /// Controller CPU (all replicas) per request served, microseconds.
+    cpu_us_per_request: f64,
     cpu_max: f64,
     /// CPU seconds from start to the end of the window, all three replicas.
     cpu_total_s: f64,
@@ -105,11 +103,12 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
     if rows.len() > 1 {
         let (a, b) = (&rows[0], &rows[rows.len() - 1]);
         println!(
-            "cost curve {} -> {} nodes ({:.0}x): controller CPU {:.2}x, resident memory {:.2}x, routes polls served {:.2}x",
+            "cost curve {} -> {} nodes ({:.0}x): controller CPU {:.2}x, CPU per request {:.2}x, resident memory {:.2}x, routes polls served {:.2}x",
             a.nodes,
             b.nodes,
             b.nodes as f64 / a.nodes as f64,
             b.cpu_all / a.cpu_all.max(1e-9),
+            b.cpu_us_per_request / a.cpu_us_per_request.max(1e-9),
             b.rss_max_mib / a.rss_max_mib.max(1e-9),
             b.polls_per_s / a.polls_per_s.max(1e-9)
         );
@@ -131,8 +130,14 @@ fn print_row(r: &Row, args: &ScaleArgs) {
         r.load_proposals, r.load_s
     );
     println!(
-        "  controllers over the {:.0} s window: CPU {:.2} cores (3 replicas), busiest {:.2}; CPU since start {:.1} s; resident max {:.0} MiB (peak {:.0} MiB)",
-        args.seconds, r.cpu_all, r.cpu_max, r.cpu_total_s, r.rss_max_mib, r.hwm_max_mib
+        "  controllers over the {:.0} s window: CPU {:.2} cores (3 replicas), busiest {:.2}, {:.0} us per request served; CPU since start {:.1} s; resident max {:.0} MiB (peak {:.0} MiB)",
+        args.seconds,
+        r.cpu_all,
+        r.cpu_max,
+        r.cpu_us_per_request,
+        r.cpu_total_s,
+        r.rss_max_mib,
+        r.hwm_max_mib
     );
     println!(
         "  routes polls {:.0}/s served (sensors ask {:.0}/s): p50 {:.1} ms, p99 {:.1} ms; hello p50 {:.1} ms, p99 {:.1} ms, {:.0} KiB per reply",
@@ -168,7 +173,7 @@ fn p50_p99(v: &mut [f64], scale: f64) -> (f64, f64) {
 
 /// CPU seconds (user + system) a process has used, from `/proc/PID/stat`
 /// (clock ticks of 1/100 s, Linux's `USER_HZ`).
-fn cpu_s(pid: u32) -> f64 {
+pub(crate) fn cpu_s(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -181,7 +186,7 @@ fn cpu_s(pid: u32) -> f64 {
 }
 
 /// `VmRSS` and `VmHWM` of a process, in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
+pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |key: &str| {
         status
@@ -194,7 +199,7 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn node_name(i: usize) -> Name {
+pub(crate) fn node_name(i: usize) -> Name {
     format!("node-{i:05}").as_str().into()
 }
 
@@ -223,53 +228,6 @@ fn ended_job(j: usize, n: usize) -> JobRecord {
     r.job = format!("done-{j:05}").as_str().into();
     r.state = JobState::Completed;
     r
-}
-
-fn propose_params(client: &str, seq: u64, command: &str) -> BTreeMap<String, String> {
-    [
-        ("client", client.to_string()),
-        ("seq", seq.to_string()),
-        ("command", command.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-fn params(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
-}
-
-/// Sends `msg`; the reply body of an answered query (or acknowledgement).
-async fn ask(conn: &Connection, msg: Message) -> Result<String> {
-    match conn.request(msg, ASK).await? {
-        Message::QueryReply(r) if r.ok => Ok(r.body),
-        Message::Ack(a) if a.ok => Ok(a.detail),
-        Message::QueryReply(r) => bail!("refused: {}", r.body),
-        Message::Ack(a) => bail!("refused: {}", a.detail),
-        other => bail!("answered {}", other.kind()),
-    }
-}
-
-/// Job names in a `hello` reply (a list of job records).
-fn hello_jobs(body: &str) -> HashSet<String> {
-    #[derive(serde::Deserialize)]
-    struct J {
-        job: String,
-    }
-    serde_json::from_str::<Vec<J>>(body)
-        .map(|v| v.into_iter().map(|j| j.job).collect())
-        .unwrap_or_default()
-}
-
-/// One simulated correlator host's latest assignment.
-#[derive(Default)]
-struct HostView {
-    jobs: HashSet<String>,
-    last_hello: Option<Instant>,
 }
 
 fn one(dir: &Path, n: usize, args: &ScaleArgs) -> Result<Row> {
@@ -348,47 +306,12 @@ fn one(dir: &Path, n: usize, args: &ScaleArgs) -> Result<Row> {
             commands.push(serde_json::to_string(&Command::Job { record: r.clone() })?);
         }
         let t = Instant::now();
-        let commands = Arc::new(commands);
-        let next = Arc::new(AtomicUsize::new(0));
-        let mut load = tokio::task::JoinSet::new();
-        for _ in 0..IN_FLIGHT {
-            let (conn, commands, next) = (conns[leader].clone(), commands.clone(), next.clone());
-            load.spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(c) = commands.get(i) else {
-                        return Ok::<(), anyhow::Error>(());
-                    };
-                    let mut tries = 0;
-                    while let Err(e) = ask(
-                        &conn,
-                        query("propose", propose_params("bench-scale", i as u64 + 1, c)),
-                    )
-                    .await
-                    {
-                        tries += 1;
-                        if tries == 5 {
-                            bail!("proposal {i} not committed: {e:#}");
-                        }
-                    }
-                }
-            });
-        }
-        while let Some(r) = load.join_next().await {
-            r??;
-        }
+        let proposals = commands.len();
+        commit_all(&conns[leader], commands).await?;
         let load_s = t.elapsed().as_secs_f64();
 
         // The steady load: sensors, correlator hosts.
-        let stop = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(AtomicUsize::new(0));
-        let views: Arc<Vec<Mutex<HostView>>> =
-            Arc::new((0..hosts).map(|_| Mutex::default()).collect());
-        let silenced: Arc<Vec<AtomicBool>> =
-            Arc::new((0..hosts).map(|_| AtomicBool::new(false)).collect());
-        let hello_lat = Arc::new(Mutex::new(Vec::<f64>::new()));
-        let hello_bytes = Arc::new(AtomicUsize::new(0));
-        let hello_count = Arc::new(AtomicUsize::new(0));
+        let load = Arc::new(Load::new(hosts));
         let mut host_conns = Vec::new();
         for h in 0..hosts {
             let client = Client::new(
@@ -401,104 +324,18 @@ fn one(dir: &Path, n: usize, args: &ScaleArgs) -> Result<Row> {
                     client.connect(addr(i), &format!("c{}", i + 1)).await?.0,
                 ));
             }
-            host_conns.push(cs.clone());
-            let (stop, errors, views, silenced, lat, bytes, count) = (
-                stop.clone(),
-                errors.clone(),
-                views.clone(),
-                silenced.clone(),
-                hello_lat.clone(),
-                hello_bytes.clone(),
-                hello_count.clone(),
-            );
-            let advertise = format!("127.0.0.1:{}", 20_000 + h);
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let round = Instant::now();
-                    if !silenced[h].load(Ordering::Relaxed) {
-                        for (i, c) in cs.iter().enumerate() {
-                            let t = Instant::now();
-                            match ask(c, query("hello", params(&[("addr", advertise.clone())])))
-                                .await
-                            {
-                                Ok(body) => {
-                                    lat.lock().unwrap().push(t.elapsed().as_secs_f64());
-                                    bytes.fetch_add(body.len(), Ordering::Relaxed);
-                                    count.fetch_add(1, Ordering::Relaxed);
-                                    if i == 0 {
-                                        let jobs = hello_jobs(&body);
-                                        let mut v = views[h].lock().unwrap();
-                                        v.jobs = jobs;
-                                        v.last_hello = Some(t);
-                                    }
-                                }
-                                Err(_) => {
-                                    errors.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        }
-                    }
-                    tokio::time::sleep(POLL.saturating_sub(round.elapsed())).await;
-                }
-            });
+            spawn_host(load.clone(), h, cs.clone());
+            host_conns.push(cs);
         }
-        let routes_lat = Arc::new(Mutex::new(Vec::<f64>::new()));
-        let polls = Arc::new(AtomicUsize::new(0));
-        {
-            let (stop, errors, lat, polls, conns) = (
-                stop.clone(),
-                errors.clone(),
-                routes_lat.clone(),
-                polls.clone(),
-                conns.clone(),
-            );
-            tokio::spawn(async move {
-                let sem = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-                while !stop.load(Ordering::Relaxed) {
-                    let round = Instant::now();
-                    let mut tasks = tokio::task::JoinSet::new();
-                    for i in 0..n {
-                        let Ok(permit) = sem.clone().acquire_owned().await else {
-                            return;
-                        };
-                        let (conn, errors, lat, polls) = (
-                            conns[i % 3].clone(),
-                            errors.clone(),
-                            lat.clone(),
-                            polls.clone(),
-                        );
-                        tasks.spawn(async move {
-                            let t = Instant::now();
-                            match ask(
-                                &conn,
-                                query("routes", params(&[("node", node_name(i).to_string())])),
-                            )
-                            .await
-                            {
-                                Ok(_) => {
-                                    lat.lock().unwrap().push(t.elapsed().as_secs_f64());
-                                    polls.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(_) => {
-                                    errors.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            drop(permit);
-                        });
-                    }
-                    while tasks.join_next().await.is_some() {}
-                    tokio::time::sleep(POLL.saturating_sub(round.elapsed())).await;
-                }
-            });
-        }
+        spawn_sensors(load.clone(), conns.clone(), n);
         // Let every host greet and every sensor ask once before measuring.
         tokio::time::sleep(2 * POLL).await;
-        routes_lat.lock().unwrap().clear();
-        hello_lat.lock().unwrap().clear();
+        load.routes_lat.lock().unwrap().clear();
+        load.hello_lat.lock().unwrap().clear();
         let (polls0, bytes0, count0) = (
-            polls.load(Ordering::Relaxed),
-            hello_bytes.load(Ordering::Relaxed),
-            hello_count.load(Ordering::Relaxed),
+            load.polls.load(Ordering::Relaxed),
+            load.hello_bytes.load(Ordering::Relaxed),
+            load.hello_count.load(Ordering::Relaxed),
         );
         let cpu0: Vec<f64> = pids.iter().map(|&p| cpu_s(p)).collect();
         let window = Instant::now();
@@ -530,7 +367,7 @@ fn one(dir: &Path, n: usize, args: &ScaleArgs) -> Result<Row> {
             match ask(conn, Message::Finding(finding)).await {
                 Ok(_) => commit.push(t.elapsed().as_secs_f64()),
                 Err(_) => {
-                    errors.fetch_add(1, Ordering::Relaxed);
+                    load.errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -545,25 +382,27 @@ fn one(dir: &Path, n: usize, args: &ScaleArgs) -> Result<Row> {
             .zip(&cpu0)
             .map(|(&p, c0)| (cpu_s(p) - c0) / secs)
             .collect();
-        let polls_per_s = (polls.load(Ordering::Relaxed) - polls0) as f64 / secs;
-        let hellos = (hello_count.load(Ordering::Relaxed) - count0).max(1);
-        let hello_kib =
-            (hello_bytes.load(Ordering::Relaxed) - bytes0) as f64 / hellos as f64 / 1024.0;
+        let polls_per_s = (load.polls.load(Ordering::Relaxed) - polls0) as f64 / secs;
+        let hellos = load.hello_count.load(Ordering::Relaxed) - count0;
+        let hello_kib = (load.hello_bytes.load(Ordering::Relaxed) - bytes0) as f64
+            / hellos.max(1) as f64
+            / 1024.0;
+        let requests_per_s = polls_per_s + (hellos + commit.len()) as f64 / secs;
         let mems: Vec<(f64, f64)> = pids.iter().map(|&p| rss_mib(p)).collect();
         let cpu_total_s = pids.iter().map(|&p| cpu_s(p)).sum::<f64>();
 
         // A correlator host falls silent: its jobs must move.
-        let (lost_routes_s, lost_takeover_s) =
-            lose_host(&conns, &views, &silenced, hosts, &running).await?;
-        stop.store(true, Ordering::Relaxed);
+        let (lost_routes_s, lost_takeover_s) = lose_host(&load, &conns, hosts, &running).await?;
+        load.stop.store(true, Ordering::Relaxed);
 
-        let mut routes_lat = routes_lat.lock().unwrap().clone();
-        let mut hello_lat = hello_lat.lock().unwrap().clone();
+        let mut routes_lat = load.routes_lat.lock().unwrap().clone();
+        let mut hello_lat = load.hello_lat.lock().unwrap().clone();
         Ok(Row {
             nodes: n,
             load_s,
-            load_proposals: commands.len(),
+            load_proposals: proposals,
             cpu_all: cpu.iter().sum(),
+            cpu_us_per_request: cpu.iter().sum::<f64>() / requests_per_s.max(1e-9) * 1e6,
             cpu_max: cpu.iter().copied().fold(0.0, f64::max),
             cpu_total_s,
             rss_max_mib: mems.iter().map(|m| m.0).fold(0.0, f64::max),
@@ -578,80 +417,7 @@ fn one(dir: &Path, n: usize, args: &ScaleArgs) -> Result<Row> {
             commit_s: p50_p99(&mut commit, 1.0),
             lost_routes_s,
             lost_takeover_s,
-            errors: errors.load(Ordering::Relaxed),
+            errors: load.errors.load(Ordering::Relaxed),
         })
     })
-}
-
-/// Silences host 0 and times, from its last `hello`, how long until (1) the
-/// `routes` a sensor of one of its jobs asks, on every replica, name
-/// another host, and (2) another host's `hello` hands that job over.
-async fn lose_host(
-    conns: &[Arc<Connection>],
-    views: &Arc<Vec<Mutex<HostView>>>,
-    silenced: &Arc<Vec<AtomicBool>>,
-    hosts: usize,
-    running: &[JobRecord],
-) -> Result<(f64, f64)> {
-    // A running job host 0 holds, and a node it runs on.
-    let job = {
-        let v = views[0].lock().unwrap();
-        let mut jobs: Vec<&String> = v.jobs.iter().filter(|j| j.starts_with("run-")).collect();
-        jobs.sort();
-        jobs.first().map(|j| j.to_string())
-    }
-    .context("host-0 was given no running job")?;
-    let node = running
-        .iter()
-        .find(|r| r.job == job.as_str())
-        .and_then(|r| r.nodes.first())
-        .context("job placement")?
-        .to_string();
-    silenced[0].store(true, Ordering::Relaxed);
-    // The hello in flight when silenced may still land: wait it out.
-    tokio::time::sleep(POLL).await;
-    let last = views[0]
-        .lock()
-        .unwrap()
-        .last_hello
-        .context("host-0 never greeted")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut routes_at = None;
-    let mut takeover_at = None;
-    while routes_at.is_none() || takeover_at.is_none() {
-        if Instant::now() > deadline {
-            bail!("host-0's job {job} did not move within 30 s");
-        }
-        if routes_at.is_none() {
-            let mut moved = 0;
-            for c in conns {
-                let body = ask(c, query("routes", params(&[("node", node.clone())])))
-                    .await
-                    .unwrap_or_default();
-                let routes: Vec<serde_json::Value> =
-                    serde_json::from_str(&body).unwrap_or_default();
-                if routes.iter().any(|r| {
-                    r["job"] == job.as_str() && r["host"].as_str().is_some_and(|h| h != "host-0")
-                }) {
-                    moved += 1;
-                }
-            }
-            if moved == conns.len() {
-                routes_at = Some(Instant::now());
-            }
-        }
-        if takeover_at.is_none() {
-            takeover_at = (1..hosts).find_map(|h| {
-                let v = views[h].lock().unwrap();
-                v.jobs.contains(&job).then_some(v.last_hello).flatten()
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let since = |t: Option<Instant>| {
-        t.map_or(f64::NAN, |t| {
-            t.saturating_duration_since(last).as_secs_f64()
-        })
-    };
-    Ok((since(routes_at), since(takeover_at)))
 }
