@@ -3,26 +3,42 @@
 //! A thin shell around `keel_consensus::node::Node`: it feeds the node ticks
 //! (every 50 ms), peers' Raft messages and proposals, then sends what
 //! `ready` returned. Raft messages ride the transport's control class (one
-//! request each, answered by an ack). Everything else a peer asks is in
-//! `queries`. A `Drive` message queued behind a burst of events makes one
-//! `ready` (one fsync) cover the whole burst.
+//! request each, answered by an ack; a message larger than a chunk, a
+//! snapshot, in numbered chunks: `send` and `transfer`). Everything else a
+//! peer asks is in `queries` (and `pages`, for answers that could outgrow a
+//! frame). A `Drive` message queued behind a burst of events makes one
+//! `ready` (one fsync) cover the whole burst. After each `ready`, what
+//! retention removed from the state is appended to the on-disk `history`.
 
+pub mod compat;
+mod config;
+mod drain;
+pub mod history;
+pub mod pages;
 pub mod queries;
+pub mod send;
+pub mod sessions;
 pub mod steward;
+pub mod transfer;
+mod upkeep;
 
-use anyhow::{bail, Context, Result};
-use keel_consensus::node::{encode_message, Node};
+pub use config::{replica_options, Config, PeerConfig, RetentionConfig, Span};
+pub use drain::{Drain, InFlight};
+
+pub use pages::status;
+
+use anyhow::{Context, Result};
+use keel_consensus::node::Node;
 use keel_consensus::state::{Outcome, Proposal};
 use keel_consensus::storage::DiskStorage;
 use keel_consensus::RaftMessage;
-use keel_model::{Message, Name, RaftBytes};
-use keel_transport::{Backoff, Client, Credentials, Link, Options, Server};
+use keel_model::RaftChunk;
+use keel_transport::{Backoff, Client, Credentials, Link, Server};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, oneshot};
@@ -32,71 +48,15 @@ use tokio::sync::{broadcast, oneshot};
 const TICK: Duration = Duration::from_millis(50);
 /// Log entries kept past the last snapshot before the next one is taken.
 const COMPACT_KEEP: u64 = 10_000;
-const RAFT_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// A proposal raft dropped (no leader during an election) is proposed again
 /// after this long; the same client and seq make a second copy harmless.
 const REPROPOSE_AFTER: Duration = Duration::from_secs(1);
 /// The leader's mitigation loop turns every this many ticks (250 ms).
 const STEWARD_EVERY: u64 = 5;
-
-/// Links between replicas notice a dead peer within about a second.
-pub fn replica_options() -> Options {
-    Options {
-        timing: keel_transport::Timing {
-            idle_timeout: Duration::from_millis(1500),
-            keep_alive: Duration::from_millis(300),
-        },
-        ..Options::default()
-    }
-}
-
-/// `keel controller --config FILE`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// This replica's Raft id (non-zero, unique in the cluster).
-    pub id: u64,
-    /// Address to listen on for peers, sensors, correlators and operators.
-    pub listen: SocketAddr,
-    /// Where the Raft log, hard state and snapshots live (created if absent).
-    pub data_dir: PathBuf,
-    /// A folder with this replica's `cert.pem`, `key.pem` and the cluster
-    /// `ca.pem` (the role must be `controller`).
-    pub credentials: PathBuf,
-    #[serde(default)]
-    pub peers: Vec<PeerConfig>,
-    /// Start as a new member of a running cluster (see `keel controller join`).
-    #[serde(default)]
-    pub join: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerConfig {
-    pub id: u64,
-    pub addr: SocketAddr,
-    /// The name in the peer's certificate (checked when connecting).
-    pub name: String,
-}
-
-impl Config {
-    pub fn load(path: &Path) -> Result<Config> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: Config = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
-        if cfg.id == 0 {
-            bail!("{}: field `id` must be non-zero", path.display());
-        }
-        if cfg.peers.iter().any(|p| p.id == cfg.id) {
-            bail!(
-                "{}: peer id {} is this replica's own id",
-                path.display(),
-                cfg.id
-            );
-        }
-        Ok(cfg)
-    }
-}
+/// The leader asks retention what is due every this many ticks (1 s).
+const RETENTION_EVERY: u64 = 20;
+/// Membership changes waiting to be applied, at most; more are refused.
+pub const MEMBER_CHANGES_WAITING: usize = 64;
 
 /// What a replica applied, for whoever watches (the demo, tests).
 #[derive(Debug, Clone)]
@@ -112,10 +72,22 @@ pub enum ControllerMsg {
     Tick,
     Drive,
     Raft(RaftMessage),
-    /// Add (with where to reach it) or remove a replica.
+    /// One chunk of a large Raft message from a peer; answered once taken
+    /// (and, for the last one, once the whole message was stepped).
+    RaftChunk(RaftChunk, oneshot::Sender<Result<(), String>>),
+    /// What became of a Raft message this replica sent (see `send`).
+    Sent {
+        to: u64,
+        bytes: usize,
+        snapshot: bool,
+        result: Result<(), String>,
+    },
+    /// Add (with where to reach it) or remove a replica; answered once the
+    /// change is applied here, or with why it was not proposed.
     Member {
         id: u64,
         add: Option<(SocketAddr, String)>,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Propose(Vec<u8>, oneshot::Sender<Outcome>),
     /// `true`: a linearizable read (ReadIndex); `false`: this replica's view.
@@ -140,14 +112,25 @@ pub struct ControllerState {
     pub node: Node<DiskStorage>,
     creds: Credentials,
     links: HashMap<u64, Arc<Link>>,
+    myself: ActorRef<ControllerMsg>,
     waiting: Waiting,
     reads: Reads,
     drive_queued: bool,
     server: Option<tokio::task::JoinHandle<()>>,
     pub routing: queries::Routing,
     pub steward: steward::Steward,
+    pub sessions: sessions::Sessions,
+    sending: send::Sending,
+    chunks: transfer::Reassembler,
+    members: Vec<(u64, bool, oneshot::Sender<Result<(), String>>)>,
+    retention: compat::Retention,
+    last_retention: f64,
+    /// History records that could not be written (logged).
+    pub history_lost: u64,
     ticks: u64,
     applied: broadcast::Sender<Applied>,
+    /// Set when this replica was removed from the cluster (a clean stop).
+    removed: Arc<AtomicBool>,
 }
 
 /// What a started replica gives back.
@@ -156,6 +139,10 @@ pub struct Started {
     pub addr: SocketAddr,
     pub applied: broadcast::Sender<Applied>,
     pub join: tokio::task::JoinHandle<()>,
+    /// Requests under way; stop taking new ones before stopping the actor.
+    pub drain: Arc<Drain>,
+    /// True once the replica stopped because it was removed from the cluster.
+    pub removed: Arc<AtomicBool>,
 }
 
 /// Starts one replica as an actor (optionally under a supervisor).
@@ -165,7 +152,9 @@ pub async fn start(cfg: Config, supervisor: Option<ractor::ActorCell>) -> Result
     Credentials::from_dir(&cfg.credentials)
         .with_context(|| format!("credentials in {}", cfg.credentials.display()))?;
     let (applied, _) = broadcast::channel(1024);
-    let args = (cfg, applied.clone());
+    let drain = Arc::new(Drain::default());
+    let removed = Arc::new(AtomicBool::new(false));
+    let args = (cfg, applied.clone(), drain.clone(), removed.clone());
     let (actor, join) = match supervisor {
         Some(s) => Actor::spawn_linked(None, ControllerActor, args, s).await,
         None => Actor::spawn(None, ControllerActor, args).await,
@@ -186,19 +175,27 @@ pub async fn start(cfg: Config, supervisor: Option<ractor::ActorCell>) -> Result
         addr,
         applied,
         join,
+        drain,
+        removed,
     })
 }
 
 impl Actor for ControllerActor {
     type Msg = ControllerMsg;
     type State = ControllerState;
-    type Arguments = (Config, broadcast::Sender<Applied>);
+    type Arguments = (
+        Config,
+        broadcast::Sender<Applied>,
+        Arc<Drain>,
+        Arc<AtomicBool>,
+    );
 
     async fn pre_start(
         &self,
         myself: ActorRef<ControllerMsg>,
-        (mut cfg, applied): Self::Arguments,
+        (mut cfg, applied, drain, removed): Self::Arguments,
     ) -> Result<ControllerState, ActorProcessingErr> {
+        let retention = cfg.retention.rules()?;
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
         let creds = Credentials::from_dir(&cfg.credentials)
@@ -226,27 +223,50 @@ impl Actor for ControllerActor {
                     let _ = me.cast(ControllerMsg::ExecutorConnected(name, conn));
                 }
                 let me = me.clone();
+                let drain = drain.clone();
                 tokio::spawn(async move {
                     while let Some(req) = inbox.requests.recv().await {
-                        tokio::spawn(queries::handle(req, me.clone()));
+                        match drain.enter() {
+                            Some(guard) => {
+                                let me = me.clone();
+                                tokio::spawn(async move {
+                                    queries::handle(req, me).await;
+                                    drop(guard);
+                                });
+                            }
+                            None => {
+                                let _ = req
+                                    .reply(queries::ack(false, "replica stopping".into()))
+                                    .await;
+                            }
+                        }
                     }
                 });
             }
         });
         myself.send_interval(TICK, || ControllerMsg::Tick);
         Ok(ControllerState {
+            sessions: sessions::Sessions::new(cfg.id),
             cfg,
             node,
             creds,
             links,
+            myself: myself.clone(),
             waiting: HashMap::new(),
             reads: Reads::default(),
             drive_queued: false,
             server: Some(handle),
             routing: queries::Routing::default(),
             steward: steward::Steward::default(),
+            sending: send::Sending::default(),
+            chunks: transfer::Reassembler::default(),
+            members: Vec::new(),
+            retention,
+            last_retention: 0.0,
+            history_lost: 0,
             ticks: 0,
             applied,
+            removed,
         })
     }
 
@@ -277,6 +297,9 @@ impl Actor for ControllerActor {
                 if state.ticks.is_multiple_of(STEWARD_EVERY) {
                     steward::turn(state, &myself);
                 }
+                if state.ticks.is_multiple_of(RETENTION_EVERY) {
+                    upkeep::retain(state);
+                }
                 repropose(state);
                 state.node.maybe_compact(COMPACT_KEEP);
                 if drive(state)? {
@@ -290,6 +313,18 @@ impl Actor for ControllerActor {
                 }
             }
             ControllerMsg::Read(f) => f(state),
+            ControllerMsg::Sent {
+                to,
+                bytes,
+                snapshot,
+                result,
+            } => {
+                send::sent(state, to, bytes, snapshot, result);
+                if !state.drive_queued {
+                    state.drive_queued = true;
+                    let _ = myself.cast(ControllerMsg::Drive);
+                }
+            }
             ControllerMsg::ExecutorConnected(name, conn) => state.steward.connected(name, conn),
             ControllerMsg::Answered {
                 key,
@@ -331,6 +366,7 @@ fn repropose(state: &mut ControllerState) {
         senders.retain(|s| !s.is_closed());
         !senders.is_empty()
     });
+    state.members.retain(|(_, _, reply)| !reply.is_closed());
     for (data, last, _) in state.waiting.values_mut() {
         if now.duration_since(*last) >= REPROPOSE_AFTER {
             *last = now;
@@ -361,9 +397,12 @@ struct Reads {
 fn on_event(state: &mut ControllerState, ev: ControllerMsg) {
     match ev {
         ControllerMsg::Raft(m) => state.node.step(m),
+        ControllerMsg::RaftChunk(c, reply) => {
+            let _ = reply.send(send::take_chunk(state, c));
+        }
         ControllerMsg::Propose(data, reply) => propose_here(state, data, reply),
         ControllerMsg::Status(reply, false) => {
-            let _ = reply.send(status(&state.node));
+            let _ = reply.send(pages::status(&state.node));
         }
         ControllerMsg::Status(reply, true) => {
             state.reads.next_id += 1;
@@ -371,7 +410,12 @@ fn on_event(state: &mut ControllerState, ev: ControllerMsg) {
             state.reads.waiting.insert(ctx.clone(), (None, reply));
             state.node.read_index(ctx);
         }
-        ControllerMsg::Member { id, add } => {
+        ControllerMsg::Member { id, add, reply } => {
+            if state.members.len() >= MEMBER_CHANGES_WAITING {
+                let _ = reply.send(Err("too many membership changes waiting".into()));
+                return;
+            }
+            let added = add.is_some();
             let mut change = ConfChangeSingle {
                 node_id: id,
                 ..Default::default()
@@ -388,9 +432,15 @@ fn on_event(state: &mut ControllerState, ev: ControllerMsg) {
             };
             let mut cc = ConfChangeV2::default();
             cc.set_changes(vec![change].into());
-            let _ = state.node.propose_conf_change(context, cc);
+            match state.node.propose_conf_change(context, cc) {
+                Ok(()) => state.members.push((id, added, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(format!("not proposed: {e}")));
+                }
+            }
         }
         ControllerMsg::Tick
+        | ControllerMsg::Sent { .. }
         | ControllerMsg::Drive
         | ControllerMsg::Read(_)
         | ControllerMsg::ExecutorConnected(..)
@@ -403,22 +453,21 @@ fn on_event(state: &mut ControllerState, ev: ControllerMsg) {
 fn drive(state: &mut ControllerState) -> Result<bool> {
     let out = state.node.ready();
     for m in out.messages {
-        if let Some(link) = state.links.get(&m.to) {
-            let link = link.clone();
-            let msg = Message::Raft(RaftBytes {
-                to: m.to,
-                bytes: encode_message(&m),
-            });
-            tokio::spawn(async move {
-                let _ = link.request(msg, RAFT_SEND_TIMEOUT).await;
-            });
-        }
+        send::raft(state, m);
     }
     let me = state.cfg.id;
     for (id, added, context) in out.members {
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut state.members)
+            .into_iter()
+            .partition(|(i, a, _)| *i == id && *a == added);
+        state.members = waiting;
+        for (_, _, reply) in done {
+            let _ = reply.send(Ok(()));
+        }
         if id == me {
             if !added {
                 tracing::warn!(id, "removed from the cluster; stopping");
+                state.removed.store(true, Ordering::SeqCst);
                 return Ok(true);
             }
             continue;
@@ -459,6 +508,7 @@ fn drive(state: &mut ControllerState) -> Result<bool> {
         });
     }
     answer_reads(state);
+    upkeep::keep_history(state);
     Ok(false)
 }
 
@@ -473,41 +523,11 @@ fn answer_reads(state: &mut ControllerState) {
         .collect();
     for k in done {
         if let Some((_, reply)) = state.reads.waiting.remove(&k) {
-            let _ = reply.send(status(&state.node));
+            let _ = reply.send(pages::status(&state.node));
         }
     }
     state
         .reads
         .waiting
         .retain(|_, (_, reply)| !reply.is_closed());
-}
-
-/// A replica's view, as `keel status` prints it.
-pub fn status<S: keel_consensus::node::LogStore + Clone>(node: &Node<S>) -> String {
-    let s = &node.state;
-    let ledger: BTreeMap<&String, String> = s
-        .ledger
-        .iter()
-        .map(|(k, e)| (k, format!("{:?} {} {}", e.status, e.action, e.target)))
-        .collect();
-    let running: Vec<&Name> = s
-        .jobs
-        .iter()
-        .filter(|(_, j)| !j.state.is_finished())
-        .map(|(k, _)| k)
-        .collect();
-    serde_json::json!({
-        "id": node.id(),
-        "leader": node.leader_id(),
-        "term": node.term(),
-        "commit": node.commit_index(),
-        "applied": s.applied,
-        "members": node.voters(),
-        "jobs": s.jobs.keys().collect::<Vec<_>>(),
-        "running_jobs": running,
-        "open_findings": s.open_findings().count(),
-        "policies": s.policies.iter().map(|(k, v)| (k.clone(), v.len())).collect::<BTreeMap<_, _>>(),
-        "ledger": ledger,
-    })
-    .to_string()
 }

@@ -80,6 +80,7 @@ async fn a_crashed_correlator_is_restarted_and_its_sibling_keeps_running() {
         credentials: issue(&dir.0, &ca, Role::Controller, "ctl-1"),
         peers: Vec::new(),
         join: false,
+        retention: Default::default(),
     };
     let ctl = controller::start(cfg, None).await.unwrap();
     let controllers = vec![ControllerAddr {
@@ -148,6 +149,7 @@ async fn a_finding_that_clears_is_closed_on_the_controller() {
         credentials: issue(&dir.0, &ca, Role::Controller, "ctl-1"),
         peers: Vec::new(),
         join: false,
+        retention: Default::default(),
     };
     let ctl = controller::start(cfg, None).await.unwrap();
     let controllers = vec![ControllerAddr {
@@ -214,8 +216,9 @@ async fn a_finding_that_clears_is_closed_on_the_controller() {
             .ask("findings", BTreeMap::new(), Duration::from_secs(2))
             .await
             .ok()?;
-        let all: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
-        let f = all
+        let page: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let f = page["items"]
+            .as_array()?
             .iter()
             .find(|e| e["finding"]["kind"] == "gpu_squatter")?;
         f["closed"].as_f64()

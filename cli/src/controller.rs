@@ -21,16 +21,71 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// `keel controller --config FILE`: runs until removed from the cluster.
+/// How long a stopping process waits for the requests and messages under
+/// way (SIGTERM, SIGINT) before it exits anyway.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_asked() -> Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Runs a role until its actor stops or a stop is asked. An actor that
+/// stops on its own has died: an error (the process exits non-zero). On
+/// SIGTERM or SIGINT, `stop` lets it finish what it holds (bounded by
+/// [`STOP_GRACE`]), and the process exits 0.
+async fn until_stopped<F>(
+    what: &str,
+    mut join: tokio::task::JoinHandle<()>,
+    stop: impl FnOnce() -> F,
+) -> Result<()>
+where
+    F: std::future::Future<Output = ()>,
+{
+    tokio::select! {
+        _ = &mut join => bail!("{what}: its actor stopped unexpectedly"),
+        signal = stop_asked() => {
+            let signal = signal?;
+            tracing::info!("{signal}: stopping {what}");
+            let _ = tokio::time::timeout(STOP_GRACE, stop()).await;
+            let _ = tokio::time::timeout(STOP_GRACE, join).await;
+            eprintln!("{what}: stopped ({signal})");
+            Ok(())
+        }
+    }
+}
+
+/// `keel controller --config FILE`: runs until stopped (SIGTERM), or
+/// removed from the cluster; exits non-zero if its actor dies.
 pub fn run(config: &Path) -> Result<()> {
     let cfg = Config::load(config)?;
     runtime()?.block_on(async {
         let id = cfg.id;
         let started = controller::start(cfg, None).await?;
         eprintln!("keel controller {id}: listening on {}", started.addr);
-        let _ = started.join.await;
-        eprintln!("keel controller {id}: stopped");
-        Ok(())
+        let what = format!("keel controller {id}");
+        let (drain, actor, removed) = (started.drain, started.actor, started.removed);
+        let r = until_stopped(&what, started.join, || async move {
+            // Refuse new requests, finish those under way (proposals wait
+            // for their commit), then stop the actor.
+            drain.stop_taking();
+            let _ = tokio::time::timeout(STOP_GRACE, drain.idle()).await;
+            actor.stop(Some("stop asked".into()));
+        })
+        .await;
+        match r {
+            Err(_) if removed.load(std::sync::atomic::Ordering::SeqCst) => {
+                eprintln!("{what}: removed from the cluster; stopped");
+                Ok(())
+            }
+            r => r,
+        }
     })
 }
 
@@ -41,14 +96,19 @@ pub fn run_sensor(config: &Path) -> Result<()> {
         let node = cfg.node.clone();
         // Node-local actions (the NIC) are carried out by an executor in
         // the sensor's process, under its own executor certificate.
-        let _exec = match cfg.executor.clone() {
+        let exec = match cfg.executor.clone() {
             Some(e) => Some(executor::start(e).await?),
             None => None,
         };
-        let (_actor, join) = sensor::start(cfg, None).await?;
+        let (actor, join) = sensor::start(cfg, None).await?;
         eprintln!("keel sensor {node}: running");
-        let _ = join.await;
-        Ok(())
+        until_stopped(&format!("keel sensor {node}"), join, || async move {
+            let _ = actor.drain();
+            if let Some((e, _)) = exec {
+                let _ = e.drain();
+            }
+        })
+        .await
     })
 }
 
@@ -58,8 +118,11 @@ pub fn run_correlator(config: &Path) -> Result<()> {
     runtime()?.block_on(async {
         let host = correlator::start(cfg).await?;
         eprintln!("keel correlator: listening on {}", host.addr);
-        let _ = host.join.await;
-        Ok(())
+        let actor = host.actor;
+        until_stopped("keel correlator", host.join, || async move {
+            let _ = actor.drain();
+        })
+        .await
     })
 }
 
@@ -92,9 +155,126 @@ pub fn run_executor(config: &Path) -> Result<()> {
                 }
             }
         });
-        let _ = join.await;
-        Ok(())
+        until_stopped("keel executor", join, || async move {
+            let _ = actor.drain();
+        })
+        .await
     })
+}
+
+/// A connection to one controller replica, as an operator, for the
+/// questions of one command (many pages, many proposals).
+pub struct Operator {
+    rt: tokio::runtime::Runtime,
+    conn: keel_transport::Connection,
+    _client: Client,
+    who: String,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+/// How long one question may wait for its answer.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Operator {
+    pub fn connect(addr: SocketAddr, name: &str, creds: &Path) -> Result<Operator> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (client, conn) = rt.block_on(async {
+            let creds = Credentials::from_dir(creds)
+                .with_context(|| format!("credentials in {}", creds.display()))?;
+            let client = Client::new(&creds, Options::default())?;
+            let (conn, _inbox) = client
+                .connect(addr, name)
+                .await
+                .with_context(|| format!("connecting to {name} at {addr}"))?;
+            anyhow::Ok((client, conn))
+        })?;
+        Ok(Operator {
+            rt,
+            conn,
+            _client: client,
+            who: format!("{name} at {addr}"),
+            next_id: 1.into(),
+        })
+    }
+
+    /// The controller's answer, `ok` or not.
+    pub fn query(&self, topic: &str, params: BTreeMap<String, String>) -> Result<QueryReply> {
+        self.rt.block_on(self.query_async(topic, params))
+    }
+
+    pub async fn query_async(
+        &self,
+        topic: &str,
+        params: BTreeMap<String, String>,
+    ) -> Result<QueryReply> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let q = Message::Query(Query {
+            id,
+            topic: topic.into(),
+            params,
+        });
+        let reply = self
+            .conn
+            .request(q, ASK_TIMEOUT)
+            .await
+            .with_context(|| format!("asking {}", self.who))?;
+        match reply {
+            Message::QueryReply(r) => Ok(r),
+            other => bail!("{} answered with {}", self.who, other.kind()),
+        }
+    }
+
+    /// The body of an `ok` answer; a refusal is an error.
+    pub fn ask(&self, topic: &str, params: BTreeMap<String, String>) -> Result<String> {
+        let r = self.query(topic, params)?;
+        if !r.ok {
+            bail!("{}: {}", self.who, r.body);
+        }
+        Ok(r.body)
+    }
+
+    /// Every page of a paged answer: asks with `offset_key` = the `next_key`
+    /// of the page before until it is null, and gathers the `items_key`
+    /// lists. Returns the items and the last page (for its other fields).
+    pub fn all_pages(
+        &self,
+        topic: &str,
+        params: BTreeMap<String, String>,
+        items_key: &str,
+        offset_key: &str,
+        next_key: &str,
+    ) -> Result<(Vec<serde_json::Value>, serde_json::Value)> {
+        let mut items = Vec::new();
+        let mut params = params;
+        loop {
+            let body = self.ask(topic, params.clone())?;
+            let page: serde_json::Value = serde_json::from_str(&body)
+                .with_context(|| format!("{}: `{topic}` answered {body:?}", self.who))?;
+            if let Some(list) = page[items_key].as_array() {
+                items.extend(list.iter().cloned());
+            }
+            match page[next_key].as_u64() {
+                Some(next) => {
+                    params.insert(offset_key.to_string(), next.to_string());
+                }
+                None => return Ok((items, page)),
+            }
+        }
+    }
+
+    /// The connection itself, for requests made concurrently.
+    pub fn connection(&self) -> keel_transport::Connection {
+        self.conn.clone()
+    }
+
+    /// Runs `f` on this connection's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
 }
 
 /// Asks one controller a question as an operator.
@@ -105,31 +285,5 @@ pub fn query(
     topic: &str,
     params: BTreeMap<String, String>,
 ) -> Result<QueryReply> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let creds = Credentials::from_dir(creds)
-            .with_context(|| format!("credentials in {}", creds.display()))?;
-        let client = Client::new(&creds, Options::default())?;
-        let (conn, _inbox) = client
-            .connect(addr, name)
-            .await
-            .with_context(|| format!("connecting to {name} at {addr}"))?;
-        let reply = conn
-            .request(
-                Message::Query(Query {
-                    id: 1,
-                    topic: topic.into(),
-                    params,
-                }),
-                Duration::from_secs(15),
-            )
-            .await
-            .with_context(|| format!("asking {name} at {addr}"))?;
-        match reply {
-            Message::QueryReply(r) => Ok(r),
-            other => bail!("{name} answered with {}", other.kind()),
-        }
-    })
+    Operator::connect(addr, name, creds)?.query(topic, params)
 }

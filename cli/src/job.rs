@@ -1,19 +1,41 @@
 //! `keel job register/end`: the operator (or a Slurm prolog/epilog) tells
 //! the controller where a job's ranks run, and when it ends.
 
-use crate::{ask, JobCommand};
+use crate::{ask, ControllerAt, JobCommand};
 use anyhow::{bail, Context, Result};
-use keel_model::{JobRecord, JobState, Name};
+use keel_model::{JobRecord, JobState, Message, Name, Query};
+use std::path::Path;
+use std::time::Duration;
+
+/// Registrations from `--file` in flight at once.
+pub const IN_FLIGHT: usize = 256;
+/// Tries per record before it counts as not applied (same session and seq,
+/// so a retry of one that did commit is answered with its first outcome).
+pub const ATTEMPTS: u32 = 4;
 
 pub fn run(command: JobCommand) -> Result<()> {
     let (record, at) = match command {
+        JobCommand::Register {
+            file: Some(file),
+            at,
+            ..
+        } => return register_file(&file, &at),
         JobCommand::Register {
             job,
             ranks,
             gpus,
             tenant,
             at,
-        } => (register(&job, &ranks, gpus.as_deref(), tenant)?, at),
+            file: None,
+        } => {
+            let Some(job) = job else {
+                bail!("give --job and --ranks, or --file FILE");
+            };
+            if ranks.is_empty() {
+                bail!("--ranks NODE=RANK,... is required with --job");
+            }
+            (register(&job, &ranks, gpus.as_deref(), tenant)?, at)
+        }
         JobCommand::End { job, state, at } => {
             let state: JobState = serde_json::from_value(serde_json::Value::String(state.clone()))
                 .with_context(|| format!("--state {state}"))?;
@@ -30,6 +52,132 @@ pub fn run(command: JobCommand) -> Result<()> {
     .into_iter()
     .collect();
     ask(&at, "job", params)
+}
+
+/// One line of a `--file`: a job record as JSON, or `JOB NODE=RANK,... ...`
+/// (the `--job` and `--ranks` of one `keel job register`, GPUs by default).
+fn parse_line(line: &str) -> Result<JobRecord> {
+    if line.starts_with('{') {
+        return serde_json::from_str(line).context("not a job record (JSON)");
+    }
+    let mut words = line.split_whitespace();
+    let job = words.next().context("empty line")?;
+    let ranks: Vec<String> = words.map(String::from).collect();
+    if ranks.is_empty() {
+        bail!("expected JOB NODE=RANK,RANK,... or a JSON job record");
+    }
+    register(job, &ranks, None, None)
+}
+
+/// `keel job register --file FILE`: every record of FILE under one session
+/// of this process, [`IN_FLIGHT`] at a time. Exits non-zero naming every
+/// line that was not applied.
+fn register_file(file: &Path, at: &ControllerAt) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut records = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match parse_line(line) {
+            Ok(r) => records.push((i + 1, r)),
+            Err(e) => bad.push(format!("{}:{}: {e:#}", file.display(), i + 1)),
+        }
+    }
+    if !bad.is_empty() {
+        for b in &bad {
+            eprintln!("{b}");
+        }
+        bail!("{} line(s) are not job records; nothing sent", bad.len());
+    }
+    let op = crate::queries::connect(at)?;
+    let client = session(at);
+    let total = records.len();
+    let failed = op.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut failed = Vec::new();
+        let mut records = records.into_iter().enumerate();
+        loop {
+            while tasks.len() < IN_FLIGHT {
+                let Some((i, (line, record))) = records.next() else {
+                    break;
+                };
+                let conn = op.connection();
+                let client = client.clone();
+                tasks.spawn(async move {
+                    let r = propose_job(&conn, &client, i as u64 + 1, &record).await;
+                    (line, record.job, r)
+                });
+            }
+            match tasks.join_next().await {
+                None => break,
+                Some(Ok((_, _, Ok(())))) => {}
+                Some(Ok((line, job, Err(e)))) => failed.push((line, job, e)),
+                Some(Err(e)) => failed.push((0, "?".into(), e.to_string())),
+            }
+        }
+        failed
+    });
+    for (line, job, e) in &failed {
+        eprintln!("{}:{line}: job {job}: not applied: {e}", file.display());
+    }
+    if !failed.is_empty() {
+        bail!("{} of {total} job records not applied", failed.len());
+    }
+    eprintln!("{}: {total} job records applied", file.display());
+    Ok(())
+}
+
+/// This run's session: the operator's name and a random number.
+fn session(at: &ControllerAt) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let who = at
+        .credentials
+        .file_name()
+        .map_or_else(|| "operator".into(), |n| n.to_string_lossy().into_owned());
+    format!("{who}/{:016x}", h.finish())
+}
+
+async fn propose_job(
+    conn: &keel_transport::Connection,
+    client: &str,
+    seq: u64,
+    record: &JobRecord,
+) -> std::result::Result<(), String> {
+    let command = serde_json::json!({"job": {"record": record}}).to_string();
+    let params: std::collections::BTreeMap<String, String> = [
+        ("client", client.to_string()),
+        ("seq", seq.to_string()),
+        ("command", command),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut last = String::new();
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+        }
+        let q = Message::Query(Query {
+            id: seq,
+            topic: "propose".into(),
+            params: params.clone(),
+        });
+        match conn.request(q, crate::controller::ASK_TIMEOUT).await {
+            Ok(Message::QueryReply(r)) if r.ok => return Ok(()),
+            // Rejected by the state machine: asking again changes nothing.
+            Ok(Message::QueryReply(r)) if r.body.starts_with("rejected") => return Err(r.body),
+            Ok(Message::QueryReply(r)) => last = r.body,
+            Ok(other) => last = format!("answered with {}", other.kind()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
 }
 
 pub(crate) fn record(job: &str, state: JobState) -> JobRecord {
@@ -111,6 +259,17 @@ mod tests {
         assert_eq!(r.ranks["n2"], vec![2, 3]);
         assert_eq!(r.gpus[&3], 1);
         assert_eq!(r.tp, Some(4));
+    }
+
+    #[test]
+    fn file_lines_are_records_or_arguments() {
+        let r = parse_line("j7 n1=0,1 n2=2").unwrap();
+        assert_eq!(r.job, "j7");
+        assert_eq!(r.ranks["n2"], vec![2]);
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(parse_line(&json).unwrap(), r);
+        assert!(parse_line("j7").is_err());
+        assert!(parse_line("{\"job\": 1}").is_err());
     }
 
     #[test]

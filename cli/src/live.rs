@@ -174,6 +174,7 @@ async fn live(
                 })
                 .collect(),
             join: false,
+            retention: Default::default(),
         };
         let started = controller::start(cfg, None).await?;
         let mut rx = started.applied.subscribe();

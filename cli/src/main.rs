@@ -13,6 +13,7 @@ mod eval;
 mod job;
 mod live;
 mod policy;
+mod queries;
 mod replay;
 
 use anyhow::{bail, Context, Result};
@@ -130,12 +131,26 @@ enum Command {
         #[command(flatten)]
         at: ControllerAt,
     },
-    /// List the findings the controller committed (open and closed)
+    /// List the findings the controller committed (open and closed), as a JSON array
     Findings {
         #[command(flatten)]
         at: ControllerAt,
+        /// Only those open at or after this time, the on-disk history
+        /// included: a duration back from now (90s, 15m, 12h, 7d), a Unix
+        /// time in seconds, or a UTC time (2026-11-30T10:00:00Z)
+        #[arg(long)]
+        since: Option<String>,
     },
-    /// Ask a controller for its view: leader, term, commit index, members, jobs, findings, ledger
+    /// List the job records the controller knows, as a JSON array
+    Jobs {
+        #[command(flatten)]
+        at: ControllerAt,
+        /// Only this job (an error if the controller does not know it)
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Ask a controller for its view: leader, term, commit and applied
+    /// index, state digest, members, and counts of jobs, findings, actions
     Status {
         #[command(flatten)]
         at: ControllerAt,
@@ -156,6 +171,10 @@ enum Command {
         /// Print the controller's JSON
         #[arg(long)]
         json: bool,
+        /// Only what moved at or after this time, the on-disk history
+        /// included (a duration back from now, a Unix time or a UTC time)
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Act on one action of the ledger
     Action {
@@ -264,19 +283,25 @@ enum MemberCommand {
 
 #[derive(Subcommand)]
 pub(crate) enum JobCommand {
-    /// Register (or update) a job: its ranks per node, GPUs and NICs
+    /// Register (or update) a job: its ranks per node, GPUs and NICs; or
+    /// many jobs from a file
     Register {
         /// The job id
-        #[arg(long)]
-        job: String,
+        #[arg(long, required_unless_present = "file")]
+        job: Option<String>,
         /// NODE=RANK,RANK,... (repeat per node), e.g. node-0=0,1,2,3
-        #[arg(long = "ranks", required = true)]
+        #[arg(long = "ranks")]
         ranks: Vec<String>,
         /// RANK=GPU pairs, comma-separated (default: rank i on GPU i mod 8)
         #[arg(long)]
         gpus: Option<String>,
         #[arg(long)]
         tenant: Option<String>,
+        /// Register every job of FILE, one per line: a JSON job record, or
+        /// `JOB NODE=RANK,... [NODE=RANK,...]`. Exits non-zero naming each
+        /// line that was not applied
+        #[arg(long, conflicts_with_all = ["job", "ranks", "gpus", "tenant"])]
+        file: Option<PathBuf>,
         #[command(flatten)]
         at: ControllerAt,
     },
@@ -523,7 +548,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sensor { config } => controller::run_sensor(&config),
         Command::Correlator { config } => controller::run_correlator(&config),
         Command::Job { command } => job::run(command),
-        Command::Findings { at } => ask(&at, "findings", Default::default()),
+        Command::Findings { at, since } => queries::findings(&at, since.as_deref()),
+        Command::Jobs { at, job } => queries::jobs(&at, job.as_deref()),
         Command::Routes { at } => ask(&at, "routes", Default::default()),
         Command::Status { at, consistent } => {
             let params = [("consistent".to_string(), consistent.to_string())]
@@ -532,7 +558,7 @@ fn run(cli: Cli) -> Result<()> {
             ask(&at, "status", params)
         }
         Command::Policy { command } => policy::run(command),
-        Command::Actions { at, json } => policy::actions(&at, json),
+        Command::Actions { at, json, since } => policy::actions(&at, json, since.as_deref()),
         Command::Action { command } => policy::approve(command),
         Command::Executor { config } => controller::run_executor(&config),
         Command::Bench { command } => match command {

@@ -99,8 +99,7 @@ fn check(files: &[PathBuf]) -> Result<()> {
 
 pub(crate) fn approve(cmd: ActionCommand) -> Result<()> {
     let ActionCommand::Approve { key, at } = cmd;
-    let body = ask(&at, "actions", [])?;
-    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let v = crate::queries::actions(&crate::queries::connect(&at)?, None)?;
     let keys: Vec<String> = v["ledger"]
         .as_array()
         .into_iter()
@@ -128,14 +127,14 @@ pub(crate) fn approve(cmd: ActionCommand) -> Result<()> {
     Ok(())
 }
 
-/// `keel actions`: the ledger, then its audit trail.
-pub(crate) fn actions(at: &ControllerAt, json: bool) -> Result<()> {
-    let body = ask(at, "actions", [])?;
+/// `keel actions`: the ledger, then its audit trail (every page; with
+/// `since`, what moved since then, the history included).
+pub(crate) fn actions(at: &ControllerAt, json: bool, since: Option<&str>) -> Result<()> {
+    let v = crate::queries::actions(&crate::queries::connect(at)?, since)?;
     if json {
-        println!("{body}");
+        println!("{v}");
         return Ok(());
     }
-    let v: serde_json::Value = serde_json::from_str(&body)?;
     println!("{:<13} {:<16} {:>4}  KEY", "STATUS", "ACTION", "SENT");
     for e in v["ledger"].as_array().into_iter().flatten() {
         println!(

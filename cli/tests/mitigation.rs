@@ -476,16 +476,22 @@ fn findings_are_mitigated_through_real_haproxy_and_slurm_once_across_leader_kill
     assert!(!in_squeue(squatter), "job {squatter} still in squeue");
     // The executor's discovery saw it leave Slurm's queue: keel knows it ended.
     let ended = wait_for(Duration::from_secs(60), || {
-        let s = alive.iter().find_map(|&i| c.ask(i, &["status"]))?;
-        let known = s["jobs"]
-            .as_array()?
+        let job = squatter.to_string();
+        let s = alive
             .iter()
-            .any(|j| j == &squatter.to_string());
-        let running = s["running_jobs"]
-            .as_array()?
-            .iter()
-            .any(|j| j == &squatter.to_string());
-        (known && !running).then_some(())
+            .find_map(|&i| c.ask(i, &["jobs", "--job", &job]))?;
+        let state = s.as_array()?.first()?["state"].as_str()?.to_string();
+        matches!(
+            state.as_str(),
+            "COMPLETED"
+                | "FAILED"
+                | "TIMEOUT"
+                | "OUT_OF_MEMORY"
+                | "CANCELLED"
+                | "NODE_FAIL"
+                | "PREEMPTED"
+        )
+        .then_some(())
     });
     assert!(
         ended.is_some(),

@@ -76,8 +76,9 @@ impl Role {
     /// - a sensor sends `telemetry`, and may `query` (where its jobs'
     ///   correlators are; a job it saw start);
     /// - a correlator sends `finding`s to the controller and may `query` it;
-    /// - the controller sends everything of control: `command`, `raft`,
-    ///   `finding` (forwarded), `query` and `query_reply`, but never telemetry;
+    /// - the controller sends everything of control: `command`, `raft` and
+    ///   `raft_chunk`, `finding` (forwarded), `query` and `query_reply`, but
+    ///   never telemetry;
     /// - an executor acknowledges commands, and greets the controller with
     ///   what it carries out (a `query`, on that one topic);
     /// - an operator asks (`query`); to act it asks the controller, which alone
@@ -90,7 +91,9 @@ impl Role {
             M::Telemetry(_) => *self == Role::Sensor,
             M::Finding(_) => matches!(self, Role::Correlator | Role::Controller),
             M::Query(_) => true,
-            M::QueryReply(_) | M::Raft(_) | M::Command(_) => *self == Role::Controller,
+            M::QueryReply(_) | M::Raft(_) | M::RaftChunk(_) | M::Command(_) => {
+                *self == Role::Controller
+            }
         }
     }
 }
@@ -108,6 +111,8 @@ pub enum Message {
     Telemetry(TelemetryBatch),
     Finding(Finding),
     Raft(RaftBytes),
+    /// One piece of a Raft message too large for one frame (a snapshot).
+    RaftChunk(RaftChunk),
     Command(Command),
     Ack(Ack),
     Query(Query),
@@ -123,6 +128,7 @@ impl Message {
             Message::Telemetry(_) => "telemetry",
             Message::Finding(_) => "finding",
             Message::Raft(_) => "raft",
+            Message::RaftChunk(_) => "raft_chunk",
             Message::Command(_) => "command",
             Message::Ack(_) => "ack",
             Message::Query(_) => "query",
@@ -187,6 +193,31 @@ pub struct Summary {
 pub struct RaftBytes {
     /// The receiving controller's Raft id.
     pub to: u64,
+    /// raft-rs's protobuf encoding, as MessagePack bytes (`bin`), not an
+    /// array of integers.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// One numbered piece of a Raft message sent in several requests (in
+/// practice a snapshot larger than a frame). The receiver puts the pieces of
+/// one `transfer` back together, in any order, then steps the whole message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RaftChunk {
+    /// The receiving controller's Raft id.
+    pub to: u64,
+    /// The sending controller's Raft id.
+    pub from: u64,
+    /// Names one message's transfer; a new one from the same sender
+    /// replaces any transfer of it still incomplete.
+    pub transfer: u64,
+    /// This piece's number, from 0.
+    pub index: u32,
+    /// How many pieces the message was cut into.
+    pub count: u32,
+    /// The whole message's length, bytes.
+    pub total: u64,
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
 
@@ -258,6 +289,34 @@ mod tests {
         let t = Message::Telemetry(TelemetryBatch::default());
         for role in Role::ALL {
             assert_eq!(role.may_send(&t), *role == Role::Sensor);
+        }
+    }
+
+    #[test]
+    fn raft_bytes_travel_as_bytes_not_integers() {
+        for n in [0usize, 1, 1000, 300_000] {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 7 + 200) as u8).collect();
+            let env = Envelope::new("c1", Message::Raft(RaftBytes { to: 2, bytes }));
+            let encoded = rmp_serde::to_vec_named(&env).unwrap();
+            assert!(encoded.len() < n + 64, "{n} bytes took {}", encoded.len());
+            let back: Envelope = rmp_serde::from_slice(&encoded).unwrap();
+            assert_eq!(back, env);
+        }
+    }
+
+    #[test]
+    fn only_a_controller_may_send_raft_chunks() {
+        let c = Message::RaftChunk(RaftChunk {
+            to: 1,
+            from: 2,
+            transfer: 3,
+            index: 0,
+            count: 1,
+            total: 1,
+            bytes: vec![9],
+        });
+        for role in Role::ALL {
+            assert_eq!(role.may_send(&c), *role == Role::Controller);
         }
     }
 

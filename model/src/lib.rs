@@ -16,8 +16,8 @@ pub mod record;
 
 pub use action::{Action, ActionStatus};
 pub use envelope::{
-    Ack, Command, Envelope, Message, Query, QueryReply, RaftBytes, Role, Summary, TelemetryBatch,
-    WIRE_VERSION,
+    Ack, Command, Envelope, Message, Query, QueryReply, RaftBytes, RaftChunk, Role, Summary,
+    TelemetryBatch, WIRE_VERSION,
 };
 pub use finding::{Cause, Finding, FindingKind, Locus, LocusKind, Severity};
 pub use label::Label;

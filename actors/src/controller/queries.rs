@@ -7,9 +7,14 @@
 //!   `finding` messages, `close_finding`;
 //! - executors: `executor` (I carry out these actions, on these nodes),
 //!   `job` (a job discovered in Slurm);
-//! - operators: `status`, `findings`, `job`, `propose`, `member`, `routes`,
-//!   `actions` (the ledger and its audit trail), `explain` (which rule a
-//!   finding matches, and why).
+//! - operators: `status`, `findings`, `job`, `jobs`, `propose`, `member`,
+//!   `routes`, `actions` (the ledger and its audit trail), `history` (what
+//!   retention moved out of the state), `explain` (which rule a finding
+//!   matches, and why).
+//!
+//! Lists come in pages (`pages`). A proposal made here on a peer's behalf
+//! runs in a session of this replica (`sessions`); one that was not applied
+//! (rejected, too large, not committed in time) is an error to the peer.
 //!
 //! Which correlator host is alive is soft state of each replica (hosts greet
 //! every replica), so routing works on any replica, leader or not, and
@@ -19,6 +24,7 @@ use super::{ControllerMsg, ControllerState};
 use crate::sources::unix_now;
 use anyhow::{bail, Context, Result};
 use keel_consensus::assign::assign;
+use keel_consensus::node::MAX_PROPOSAL_BYTES;
 use keel_consensus::state::{Command, Outcome, Proposal, State};
 use keel_model::{Ack, Action, Finding, JobRecord, Message, Name, Query, QueryReply, Role};
 use keel_transport::Request;
@@ -100,6 +106,17 @@ pub async fn handle(req: Request, me: ActorRef<ControllerMsg>) {
             Ok(_) => ack(false, "raft messages come from controllers only".into()),
             Err(e) => ack(false, format!("bad raft message: {e}")),
         },
+        Message::RaftChunk(c) if peer.role == Role::Controller => {
+            let (tx, rx) = oneshot::channel();
+            match me.cast(ControllerMsg::RaftChunk(c.clone(), tx)) {
+                Err(_) => ack(false, "controller stopping".into()),
+                Ok(()) => match rx.await {
+                    Ok(Ok(())) => ack(true, String::new()),
+                    Ok(Err(e)) => ack(false, e),
+                    Err(_) => ack(false, "controller stopping".into()),
+                },
+            }
+        }
         Message::Finding(f) if peer.role == Role::Correlator => {
             match open_finding(&me, &peer.name, f.clone()).await {
                 Ok(outcome) => ack(true, serde_json::to_string(&outcome).unwrap_or_default()),
@@ -128,7 +145,7 @@ pub async fn handle(req: Request, me: ActorRef<ControllerMsg>) {
     let _ = req.reply(reply).await;
 }
 
-fn ack(ok: bool, detail: String) -> Message {
+pub(crate) fn ack(ok: bool, detail: String) -> Message {
     Message::Ack(Ack { id: 0, ok, detail })
 }
 
@@ -146,25 +163,55 @@ async fn read<T: Send + 'static>(
     rx.await.context("controller stopping")
 }
 
-/// Proposes and waits until the proposal is applied on this replica.
+/// Proposes and waits until the proposal is applied on this replica. An
+/// error unless it was: too large, not committed within
+/// `PROPOSE_TIMEOUT`, or rejected by the state machine.
 async fn propose(me: &ActorRef<ControllerMsg>, proposal: Proposal) -> Result<Outcome> {
+    let data = proposal.encode();
+    if data.len() > MAX_PROPOSAL_BYTES {
+        bail!(
+            "proposal too large: {} bytes, at most {MAX_PROPOSAL_BYTES}",
+            data.len()
+        );
+    }
     let (tx, rx) = oneshot::channel();
-    me.cast(ControllerMsg::Propose(proposal.encode(), tx))
+    me.cast(ControllerMsg::Propose(data, tx))
         .ok()
         .context("controller stopping")?;
-    match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
-        Ok(Ok(outcome)) => Ok(outcome),
-        _ => bail!("not applied in time (no leader?); retry with the same client and seq"),
+    let outcome = match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+        Ok(Ok(outcome)) => outcome,
+        _ => bail!(
+            "not applied within {PROPOSE_TIMEOUT:?} (no leader?); retry with the same client and seq"
+        ),
+    };
+    match &outcome {
+        Outcome::Rejected(r) => bail!("rejected: {}", serde_json::to_string(r)?),
+        Outcome::Duplicate(first) if matches!(**first, Outcome::Rejected(_)) => {
+            bail!("rejected before: {}", serde_json::to_string(first)?)
+        }
+        _ => Ok(outcome),
     }
 }
 
-/// A stable 64-bit hash of `bytes` (FNV-1a): the sequence number of a
-/// proposal that has no client counter, so that a retry of the same content
-/// is recognised as the same proposal.
-fn content_seq(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// Proposes `command` on `peer`'s behalf, in this replica's session for
+/// (`prefix`, `peer`).
+async fn propose_for(
+    me: &ActorRef<ControllerMsg>,
+    prefix: &'static str,
+    peer: &str,
+    command: Command,
+) -> Result<Outcome> {
+    let peer = peer.to_string();
+    let (client, seq) = read(me, move |s| s.sessions.next(prefix, &peer)).await?;
+    propose(
+        me,
+        Proposal {
+            client,
+            seq,
+            command,
+        },
+    )
+    .await
 }
 
 async fn open_finding(
@@ -172,19 +219,11 @@ async fn open_finding(
     reporter: &str,
     finding: Finding,
 ) -> Result<Outcome> {
-    let bytes = serde_json::to_vec(&finding)?;
-    propose(
-        me,
-        Proposal {
-            client: format!("findings/{reporter}"),
-            seq: content_seq(&bytes),
-            command: Command::OpenFinding {
-                finding,
-                opened: unix_now(),
-            },
-        },
-    )
-    .await
+    let command = Command::OpenFinding {
+        finding,
+        opened: unix_now(),
+    };
+    propose_for(me, "findings", reporter, command).await
 }
 
 fn allowed(role: Role, topic: &str) -> bool {
@@ -275,16 +314,7 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
             if unchanged {
                 return Ok("\"unchanged\"".into());
             }
-            let bytes = serde_json::to_vec(&record)?;
-            let outcome = propose(
-                me,
-                Proposal {
-                    client: format!("jobs/{peer}"),
-                    seq: content_seq(&bytes),
-                    command: Command::Job { record },
-                },
-            )
-            .await?;
+            let outcome = propose_for(me, "jobs", peer, Command::Job { record }).await?;
             Ok(serde_json::to_string(&outcome)?)
         }
         "close_finding" => {
@@ -296,15 +326,8 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
             let Some(id) = id else {
                 return Ok("\"not open\"".into());
             };
-            let outcome = propose(
-                me,
-                Proposal {
-                    client: format!("closings/{peer}"),
-                    seq: id,
-                    command: Command::CloseFinding { id, ts },
-                },
-            )
-            .await?;
+            let outcome =
+                propose_for(me, "closings", peer, Command::CloseFinding { id, ts }).await?;
             Ok(serde_json::to_string(&outcome)?)
         }
         "executor" => {
@@ -329,46 +352,76 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
             Ok("\"ok\"".into())
         }
         "actions" => {
-            read(me, |s| {
-                let st = &s.node.state;
-                serde_json::json!({
-                    "ledger": st.ledger.values().collect::<Vec<_>>(),
-                    "audit": st.audit,
-                    "audit_dropped": st.audit_dropped,
-                    "executors": s.steward.executors(),
-                })
-                .to_string()
+            let q = q.clone();
+            read(me, move |s| super::pages::actions(s, &q)).await?
+        }
+        "jobs" => {
+            let (offset, limit) = super::pages::window(q)?;
+            let job = q.params.get("job").cloned();
+            read(me, move |s| {
+                super::pages::jobs(s, job.as_deref(), offset, limit)
             })
             .await
+        }
+        "history" => {
+            let since: f64 = match q.params.get("since") {
+                Some(v) => v.parse().context("param `since`: Unix seconds")?,
+                None => 0.0,
+            };
+            let offset: u64 = match q.params.get("offset") {
+                Some(v) => v.parse().context("param `offset`")?,
+                None => 0,
+            };
+            let kind = q.params.get("kind").cloned();
+            let dir = read(me, |s| s.cfg.data_dir.clone()).await?;
+            let page = tokio::task::spawn_blocking(move || {
+                super::history::read_page(
+                    &super::history::path(&dir),
+                    kind.as_deref(),
+                    since,
+                    offset,
+                    super::pages::PAGE_BYTES,
+                    super::pages::history_ts,
+                )
+            })
+            .await
+            .context("reading the history")??;
+            Ok(serde_json::to_string(&page)?)
         }
         "explain" => {
             let id: u64 = param(q, "finding")?.parse().context("param `finding`")?;
             read(me, move |s| super::steward::explain(s, id)).await?
         }
         "findings" => {
-            read(me, |s| {
-                serde_json::to_string(&s.node.state.findings.values().collect::<Vec<_>>())
-                    .unwrap_or_default()
-            })
-            .await
+            let (offset, limit) = super::pages::window(q)?;
+            read(me, move |s| super::pages::findings(s, offset, limit)).await
         }
         "propose" => {
-            let client = param(q, "client")?.clone();
-            let seq: u64 = param(q, "seq")?.parse().context("param `seq`")?;
             let command: Command =
                 serde_json::from_str(param(q, "command")?).context("param `command`")?;
-            let outcome = propose(
-                me,
-                Proposal {
-                    client,
-                    seq,
-                    command,
-                },
-            )
-            .await?;
-            if matches!(outcome, Outcome::Rejected(_)) {
-                bail!("{}", serde_json::to_string(&outcome)?);
-            }
+            // A client that names its own session (and retries under it) is
+            // answered once per seq; one that does not runs in this
+            // replica's session for it.
+            let outcome = match (q.params.get("client"), q.params.get("seq")) {
+                (Some(client), Some(seq)) => {
+                    let seq: u64 = seq.parse().context("param `seq`")?;
+                    if seq == 0 {
+                        bail!("param `seq`: sequence numbers start at 1");
+                    }
+                    let client = client.clone();
+                    propose(
+                        me,
+                        Proposal {
+                            client,
+                            seq,
+                            command,
+                        },
+                    )
+                    .await?
+                }
+                (None, None) => propose_for(me, "ops", peer, command).await?,
+                _ => bail!("give both `client` and `seq`, or neither"),
+            };
             Ok(serde_json::to_string(&outcome)?)
         }
         "member" => {
@@ -381,10 +434,18 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
                 Some("remove") => None,
                 _ => bail!("param `op` must be add or remove"),
             };
-            me.cast(ControllerMsg::Member { id, add })
+            let (tx, rx) = oneshot::channel();
+            me.cast(ControllerMsg::Member { id, add, reply: tx })
                 .ok()
                 .context("controller stopping")?;
-            Ok("\"proposed\"".into())
+            match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+                Ok(Ok(Ok(()))) => Ok("\"applied\"".into()),
+                Ok(Ok(Err(e))) => bail!("membership change: {e}"),
+                Ok(Err(_)) => bail!("controller stopping"),
+                Err(_) => bail!(
+                    "membership change not applied within {PROPOSE_TIMEOUT:?} (no leader, or another change under way?)"
+                ),
+            }
         }
         other => bail!("unknown query topic {other:?}"),
     }

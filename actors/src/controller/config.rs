@@ -1,0 +1,116 @@
+//! The controller's configuration file (`keel controller --config FILE`).
+
+use super::compat;
+use super::history;
+use anyhow::{bail, Context, Result};
+use keel_transport::Options;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Links between replicas notice a dead peer within about a second.
+pub fn replica_options() -> Options {
+    Options {
+        timing: keel_transport::Timing {
+            idle_timeout: Duration::from_millis(1500),
+            keep_alive: Duration::from_millis(300),
+        },
+        ..Options::default()
+    }
+}
+
+/// `keel controller --config FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This replica's Raft id (non-zero, unique in the cluster).
+    pub id: u64,
+    /// Address to listen on for peers, sensors, correlators and operators.
+    pub listen: SocketAddr,
+    /// Where the Raft log, hard state and snapshots live (created if absent).
+    pub data_dir: PathBuf,
+    /// A folder with this replica's `cert.pem`, `key.pem` and the cluster
+    /// `ca.pem` (the role must be `controller`).
+    pub credentials: PathBuf,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Start as a new member of a running cluster (see `keel controller join`).
+    #[serde(default)]
+    pub join: bool,
+    /// How long closed findings, finished actions and audit events stay in
+    /// the replicated state before they move to `<data_dir>/history.jsonl`.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]` of the controller's config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How long to keep what is closed: seconds, or a duration such as
+    /// `"7d"`, `"12h"`, `"30m"` (default 7 days).
+    #[serde(default)]
+    pub keep: Option<Span>,
+}
+
+/// A length of time in a config: seconds, or text with a unit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Span {
+    Seconds(f64),
+    Text(String),
+}
+
+impl Span {
+    pub fn seconds(&self) -> Result<f64> {
+        match self {
+            Span::Seconds(s) if s.is_finite() && *s >= 0.0 => Ok(*s),
+            Span::Seconds(s) => bail!("{s} is not a duration"),
+            Span::Text(t) => history::parse_duration(t),
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The retention rules this config asks for.
+    // TODO(merge): keel_consensus::retention::Retention
+    pub fn rules(&self) -> Result<compat::Retention> {
+        let mut r = compat::Retention::default();
+        if let Some(keep) = &self.keep {
+            r.keep_s = keep.seconds().context("[retention] keep")?;
+        }
+        Ok(r)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    pub addr: SocketAddr,
+    /// The name in the peer's certificate (checked when connecting).
+    pub name: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: Config = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        if cfg.id == 0 {
+            bail!("{}: field `id` must be non-zero", path.display());
+        }
+        if cfg.peers.iter().any(|p| p.id == cfg.id) {
+            bail!(
+                "{}: peer id {} is this replica's own id",
+                path.display(),
+                cfg.id
+            );
+        }
+        cfg.retention
+            .rules()
+            .with_context(|| format!("{}", path.display()))?;
+        Ok(cfg)
+    }
+}
