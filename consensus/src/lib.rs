@@ -9,7 +9,10 @@
 //! Raft node that orders the proposals drives `raft::RawNode` around it.
 
 pub mod assign;
+pub mod history;
+pub mod memstore;
 pub mod node;
+pub mod retention;
 pub mod state;
 pub mod storage;
 

@@ -11,13 +11,13 @@
 
 use crate::state::{Outcome, State};
 use raft::prelude::*;
-use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 use raft_proto::ConfChangeI;
 
-/// Where a node keeps its log. `MemStorage` stands in for the durable store
-/// in the deterministic simulation, where "the disk" is what survives a
-/// crash: it keeps exactly what `ready` persisted.
+/// Where a node keeps its log: `storage::DiskStorage` (redb) in a
+/// controller, `memstore::MemStore` in the deterministic simulation, where
+/// "the disk" is what survives a crash: it keeps exactly what `ready`
+/// persisted.
 pub trait LogStore: raft::Storage {
     fn append(&self, entries: &[Entry]) -> raft::Result<()>;
     fn set_hard_state(&self, hs: HardState);
@@ -37,29 +37,6 @@ pub trait LogStore: raft::Storage {
             self.set_hard_state(hs);
         }
         Ok(())
-    }
-}
-
-impl LogStore for MemStorage {
-    fn append(&self, entries: &[Entry]) -> raft::Result<()> {
-        self.wl().append(entries)
-    }
-    fn set_hard_state(&self, hs: HardState) {
-        self.wl().set_hardstate(hs)
-    }
-    fn set_commit(&self, commit: u64) {
-        self.wl().mut_hard_state().set_commit(commit)
-    }
-    fn apply_snapshot(&self, snapshot: Snapshot) -> raft::Result<()> {
-        self.wl().apply_snapshot(snapshot)
-    }
-    fn set_conf_state(&self, cs: ConfState) {
-        self.wl().set_conf_state(cs)
-    }
-    /// raft-rs's in-memory store cannot serve a snapshot with state machine
-    /// data, so the stand-in never compacts.
-    fn snapshot_at(&self, _index: u64, _data: Vec<u8>) -> bool {
-        false
     }
 }
 
@@ -95,13 +72,34 @@ pub struct Output {
 pub struct Node<S: LogStore> {
     raw: RawNode<S>,
     pub state: State,
+    /// Snapshots from a peer whose state could not be decoded (the replica
+    /// kept its own state; a newer peer's format, or a bug): counted.
+    pub bad_snapshots: u64,
+    /// This replica applied its own removal: it must stop. `ready` does
+    /// nothing more (raft-rs cannot go on as a leader outside its own
+    /// configuration).
+    pub removed: bool,
 }
 
 impl<S: LogStore + Clone> Node<S> {
-    /// Starts (or restarts) a node over `store`. On restart, entries already
-    /// in the store are applied again from the start of the log into a fresh
-    /// `State`, so the state machine needs no separate persistence.
+    /// Starts (or restarts) a node over `store`. On restart the state
+    /// machine is restored from the store's latest snapshot (taken at every
+    /// compaction and membership change), then raft hands the committed
+    /// entries after it to `ready` again, so the state machine needs no
+    /// persistence of its own. A snapshot whose state cannot be decoded is
+    /// an error (`raft::Error::Store`), never a silently empty state.
     pub fn new(id: u64, store: S) -> raft::Result<Self> {
+        let mut state = State::default();
+        if let Ok(snap) = raft::Storage::snapshot(&store, 0, id) {
+            if !snap.get_data().is_empty() {
+                state = State::restore(snap.get_data()).map_err(|e| {
+                    raft::Error::Store(raft::StorageError::Other(
+                        format!("snapshot at {}: {e}", snap.get_metadata().index).into(),
+                    ))
+                })?;
+                state.mark_applied(snap.get_metadata().index);
+            }
+        }
         let cfg = Config {
             id,
             election_tick: ELECTION_TICK,
@@ -116,7 +114,9 @@ impl<S: LogStore + Clone> Node<S> {
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         Ok(Node {
             raw: RawNode::new(&cfg, store, &logger)?,
-            state: State::default(),
+            state,
+            bad_snapshots: 0,
+            removed: false,
         })
     }
 
@@ -180,6 +180,20 @@ impl<S: LogStore + Clone> Node<S> {
         Some((p.client, p.seq))
     }
 
+    /// The data of the log entry at `index`, while the log still holds it.
+    pub fn state_entry_data(&self, index: u64) -> Option<Vec<u8>> {
+        let store = &self.raw.raft.raft_log.store;
+        let e = store
+            .entries(
+                index,
+                index + 1,
+                None,
+                raft::GetEntriesContext::empty(false),
+            )
+            .ok()?;
+        Some(e.first()?.data.to_vec())
+    }
+
     /// The current voters.
     pub fn voters(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
@@ -225,7 +239,7 @@ impl<S: LogStore + Clone> Node<S> {
     /// on persistence, apply, advance.
     pub fn ready(&mut self) -> Output {
         let mut out = Output::default();
-        if !self.raw.has_ready() {
+        if self.removed || !self.raw.has_ready() {
             return out;
         }
         let store = self.raw.raft.raft_log.store.clone();
@@ -239,8 +253,12 @@ impl<S: LogStore + Clone> Node<S> {
         );
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
-            if let Ok(state) = State::restore(snap.get_data()) {
-                self.state = state;
+            match State::restore(snap.get_data()) {
+                Ok(mut state) => {
+                    state.mark_applied(snap.get_metadata().index);
+                    self.state = state;
+                }
+                Err(_) => self.bad_snapshots += 1,
             }
             // A snapshot older than the log is refused by the store; the
             // node then simply keeps its own entries.
@@ -248,6 +266,9 @@ impl<S: LogStore + Clone> Node<S> {
         }
         let committed = ready.take_committed_entries();
         self.apply(committed, &mut out);
+        if self.removed {
+            return out;
+        }
         store
             .persist(ready.entries(), ready.hs().cloned())
             .expect("raft hands the store a contiguous run of entries");
@@ -287,9 +308,19 @@ impl<S: LogStore + Clone> Node<S> {
                         }
                     };
                     self.state.mark_applied(entry.index);
+                    let me = self.id();
                     for c in cc.get_changes() {
                         let added = c.get_change_type() != ConfChangeType::RemoveNode;
                         out.members.push((c.node_id, added, entry.context.to_vec()));
+                        if !added && c.node_id == me {
+                            self.removed = true;
+                        }
+                    }
+                    if self.removed {
+                        // Applying it would leave raft a leader outside its
+                        // own configuration (raft-rs then panics on the next
+                        // persist); the runner stops this replica instead.
+                        return;
                     }
                     if let Ok(cs) = self.raw.apply_conf_change(&cc) {
                         let store = &self.raw.raft.raft_log.store;

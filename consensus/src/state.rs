@@ -9,22 +9,55 @@
 //! rejected deterministically, inside the state machine, so every replica
 //! rejects them alike.
 
+use crate::history::HistoryRecord;
 use keel_model::{Action, Finding, JobRecord, Name, Timestamp};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
-/// How many of each client's latest sequence numbers are remembered: a
-/// retry of any of them is recognised. A client keeps fewer proposals than
-/// this in flight.
+/// How many of each session's latest sequence numbers are remembered: a
+/// retry of any of them is answered with its first outcome. A client keeps
+/// fewer proposals than this in flight; one older than the window is
+/// refused as `Stale` (an error to its caller, never a silent success).
 pub const CLIENT_WINDOW: usize = 1024;
 
-/// How far the audit trail reaches back; older events are dropped (counted),
-/// so that a long-lived controller's snapshots stay bounded.
+/// Client sessions remembered at once. A new session beyond this evicts
+/// the one least recently active (by log index); sessions idle longer than
+/// the retention's `session_idle_entries` leave at the next `Expire`.
+pub const CLIENT_SESSIONS_KEPT: usize = 10_000;
+
+/// How far the audit trail reaches back in the replicated state; older
+/// events move to the on-disk history (see [`State::take_expired`]).
 pub const AUDIT_KEPT: usize = 100_000;
 
-/// Ended jobs remembered (with their placement and final state); the oldest
-/// are forgotten first.
+/// Ended jobs kept in the replicated state (with their placement and final
+/// state); the oldest move to the history first.
 pub const ENDED_JOBS_KEPT: usize = 1_000;
+
+/// Jobs (pending, running, or ended and not yet moved to the history) the
+/// state holds; a new one beyond this is refused (`Rejection::Full`).
+pub const JOBS_MAX: usize = 100_000;
+
+/// Nodes the state holds; a new one beyond this is refused.
+pub const NODES_MAX: usize = 100_000;
+
+/// Findings (open or closed, not yet expired) the state holds; a new one
+/// beyond this is refused.
+pub const FINDINGS_MAX: usize = 200_000;
+
+/// Ledger actions (any status, not yet expired) the state holds; a new one
+/// beyond this is refused.
+pub const LEDGER_MAX: usize = 200_000;
+
+/// Policy names the state holds; a new name beyond this is refused.
+pub const POLICIES_MAX: usize = 64;
+
+/// Versions kept per policy name; older versions move to the history.
+pub const POLICY_VERSIONS_KEPT: usize = 32;
+
+/// Expired records waiting for the runner to write them to disk. The runner
+/// drains them after every `ready`; past this the oldest are dropped
+/// (counted in `State::history_dropped`).
+pub const EXPIRED_PENDING_MAX: usize = 1_000_000;
 
 pub use keel_model::ActionStatus;
 
@@ -133,6 +166,17 @@ pub enum Command {
         id: u64,
         ts: Timestamp,
     },
+    /// Retention: moves what is older than `before` (closed findings, actions
+    /// no longer in flight, audit events) and client sessions last active
+    /// before log index `sessions_before` out of the replicated state, into
+    /// each replica's on-disk history. Proposed by the leader (see
+    /// `retention::Retention::due`), so every replica drops the same records
+    /// at the same index.
+    Expire {
+        before: Timestamp,
+        #[serde(default)]
+        sessions_before: u64,
+    },
     ApplyPolicy {
         name: String,
         document: String,
@@ -195,6 +239,16 @@ pub enum Rejection {
         applied: u64,
     },
     Undecodable(String),
+    /// A bounded collection of the state is full (`what` names it).
+    Full {
+        what: String,
+        bound: u64,
+    },
+    /// The encoded proposal is larger than a replica accepts.
+    TooLarge {
+        bytes: u64,
+        max: u64,
+    },
 }
 
 /// What applying a proposal did.
@@ -211,6 +265,8 @@ pub enum Outcome {
     AlreadyPlanned(String),
     /// The same (client, seq) was applied before; this is its first outcome.
     Duplicate(Box<Outcome>),
+    /// Retention moved this many records out of the replicated state.
+    Expired(u64),
     Rejected(Rejection),
 }
 
@@ -224,10 +280,28 @@ pub struct State {
     next_finding: u64,
     pub policies: BTreeMap<String, Vec<PolicyVersion>>,
     pub ledger: BTreeMap<String, LedgerEntry>,
-    pub audit: Vec<AuditEvent>,
+    pub audit: VecDeque<AuditEvent>,
+    /// Audit events moved to the history because the trail was full.
     pub audit_dropped: u64,
-    /// client -> outcomes of its most recent sequence numbers
-    clients: BTreeMap<String, BTreeMap<u64, Outcome>>,
+    /// client session -> its recent outcomes
+    clients: BTreeMap<String, Session>,
+    /// Records that left the replicated state, for the runner to append to
+    /// its on-disk history; not part of snapshots (each replica writes its
+    /// own history as it applies).
+    #[serde(skip)]
+    expired: VecDeque<HistoryRecord>,
+    /// Expired records dropped before the runner took them (a runner that
+    /// never drains): counted, not replicated.
+    #[serde(skip)]
+    pub history_dropped: u64,
+}
+
+/// One client session: its most recent sequence numbers with their
+/// outcomes, and the log index it was last active at (for expiry).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Session {
+    last_index: u64,
+    outcomes: BTreeMap<u64, Outcome>,
 }
 
 impl State {
@@ -243,13 +317,13 @@ impl State {
             Err(e) => return Outcome::Rejected(Rejection::Undecodable(e.to_string())),
         };
         if let Some(seen) = self.clients.get(&p.client) {
-            if let Some(outcome) = seen.get(&p.seq) {
+            if let Some(outcome) = seen.outcomes.get(&p.seq) {
                 return Outcome::Duplicate(Box::new(outcome.clone()));
             }
             // Clients pipeline proposals, so they may commit out of order;
             // only one older than the whole remembered window is refused.
-            if let Some((&oldest, _)) = seen.first_key_value() {
-                if seen.len() >= CLIENT_WINDOW && p.seq < oldest {
+            if let Some((&oldest, _)) = seen.outcomes.first_key_value() {
+                if seen.outcomes.len() >= CLIENT_WINDOW && p.seq < oldest {
                     return Outcome::Rejected(Rejection::Stale {
                         client: p.client.clone(),
                         seq: p.seq,
@@ -257,19 +331,77 @@ impl State {
                     });
                 }
             }
+        } else if self.clients.len() >= CLIENT_SESSIONS_KEPT {
+            self.evict_idlest_session();
         }
         let outcome = self.execute(index, &p.client, p.command);
         let seen = self.clients.entry(p.client).or_default();
-        seen.insert(p.seq, outcome.clone());
-        while seen.len() > CLIENT_WINDOW {
-            seen.pop_first();
+        seen.last_index = index;
+        seen.outcomes.insert(p.seq, outcome.clone());
+        while seen.outcomes.len() > CLIENT_WINDOW {
+            seen.outcomes.pop_first();
         }
         outcome
+    }
+
+    /// Drops the session least recently active (ties: the smallest name),
+    /// so that one-shot clients cannot grow the state without bound.
+    fn evict_idlest_session(&mut self) {
+        let idlest = self
+            .clients
+            .iter()
+            .min_by(|a, b| a.1.last_index.cmp(&b.1.last_index).then(a.0.cmp(b.0)))
+            .map(|(k, _)| k.clone());
+        if let Some(k) = idlest {
+            self.clients.remove(&k);
+        }
+    }
+
+    /// Drops sessions last active before log index `before`.
+    pub(crate) fn expire_sessions(&mut self, before: u64) -> u64 {
+        let n = self.clients.len();
+        self.clients.retain(|_, s| s.last_index >= before);
+        (n - self.clients.len()) as u64
+    }
+
+    /// How many client sessions the state remembers.
+    pub fn sessions(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether some session was last active before log index `before`.
+    pub(crate) fn sessions_idle_before(&self, before: u64) -> bool {
+        self.clients.values().any(|s| s.last_index < before)
+    }
+
+    /// Queues a record that left the replicated state for the runner.
+    pub(crate) fn move_to_history(&mut self, record: HistoryRecord) {
+        if self.expired.len() >= EXPIRED_PENDING_MAX {
+            self.expired.pop_front();
+            self.history_dropped += 1;
+        }
+        self.expired.push_back(record);
+    }
+
+    /// Takes the records that left the replicated state since the last
+    /// call, oldest first, for the runner's on-disk history.
+    pub fn take_expired(&mut self) -> Vec<HistoryRecord> {
+        self.expired.drain(..).collect()
+    }
+
+    fn full(what: &str, bound: usize) -> Outcome {
+        Outcome::Rejected(Rejection::Full {
+            what: what.to_string(),
+            bound: bound as u64,
+        })
     }
 
     fn execute(&mut self, index: u64, client: &str, command: Command) -> Outcome {
         match command {
             Command::RegisterNode { node, gpus, nics } => {
+                if self.nodes.len() >= NODES_MAX && !self.nodes.contains_key(&node) {
+                    return Self::full("nodes", NODES_MAX);
+                }
                 self.nodes.insert(node, NodeInfo { gpus, nics });
                 Outcome::Applied
             }
@@ -291,6 +423,9 @@ impl State {
                 // the end), and its placement is what a squatter finding
                 // names. The oldest ended ones go once there are too many.
                 let ended = record.state.is_finished();
+                if !self.jobs.contains_key(&record.job) && self.jobs.len() >= JOBS_MAX {
+                    return Self::full("jobs", JOBS_MAX);
+                }
                 self.jobs.insert(record.job.clone(), record);
                 if ended {
                     self.prune_ended_jobs();
@@ -303,6 +438,9 @@ impl State {
                 // concluded afresh) is the finding already open.
                 if let Some(open) = self.open_finding_like(&finding) {
                     return Outcome::FindingAlreadyOpen(open);
+                }
+                if self.findings.len() >= FINDINGS_MAX {
+                    return Self::full("findings", FINDINGS_MAX);
                 }
                 self.next_finding += 1;
                 let id = self.next_finding;
@@ -330,15 +468,34 @@ impl State {
                 }
             },
             Command::ApplyPolicy { name, document } => {
-                let versions = self.policies.entry(name).or_default();
+                if self.policies.len() >= POLICIES_MAX && !self.policies.contains_key(&name) {
+                    return Self::full("policies", POLICIES_MAX);
+                }
+                let versions = self.policies.entry(name.clone()).or_default();
                 let version = versions.last().map_or(1, |v| v.version + 1);
                 versions.push(PolicyVersion {
                     version,
                     document,
                     applied_by: client.to_string(),
                 });
+                let old: Vec<PolicyVersion> = if versions.len() > POLICY_VERSIONS_KEPT {
+                    let n = versions.len() - POLICY_VERSIONS_KEPT;
+                    versions.drain(..n).collect()
+                } else {
+                    Vec::new()
+                };
+                for v in old {
+                    self.move_to_history(HistoryRecord::Policy {
+                        name: name.clone(),
+                        version: v,
+                    });
+                }
                 Outcome::PolicyVersion(version)
             }
+            Command::Expire {
+                before,
+                sessions_before,
+            } => Outcome::Expired(self.expire(before, sessions_before)),
             Command::PlanAction {
                 key,
                 action,
@@ -356,6 +513,9 @@ impl State {
                     if !self.findings.contains_key(&id) {
                         return Outcome::Rejected(Rejection::UnknownFinding(id));
                     }
+                }
+                if self.ledger.len() >= LEDGER_MAX {
+                    return Self::full("ledger", LEDGER_MAX);
                 }
                 self.ledger.insert(
                     key.clone(),
@@ -413,10 +573,12 @@ impl State {
         detail: String,
     ) {
         if self.audit.len() >= AUDIT_KEPT {
-            self.audit.remove(0);
+            if let Some(old) = self.audit.pop_front() {
+                self.move_to_history(HistoryRecord::Audit(old));
+            }
             self.audit_dropped += 1;
         }
-        self.audit.push(AuditEvent {
+        self.audit.push_back(AuditEvent {
             index,
             ts,
             key: key.to_string(),
@@ -439,7 +601,9 @@ impl State {
         }
         ended.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         for (_, job) in ended.iter().take(ended.len() - ENDED_JOBS_KEPT) {
-            self.jobs.remove(job);
+            if let Some(record) = self.jobs.remove(job) {
+                self.move_to_history(HistoryRecord::Job(record));
+            }
         }
     }
 
@@ -473,9 +637,24 @@ impl State {
         rmp_serde::to_vec_named(self).expect("state always encodes")
     }
 
+    /// A digest of the whole replicated state (16 hex digits: FNV-1a 64 over
+    /// the snapshot bytes). Two replicas at the same `applied` index hold
+    /// identical state exactly when their digests agree.
+    pub fn digest(&self) -> String {
+        digest_bytes(&self.snapshot())
+    }
+
     pub fn restore(bytes: &[u8]) -> Result<State, rmp_serde::decode::Error> {
         rmp_serde::from_slice(bytes)
     }
+}
+
+/// FNV-1a 64 over `bytes`, as 16 lowercase hex digits.
+pub fn digest_bytes(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{h:016x}")
 }
 
 #[cfg(test)]

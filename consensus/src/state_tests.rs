@@ -203,3 +203,225 @@ fn garbage_is_rejected_deterministically() {
     ));
     assert_eq!(s.applied, 1);
 }
+
+fn finding(node: &str) -> Finding {
+    serde_json::from_value(serde_json::json!({
+        "kind": "nic_saturation", "ts": 1.0, "job": "j", "node": node, "device": "eth0",
+        "cause": "network", "severity": "warning", "confidence": 0.9, "evidence": []
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_session_numbers_its_proposals_and_is_never_refused_while_it_counts_up() {
+    let mut s = State::default();
+    let mut index = 0;
+    for seq in 1..=5_000u64 {
+        index += 1;
+        let o = s.apply(
+            index,
+            &p(
+                "cli/abc",
+                seq,
+                Command::RegisterNode {
+                    node: format!("n{seq}").as_str().into(),
+                    gpus: 8,
+                    nics: vec![],
+                },
+            ),
+        );
+        assert_eq!(o, Outcome::Applied, "seq {seq}");
+    }
+    assert_eq!(s.nodes.len(), 5_000);
+    // a retry inside the window gets its first outcome; one far behind is an error
+    index += 1;
+    let retry = s.apply(index, &p("cli/abc", 4_500, plan("x")));
+    assert_eq!(retry, Outcome::Duplicate(Box::new(Outcome::Applied)));
+    index += 1;
+    let stale = s.apply(index, &p("cli/abc", 10, plan("x")));
+    assert!(matches!(stale, Outcome::Rejected(Rejection::Stale { .. })));
+    assert!(s.ledger.is_empty());
+}
+
+#[test]
+fn sessions_are_bounded_and_the_idlest_goes_first() {
+    let mut s = State::default();
+    for i in 0..CLIENT_SESSIONS_KEPT as u64 + 10 {
+        s.apply(
+            i + 1,
+            &p(
+                &format!("cli/{i}"),
+                1,
+                Command::RegisterNode {
+                    node: "n".into(),
+                    gpus: 1,
+                    nics: vec![],
+                },
+            ),
+        );
+    }
+    assert_eq!(s.sessions(), CLIENT_SESSIONS_KEPT);
+    assert!(!s.clients.contains_key("cli/0"), "the idlest left first");
+    assert!(s
+        .clients
+        .contains_key(&format!("cli/{}", CLIENT_SESSIONS_KEPT + 9)));
+    // idle sessions leave at an Expire
+    let n = s.apply(
+        100_000,
+        &p(
+            "leader",
+            1,
+            Command::Expire {
+                before: 0.0,
+                sessions_before: 5_000,
+            },
+        ),
+    );
+    assert!(matches!(n, Outcome::Expired(k) if k > 4_000), "{n:?}");
+    assert!(s.sessions() < CLIENT_SESSIONS_KEPT - 4_000);
+}
+
+#[test]
+fn retention_moves_settled_records_to_the_history_and_keeps_what_is_in_use() {
+    let mut s = State::default();
+    let mut i = 0;
+    let mut go = |s: &mut State, c: Command| {
+        i += 1;
+        s.apply(i, &p("op", i, c))
+    };
+    assert_eq!(
+        go(
+            &mut s,
+            Command::OpenFinding {
+                finding: finding("n1"),
+                opened: 10.0
+            }
+        ),
+        Outcome::FindingOpened(1)
+    );
+    assert_eq!(
+        go(
+            &mut s,
+            Command::OpenFinding {
+                finding: finding("n2"),
+                opened: 10.0
+            }
+        ),
+        Outcome::FindingOpened(2)
+    );
+    go(&mut s, Command::CloseFinding { id: 1, ts: 20.0 });
+    go(&mut s, Command::CloseFinding { id: 2, ts: 20.0 });
+    // finding 1's action failed long ago; finding 2's is still in flight
+    for (key, f) in [("a1", 1), ("a2", 2)] {
+        let mut c = plan(key);
+        if let Command::PlanAction { finding: fi, .. } = &mut c {
+            *fi = Some(f);
+        }
+        go(&mut s, c);
+    }
+    go(&mut s, to("a1", ActionStatus::Failed));
+    go(&mut s, to("a2", ActionStatus::Dispatched));
+    assert!(s.take_expired().is_empty());
+    let digest = s.digest();
+    // nothing is old enough yet
+    assert!(!s.expirable(1.0, 0));
+    assert_eq!(s.digest(), digest);
+    let out = go(
+        &mut s,
+        Command::Expire {
+            before: 1_000.0,
+            sessions_before: 0,
+        },
+    );
+    assert!(matches!(out, Outcome::Expired(_)), "{out:?}");
+    assert!(!s.findings.contains_key(&1), "closed and unused: gone");
+    assert!(
+        s.findings.contains_key(&2),
+        "an action in flight still reads it"
+    );
+    assert!(!s.ledger.contains_key("a1"));
+    assert!(s.ledger.contains_key("a2"));
+    assert!(s.audit.is_empty(), "audit events before `before` left");
+    let history = s.take_expired();
+    let kinds: Vec<&str> = history.iter().map(|h| h.kind()).collect();
+    assert!(kinds.contains(&"finding") && kinds.contains(&"action") && kinds.contains(&"audit"));
+    assert!(s.take_expired().is_empty(), "drained once");
+    // the history is not part of the replicated state
+    let restored = State::restore(&s.snapshot()).unwrap();
+    assert_eq!(restored.digest(), s.digest());
+}
+
+#[test]
+fn retention_is_due_only_when_something_is_old_and_not_too_often() {
+    let r = crate::retention::Retention {
+        keep_s: 100.0,
+        every_s: 10.0,
+        session_idle_entries: 1_000,
+    };
+    let mut s = State::default();
+    assert_eq!(r.due(&s, 1_000.0, 0.0), None, "nothing to expire");
+    s.apply(
+        1,
+        &p(
+            "op",
+            1,
+            Command::OpenFinding {
+                finding: finding("n1"),
+                opened: 1.0,
+            },
+        ),
+    );
+    s.apply(2, &p("op", 2, Command::CloseFinding { id: 1, ts: 5.0 }));
+    assert_eq!(r.due(&s, 50.0, 0.0), None, "closed, but not old enough");
+    assert!(matches!(
+        r.due(&s, 1_000.0, 0.0),
+        Some(Command::Expire { before, .. }) if before == 900.0
+    ));
+    assert_eq!(r.due(&s, 1_000.0, 995.0), None, "checked 5 s ago");
+}
+
+#[test]
+fn bounded_collections_refuse_with_a_reason() {
+    let mut s = State::default();
+    for i in 0..POLICIES_MAX as u64 {
+        s.apply(
+            i + 1,
+            &p(
+                "op",
+                i + 1,
+                Command::ApplyPolicy {
+                    name: format!("p{i}"),
+                    document: "x".into(),
+                },
+            ),
+        );
+    }
+    let o = s.apply(
+        1_000,
+        &p(
+            "op",
+            1_000,
+            Command::ApplyPolicy {
+                name: "one-more".into(),
+                document: "x".into(),
+            },
+        ),
+    );
+    assert!(matches!(o, Outcome::Rejected(Rejection::Full { ref what, .. }) if what == "policies"));
+    // versions beyond the bound move to the history
+    for v in 0..POLICY_VERSIONS_KEPT as u64 + 3 {
+        s.apply(
+            2_000 + v,
+            &p(
+                "op",
+                2_000 + v,
+                Command::ApplyPolicy {
+                    name: "p0".into(),
+                    document: format!("v{v}"),
+                },
+            ),
+        );
+    }
+    assert_eq!(s.policies["p0"].len(), POLICY_VERSIONS_KEPT);
+    assert_eq!(s.take_expired().len(), 4);
+}
