@@ -11,10 +11,13 @@
 //! - one correlator host per 256 nodes (at least 2) greets every replica
 //!   with `hello` every 0.5 s (the correlator's `HELLO_EVERY`) and takes
 //!   the jobs it is given;
-//! - stragglers are injected as `tp_straggler` findings sent by a
-//!   correlator host, the way a correlator reports one; each is timed from
-//!   the moment it is sent to the moment a replica acknowledges it
-//!   committed and applied.
+//! - stragglers: the straggler scenarios of `keel chaos` (every cause) are
+//!   replayed through the sensors' edge aggregation and the detectors
+//!   first, which gives each straggler's onset-to-finding (trace time);
+//!   during the window each finding is reported by a correlator host, the
+//!   way a correlator reports one, as about one of the cluster's running
+//!   jobs, and timed until a replica acknowledges it committed and applied.
+//!   Onset to committed is the sum of the two.
 //!
 //! Measured from `/proc`: CPU time (user + system) and resident memory of
 //! each controller process. After the window, one correlator host falls
@@ -22,11 +25,12 @@
 //! another host, and until a surviving host's `hello` hands them over.
 
 use crate::bench_controller::{query, start, Procs};
+use crate::bench_scale_detect::{stragglers, Detected, SCENARIOS};
 use crate::bench_scale_load::{ask, commit_all, lose_host, spawn_host, spawn_sensors, Load, POLL};
 use crate::demo::TempDir;
 use anyhow::{bail, Context, Result};
 use keel_consensus::state::Command;
-use keel_model::{Cause, Finding, FindingKind, JobRecord, JobState, Message, Name, Role, Severity};
+use keel_model::{Finding, JobRecord, JobState, Message, Name, Role};
 use keel_transport::{Client, Credentials, Options};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,9 +59,10 @@ pub struct ScaleArgs {
     /// Length of the steady window, seconds
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
-    /// Stragglers injected during the window
-    #[arg(long, default_value_t = 40)]
-    pub stragglers: usize,
+    /// Seeds of each straggler scenario (gpu, pcie, host, network) whose
+    /// stragglers are detected and reported during the window
+    #[arg(long, default_value_t = 2)]
+    pub seeds: u64,
 }
 
 /// What one cluster size measured.
@@ -81,6 +86,8 @@ struct Row {
     hello_kib: f64,
     hosts: usize,
     commit_s: (f64, f64),
+    /// Onset to committed: the detector's onset-to-finding plus the commit.
+    onset_commit_s: (f64, f64),
     findings: usize,
     lost_routes_s: f64,
     lost_takeover_s: f64,
@@ -89,6 +96,15 @@ struct Row {
 
 pub fn run(args: &ScaleArgs) -> Result<()> {
     let tmp = TempDir::new("keel-bench-scale")?;
+    let (detected, labelled) = stragglers(&tmp.0, args.seeds)?;
+    let mut detect: Vec<f64> = detected.iter().map(|d| d.detect_s).collect();
+    let (d50, d99) = p50_p99(&mut detect, 1.0);
+    println!(
+        "stragglers: {} of {labelled} found by the detectors over sensor edge windows ({} scenarios x {} seeds); onset to finding p50 {d50:.2} s, p99 {d99:.2} s (trace time)",
+        detected.len(),
+        SCENARIOS.len(),
+        args.seeds
+    );
     let mut rows = Vec::new();
     for &n in &args.nodes {
         if n == 0 {
@@ -96,7 +112,7 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
         }
         let dir = tmp.0.join(format!("n{n}"));
         std::fs::create_dir_all(&dir)?;
-        let r = one(&dir, n, args).with_context(|| format!("{n} nodes"))?;
+        let r = one(&dir, n, args, &detected).with_context(|| format!("{n} nodes"))?;
         print_row(&r, args);
         rows.push(r);
     }
@@ -150,8 +166,8 @@ fn print_row(r: &Row, args: &ScaleArgs) {
         r.hello_kib
     );
     println!(
-        "  {} straggler findings, sent to committed: p50 {:.3} s, p99 {:.3} s",
-        r.findings, r.commit_s.0, r.commit_s.1
+        "  {} straggler findings: sent to committed p50 {:.3} s, p99 {:.3} s; onset to committed p50 {:.2} s, p99 {:.2} s",
+        r.findings, r.commit_s.0, r.commit_s.1, r.onset_commit_s.0, r.onset_commit_s.1
     );
     println!(
         "  correlator host lost: routes moved after {:.2} s, jobs handed to another host after {:.2} s (host TTL included); {} requests failed",
@@ -230,7 +246,7 @@ fn ended_job(j: usize, n: usize) -> JobRecord {
     r
 }
 
-fn one(dir: &Path, n: usize, args: &ScaleArgs) -> Result<Row> {
+fn one(dir: &Path, n: usize, args: &ScaleArgs, detected: &[Detected]) -> Result<Row> {
     let ports: Vec<u16> = (0..3)
         .map(|_| {
             Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
@@ -340,32 +356,32 @@ fn one(dir: &Path, n: usize, args: &ScaleArgs) -> Result<Row> {
         let cpu0: Vec<f64> = pids.iter().map(|&p| cpu_s(p)).collect();
         let window = Instant::now();
 
-        // Stragglers, evenly over the window, each reported by a host.
+        // The detected stragglers, evenly over the window, each reported by
+        // a host as the finding of one of this cluster's running jobs.
         let mut commit = Vec::new();
-        let every = Duration::from_secs_f64(args.seconds / args.stragglers.max(1) as f64);
-        for k in 0..args.stragglers {
+        let mut onset_commit = Vec::new();
+        let every = Duration::from_secs_f64(args.seconds / detected.len().max(1) as f64);
+        for (k, d) in detected.iter().enumerate() {
             let due = window + every * k as u32;
             tokio::time::sleep(due.saturating_duration_since(Instant::now())).await;
             let job = &running[k * 7919 % running.len().max(1)];
-            let rank = (k as u32 * 3) % RANKS_PER_NODE;
-            let node = job.node_of(rank).cloned();
+            let rank = d.finding.rank.unwrap_or(0) % RANKS_PER_NODE;
             let finding = Finding {
                 ts: keel_actors::sources::unix_now(),
-                kind: FindingKind::TpStraggler,
-                cause: Cause::Gpu,
-                severity: Severity::Warning,
-                confidence: 0.9,
                 job: Some(job.job.clone()),
-                node,
+                node: job.node_of(rank).cloned(),
                 rank: Some(rank),
                 gpu: Some(rank),
-                device: None,
-                evidence: vec![format!("injected straggler {k} (keel bench scale)")],
+                ..d.finding.clone()
             };
             let conn = &host_conns[k % hosts][k % 3];
             let t = Instant::now();
             match ask(conn, Message::Finding(finding)).await {
-                Ok(_) => commit.push(t.elapsed().as_secs_f64()),
+                Ok(_) => {
+                    let c = t.elapsed().as_secs_f64();
+                    commit.push(c);
+                    onset_commit.push(d.detect_s + c);
+                }
                 Err(_) => {
                     load.errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -415,6 +431,7 @@ fn one(dir: &Path, n: usize, args: &ScaleArgs) -> Result<Row> {
             hosts,
             findings: commit.len(),
             commit_s: p50_p99(&mut commit, 1.0),
+            onset_commit_s: p50_p99(&mut onset_commit, 1.0),
             lost_routes_s,
             lost_takeover_s,
             errors: load.errors.load(Ordering::Relaxed),

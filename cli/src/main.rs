@@ -4,6 +4,7 @@ mod bench;
 mod bench_controller;
 mod bench_edge;
 mod bench_scale;
+mod bench_scale_detect;
 mod bench_scale_load;
 mod bench_soak;
 mod controller;
