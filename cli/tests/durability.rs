@@ -9,8 +9,9 @@
 //!    10,500 more jobs are committed, so that it is behind a compaction and
 //!    must catch up from a snapshot; each restarted replica reports the
 //!    cluster's state digest at the cluster's applied index;
-//! 3. all three stopped and started again: every replica reports the same
-//!    digest at the same applied index as before the stop;
+//! 3. all three stopped (SIGTERM: each exits 0) and started again: every
+//!    replica reports the same digest at the same applied index as before
+//!    the stop;
 //! 4. the state grown past 4 MiB, and a fourth replica joined with
 //!    `keel controller join`: it catches up and reports the same digest;
 //!    `keel findings` and `keel actions` still answer.
@@ -279,7 +280,11 @@ fn every_acknowledged_entry_survives_kills_restarts_and_a_join() {
 
     // 3. All three stopped and started again: the same state at the same index.
     for i in all {
-        t.c.terminate(&format!("ctl-{}", i + 1), Duration::from_secs(15));
+        let name = format!("ctl-{}", i + 1);
+        let exit = t.c.terminate(&name, Duration::from_secs(15));
+        if !exit.is_some_and(|e| e.success()) {
+            t.fail(&format!("{name} did not exit 0 on SIGTERM: {exit:?}"));
+        }
     }
     for i in all {
         t.c.restart(&format!("ctl-{}", i + 1), "controller");
