@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soak of the controller (not in CI): three `keel controller` replicas on
 # this host for an hour, steady straggler findings (2/s, each closed 30 s
-# later) and the actions the default policy makes of them, the leader
+# later) and the actions a policy makes of them (one per finding), the leader
 # SIGKILLed every two minutes and started again 10 s later. Every 10 s, for
 # each replica: resident memory, CPU time, applied index, digest, jobs, open
 # findings, ledger entries and the size of its data folder, into a CSV.
@@ -9,7 +9,13 @@
 #   deploy/soak/controller-soak.sh [OUT_DIR] [extra `keel bench soak` flags]
 #
 # Environment: KEEL (the binary; default target/release/keel, built if
-# missing), MINUTES (60), KILL_EVERY_S (120), SAMPLE_EVERY_S (10).
+# missing), MINUTES (60), KILL_EVERY_S (120), SAMPLE_EVERY_S (10), POLICY
+# (deploy/soak/soak-policy.toml: every finding becomes an action, which
+# fails 10 s later as no executor is connected; give
+# deploy/policies/default.toml for the production rules, whose cooldowns
+# and rate limits make few actions), KEEP (10m: the controllers'
+# `[retention] keep`, so that an hour shows closed findings and settled
+# actions leaving the state; "" leaves the default of 7 days).
 # OUT_DIR (default soak-UTCDATE) receives soak.csv, summary.txt and the
 # cluster's folder (data, logs c1.log..c3.log).
 set -euo pipefail
@@ -22,6 +28,11 @@ if [ ! -x "$KEEL" ]; then
     cargo build --release -p keel-cli --bin keel
 fi
 mkdir -p "$OUT"
+EXTRA=()
+KEEP=${KEEP-10m}
+if [ -n "$KEEP" ]; then
+    EXTRA=(--extra-config "$(printf '[retention]\nkeep = "%s"' "$KEEP")")
+fi
 echo "soak: ${MINUTES:-60} min, leader killed every ${KILL_EVERY_S:-120} s; samples in $OUT/soak.csv" >&2
 "$KEEL" bench soak \
     --minutes "${MINUTES:-60}" \
@@ -29,6 +40,8 @@ echo "soak: ${MINUTES:-60} min, leader killed every ${KILL_EVERY_S:-120} s; samp
     --sample-every-s "${SAMPLE_EVERY_S:-10}" \
     --out "$OUT/soak.csv" \
     --dir "$OUT/cluster" \
+    --policy "${POLICY:-deploy/soak/soak-policy.toml}" \
+    "${EXTRA[@]}" \
     "$@" | tee "$OUT/summary.txt"
 
 # Per replica: resident memory first, highest and last; applied index and
