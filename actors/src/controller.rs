@@ -10,7 +10,6 @@
 //! `ready` (one fsync) cover the whole burst. After each `ready`, what
 //! retention removed from the state is appended to the on-disk `history`.
 
-pub mod compat;
 mod config;
 mod drain;
 pub mod history;
@@ -107,6 +106,9 @@ pub enum ControllerMsg {
 
 pub struct ControllerActor;
 
+/// Who waits for a membership change to be applied.
+type MemberReply = oneshot::Sender<Result<(), String>>;
+
 pub struct ControllerState {
     pub cfg: Config,
     pub node: Node<DiskStorage>,
@@ -122,8 +124,8 @@ pub struct ControllerState {
     pub sessions: sessions::Sessions,
     sending: send::Sending,
     chunks: transfer::Reassembler,
-    members: Vec<(u64, bool, oneshot::Sender<Result<(), String>>)>,
-    retention: compat::Retention,
+    members: Vec<(u64, bool, MemberReply)>,
+    retention: keel_consensus::retention::Retention,
     last_retention: f64,
     /// History records that could not be written (logged).
     pub history_lost: u64,

@@ -52,6 +52,7 @@ fn job(name: &str) -> JobRecord {
         ranks: BTreeMap::from([("n1".into(), vec![0, 1])]),
         gpus: BTreeMap::from([(0, 0), (1, 1)]),
         nics: BTreeMap::new(),
+        node_gpus: Default::default(),
         tp: Some(2),
         pp: None,
         replica: None,

@@ -131,6 +131,7 @@ impl Job {
             ranks,
             gpus,
             nics,
+            node_gpus: Default::default(),
             tp: Some(self.tp()),
             pp: Some(1),
             replica: Some(self.replica.clone()),

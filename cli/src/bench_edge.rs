@@ -134,6 +134,7 @@ pub fn run(events_per_run: u64, window_len: u64) -> Result<()> {
                 ranks: BTreeMap::from([("node-0".into(), placement)]),
                 gpus: (0..ranks).map(|r| (r, r % 8)).collect(),
                 nics: BTreeMap::new(),
+                node_gpus: Default::default(),
                 tp: Some(ranks),
                 pp: None,
                 replica: None,

@@ -287,3 +287,16 @@ pub fn query(
 ) -> Result<QueryReply> {
     Operator::connect(addr, name, creds)?.query(topic, params)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_role_whose_actor_stops_on_its_own_is_an_error() {
+        let join = tokio::spawn(async {});
+        let r = until_stopped("keel test", join, || async {}).await;
+        let e = format!("{:#}", r.expect_err("a dead actor is not a clean exit"));
+        assert!(e.contains("stopped unexpectedly"), "{e}");
+    }
+}

@@ -3,7 +3,9 @@
 //! with SIGKILL, a new leader elected and still committing, the killed
 //! replica restarted from its data folder and catching up; then a fourth
 //! replica joins (3 -> 4) and one of the first leaves (4 -> 3). Nothing
-//! committed is lost.
+//! committed is lost. And a state larger than a frame: thousands of jobs
+//! registered from one file, a replica joining it (its snapshot arrives in
+//! chunks) with the same state digest, then stopped with SIGTERM.
 
 mod support;
 
@@ -30,8 +32,9 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    fn new() -> Cluster {
-        let dir = std::env::temp_dir().join(format!("keel-controllers-{}", std::process::id()));
+    fn new(tag: &str) -> Cluster {
+        let dir =
+            std::env::temp_dir().join(format!("keel-controllers-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         ok(keel().args(["cert", "init", "--out"]).arg(dir.join("ca")));
@@ -91,15 +94,25 @@ impl Cluster {
     }
 
     fn start(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(i))
+            .unwrap();
         let child = keel()
             .arg("controller")
             .arg("--config")
             .arg(self.dir.join(format!("c{}.toml", i + 1)))
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         self.procs[i] = Some(child);
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("c{}.log", i + 1))
     }
 
     fn at(&self, i: usize) -> Vec<String> {
@@ -154,7 +167,7 @@ fn versions(s: &Value) -> u64 {
 
 #[test]
 fn a_killed_leader_loses_nothing_and_its_restart_catches_up() {
-    let mut c = Cluster::new();
+    let mut c = Cluster::new("kill");
     let s = c.wait(0, "saw a leader", |s| {
         s["leader"].as_u64().unwrap_or(0) != 0
     });
@@ -219,6 +232,20 @@ fn a_killed_leader_loses_nothing_and_its_restart_catches_up() {
             s["members"] == serde_json::json!([2, 3, 4])
         });
     }
+    // The removed replica stops by itself, cleanly.
+    let mut gone = c.procs[0].take().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = gone.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the removed replica never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "a removed replica exits 0: {status}");
     c.apply(3, "extra", "# after the shrink\n");
     for i in [1usize, 2, 3] {
         let s = c.wait(i, "applied everything", |s| versions(s) == 12);
@@ -230,4 +257,150 @@ fn a_killed_leader_loses_nothing_and_its_restart_catches_up() {
         let s: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(versions(&s), 12, "replica {}: {s}", i + 1);
     }
+}
+
+/// A job of `ranks` ranks over nodes of 8, as one line of a `--file`.
+fn job_line(i: usize, ranks: u32) -> String {
+    let mut record = serde_json::json!({
+        "ts": 1.0 + i as f64,
+        "job": format!("a-job-with-a-rather-long-name-{i:06}"),
+        "state": "RUNNING",
+        "nodes": [],
+        "ranks": {},
+        "gpus": {},
+    });
+    for r in 0..ranks {
+        let node = format!("node-{:04}", (i * 3 + (r / 8) as usize) % 1024);
+        if r % 8 == 0 {
+            record["nodes"]
+                .as_array_mut()
+                .unwrap()
+                .push(node.clone().into());
+            record["ranks"][&node] = serde_json::json!([]);
+        }
+        record["ranks"][&node]
+            .as_array_mut()
+            .unwrap()
+            .push(r.into());
+        record["gpus"][r.to_string()] = (r % 8).into();
+    }
+    record.to_string()
+}
+
+#[test]
+fn a_large_state_reaches_a_joining_replica_in_chunks() {
+    let mut c = Cluster::new("large");
+    let s = c.wait(0, "saw a leader", |s| {
+        s["leader"].as_u64().unwrap_or(0) != 0
+    });
+    let leader = s["leader"].as_u64().unwrap() as usize - 1;
+
+    // A record that cannot be applied (too large a proposal) is an error
+    // naming its line; the others of the file are applied.
+    let file = c.dir.join("bad.jsonl");
+    let huge = job_line(999_999, 8).replace(
+        "\"RUNNING\"",
+        &format!("\"RUNNING\",\"tenant\":\"{}\"", "x".repeat(300_000)),
+    );
+    std::fs::write(&file, format!("{}\n{huge}\n", job_line(999_998, 8))).unwrap();
+    let out = keel()
+        .args(["job", "register", "--file"])
+        .arg(&file)
+        .args(c.at(0))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("bad.jsonl:2:") && err.contains("too large"),
+        "{err}"
+    );
+    assert!(!err.contains("bad.jsonl:1:"), "{err}");
+
+    // Thousands of jobs from one process, one session: every one applied.
+    let n = 3_000;
+    let lines: Vec<String> = (0..n).map(|i| job_line(i, 64)).collect();
+    let file = c.dir.join("jobs.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    ok(keel()
+        .args(["job", "register", "--file"])
+        .arg(&file)
+        .args(c.at((leader + 1) % 3)));
+    for i in 0..3 {
+        c.wait(i, "applied every job", |s| s["jobs"] == n as u64 + 1);
+    }
+    let one = ok(keel()
+        .args(["jobs", "--job", "a-job-with-a-rather-long-name-000017"])
+        .args(c.at(0)));
+    let one: Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one[0]["ranks"].as_object().unwrap().len(), 8, "{one}");
+    let all = ok(keel().arg("jobs").args(c.at(1)));
+    let all: Value = serde_json::from_str(&all).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), n + 1, "every page fetched");
+
+    // A newcomer gets the whole state (several MiB) as one snapshot, in
+    // chunks, and ends with the same digest.
+    c.start(3);
+    let addr = format!("127.0.0.1:{}", c.ports[3]);
+    ok(keel()
+        .args([
+            "controller",
+            "join",
+            "--id",
+            "4",
+            "--addr",
+            &addr,
+            "--member-name",
+            "c4",
+        ])
+        .args(c.at(0)));
+    let four = c.wait(3, "joined and caught up", |s| {
+        s["jobs"] == n as u64 + 1 && s["members"] == serde_json::json!([1, 2, 3, 4])
+    });
+    for i in 0..3 {
+        let s = c.wait(i, "reached the newcomer's index", |s| {
+            s["applied"] == four["applied"]
+        });
+        assert_eq!(
+            s["digest"],
+            four["digest"],
+            "replica {}: {s}\n{four}",
+            i + 1
+        );
+    }
+    let sent = (0..3).any(|i| {
+        std::fs::read_to_string(c.log(i))
+            .unwrap_or_default()
+            .contains("sending a raft message in chunks")
+    });
+    assert!(sent, "no snapshot was sent in chunks");
+    let got = std::fs::read_to_string(c.log(3)).unwrap();
+    assert!(got.contains("large raft message received whole"), "{got}");
+    let findings = ok(keel().arg("findings").args(c.at(3)));
+    assert_eq!(findings.trim(), "[]");
+    let actions = ok(keel()
+        .args(["actions", "--json", "--since", "1h"])
+        .args(c.at(3)));
+    let actions: Value = serde_json::from_str(&actions).unwrap();
+    assert!(actions["ledger"].is_array(), "{actions}");
+
+    // SIGTERM: the replica finishes what it holds and exits 0.
+    let mut p = c.procs[3].take().unwrap();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &p.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = p.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "SIGTERM did not stop the replica"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit after SIGTERM: {status}");
 }

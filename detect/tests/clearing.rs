@@ -24,6 +24,7 @@ fn ended_job() -> Record {
         ranks: BTreeMap::from([("n01".into(), vec![0])]),
         gpus: BTreeMap::from([(0, 3)]),
         nics: BTreeMap::new(),
+        node_gpus: Default::default(),
         tp: None,
         pp: None,
         replica: None,

@@ -31,6 +31,7 @@ fn job_at(ranks: u32, ts: Timestamp, state: JobState) -> Record {
         ranks: by_node,
         gpus,
         nics: BTreeMap::new(),
+        node_gpus: Default::default(),
         tp: Some(ranks),
         pp: None,
         replica: None,

@@ -110,6 +110,13 @@ pub struct JobRecord {
     /// rank -> network device carrying its traffic
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nics: BTreeMap<u32, Name>,
+    /// node -> the GPU indices Slurm allocated to the job there (GRES
+    /// `IDX` of `scontrol show job -d`, `SLURM_JOB_GPUS` in the prolog).
+    /// Empty when not known: which GPUs the job holds is then unknown, and
+    /// no rule may reclaim on that guess. An optional field beyond the trace
+    /// format's job record; readers of older traces get it empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_gpus: BTreeMap<Name, Vec<u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tp: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,6 +139,7 @@ impl JobRecord {
             ranks: BTreeMap::new(),
             gpus: BTreeMap::new(),
             nics: BTreeMap::new(),
+            node_gpus: Default::default(),
             tp: None,
             pp: None,
             replica: None,

@@ -1,6 +1,5 @@
 //! The controller's configuration file (`keel controller --config FILE`).
 
-use super::compat;
 use super::history;
 use anyhow::{bail, Context, Result};
 use keel_transport::Options;
@@ -52,6 +51,9 @@ pub struct RetentionConfig {
     /// `"7d"`, `"12h"`, `"30m"` (default 7 days).
     #[serde(default)]
     pub keep: Option<Span>,
+    /// How often the leader checks what is due, like `keep` (default 60 s).
+    #[serde(default)]
+    pub every: Option<Span>,
 }
 
 /// A length of time in a config: seconds, or text with a unit.
@@ -74,11 +76,13 @@ impl Span {
 
 impl RetentionConfig {
     /// The retention rules this config asks for.
-    // TODO(merge): keel_consensus::retention::Retention
-    pub fn rules(&self) -> Result<compat::Retention> {
-        let mut r = compat::Retention::default();
+    pub fn rules(&self) -> Result<keel_consensus::retention::Retention> {
+        let mut r = keel_consensus::retention::Retention::default();
         if let Some(keep) = &self.keep {
             r.keep_s = keep.seconds().context("[retention] keep")?;
+        }
+        if let Some(every) = &self.every {
+            r.every_s = every.seconds().context("[retention] every")?;
         }
         Ok(r)
     }

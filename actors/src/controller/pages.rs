@@ -5,7 +5,6 @@
 //! on-disk history by byte offset. A page stops at [`PAGE_BYTES`] of items,
 //! so a reply fits a frame whatever the items hold.
 
-use super::compat;
 use super::ControllerState;
 use anyhow::{Context, Result};
 use keel_consensus::node::{LogStore, Node};
@@ -43,7 +42,7 @@ pub fn page<T: Serialize>(
     let mut out = Vec::new();
     let mut bytes = 0;
     let mut items = items.skip(offset).peekable();
-    while let Some(item) = items.next() {
+    for item in items.by_ref() {
         let v = serde_json::to_value(item).unwrap_or(Value::Null);
         bytes += v.to_string().len();
         out.push(v);
@@ -67,8 +66,7 @@ pub fn status<S: LogStore + Clone>(node: &Node<S>) -> String {
         "term": node.term(),
         "commit": node.commit_index(),
         "applied": s.applied,
-        // TODO(merge): s.digest()
-        "digest": compat::digest(s),
+        "digest": s.digest(),
         "members": node.voters(),
         "jobs": s.jobs.len(),
         "running_jobs": running,
@@ -130,8 +128,7 @@ pub fn actions(s: &ControllerState, q: &Query) -> Result<String> {
 
 /// The time of a history line, read as the record it is.
 pub fn history_ts(v: &Value) -> Option<f64> {
-    // TODO(merge): keel_consensus::history::HistoryRecord
-    serde_json::from_value::<compat::HistoryRecord>(v.clone())
+    serde_json::from_value::<keel_consensus::history::HistoryRecord>(v.clone())
         .ok()
         .map(|r| r.ts())
 }

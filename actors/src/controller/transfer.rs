@@ -286,12 +286,12 @@ mod tests {
         let mut chunks = split(1, 2, 3, &m, 40);
         chunks[0].bytes.extend_from_slice(&[0; 30]);
         let mut r = Reassembler::default();
-        r.push(1, chunks[0].clone()).unwrap();
-        r.push(1, chunks[1].clone()).unwrap();
+        assert_eq!(r.push(1, chunks[0].clone()), Ok(None));
         assert!(matches!(
-            r.push(1, chunks[2].clone()),
-            Err(ChunkError::Truncated { .. })
+            r.push(1, chunks[1].clone()),
+            Err(ChunkError::Truncated { have: 110, .. })
         ));
+        assert_eq!(r.in_flight(), 0);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! What a replica does beside raft's loop: the history of what retention
 //! removed, and (on the leader) retention itself.
 
-use super::compat;
 use super::history;
 use super::ControllerState;
 use keel_consensus::state::Proposal;
@@ -10,8 +9,7 @@ use keel_consensus::state::Proposal;
 /// write and one fsync per batch). A failed write loses those records from
 /// the history (never from the replicated state's decisions): logged.
 pub fn keep_history(state: &mut ControllerState) {
-    // TODO(merge): state.node.state.take_expired()
-    let expired = compat::take_expired(&mut state.node.state);
+    let expired = state.node.state.take_expired();
     if expired.is_empty() {
         return;
     }

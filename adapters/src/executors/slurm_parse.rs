@@ -70,6 +70,7 @@ impl SlurmJob {
             ranks,
             gpus,
             nics: BTreeMap::new(),
+            node_gpus: Default::default(),
             tp: None,
             pp: None,
             replica: None,
