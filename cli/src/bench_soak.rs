@@ -209,7 +209,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     );
     writeln!(
         csv,
-        "t_s,replica,pid,rss_kib,cpu_s,leader,term,applied,digest,jobs,open_findings,ledger,disk_bytes,event"
+        "t_s,replica,pid,rss_kib,cpu_s,leader,term,applied,digest,jobs,findings,open_findings,ledger,audit,disk_bytes,event"
     )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -325,7 +325,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
                     };
                     writeln!(
                         csv,
-                        "{t:.1},c{},{},{rss},{cpu},{},{},{},{},{},{},{},{},{}",
+                        "{t:.1},c{},{},{rss},{cpu},{},{},{},{},{},{},{},{},{},{},{}",
                         i + 1,
                         pid.map_or(String::new(), |p| p.to_string()),
                         count(&s["leader"]),
@@ -333,8 +333,10 @@ pub fn run(args: &SoakArgs) -> Result<()> {
                         count(&s["applied"]),
                         s["digest"].as_str().unwrap_or(""),
                         count(&s["jobs"]),
+                        count(&s["findings"]),
                         count(&s["open_findings"]),
                         count(&s["ledger"]),
+                        count(&s["audit"]),
                         disk_bytes(&dir.join(format!("data{}", i + 1))),
                         if i == 0 { event.as_str() } else { "" },
                     )?;

@@ -3,8 +3,9 @@
 # this host for an hour, steady straggler findings (2/s, each closed 30 s
 # later) and the actions a policy makes of them (one per finding), the leader
 # SIGKILLed every two minutes and started again 10 s later. Every 10 s, for
-# each replica: resident memory, CPU time, applied index, digest, jobs, open
-# findings, ledger entries and the size of its data folder, into a CSV.
+# each replica: resident memory, CPU time, applied index, digest, jobs,
+# findings (all, open), ledger entries, audit events and the size of its
+# data folder, into a CSV.
 #
 #   deploy/soak/controller-soak.sh [OUT_DIR] [extra `keel bench soak` flags]
 #
@@ -48,14 +49,15 @@ echo "soak: ${MINUTES:-60} min, leader killed every ${KILL_EVERY_S:-120} s; samp
 # data folder size first and last. Then whether the last sample's digests agree.
 awk -F, 'NR > 1 && $4 != "" {
     r = $2
-    if (!(r in first)) { first[r] = $4; a0[r] = $8; d0[r] = $13; t0[r] = $1 }
+    if (!(r in first)) { first[r] = $4; a0[r] = $8; d0[r] = $15; t0[r] = $1 }
     if ($4 + 0 > max[r] + 0) max[r] = $4
-    last[r] = $4; a1[r] = $8; d1[r] = $13; t1[r] = $1
+    if ($11 + $13 + $14 > maxs[r] + 0) { maxs[r] = $11 + $13 + $14; at[r] = $1 }
+    last[r] = $4; a1[r] = $8; d1[r] = $15; t1[r] = $1; s1[r] = $11 "/" $13 "/" $14
 }
 END {
     for (r in first)
-        printf "%s: RSS %.1f -> %.1f MiB (max %.1f) over %.0f-%.0f s; applied %s -> %s; data %.1f -> %.1f MiB\n",
-            r, first[r] / 1024, last[r] / 1024, max[r] / 1024, t0[r], t1[r], a0[r], a1[r], d0[r] / 1048576, d1[r] / 1048576
+        printf "%s: RSS %.1f -> %.1f MiB (max %.1f) over %.0f-%.0f s; applied %s -> %s; data %.1f -> %.1f MiB; findings/ledger/audit last %s, largest sum %d at %.0f s\n",
+            r, first[r] / 1024, last[r] / 1024, max[r] / 1024, t0[r], t1[r], a0[r], a1[r], d0[r] / 1048576, d1[r] / 1048576, s1[r], maxs[r], at[r]
 }' "$OUT/soak.csv" | sort | tee -a "$OUT/summary.txt"
 awk -F, 'NR > 1 { last_t = $1; if ($8 != "") d[$1] = d[$1] " " $2 ":" $7 "/" $8 "/" $9 }
 END { print "last sample (replica:term/applied/digest):" d[last_t] }' "$OUT/soak.csv" | tee -a "$OUT/summary.txt"
