@@ -23,6 +23,7 @@ mod support;
 
 use keel_model::{JobRecord, JobState, Name};
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{wait_every, Cluster};
@@ -118,6 +119,8 @@ struct Test {
     c: Cluster,
     /// Jobs acknowledged so far (each a distinct job).
     jobs: u64,
+    /// Their names.
+    names: BTreeSet<String>,
     files: usize,
 }
 
@@ -145,6 +148,7 @@ impl Test {
         self.files += 1;
         let path: PathBuf = self.c.dir.join(format!("jobs-{}.jsonl", self.files));
         let n = records.len() as u64;
+        let names: Vec<String> = records.iter().map(|r| r.job.to_string()).collect();
         write_jobs(&path, records.into_iter());
         let t = Instant::now();
         let (ok, _, err) = self
@@ -157,10 +161,30 @@ impl Test {
             ));
         }
         self.jobs += n;
+        self.names.extend(names);
         eprintln!(
             "{n} jobs registered through ctl-{} in {:.1} s",
             via + 1,
             t.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Every acknowledged job, by name, in what replica `i` lists (`keel jobs`).
+    fn all_listed(&self, i: usize) {
+        let (ok, out, err) = self.c.run_at(i, &["jobs"]);
+        assert!(ok, "keel jobs on ctl-{}: {err}", i + 1);
+        let jobs: Vec<Value> = serde_json::from_str(&out).expect("keel jobs prints a JSON array");
+        let listed: BTreeSet<String> = jobs
+            .iter()
+            .filter_map(|j| j["job"].as_str().map(String::from))
+            .collect();
+        let missing: Vec<&String> = self.names.difference(&listed).take(5).collect();
+        assert!(
+            missing.is_empty() && listed.len() == self.names.len(),
+            "ctl-{} lists {} jobs, {} acknowledged; missing e.g. {missing:?}",
+            i + 1,
+            listed.len(),
+            self.names.len()
         );
     }
 
@@ -238,6 +262,7 @@ fn every_acknowledged_entry_survives_kills_restarts_and_a_join() {
     let mut t = Test {
         c: Cluster::start(&dir, 3),
         jobs: 0,
+        names: BTreeSet::new(),
         files: 0,
     };
     let all = [0usize, 1, 2];
@@ -292,8 +317,9 @@ fn every_acknowledged_entry_survives_kills_restarts_and_a_join() {
     for i in all {
         t.reaches(i, &before, "restored its state after a full stop");
     }
+    t.all_listed(0);
     eprintln!(
-        "full stop and start: all three at applied {} digest {}",
+        "full stop and start: all three at applied {} digest {}, every job listed",
         before.0, before.1
     );
 
@@ -329,6 +355,8 @@ fn every_acknowledged_entry_survives_kills_restarts_and_a_join() {
         "ctl-4 joined and caught up: applied {} digest {}",
         joined.0, joined.1
     );
+
+    t.all_listed(joiner);
 
     // The operator's other questions still answer, on the newcomer too.
     for i in [joiner, l] {
