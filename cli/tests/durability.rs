@@ -223,15 +223,24 @@ impl Test {
 
     /// Waits until replica `i` reports exactly `want`; an applied index past
     /// it is a failure at once (nothing was committed meanwhile).
-    fn reaches(&self, i: usize, want: &View, what: &str) {
+    fn reaches(&mut self, i: usize, want: &View, what: &str) {
         let mut last = None;
+        let mut exit = None;
+        let name = format!("ctl-{}", i + 1);
         let got = wait_every(LIMIT, POLL, || {
+            if let Some(e) = self.c.exited(&name) {
+                exit = Some(e);
+                return Some(None);
+            }
             let s = self.status(i)?;
             let v = view(&s)?;
             last = Some(s.clone());
-            (v.0 >= want.0).then_some((v, s))
+            (v.0 >= want.0).then_some(Some((v, s)))
         });
-        match got {
+        if let Some(e) = exit {
+            self.fail(&format!("{name} exited ({e}) before it {what}"));
+        }
+        match got.flatten() {
             Some((v, s)) if &v == want => {
                 assert_eq!(jobs(&s), Some(self.jobs), "ctl-{} {what}: {s}", i + 1);
                 assert_eq!(versions(&s), 1, "ctl-{} {what}: {s}", i + 1);

@@ -215,6 +215,15 @@ impl Cluster {
         None
     }
 
+    /// How a started process ended, if it has.
+    pub fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        self.procs
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, p)| p.as_mut())
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// The process id of a running process.
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.procs
