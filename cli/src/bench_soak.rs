@@ -85,6 +85,22 @@ fn disk_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// A free UDP port below Linux's ephemeral range (32768-60999), so that a
+/// killed replica restarted on it does not find it taken by a client socket.
+fn low_port(salt: u64) -> Result<u16> {
+    let mut x = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt;
+    for _ in 0..1000 {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let port = 20_000 + ((z ^ (z >> 31)) % 12_000) as u16;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between 20000 and 32000")
+}
+
 /// Connections to the three replicas under one certificate, made again
 /// after a replica is killed.
 struct Links {
@@ -184,13 +200,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?,
         None => DEFAULT_POLICY.to_string(),
     };
-    let ports: Vec<u16> = (0..3)
-        .map(|_| {
-            Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        })
-        .collect::<Result<_>>()?;
+    let ports: Vec<u16> = (0..3).map(|i| low_port(i as u64)).collect::<Result<_>>()?;
     let extra = args
         .extra_config
         .as_deref()

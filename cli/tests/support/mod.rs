@@ -13,7 +13,26 @@ pub fn keel() -> Command {
     Command::new(env!("CARGO_BIN_EXE_keel"))
 }
 
+/// A free UDP port below Linux's ephemeral range (32768-60999): a server
+/// restarted on it does not find it taken by some client's socket, as an
+/// ephemeral port freed by a stopped server can be.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos().into());
+    for _ in 0..1000 {
+        // A mixed counter (splitmix64): another test binary picks others.
+        let mut x = seed.wrapping_add(NEXT.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed));
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let port = 20_000 + ((x ^ (x >> 31)) % 12_000) as u16;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
