@@ -79,15 +79,47 @@ pub async fn ask(conn: &Connection, msg: Message) -> Result<String> {
     }
 }
 
-/// Job names in a `hello` reply (a list of job records).
-fn hello_jobs(body: &str) -> HashSet<String> {
-    #[derive(serde::Deserialize)]
-    struct J {
-        job: String,
-    }
-    serde_json::from_str::<Vec<J>>(body)
-        .map(|v| v.into_iter().map(|j| j.job).collect())
-        .unwrap_or_default()
+/// An item of an answer: only its job's name is read.
+#[derive(serde::Deserialize)]
+struct Item {
+    job: String,
+}
+
+/// A versioned answer of the controller's routing index (`routes` with a
+/// cursor, `hello`): what changed since the cursor.
+#[derive(serde::Deserialize)]
+struct Delta {
+    epoch: u64,
+    version: u64,
+    #[serde(default)]
+    reset: bool,
+    #[serde(default)]
+    more: bool,
+    #[serde(default)]
+    changed: Vec<Item>,
+    #[serde(default)]
+    removed: Vec<String>,
+}
+
+/// A `routes` or `hello` answer: a delta, or (from a controller that
+/// recomputes every answer) the whole list.
+enum Answer {
+    Delta(Delta),
+    List(Vec<Item>),
+}
+
+fn answer(body: &str) -> Option<Answer> {
+    serde_json::from_str(body)
+        .map(Answer::Delta)
+        .or_else(|_| serde_json::from_str(body).map(Answer::List))
+        .ok()
+}
+
+/// Follows a cursor: the params that ask for what changed after it.
+fn with_cursor(mut p: BTreeMap<String, String>, cursor: (u64, u64)) -> BTreeMap<String, String> {
+    p.insert("epoch".into(), cursor.0.to_string());
+    p.insert("since".into(), cursor.1.to_string());
+    p
 }
 
 /// Proposes every command (JSON) through `conn`, `IN_FLIGHT` at once, one
@@ -126,16 +158,30 @@ pub async fn commit_all(conn: &Arc<Connection>, commands: Vec<String>) -> Result
     Ok(())
 }
 
-/// Host `h` greets every replica every `POLL` until stopped or silenced.
+/// Host `h` greets every replica every `POLL` until stopped or silenced,
+/// as `keel correlator` does: the same greeting to all; the replica that
+/// answered first is the source whose changes it follows (with a cursor,
+/// the others refuse to answer, which is a greeting heard); pages follow
+/// at once while the answer says there is more.
 pub fn spawn_host(load: Arc<Load>, h: usize, conns: Vec<Arc<Connection>>) {
     let advertise = format!("127.0.0.1:{}", 20_000 + h);
     tokio::spawn(async move {
+        let mut source: Option<(usize, (u64, u64))> = None;
+        let mut silent = 0;
         while !load.stop.load(Ordering::Relaxed) {
             let round = Instant::now();
-            if !load.silenced[h].load(Ordering::Relaxed) {
+            let mut more = !load.silenced[h].load(Ordering::Relaxed);
+            while more {
+                more = false;
+                let mut p = params(&[("addr", advertise.clone())]);
+                if let Some((_, cursor)) = source {
+                    p = with_cursor(p, cursor);
+                }
                 for (i, c) in conns.iter().enumerate() {
                     let t = Instant::now();
-                    match ask(c, query("hello", params(&[("addr", advertise.clone())]))).await {
+                    let r = ask(c, query("hello", p.clone())).await;
+                    let is_source = source.is_none_or(|(s, _)| s == i);
+                    match r {
                         Ok(body) => {
                             load.hello_lat
                                 .lock()
@@ -143,14 +189,47 @@ pub fn spawn_host(load: Arc<Load>, h: usize, conns: Vec<Arc<Connection>>) {
                                 .push(t.elapsed().as_secs_f64());
                             load.hello_bytes.fetch_add(body.len(), Ordering::Relaxed);
                             load.hello_count.fetch_add(1, Ordering::Relaxed);
-                            if i == 0 {
-                                let jobs = hello_jobs(&body);
-                                let mut v = load.views[h].lock().unwrap();
-                                v.jobs = jobs;
-                                v.last_hello = Some(t);
+                            if !is_source {
+                                continue;
+                            }
+                            silent = 0;
+                            let mut v = load.views[h].lock().unwrap();
+                            match answer(&body) {
+                                Some(Answer::Delta(d)) => {
+                                    source = Some((i, (d.epoch, d.version)));
+                                    if d.reset {
+                                        v.jobs.clear();
+                                    }
+                                    for job in &d.removed {
+                                        v.jobs.remove(job);
+                                    }
+                                    v.jobs.extend(d.changed.into_iter().map(|j| j.job));
+                                    more = d.more;
+                                }
+                                Some(Answer::List(jobs)) => {
+                                    v.jobs = jobs.into_iter().map(|j| j.job).collect();
+                                }
+                                None => {}
+                            }
+                            v.last_hello = Some(t);
+                        }
+                        // A replica that is not the source heard the greeting.
+                        Err(e) if !is_source && format!("{e:#}").contains("greeted") => {
+                            load.hello_lat
+                                .lock()
+                                .unwrap()
+                                .push(t.elapsed().as_secs_f64());
+                            load.hello_count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            load.failed();
+                            if is_source {
+                                silent += 1;
+                                if silent >= 3 {
+                                    source = None;
+                                }
                             }
                         }
-                        Err(_) => load.failed(),
                     }
                 }
             }
@@ -160,8 +239,12 @@ pub fn spawn_host(load: Arc<Load>, h: usize, conns: Vec<Arc<Connection>>) {
 }
 
 /// The sensors of nodes `0..n` ask for their routes every `POLL`, node `i`
-/// of replica `i mod 3`; a round starts when the last one is answered.
+/// of replica `i mod 3`, following their cursors as `keel sensor` does (a
+/// controller without a routing index ignores them and answers in full);
+/// a round starts when the last one is answered.
 pub fn spawn_sensors(load: Arc<Load>, conns: Vec<Arc<Connection>>, n: usize) {
+    let cursors: Arc<Vec<Mutex<(u64, u64)>>> =
+        Arc::new((0..n).map(|_| Mutex::new((0, 0))).collect());
     tokio::spawn(async move {
         let sem = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         while !load.stop.load(Ordering::Relaxed) {
@@ -171,19 +254,37 @@ pub fn spawn_sensors(load: Arc<Load>, conns: Vec<Arc<Connection>>, n: usize) {
                 let Ok(permit) = sem.clone().acquire_owned().await else {
                     return;
                 };
-                let (conn, load) = (conns[i % conns.len()].clone(), load.clone());
+                let (conn, load, cursors) = (
+                    conns[i % conns.len()].clone(),
+                    load.clone(),
+                    cursors.clone(),
+                );
                 tasks.spawn(async move {
-                    let t = Instant::now();
                     let node = crate::bench_scale::node_name(i).to_string();
-                    match ask(&conn, query("routes", params(&[("node", node)]))).await {
-                        Ok(_) => {
-                            load.routes_lat
-                                .lock()
-                                .unwrap()
-                                .push(t.elapsed().as_secs_f64());
-                            load.polls.fetch_add(1, Ordering::Relaxed);
+                    loop {
+                        let cursor = *cursors[i].lock().unwrap();
+                        let p = with_cursor(params(&[("node", node.clone())]), cursor);
+                        let t = Instant::now();
+                        match ask(&conn, query("routes", p)).await {
+                            Ok(body) => {
+                                load.routes_lat
+                                    .lock()
+                                    .unwrap()
+                                    .push(t.elapsed().as_secs_f64());
+                                load.polls.fetch_add(1, Ordering::Relaxed);
+                                if let Some(Answer::Delta(d)) = answer(&body) {
+                                    *cursors[i].lock().unwrap() = (d.epoch, d.version);
+                                    if d.more {
+                                        continue;
+                                    }
+                                }
+                            }
+                            Err(_) => {
+                                load.failed();
+                                *cursors[i].lock().unwrap() = (0, 0);
+                            }
                         }
-                        Err(_) => load.failed(),
+                        break;
                     }
                     drop(permit);
                 });
