@@ -56,6 +56,11 @@ const STEWARD_EVERY: u64 = 5;
 const RETENTION_EVERY: u64 = 20;
 /// Membership changes waiting to be applied, at most; more are refused.
 pub const MEMBER_CHANGES_WAITING: usize = 64;
+/// Proposals waiting here to be applied, at most; more are refused (their
+/// asker's channel closes at once: an error to it, never a silent loss).
+pub const PROPOSALS_WAITING: usize = 65_536;
+/// Linearizable status questions waiting for their read index, at most.
+pub const READS_WAITING: usize = 1_024;
 
 /// What a replica applied, for whoever watches (the demo, tests).
 #[derive(Debug, Clone)]
@@ -129,6 +134,11 @@ pub struct ControllerState {
     last_retention: f64,
     /// History records that could not be written (logged).
     pub history_lost: u64,
+    /// Proposals and reads refused because too many were waiting.
+    pub refused: u64,
+    /// The state digest at an applied index, kept until the state moves
+    /// (a digest encodes the whole state).
+    digest: (u64, String),
     ticks: u64,
     applied: broadcast::Sender<Applied>,
     /// Set when this replica was removed from the cluster (a clean stop).
@@ -266,6 +276,8 @@ impl Actor for ControllerActor {
             retention,
             last_retention: 0.0,
             history_lost: 0,
+            refused: 0,
+            digest: (u64::MAX, String::new()),
             ticks: 0,
             applied,
             removed,
@@ -380,9 +392,18 @@ fn repropose(state: &mut ControllerState) {
 /// Hands a proposal to raft and remembers who waits for its outcome.
 fn propose_here(state: &mut ControllerState, data: Vec<u8>, reply: oneshot::Sender<Outcome>) {
     if let Ok(p) = Proposal::decode(&data) {
+        let key = (p.client, p.seq);
+        if state.waiting.len() >= PROPOSALS_WAITING && !state.waiting.contains_key(&key) {
+            state.refused += 1;
+            tracing::warn!(
+                refused_total = state.refused,
+                "too many proposals waiting; refused"
+            );
+            return;
+        }
         let entry = state
             .waiting
-            .entry((p.client, p.seq))
+            .entry(key)
             .or_insert_with(|| (data.clone(), Instant::now(), Vec::new()));
         entry.2.push(reply);
         let _ = state.node.propose(data);
@@ -404,9 +425,13 @@ fn on_event(state: &mut ControllerState, ev: ControllerMsg) {
         }
         ControllerMsg::Propose(data, reply) => propose_here(state, data, reply),
         ControllerMsg::Status(reply, false) => {
-            let _ = reply.send(pages::status(&state.node));
+            let _ = reply.send(status_of(state));
         }
         ControllerMsg::Status(reply, true) => {
+            if state.reads.waiting.len() >= READS_WAITING {
+                state.refused += 1;
+                return;
+            }
             state.reads.next_id += 1;
             let ctx = state.reads.next_id.to_be_bytes().to_vec();
             state.reads.waiting.insert(ctx.clone(), (None, reply));
@@ -525,11 +550,20 @@ fn answer_reads(state: &mut ControllerState) {
         .collect();
     for k in done {
         if let Some((_, reply)) = state.reads.waiting.remove(&k) {
-            let _ = reply.send(pages::status(&state.node));
+            let _ = reply.send(status_of(state));
         }
     }
     state
         .reads
         .waiting
         .retain(|_, (_, reply)| !reply.is_closed());
+}
+
+/// `keel status`, with the digest computed once per applied index.
+fn status_of(state: &mut ControllerState) -> String {
+    let applied = state.node.state.applied;
+    if state.digest.0 != applied {
+        state.digest = (applied, state.node.state.digest());
+    }
+    pages::status_with(&state.node, &state.digest.1)
 }

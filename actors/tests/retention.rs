@@ -90,6 +90,8 @@ async fn a_closed_finding_moves_to_the_history_and_is_still_read() {
         gpu: Some(3),
         device: Some("eth0".into()),
         evidence: vec!["slow".into()],
+        basis: None,
+        gpu_instance: None,
     };
     let open = json!({"open_finding": {"finding": finding, "opened": now() - 20.0}});
     let opened = eventually(async || {

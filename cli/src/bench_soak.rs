@@ -181,6 +181,8 @@ fn straggler(k: usize, jobs: usize) -> Finding {
         gpu: Some(rank),
         device: None,
         evidence: vec![format!("soak straggler {k}")],
+        basis: None,
+        gpu_instance: None,
     }
 }
 

@@ -96,6 +96,9 @@ fn register_file(file: &Path, at: &ControllerAt) -> Result<()> {
     let op = crate::queries::connect(at)?;
     let client = session(at);
     let total = records.len();
+    // Seqs past the records' own, for a record asked again after its first
+    // seq fell out of the session's window (refused as stale).
+    let fresh = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(total as u64 + 1));
     let failed = op.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         let mut failed = Vec::new();
@@ -107,8 +110,9 @@ fn register_file(file: &Path, at: &ControllerAt) -> Result<()> {
                 };
                 let conn = op.connection();
                 let client = client.clone();
+                let fresh = fresh.clone();
                 tasks.spawn(async move {
-                    let r = propose_job(&conn, &client, i as u64 + 1, &record).await;
+                    let r = propose_job(&conn, &client, i as u64 + 1, &fresh, &record).await;
                     (line, record.job, r)
                 });
             }
@@ -143,33 +147,42 @@ fn session(at: &ControllerAt) -> String {
     format!("{who}/{:016x}", h.finish())
 }
 
+/// Proposes one record under (`client`, `seq`), asking again under the same
+/// seq when the answer is lost (a job record applied twice changes nothing,
+/// and the session answers a duplicate with its first outcome); under a
+/// fresh seq when the first one is refused as stale.
 async fn propose_job(
     conn: &keel_transport::Connection,
     client: &str,
-    seq: u64,
+    mut seq: u64,
+    fresh: &std::sync::atomic::AtomicU64,
     record: &JobRecord,
 ) -> std::result::Result<(), String> {
     let command = serde_json::json!({"job": {"record": record}}).to_string();
-    let params: std::collections::BTreeMap<String, String> = [
-        ("client", client.to_string()),
-        ("seq", seq.to_string()),
-        ("command", command),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
         }
+        let params = [
+            ("client", client.to_string()),
+            ("seq", seq.to_string()),
+            ("command", command.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         let q = Message::Query(Query {
             id: seq,
             topic: "propose".into(),
-            params: params.clone(),
+            params,
         });
         match conn.request(q, crate::controller::ASK_TIMEOUT).await {
             Ok(Message::QueryReply(r)) if r.ok => return Ok(()),
+            Ok(Message::QueryReply(r)) if r.body.contains("\"stale\"") => {
+                seq = fresh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                last = r.body;
+            }
             // Rejected by the state machine: asking again changes nothing.
             Ok(Message::QueryReply(r)) if r.body.starts_with("rejected") => return Err(r.body),
             Ok(Message::QueryReply(r)) => last = r.body,

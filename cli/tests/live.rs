@@ -140,6 +140,31 @@ fn a_live_cluster_survives_losing_its_leader_and_a_correlator_host() {
     let again = findings_for(&c, &alive, &job1);
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(again[0]["id"], first_id);
+
+    // 5. Every role stops cleanly on SIGTERM: exit 0.
+    let sensor = c
+        .procs
+        .iter()
+        .find(|(n, p)| n.starts_with("sensor-") && p.is_some())
+        .map(|(n, _)| n.clone())
+        .unwrap();
+    let host = c
+        .procs
+        .iter()
+        .find(|(n, p)| {
+            *n != holder && !n.starts_with("sensor-") && !n.starts_with("ctl-") && p.is_some()
+        })
+        .map(|(n, _)| n.clone())
+        .unwrap();
+    let ctl = format!("ctl-{}", alive[0] + 1);
+    for name in [sensor, host, ctl] {
+        let status = c.terminate(&name);
+        assert!(
+            status.success(),
+            "{name} after SIGTERM: {status}\n{}",
+            c.logs()
+        );
+    }
 }
 
 fn ask_routes(c: &Cluster, i: usize) -> Option<Value> {

@@ -95,8 +95,17 @@ impl Default for StragglerConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SquatterConfig {
-    /// Seed 001 Table 3: framebuffer pinned above 95%...
+    /// Seed 001 Table 3: framebuffer pinned above 95%... (the bar when the
+    /// evidence is an engine that died or hung under a running job, or an
+    /// unknown holder)
     pub fb_used_share: f64,
+    /// The bar when nothing should hold the GPU at all (its job ended, or
+    /// Slurm gives it to no job), and for an idle reservation: 0.80. A
+    /// crashed vLLM keeps what it preallocated (`gpu_memory_utilization`,
+    /// 0.90 by default; real leaked GPUs show 93.6-94.6 % held), and engines
+    /// are often configured lower; an ended job should hold nothing, so most
+    /// of a GPU held after it is the signature whatever the exact share.
+    pub fb_used_share_orphan: f64,
     /// ...while utilisation stays between 0 and 5%.
     pub util_max: f64,
     /// Sustain when the job that held the GPU has ended (or no running job
@@ -108,6 +117,17 @@ pub struct SquatterConfig {
     /// Readings older than this no longer describe the GPU.
     pub stale_s: f64,
     pub clear_s: f64,
+    /// An engine whose metrics have not been seen for this long is gone
+    /// (dead): three missed scrapes at Prometheus's usual 10 s interval.
+    pub engine_gone_s: f64,
+    /// Requests waiting and none running for this long: the engine is hung
+    /// (a live engine with work schedules some within a step, well under a
+    /// second; 30 s rides out a long prefill or a model swap).
+    pub engine_hung_s: f64,
+    /// A running job whose ranks had been running collectives and have not
+    /// left one for this long has stalled (a step of an LLM job takes
+    /// milliseconds to a few seconds; 30 s is far past any of them).
+    pub job_silent_s: f64,
 }
 
 impl Default for SquatterConfig {
@@ -119,6 +139,10 @@ impl Default for SquatterConfig {
             owned_sustain_s: 60.0,
             stale_s: 30.0,
             clear_s: 5.0,
+            fb_used_share_orphan: 0.80,
+            engine_gone_s: 30.0,
+            engine_hung_s: 30.0,
+            job_silent_s: 30.0,
         }
     }
 }

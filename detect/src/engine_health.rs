@@ -184,6 +184,8 @@ fn finding(
     evidence: Vec<String>,
 ) -> Finding {
     let f = Finding {
+        basis: None,
+        gpu_instance: None,
         ts: now,
         kind,
         cause: Cause::Engine,

@@ -173,6 +173,8 @@ mod tests {
         let mut r = Reported::default();
         assert_eq!(r.clear(5.0), None);
         let f = Finding {
+            basis: None,
+            gpu_instance: None,
             ts: 10.0,
             kind: FindingKind::NicSaturation,
             cause: Cause::Network,

@@ -107,6 +107,9 @@ impl Engine {
                 }
             }
             Record::Collective(c) => {
+                if c.ts.is_finite() {
+                    self.topology.collective_seen(&c.job, c.ts);
+                }
                 let inputs = Inputs {
                     topology: &self.topology,
                     signals: &self.signals,

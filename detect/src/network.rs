@@ -96,6 +96,8 @@ impl NetworkDetector {
             evidence.push(format!("node's usual rate {b:.1}/s"));
         }
         let f = Finding {
+            basis: None,
+            gpu_instance: None,
             ts: now,
             kind: FindingKind::RetransmitStorm,
             cause: Cause::Network,
@@ -169,6 +171,8 @@ impl NetworkDetector {
             evidence.push(format!("queue depth {q:.0} packets"));
         }
         let f = Finding {
+            basis: None,
+            gpu_instance: None,
             ts: now,
             kind: FindingKind::NicSaturation,
             cause: Cause::Network,

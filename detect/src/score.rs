@@ -162,6 +162,8 @@ mod tests {
 
     fn finding(rank: u32, ts: f64, cause: Cause) -> Finding {
         Finding {
+            basis: None,
+            gpu_instance: None,
             ts,
             kind: FindingKind::TpStraggler,
             cause,

@@ -23,6 +23,9 @@ pub const BASELINE_QUANTILE: f64 = 0.25;
 pub enum Sub {
     Node,
     Gpu(u32),
+    /// A MIG instance (`GPU_I_ID`) of a GPU: a series of its own, never the
+    /// parent's.
+    MigInstance(u32, u32),
     Device(Name, Option<Dir>),
     Model(Name),
 }
@@ -30,7 +33,9 @@ pub enum Sub {
 impl Sub {
     pub fn of(sample: &MetricSample) -> Sub {
         let l = &sample.labels;
-        if let Some(g) = l.gpu {
+        if let (Some(g), Some(i)) = (l.gpu, l.gpu_instance) {
+            Sub::MigInstance(g, i)
+        } else if let Some(g) = l.gpu {
             Sub::Gpu(g)
         } else if let Some(d) = &l.device {
             Sub::Device(d.clone(), l.dir)

@@ -439,6 +439,8 @@ fn report(
     )];
     lines.extend(evidence);
     let f = Finding {
+        basis: None,
+        gpu_instance: None,
         ts: inp.now,
         kind: FindingKind::TpStraggler,
         cause,

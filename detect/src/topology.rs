@@ -17,6 +17,8 @@ pub struct Placement {
 pub struct Job {
     pub record: JobRecord,
     pub ranks: HashMap<u32, Placement>,
+    /// When a rank of the job last left a collective (trace time), if ever.
+    pub last_collective: Option<Timestamp>,
 }
 
 /// Who holds a GPU, as the latest job records say.
@@ -31,6 +33,9 @@ pub struct Holder {
 pub struct Topology {
     jobs: HashMap<Name, Job>,
     holders: HashMap<(Name, u32), Holder>,
+    /// Nodes for which some job record carried Slurm's GPU allocation
+    /// (`node_gpus`): there, a GPU no job holds belongs to no job.
+    allocated: rustc_hash::FxHashSet<Name>,
 }
 
 impl Topology {
@@ -49,9 +54,21 @@ impl Topology {
                 );
             }
         }
+        // Slurm's allocation when the record has it; the ranks' GPUs otherwise.
+        let mut held: Vec<(Name, u32)> = Vec::new();
+        for (node, gpus) in &rec.node_gpus {
+            self.allocated.insert(node.clone());
+            held.extend(gpus.iter().map(|g| (node.clone(), *g)));
+        }
         for p in ranks.values() {
             let Some(gpu) = p.gpu else { continue };
-            let key = (p.node.clone(), gpu);
+            if !rec.node_gpus.contains_key(&p.node) {
+                held.push((p.node.clone(), gpu));
+            }
+        }
+        held.sort();
+        held.dedup();
+        for key in held {
             let keep_running_other = self.holders.get(&key).is_some_and(|h| {
                 h.job != rec.job && h.state == JobState::Running && rec.state.is_finished()
             });
@@ -75,15 +92,24 @@ impl Topology {
         if finished {
             self.jobs.remove(&rec.job);
         } else {
+            let last_collective = self.jobs.get(&rec.job).and_then(|j| j.last_collective);
             self.jobs.insert(
                 rec.job.clone(),
                 Job {
                     record: rec.clone(),
                     ranks,
+                    last_collective,
                 },
             );
         }
         finished
+    }
+
+    /// Notes that a rank of `job` left a collective at `ts`.
+    pub fn collective_seen(&mut self, job: &Name, ts: Timestamp) {
+        if let Some(j) = self.jobs.get_mut(job) {
+            j.last_collective = Some(j.last_collective.map_or(ts, |t| t.max(ts)));
+        }
     }
 
     pub fn job(&self, job: &Name) -> Option<&Job> {
@@ -92,6 +118,12 @@ impl Topology {
 
     pub fn holder(&self, node: &Name, gpu: u32) -> Option<&Holder> {
         self.holders.get(&(node.clone(), gpu))
+    }
+
+    /// Whether Slurm's GPU allocation on `node` is known (some job record
+    /// carried `node_gpus` for it).
+    pub fn allocation_known(&self, node: &Name) -> bool {
+        self.allocated.contains(node)
     }
 
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {

@@ -66,6 +66,10 @@ pub enum ActionStatus {
     Verified,
     Failed,
     RolledBack,
+    /// A person refused a planned action before it was sent.
+    Rejected,
+    /// A person withdrew a planned or approved action before it was sent.
+    Cancelled,
 }
 
 impl ActionStatus {
@@ -89,6 +93,9 @@ impl ActionStatus {
                 | (Acknowledged, Failed)
                 | (Verified, RolledBack)
                 | (Failed, RolledBack)
+                | (Planned, Rejected)
+                | (Planned, Cancelled)
+                | (Approved, Cancelled)
         )
     }
 
@@ -105,7 +112,13 @@ impl ActionStatus {
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, ActionStatus::RolledBack | ActionStatus::Recorded)
+        matches!(
+            self,
+            ActionStatus::RolledBack
+                | ActionStatus::Recorded
+                | ActionStatus::Rejected
+                | ActionStatus::Cancelled
+        )
     }
 
     pub fn wire(self) -> &'static str {
@@ -118,6 +131,8 @@ impl ActionStatus {
             ActionStatus::Verified => "verified",
             ActionStatus::Failed => "failed",
             ActionStatus::RolledBack => "rolled_back",
+            ActionStatus::Rejected => "rejected",
+            ActionStatus::Cancelled => "cancelled",
         }
     }
 }

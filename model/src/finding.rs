@@ -80,6 +80,7 @@ finding_kinds! {
     SwapThrashing => "swap_thrashing", Node;
     EngineStall => "engine_stall", Node;
     GpuSquatter => "gpu_squatter", Gpu;
+    IdleGpuReservation => "idle_gpu_reservation", Gpu;
     OomKill => "oom_kill", Node;
     // Tail and tenancy (seed 002)
     TailLatency => "tail_latency", Job;
@@ -159,11 +160,26 @@ impl fmt::Display for Severity {
 /// The thing a finding or label points at; two agree when their loci are equal.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Locus {
-    Rank { job: Name, rank: u32 },
-    Gpu { node: Name, gpu: u32 },
-    Node { node: Name },
-    Job { job: Name },
-    Link { a: Name, b: Name },
+    Rank {
+        job: Name,
+        rank: u32,
+    },
+    /// A GPU, or one MIG instance of it (`instance`: DCGM's `GPU_I_ID`).
+    Gpu {
+        node: Name,
+        gpu: u32,
+        instance: Option<u32>,
+    },
+    Node {
+        node: Name,
+    },
+    Job {
+        job: Name,
+    },
+    Link {
+        a: Name,
+        b: Name,
+    },
     Cluster,
 }
 
@@ -186,6 +202,7 @@ impl Locus {
             LocusKind::Gpu => Locus::Gpu {
                 node: node?.clone(),
                 gpu: gpu?,
+                instance: None,
             },
             LocusKind::Node => Locus::Node {
                 node: node?.clone(),
@@ -208,7 +225,16 @@ impl fmt::Display for Locus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Locus::Rank { job, rank } => write!(f, "job {job} rank {rank}"),
-            Locus::Gpu { node, gpu } => write!(f, "{node} gpu {gpu}"),
+            Locus::Gpu {
+                node,
+                gpu,
+                instance: None,
+            } => write!(f, "{node} gpu {gpu}"),
+            Locus::Gpu {
+                node,
+                gpu,
+                instance: Some(i),
+            } => write!(f, "{node} gpu {gpu} mig {i}"),
             Locus::Node { node } => write!(f, "{node}"),
             Locus::Job { job } => write!(f, "job {job}"),
             Locus::Link { a, b } => write!(f, "link {a}<->{b}"),
@@ -241,17 +267,69 @@ pub struct Finding {
     /// Sentences an operator can check against the telemetry.
     #[serde(default)]
     pub evidence: Vec<String>,
+    /// What the conclusion rests on (GPU findings; see [`Basis`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<Basis>,
+    /// The MIG instance (DCGM's `GPU_I_ID`) of `gpu` the finding is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_instance: Option<u32>,
 }
 
 impl Finding {
     pub fn locus(&self) -> Option<Locus> {
-        Locus::for_kind(
+        let mut locus = Locus::for_kind(
             self.kind,
             self.job.as_ref(),
             self.node.as_ref(),
             self.rank,
             self.gpu,
             None,
-        )
+        )?;
+        if let Locus::Gpu { instance, .. } = &mut locus {
+            *instance = self.gpu_instance;
+        }
+        Some(locus)
+    }
+}
+
+/// What a GPU finding's conclusion rests on: who holds the GPU and what
+/// keel saw of it. `gpu_squatter` rests on `job_ended`, `no_job`,
+/// `engine_dead`, `engine_hung` or `job_stalled` (or `mapping_unknown`: the memory is held
+/// but keel cannot tell by whom, and no rule may reclaim on that);
+/// `idle_gpu_reservation` on `engine_idle` or `no_engine_signal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// The job that holds the GPU ended (a Slurm terminal state).
+    JobEnded,
+    /// Slurm's allocation on the node is known and no job holds the GPU.
+    NoJob,
+    /// The engine of the running job stopped answering its metrics.
+    EngineDead,
+    /// The engine of the running job has requests waiting and none running.
+    EngineHung,
+    /// The running job (no engine metrics on the node) stopped arriving at
+    /// its collectives after it had been running them.
+    JobStalled,
+    /// The engine of the running job answers, with nothing to do.
+    EngineIdle,
+    /// A running job holds the GPU; no engine metrics tell whether it lives.
+    NoEngineSignal,
+    /// Which job holds the GPU is not known.
+    MappingUnknown,
+}
+
+impl Basis {
+    pub fn wire(self) -> &'static str {
+        match self {
+            Basis::JobEnded => "job_ended",
+            Basis::NoJob => "no_job",
+            Basis::EngineDead => "engine_dead",
+            Basis::EngineHung => "engine_hung",
+            Basis::JobStalled => "job_stalled",
+            Basis::EngineIdle => "engine_idle",
+            Basis::NoEngineSignal => "no_engine_signal",
+            Basis::MappingUnknown => "mapping_unknown",
+        }
     }
 }

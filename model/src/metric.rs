@@ -52,6 +52,7 @@ metric_names! {
     GpuTemp => "DCGM_FI_DEV_GPU_TEMP", Gauge;
     XidErrors => "DCGM_FI_DEV_XID_ERRORS", Gauge;
     PcieTxBytes => "DCGM_FI_PROF_PCIE_TX_BYTES", Gauge;
+    GrEngineActive => "DCGM_FI_PROF_GR_ENGINE_ACTIVE", Gauge;
     PcieRxBytes => "DCGM_FI_PROF_PCIE_RX_BYTES", Gauge;
     VllmKvCacheUsage => "vllm:kv_cache_usage_perc", Gauge;
     VllmRequestsWaiting => "vllm:num_requests_waiting", Gauge;
@@ -110,6 +111,30 @@ pub struct MetricLabels {
     /// vLLM's served model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_name: Option<Name>,
+    /// A MIG instance of `gpu` (dcgm-exporter's `GPU_I_ID`): a GPU of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_index")]
+    pub gpu_instance: Option<u32>,
+}
+
+mod opt_index {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(g) => s.serialize_str(&g.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        let raw = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        match raw {
+            None => Ok(None),
+            Some(r) => r.trim().parse::<u32>().map(Some).map_err(|_| {
+                serde::de::Error::custom(format!("gpu_instance label {r:?} is not an index"))
+            }),
+        }
+    }
 }
 
 /// Prometheus label values are strings; the GPU index is written `"3"`.

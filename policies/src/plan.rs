@@ -199,7 +199,16 @@ pub fn target_for(
         }
         Action::Notify => match f.locus() {
             Some(Locus::Rank { job, rank }) => format!("job/{job}/rank/{rank}"),
-            Some(Locus::Gpu { node, gpu }) => format!("node/{node}/gpu/{gpu}"),
+            Some(Locus::Gpu {
+                node,
+                gpu,
+                instance: None,
+            }) => format!("node/{node}/gpu/{gpu}"),
+            Some(Locus::Gpu {
+                node,
+                gpu,
+                instance: Some(i),
+            }) => format!("node/{node}/gpu/{gpu}/mig/{i}"),
             Some(Locus::Node { node }) => format!("node/{node}"),
             Some(Locus::Job { job }) => format!("job/{job}"),
             Some(Locus::Link { a, b }) => format!("link/{a}/{b}"),

@@ -290,7 +290,11 @@ fn advance(
                 }
             }
         },
-        ActionStatus::Recorded | ActionStatus::Verified | ActionStatus::RolledBack => {}
+        ActionStatus::Recorded
+        | ActionStatus::Verified
+        | ActionStatus::RolledBack
+        | ActionStatus::Rejected
+        | ActionStatus::Cancelled => {}
     }
 }
 

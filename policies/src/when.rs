@@ -31,6 +31,8 @@ pub const FINDING_FIELDS: &[&str] = &[
     "rank",
     "gpu",
     "device",
+    "basis",
+    "gpu_instance",
 ];
 
 /// Functions of the interpreter's standard library as built here (no regex,
@@ -291,6 +293,12 @@ fn context(s: &Subject<'_>) -> Context<'static, 'static> {
     m.insert("rank".into(), opt_int(f.rank));
     m.insert("gpu".into(), opt_int(f.gpu));
     m.insert("device".into(), opt_str(&f.device));
+    m.insert(
+        "basis".into(),
+        f.basis
+            .map_or(Value::Null, |b| Value::from(b.wire().to_string())),
+    );
+    m.insert("gpu_instance".into(), opt_int(f.gpu_instance));
     let mut ctx = Context::with_env(env());
     ctx.add_variable_from_value("finding", m);
     ctx.add_variable_from_value("duration_s", Value::Float(s.duration_s));
@@ -303,6 +311,8 @@ fn context(s: &Subject<'_>) -> Context<'static, 'static> {
 
 fn sample_finding(full: bool) -> Finding {
     Finding {
+        basis: None,
+        gpu_instance: None,
         ts: 0.0,
         kind: keel_model::FindingKind::TpStraggler,
         cause: keel_model::Cause::Network,

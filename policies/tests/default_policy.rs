@@ -26,6 +26,8 @@ fn default_planner() -> Planner {
 
 fn finding(kind: FindingKind, cause: Cause) -> Finding {
     Finding {
+        basis: None,
+        gpu_instance: None,
         ts: 1000.0,
         kind,
         cause,
@@ -124,18 +126,39 @@ fn stragglers_remap_then_drain_or_retune_by_cause() {
 }
 
 #[test]
-fn a_known_squatter_is_reclaimed_automatically() {
+fn squatters_are_reclaimed_by_what_the_conclusion_rests_on() {
+    use keel_model::Basis;
     let p = default_planner();
-    let plan = first_plan(&p, &finding(FindingKind::GpuSquatter, Cause::Engine));
-    assert_eq!(
-        (plan.action, plan.mode, plan.target.as_str()),
-        (Action::ReclaimZombie, Mode::Auto, "job/llama-70b")
-    );
-    // Without a known holder keel is less sure (0.75): a person is told.
-    let mut stray = finding(FindingKind::GpuSquatter, Cause::Engine);
-    stray.job = None;
-    stray.confidence = 0.75;
-    assert_eq!(first_plan(&p, &stray).action, Action::Notify);
+    let with = |basis: Option<Basis>| {
+        let mut f = finding(FindingKind::GpuSquatter, Cause::Engine);
+        f.basis = basis;
+        first_plan(&p, &f)
+    };
+    // Nothing should hold the GPU: reclaimed at once.
+    for b in [Basis::JobEnded, Basis::NoJob] {
+        let plan = with(Some(b));
+        assert_eq!(
+            (plan.action, plan.mode, plan.target.as_str()),
+            (Action::ReclaimZombie, Mode::Auto, "job/llama-70b"),
+            "{b:?}"
+        );
+    }
+    // A job Slurm still calls RUNNING: only once a person approves.
+    for b in [Basis::EngineDead, Basis::EngineHung, Basis::JobStalled] {
+        let plan = with(Some(b));
+        assert_eq!(
+            (plan.action, plan.mode),
+            (Action::ReclaimZombie, Mode::Approve),
+            "{b:?}"
+        );
+    }
+    // An unknown holder, or a finding that says nothing: a person is told.
+    assert_eq!(with(Some(Basis::MappingUnknown)).action, Action::Notify);
+    assert_eq!(with(None).action, Action::Notify);
+    // An idle reservation is never reclaimed.
+    let mut idle = finding(FindingKind::IdleGpuReservation, Cause::Engine);
+    idle.basis = Some(Basis::EngineIdle);
+    assert_eq!(first_plan(&p, &idle).action, Action::Notify);
 }
 
 #[test]

@@ -21,6 +21,8 @@ fn planner(rules: &str) -> Planner {
 
 fn straggler(job: &str, node: &str, cause: Cause) -> Finding {
     Finding {
+        basis: None,
+        gpu_instance: None,
         ts: 100.0,
         kind: FindingKind::TpStraggler,
         cause,

@@ -46,6 +46,8 @@ fn finding(id: u64, kind: FindingKind, job: &str) -> OpenFinding {
     OpenFinding {
         id,
         finding: Finding {
+            basis: None,
+            gpu_instance: None,
             ts: 100.0,
             kind,
             cause: Cause::Host,

@@ -9,6 +9,8 @@
 //! Every frame received is checked against the sender's certified role.
 
 use crate::frame::{self, FrameDecoder, FrameError, HEADER_LEN};
+pub use crate::reply::Request;
+use crate::reply::{write_one, Responder};
 use crate::telemetry::TelemetrySender;
 use crate::{Options, Peer, RefusalReason, Stats, TransportError};
 use keel_model::{Envelope, Message, Role, TelemetryBatch};
@@ -58,63 +60,6 @@ pub(crate) fn inbox(capacity: usize) -> (InboxTx, Inbox) {
     )
 }
 
-/// A control request from a peer; answer it with [`Request::reply`].
-pub struct Request {
-    pub peer: Peer,
-    pub msg: Message,
-    responder: Responder,
-}
-
-struct Responder {
-    send: quinn::SendStream,
-    local: Local,
-    max_frame: usize,
-    _inflight: InFlightGuard,
-}
-
-impl Request {
-    pub async fn reply(self, msg: Message) -> Result<(), TransportError> {
-        let peer = self.peer.to_string();
-        let r = self.responder;
-        if !r.local.role.may_send(&msg) {
-            return Err(TransportError::NotPermitted {
-                role: r.local.role,
-                kind: msg.kind(),
-            });
-        }
-        write_one(
-            r.send,
-            &Envelope::new(r.local.name.clone(), msg),
-            r.max_frame,
-            &peer,
-        )
-        .await
-    }
-}
-
-async fn write_one(
-    mut send: quinn::SendStream,
-    env: &Envelope,
-    max_frame: usize,
-    peer: &str,
-) -> Result<(), TransportError> {
-    let bytes = frame::encode_envelope(env, max_frame).map_err(|source| TransportError::Frame {
-        peer: peer.to_string(),
-        source,
-    })?;
-    let stream = |detail: String| TransportError::Stream {
-        peer: peer.to_string(),
-        detail,
-    };
-    send.write_all(&bytes)
-        .await
-        .map_err(|e| stream(e.to_string()))?;
-    send.finish().map_err(|e| stream(e.to_string()))?;
-    // Closing now would discard what is not yet acknowledged; wait for it.
-    let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
-    Ok(())
-}
-
 /// Counts control exchanges under way, so that shutdown can wait for them.
 #[derive(Default)]
 struct InFlight {
@@ -122,7 +67,7 @@ struct InFlight {
     idle: Notify,
 }
 
-struct InFlightGuard(Arc<InFlight>);
+pub(crate) struct InFlightGuard(Arc<InFlight>);
 
 impl InFlight {
     fn enter(self: &Arc<Self>) -> InFlightGuard {

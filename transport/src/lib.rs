@@ -17,6 +17,7 @@ pub mod endpoint;
 pub mod frame;
 pub mod identity;
 pub mod refusals;
+mod reply;
 pub mod telemetry;
 pub mod tls;
 

@@ -244,3 +244,41 @@ async fn a_telemetry_flood_is_bounded_and_does_not_hold_up_control() {
     assert!(sent + dropped <= 2_000_000);
     assert_eq!(server.stats.refused(RefusalReason::WrongRole), 0);
 }
+
+#[tokio::test]
+async fn an_answer_larger_than_a_frame_arrives_as_a_refusal_saying_so() {
+    let cluster = Cluster::new();
+    let mut server = cluster.server(Role::Controller, "ctl-1", Options::default());
+    let addr = server.local_addr().unwrap();
+    let client = cluster.client(Role::Operator, "op", Options::default());
+    let (conn, _inbox) = client.connect(addr, "ctl-1").await.unwrap();
+    let (_to_op, mut inbox) = server.accept().await.unwrap();
+    let answered = tokio::spawn(async move {
+        let req = inbox.requests.recv().await.unwrap();
+        let body = "x".repeat(keel_transport::frame::MAX_FRAME + 1);
+        req.reply(Message::QueryReply(keel_model::QueryReply {
+            id: 7,
+            ok: true,
+            body,
+        }))
+        .await
+    });
+    let ask = Message::Query(keel_model::Query {
+        id: 7,
+        topic: "status".into(),
+        params: BTreeMap::new(),
+    });
+    let reply = conn.request(ask, Duration::from_secs(5)).await.unwrap();
+    match reply {
+        Message::QueryReply(r) => {
+            assert_eq!(r.id, 7);
+            assert!(!r.ok);
+            assert!(r.body.contains("answer too large"), "{}", r.body);
+        }
+        other => panic!("answered with {other:?}"),
+    }
+    assert!(
+        answered.await.unwrap().is_err(),
+        "the answerer learns it failed"
+    );
+}

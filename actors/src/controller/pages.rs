@@ -57,6 +57,11 @@ pub fn page<T: Serialize>(
 /// A replica's view, as `keel status` prints it: counts, not lists, so the
 /// answer stays small whatever the state holds.
 pub fn status<S: LogStore + Clone>(node: &Node<S>) -> String {
+    status_with(node, &node.state.digest())
+}
+
+/// [`status`] with the state's digest already computed.
+pub fn status_with<S: LogStore + Clone>(node: &Node<S>, digest: &str) -> String {
     let s = &node.state;
     let running = s.jobs.values().filter(|j| !j.state.is_finished()).count();
     let policies: BTreeMap<&String, usize> = s.policies.iter().map(|(k, v)| (k, v.len())).collect();
@@ -66,7 +71,7 @@ pub fn status<S: LogStore + Clone>(node: &Node<S>) -> String {
         "term": node.term(),
         "commit": node.commit_index(),
         "applied": s.applied,
-        "digest": s.digest(),
+        "digest": digest,
         "members": node.voters(),
         "jobs": s.jobs.len(),
         "running_jobs": running,

@@ -180,7 +180,8 @@ async fn propose(me: &ActorRef<ControllerMsg>, proposal: Proposal) -> Result<Out
         .context("controller stopping")?;
     let outcome = match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
         Ok(Ok(outcome)) => outcome,
-        _ => bail!(
+        Ok(Err(_)) => bail!("refused: too many proposals waiting on this replica, or it is stopping"),
+        Err(_) => bail!(
             "not applied within {PROPOSE_TIMEOUT:?} (no leader?); retry with the same client and seq"
         ),
     };

@@ -109,6 +109,10 @@ fn labels_for(raw: &BTreeMap<String, String>) -> Option<MetricLabels> {
         _ => None,
     };
     l.model_name = raw.get("model_name").map(|m| Name::from(m.as_str()));
+    // A MIG instance carries its parent's `gpu` and its own `GPU_I_ID`.
+    if let Some(i) = raw.get("GPU_I_ID").filter(|i| !i.trim().is_empty()) {
+        l.gpu_instance = Some(i.trim().parse().ok()?);
+    }
     Some(l)
 }
 

@@ -210,28 +210,31 @@ impl Cluster {
         self.spawn(name, role, &config);
     }
 
-    /// SIGTERM, then waits for the exit (SIGKILL after `limit`); the exit
-    /// status, if the process exited by itself.
-    pub fn terminate(&mut self, name: &str, limit: Duration) -> Option<std::process::ExitStatus> {
+    /// Stops a process with SIGTERM and waits for it (a bounded wait, so a
+    /// process that ignores it fails the test); its exit status.
+    pub fn terminate(&mut self, name: &str) -> std::process::ExitStatus {
         let (_, p) = self
             .procs
             .iter_mut()
             .find(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("no process {name}"));
         let mut child = p.take().unwrap_or_else(|| panic!("{name} already stopped"));
-        let _ = Command::new("kill")
+        let sent = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
-            .status();
-        let until = Instant::now() + limit;
-        while Instant::now() < until {
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {name}");
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
             if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
+                return status;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("{name} ignored SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        None
     }
 
     /// How a started process ended, if it has.
