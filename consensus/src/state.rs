@@ -177,6 +177,22 @@ pub enum Command {
         #[serde(default)]
         sessions_before: u64,
     },
+    /// Pauses all automation (`keel pause`): no leader sends anything until
+    /// `Resume`.
+    Pause {
+        reason: String,
+        ts: Timestamp,
+    },
+    /// Resumes automation and resets a tripped circuit breaker.
+    Resume {
+        ts: Timestamp,
+    },
+    /// The circuit breaker tripped (the leader saw too much of the cluster
+    /// acted on): automatic actions wait for a person until `Resume`.
+    Trip {
+        reason: String,
+        ts: Timestamp,
+    },
     ApplyPolicy {
         name: String,
         document: String,
@@ -285,6 +301,9 @@ pub struct State {
     pub audit_dropped: u64,
     /// client session -> its recent outcomes
     clients: BTreeMap<String, Session>,
+    /// The brakes above every rule.
+    #[serde(default)]
+    pub brakes: Brakes,
     /// Records that left the replicated state, for the runner to append to
     /// its on-disk history; not part of snapshots (each replica writes its
     /// own history as it applies).
@@ -294,6 +313,24 @@ pub struct State {
     /// never drains): counted, not replicated.
     #[serde(skip)]
     pub history_dropped: u64,
+}
+
+/// Brakes above every rule, committed so that every leader obeys them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Brakes {
+    /// All automation paused, by whom and why.
+    pub paused: Option<Brake>,
+    /// The circuit breaker tripped, and why.
+    pub tripped: Option<Brake>,
+}
+
+/// Who set a brake, why and when (the proposer's clock), at which index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Brake {
+    pub by: String,
+    pub reason: String,
+    pub ts: Timestamp,
+    pub index: u64,
 }
 
 /// One client session: its most recent sequence numbers with their
@@ -496,6 +533,32 @@ impl State {
                 before,
                 sessions_before,
             } => Outcome::Expired(self.expire(before, sessions_before)),
+            Command::Pause { reason, ts } => {
+                let brake = Brake {
+                    by: client.to_string(),
+                    reason: reason.clone(),
+                    ts,
+                    index,
+                };
+                self.brakes.paused = Some(brake);
+                Outcome::Applied
+            }
+            Command::Resume { .. } => {
+                self.brakes.paused = None;
+                self.brakes.tripped = None;
+                Outcome::Applied
+            }
+            Command::Trip { reason, ts } => {
+                if self.brakes.tripped.is_none() {
+                    self.brakes.tripped = Some(Brake {
+                        by: client.to_string(),
+                        reason,
+                        ts,
+                        index,
+                    });
+                }
+                Outcome::Applied
+            }
             Command::PlanAction {
                 key,
                 action,

@@ -425,3 +425,55 @@ fn bounded_collections_refuse_with_a_reason() {
     assert_eq!(s.policies["p0"].len(), POLICY_VERSIONS_KEPT);
     assert_eq!(s.take_expired().len(), 4);
 }
+
+#[test]
+fn brakes_are_committed_with_who_and_why_and_resume_clears_both() {
+    let mut s = State::default();
+    s.apply(
+        1,
+        &p(
+            "approver/alice",
+            1,
+            Command::Pause {
+                reason: "maintenance".into(),
+                ts: 5.0,
+            },
+        ),
+    );
+    let paused = s.brakes.paused.clone().unwrap();
+    assert_eq!(
+        (paused.by.as_str(), paused.reason.as_str(), paused.index),
+        ("approver/alice", "maintenance", 1)
+    );
+    s.apply(
+        2,
+        &p(
+            "steward/1",
+            1,
+            Command::Trip {
+                reason: "too many nodes".into(),
+                ts: 6.0,
+            },
+        ),
+    );
+    s.apply(
+        3,
+        &p(
+            "steward/2",
+            1,
+            Command::Trip {
+                reason: "again".into(),
+                ts: 7.0,
+            },
+        ),
+    );
+    assert_eq!(
+        s.brakes.tripped.as_ref().unwrap().reason,
+        "too many nodes",
+        "the first trip stays"
+    );
+    let restored = State::restore(&s.snapshot()).unwrap();
+    assert_eq!(restored.brakes, s.brakes, "brakes survive a snapshot");
+    s.apply(4, &p("approver/alice", 2, Command::Resume { ts: 8.0 }));
+    assert_eq!(s.brakes, Brakes::default());
+}

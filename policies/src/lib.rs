@@ -30,5 +30,5 @@ pub use plan::{
     idempotency_key, target_for, ActionStatus, Context, Decision, Guard, PastAction, Plan, Planner,
 };
 pub use rule::{BlastRadius, Match, Mode, OnFailure, Pattern, PolicySet, RateLimit, Rule};
-pub use steward::{steward, Entry, OpenFinding, Step, World, DEFAULT_VERIFY_S};
+pub use steward::{steward, Brakes, Breaker, Entry, OpenFinding, Step, World, DEFAULT_VERIFY_S};
 pub use when::{When, FINDING_FIELDS, VARIABLES};

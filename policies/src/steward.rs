@@ -61,6 +61,49 @@ pub struct World {
     /// sends; any other dispatched key it dispatches again first, so that
     /// the re-send is in the audit trail.
     pub dispatched_by_me: BTreeSet<String>,
+    /// The brakes above every rule, as committed.
+    pub brakes: Brakes,
+}
+
+/// Brakes above every rule: committed in the replicated state, so that
+/// every leader obeys them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Brakes {
+    /// `keel pause`: nothing is sent, rolled back or escalated; findings are
+    /// still planned (and wait), verification still watches.
+    pub paused: bool,
+    /// The circuit breaker tripped: actions of `auto` rules wait for a
+    /// person (`keel action approve`) until `keel resume`.
+    pub tripped: bool,
+    pub breaker: Breaker,
+}
+
+/// The circuit breaker over all rules: at most this much of the cluster
+/// acted on per window, whichever rules act. Past it, it trips.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breaker {
+    /// Share of the cluster's nodes (0..1) acted on per window.
+    pub max_nodes_share: f64,
+    /// Share of the cluster's jobs (0..1) acted on per window.
+    pub max_jobs_share: f64,
+    /// The window, seconds.
+    pub window_s: f64,
+    /// Targets always allowed per window, however small the cluster (a
+    /// share of a 2-node cluster would otherwise stop the first action).
+    pub min_targets: usize,
+}
+
+impl Default for Breaker {
+    /// Half the nodes or jobs in 5 minutes, at least 3: the quarantine
+    /// bound of NVIDIA's NVSentinel (50 % of nodes per 5 minutes).
+    fn default() -> Self {
+        Breaker {
+            max_nodes_share: 0.5,
+            max_jobs_share: 0.5,
+            window_s: 300.0,
+            min_targets: 3,
+        }
+    }
 }
 
 /// One thing to do.
@@ -88,6 +131,9 @@ pub enum Step {
         rule: String,
         why: String,
     },
+    /// Commit that the circuit breaker tripped: from then on actions wait
+    /// for a person.
+    Trip { why: String },
 }
 
 /// The steps for this turn, in the order they should be taken.
@@ -103,8 +149,11 @@ pub fn steward(planner: &Planner, w: &World) -> Vec<Step> {
         actions: w.ledger.iter().map(past).collect(),
     };
     let mut out = Vec::new();
+    let mut turn = Turn::new(w, &findings);
     for e in &w.ledger {
-        advance(planner, w, e, &findings, &keys, &mut ctx, &mut out);
+        advance(
+            planner, w, e, &findings, &keys, &mut ctx, &mut turn, &mut out,
+        );
     }
     let acted: BTreeSet<(u64, &str)> = w
         .ledger
@@ -185,6 +234,89 @@ fn past(e: &Entry) -> PastAction {
     }
 }
 
+/// What the brakes let through this turn: the nodes and jobs acted on
+/// within the breaker's window (grown by what this turn dispatches).
+struct Turn {
+    paused: bool,
+    tripped: bool,
+    nodes: BTreeSet<String>,
+    jobs: BTreeSet<String>,
+    max_nodes: usize,
+    max_jobs: usize,
+}
+
+impl Turn {
+    fn new(w: &World, findings: &BTreeMap<u64, &OpenFinding>) -> Turn {
+        let b = &w.brakes.breaker;
+        let bound =
+            |share: f64, total: usize| ((share * total as f64).ceil() as usize).max(b.min_targets);
+        let mut t = Turn {
+            paused: w.brakes.paused,
+            tripped: w.brakes.tripped,
+            nodes: BTreeSet::new(),
+            jobs: BTreeSet::new(),
+            max_nodes: bound(b.max_nodes_share, w.nodes),
+            max_jobs: bound(b.max_jobs_share, w.jobs),
+        };
+        for e in &w.ledger {
+            let acted = !matches!(
+                e.status,
+                ActionStatus::Planned
+                    | ActionStatus::Approved
+                    | ActionStatus::Recorded
+                    | ActionStatus::Rejected
+                    | ActionStatus::Cancelled
+            );
+            if acted && w.now - e.since <= b.window_s && e.action != Action::Notify {
+                let (n, j) = Turn::places(e, findings);
+                t.nodes.extend(n);
+                t.jobs.extend(j);
+            }
+        }
+        t
+    }
+
+    /// The node and job an action acts on, from its finding.
+    fn places(
+        e: &Entry,
+        findings: &BTreeMap<u64, &OpenFinding>,
+    ) -> (Option<String>, Option<String>) {
+        let f = e.finding.and_then(|id| findings.get(&id));
+        (
+            f.and_then(|f| f.finding.node.as_ref().map(|n| n.to_string())),
+            f.and_then(|f| f.finding.job.as_ref().map(|j| j.to_string())),
+        )
+    }
+
+    /// Whether dispatching `e` keeps the breaker closed; counts it if so.
+    fn admit(&mut self, e: &Entry, findings: &BTreeMap<u64, &OpenFinding>) -> Result<(), String> {
+        if e.action == Action::Notify {
+            return Ok(());
+        }
+        let (n, j) = Turn::places(e, findings);
+        let nodes =
+            self.nodes.len() + usize::from(n.as_ref().is_some_and(|n| !self.nodes.contains(n)));
+        let jobs =
+            self.jobs.len() + usize::from(j.as_ref().is_some_and(|j| !self.jobs.contains(j)));
+        if nodes > self.max_nodes {
+            return Err(format!(
+                "acting on {} would make {nodes} nodes acted on within the window (at most {})",
+                e.key, self.max_nodes
+            ));
+        }
+        if jobs > self.max_jobs {
+            return Err(format!(
+                "acting on {} would make {jobs} jobs acted on within the window (at most {})",
+                e.key, self.max_jobs
+            ));
+        }
+        self.nodes.extend(n);
+        self.jobs.extend(j);
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn advance(
     planner: &Planner,
     w: &World,
@@ -192,6 +324,7 @@ fn advance(
     findings: &BTreeMap<u64, &OpenFinding>,
     keys: &BTreeSet<&str>,
     ctx: &mut Context,
+    turn: &mut Turn,
     out: &mut Vec<Step>,
 ) {
     let key = e.key.clone();
@@ -200,9 +333,30 @@ fn advance(
         to,
         detail,
     };
+    // Paused: nothing goes out (first sends, re-sends, rollbacks,
+    // escalations); the ledger is still watched for verification.
+    if turn.paused
+        && matches!(
+            e.status,
+            ActionStatus::Planned
+                | ActionStatus::Approved
+                | ActionStatus::Dispatched
+                | ActionStatus::Failed
+        )
+        && !(e.status == ActionStatus::Planned && e.mode == Mode::DryRun)
+    {
+        return;
+    }
     match e.status {
         ActionStatus::Planned => match e.mode {
-            Mode::Auto => out.push(mv(ActionStatus::Dispatched, "sent to its executor".into())),
+            Mode::Auto if turn.tripped => {}
+            Mode::Auto => match turn.admit(e, findings) {
+                Ok(()) => out.push(mv(ActionStatus::Dispatched, "sent to its executor".into())),
+                Err(why) => {
+                    turn.tripped = true;
+                    out.push(Step::Trip { why });
+                }
+            },
             Mode::Approve => {}
             Mode::DryRun => out.push(mv(
                 ActionStatus::Recorded,
@@ -214,10 +368,15 @@ fn advance(
                 ),
             )),
         },
-        ActionStatus::Approved => out.push(mv(
-            ActionStatus::Dispatched,
-            "approved; sent to its executor".into(),
-        )),
+        ActionStatus::Approved => {
+            // A person approved it: the breaker does not hold it back, but
+            // it counts.
+            let _ = turn.admit(e, findings);
+            out.push(mv(
+                ActionStatus::Dispatched,
+                "approved; sent to its executor".into(),
+            ))
+        }
         ActionStatus::Dispatched if w.dispatched_by_me.contains(&e.key) => {
             out.push(Step::Send { key })
         }

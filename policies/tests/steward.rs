@@ -130,6 +130,7 @@ impl Ledger {
                 }
                 Step::Send { key } => self.sent.push((key, false)),
                 Step::Rollback { key } => self.sent.push((key, true)),
+                Step::Trip { .. } => self.world.brakes.tripped = true,
                 h @ Step::Held { .. } => held.push(h),
             }
         }

@@ -195,6 +195,23 @@ pub fn turn(state: &mut ControllerState, me: &ActorRef<ControllerMsg>) {
                     send(state, me, key, true)
                 }
             }
+            Step::Trip { why } => {
+                let key = "brakes/trip".to_string();
+                if state.steward.pending.contains_key(&key)
+                    || state.node.state.brakes.tripped.is_some()
+                {
+                    continue;
+                }
+                tracing::warn!(why, "circuit breaker tripped: automatic actions wait for a person until `keel resume`");
+                propose(
+                    state,
+                    key,
+                    Command::Trip {
+                        reason: why,
+                        ts: unix_now(),
+                    },
+                );
+            }
             Step::Held { finding, rule, why } => {
                 let tag = format!("{finding}/{rule}/{}", why.split(':').next().unwrap_or(""));
                 if state.steward.held_logged.insert(tag) {
@@ -381,6 +398,11 @@ fn world(s: &State, dispatched_by_me: &BTreeSet<String>) -> World {
         findings,
         ledger: s.ledger.values().map(entry).collect(),
         dispatched_by_me: dispatched_by_me.clone(),
+        brakes: keel_policies::Brakes {
+            paused: s.brakes.paused.is_some(),
+            tripped: s.brakes.tripped.is_some(),
+            breaker: Default::default(),
+        },
     }
 }
 
