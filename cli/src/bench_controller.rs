@@ -25,7 +25,8 @@ fn run_ok(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-struct Procs(Vec<Option<Child>>);
+/// Child processes, killed when dropped.
+pub(crate) struct Procs(pub(crate) Vec<Option<Child>>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -36,7 +37,15 @@ impl Drop for Procs {
     }
 }
 
-fn start(dir: &Path, ports: &[u16]) -> Result<Procs> {
+/// Certificates in `dir` (a CA in `ca/`, replicas `c1`..`c3`, an operator
+/// in `op/`) and three controller replicas listening on `ports`.
+pub(crate) fn start(dir: &Path, ports: &[u16]) -> Result<Procs> {
+    start_with(dir, ports, "", false)
+}
+
+/// `start`, with `extra` appended to each replica's config, and each
+/// replica's log appended to `dir/cN.log` when `logs`.
+pub(crate) fn start_with(dir: &Path, ports: &[u16], extra: &str, logs: bool) -> Result<Procs> {
     run_ok(keel()?.args(["cert", "init", "--out"]).arg(dir.join("ca")))?;
     for name in ["c1", "c2", "c3"] {
         run_ok(
@@ -81,22 +90,35 @@ fn start(dir: &Path, ports: &[u16]) -> Result<Procs> {
                 j + 1
             );
         }
-        let path = dir.join(format!("c{}.toml", i + 1));
-        std::fs::write(&path, cfg)?;
-        procs.push(Some(
-            keel()?
-                .arg("controller")
-                .arg("--config")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        ));
+        cfg += extra;
+        std::fs::write(dir.join(format!("c{}.toml", i + 1)), cfg)?;
+        procs.push(Some(spawn_replica(dir, i, logs)?));
     }
     Ok(Procs(procs))
 }
 
-fn query(topic: &str, params: BTreeMap<String, String>) -> Message {
+/// Starts replica `i` (0-based) of `start_with` from its config in `dir`.
+pub(crate) fn spawn_replica(dir: &Path, i: usize, logs: bool) -> Result<Child> {
+    let stderr = if logs {
+        Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("c{}.log", i + 1)))?,
+        )
+    } else {
+        Stdio::null()
+    };
+    Ok(keel()?
+        .arg("controller")
+        .arg("--config")
+        .arg(dir.join(format!("c{}.toml", i + 1)))
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()?)
+}
+
+pub(crate) fn query(topic: &str, params: BTreeMap<String, String>) -> Message {
     Message::Query(Query {
         id: 0,
         topic: topic.into(),

@@ -3,6 +3,10 @@
 mod bench;
 mod bench_controller;
 mod bench_edge;
+mod bench_scale;
+mod bench_scale_detect;
+mod bench_scale_load;
+mod bench_soak;
 mod controller;
 mod demo;
 mod demo_act;
@@ -396,6 +400,10 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         window_len: u64,
     },
+    /// Controller CPU, memory, routing and commit latency on a simulated cluster of N nodes
+    Scale(bench_scale::ScaleArgs),
+    /// Three controllers for an hour under steady findings, the leader killed every 2 minutes; RSS and state size into a CSV
+    Soak(bench_soak::SoakArgs),
     /// Replay throughput (records/s on one core) and peak memory on traces of growing length
     Replay {
         /// Trace lengths to measure, in seconds of trace time
@@ -597,6 +605,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench { command } => match command {
             BenchCommand::Replay { durations, seed } => bench::run(&durations, seed),
             BenchCommand::Edge { events, window_len } => bench_edge::run(events, window_len),
+            BenchCommand::Scale(args) => bench_scale::run(&args),
+            BenchCommand::Soak(args) => bench_soak::run(&args),
             BenchCommand::Live { seeds, scenario } => bench_edge::live(&scenario, &seeds),
             BenchCommand::Controller {
                 seconds,

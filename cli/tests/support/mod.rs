@@ -13,7 +13,26 @@ pub fn keel() -> Command {
     Command::new(env!("CARGO_BIN_EXE_keel"))
 }
 
+/// A free UDP port below Linux's ephemeral range (32768-60999): a server
+/// restarted on it does not find it taken by some client's socket, as an
+/// ephemeral port freed by a stopped server can be.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos().into());
+    for _ in 0..1000 {
+        // A mixed counter (splitmix64): another test binary picks others.
+        let mut x = seed.wrapping_add(NEXT.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed));
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let port = 20_000 + ((x ^ (x >> 31)) % 12_000) as u16;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -149,7 +168,12 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, name: &str, role: &str, config: &Path) {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        // Appended to: a restarted process's log follows its first life's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .unwrap();
         let child = keel()
             .arg(role)
             .arg("--config")
@@ -171,6 +195,19 @@ impl Cluster {
         let mut child = p.take().unwrap_or_else(|| panic!("{name} already killed"));
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Starts again, from its config file, a process `kill`ed or
+    /// `terminate`d before (same name, same data folder).
+    pub fn restart(&mut self, name: &str, role: &str) {
+        let i = self
+            .procs
+            .iter()
+            .position(|(n, p)| n == name && p.is_none())
+            .unwrap_or_else(|| panic!("no stopped process {name}"));
+        self.procs.remove(i);
+        let config = self.dir.join(format!("{name}.toml"));
+        self.spawn(name, role, &config);
     }
 
     /// Stops a process with SIGTERM and waits for it (a bounded wait, so a
@@ -198,6 +235,96 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// How a started process ended, if it has.
+    pub fn exited(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        self.procs
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, p)| p.as_mut())
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The process id of a running process.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, p)| p.as_ref())
+            .map(Child::id)
+    }
+
+    /// A new controller replica (`join = true`, the existing replicas as
+    /// peers), started and listening; its index for `ask`. Add it with
+    /// `keel controller join --id {index + 1} ...` (see `join_args`).
+    pub fn start_joiner(&mut self) -> usize {
+        let i = self.ctl_ports.len();
+        let port = free_port();
+        let creds = self.issue("controller", &format!("ctl-{}", i + 1));
+        let mut cfg = format!(
+            "id = {}\nlisten = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ncredentials = \"{}\"\njoin = true\n",
+            i + 1,
+            port,
+            self.dir.join(format!("data-{}", i + 1)).display(),
+            creds.display()
+        );
+        for (j, p) in self.ctl_ports.iter().enumerate() {
+            cfg += &format!(
+                "[[peers]]\nid = {}\naddr = \"127.0.0.1:{}\"\nname = \"ctl-{}\"\n",
+                j + 1,
+                p,
+                j + 1
+            );
+        }
+        self.ctl_ports.push(port);
+        let path = self.dir.join(format!("ctl-{}.toml", i + 1));
+        std::fs::write(&path, cfg).unwrap();
+        self.spawn(&format!("ctl-{}", i + 1), "controller", &path);
+        i
+    }
+
+    /// `keel controller join` arguments that add replica `joiner`, asked
+    /// of replica `via`.
+    pub fn join_args(&self, joiner: usize, via: usize) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "controller",
+            "join",
+            "--id",
+            &(joiner + 1).to_string(),
+            "--addr",
+            &format!("127.0.0.1:{}", self.ctl_ports[joiner]),
+            "--member-name",
+            &format!("ctl-{}", joiner + 1),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(self.at(via));
+        args
+    }
+
+    /// The arguments that point a CLI command at controller `i` as the operator.
+    pub fn at(&self, i: usize) -> Vec<String> {
+        vec![
+            "--controller".into(),
+            format!("127.0.0.1:{}", self.ctl_ports[i]),
+            "--name".into(),
+            format!("ctl-{}", i + 1),
+            "--credentials".into(),
+            self.dir.join("operator-op").display().to_string(),
+        ]
+    }
+
+    /// Runs `keel ARGS` against controller `i` as the operator: exit
+    /// status, standard output, standard error.
+    pub fn run_at(&self, i: usize, args: &[&str]) -> (bool, String, String) {
+        let out = keel().args(args).args(self.at(i)).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Asks controller `i` (0-based) as the operator.
@@ -238,13 +365,22 @@ impl Cluster {
 
 /// Waits until `f` returns something, up to `limit`; the limit only
 /// bounds a failing run.
-pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn wait_for<T>(limit: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    wait_every(limit, Duration::from_millis(250), f)
+}
+
+/// `wait_for`, asking every `every`.
+pub fn wait_every<T>(
+    limit: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let until = Instant::now() + limit;
     while Instant::now() < until {
         if let Some(v) = f() {
             return Some(v);
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(every);
     }
     None
 }
