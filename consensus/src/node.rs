@@ -167,16 +167,7 @@ impl<S: LogStore + Clone> Node<S> {
     /// The (client, seq) of the proposal in the log entry at `index`, if
     /// it holds one: how a runner finds whom to answer once it is applied.
     pub fn state_entry_client(&self, index: u64) -> Option<(String, u64)> {
-        let store = &self.raw.raft.raft_log.store;
-        let e = store
-            .entries(
-                index,
-                index + 1,
-                None,
-                raft::GetEntriesContext::empty(false),
-            )
-            .ok()?;
-        let p = crate::state::Proposal::decode(&e.first()?.data).ok()?;
+        let p = crate::state::Proposal::decode(&self.state_entry_data(index)?).ok()?;
         Some((p.client, p.seq))
     }
 
