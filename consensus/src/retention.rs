@@ -59,10 +59,13 @@ impl Retention {
 
 impl State {
     /// Whether an `Expire { before, sessions_before }` would remove anything.
+    /// One pass over the ledger and one over the findings (the leader asks
+    /// this every `every_s`, whatever the state's size).
     pub fn expirable(&self, before: Timestamp, sessions_before: u64) -> bool {
+        let in_use = self.findings_in_use();
         self.findings
             .values()
-            .any(|f| f.closed.is_some_and(|c| c < before) && !self.finding_in_use(f.id))
+            .any(|f| f.closed.is_some_and(|c| c < before) && !in_use.contains(&f.id))
             || self
                 .ledger
                 .values()
@@ -71,23 +74,20 @@ impl State {
             || self.sessions_idle_before(sessions_before)
     }
 
-    /// A finding an action still in flight refers to stays (its verification
-    /// reads it).
-    fn finding_in_use(&self, id: u64) -> bool {
+    /// Findings an action still in flight refers to: they stay (its
+    /// verification reads them).
+    fn findings_in_use(&self) -> std::collections::BTreeSet<u64> {
         self.ledger
             .values()
-            .any(|a| a.finding == Some(id) && a.status.in_flight())
+            .filter(|a| a.status.in_flight())
+            .filter_map(|a| a.finding)
+            .collect()
     }
 
     /// Applies `Command::Expire`: returns how many records left.
     pub(crate) fn expire(&mut self, before: Timestamp, sessions_before: u64) -> u64 {
         let mut moved = 0;
-        let in_use: std::collections::BTreeSet<u64> = self
-            .ledger
-            .values()
-            .filter(|a| a.status.in_flight())
-            .filter_map(|a| a.finding)
-            .collect();
+        let in_use = self.findings_in_use();
         let old: Vec<u64> = self
             .findings
             .values()
