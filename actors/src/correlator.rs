@@ -11,8 +11,8 @@
 //! the condition has cleared.
 
 use crate::client::{ControllerAddr, ControllerClient};
-use crate::controller::queries::params;
 use crate::controller::routing::Delta;
+use crate::report::{deliver, Report};
 
 #[path = "correlator_assignment.rs"]
 mod assignment;
@@ -27,7 +27,6 @@ use keel_transport::{Credentials, Options, Server};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +34,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 const HELLO_EVERY: Duration = Duration::from_millis(500);
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Telemetry batches from sensors waiting for the host actor; when full
 /// the oldest is dropped and counted (`HostStats::telemetry_dropped`).
 pub const TELEMETRY_QUEUE: usize = 1024;
@@ -42,7 +42,6 @@ pub const TELEMETRY_QUEUE: usize = 1024;
 /// correlator; when full the oldest is dropped and counted
 /// (`HostStats::correlator_dropped`).
 pub const CORRELATOR_QUEUE: usize = 256;
-const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `keel correlator --config FILE`.
 #[derive(Debug, Clone, Deserialize)]
@@ -359,12 +358,6 @@ pub struct CorrelatorState {
     reports: mpsc::UnboundedSender<Report>,
 }
 
-/// What a correlator tells the controller.
-enum Report {
-    Open(Finding),
-    Close(Finding),
-}
-
 impl CorrelatorState {
     /// Queues what the last input concluded. Its findings go first: a
     /// finding concluded and cleared by the same input must be open before
@@ -408,7 +401,7 @@ impl Actor for CorrelatorActor {
         let (reports, queue) = mpsc::unbounded_channel();
         tokio::spawn(deliver(args.client, queue));
         let mut state = CorrelatorState {
-            engine: Engine::default(),
+            engine: Engine::with_scope(keel_detect::Config::default(), keel_detect::Scope::Job),
             found: Vec::new(),
             reports,
         };
@@ -448,78 +441,6 @@ impl Actor for CorrelatorActor {
         }
         Ok(())
     }
-}
-
-/// Delivers one correlator's reports one at a time, in the order they were
-/// queued, so that a finding's close never overtakes its open. Ends once
-/// the correlator is gone and its queue is empty.
-async fn deliver(client: ControllerClient, mut queue: mpsc::UnboundedReceiver<Report>) {
-    while let Some(r) = queue.recv().await {
-        match r {
-            Report::Open(f) => open(&client, f).await,
-            Report::Close(f) => close(&client, f).await,
-        }
-    }
-}
-
-/// Reports a finding until a replica has committed it. A retry of the
-/// same finding is the same proposal, and an open finding of the same kind
-/// at the same place is recognised as such, so nothing is counted twice.
-async fn open(client: &ControllerClient, f: Finding) {
-    let sent = retry("finding not committed yet", || async {
-        match client
-            .request(Message::Finding(f.clone()), ASK_TIMEOUT * 3)
-            .await?
-        {
-            Message::Ack(a) if a.ok => Ok(()),
-            other => anyhow::bail!("answered {other:?}"),
-        }
-    })
-    .await;
-    if !sent {
-        tracing::error!(kind = %f.kind.wire(), job = ?f.job, "finding given up after 30 tries");
-    }
-}
-
-/// Closes the controller's open finding of the same kind and place. Any
-/// answer will do: "not open" means that its open was never committed or
-/// that it was closed already, and either way nothing is left to close.
-async fn close(client: &ControllerClient, f: Finding) {
-    let json = match serde_json::to_string(&f) {
-        Ok(json) => json,
-        Err(e) => {
-            tracing::error!(kind = %f.kind.wire(), error = %e, "finding close not encodable");
-            return;
-        }
-    };
-    let sent = retry("finding close not committed yet", || async {
-        let asked = params([("finding", json.clone())]);
-        client.ask("close_finding", asked, ASK_TIMEOUT * 3).await?;
-        Ok(())
-    })
-    .await;
-    if !sent {
-        tracing::error!(kind = %f.kind.wire(), job = ?f.job, "finding close given up after 30 tries");
-    }
-}
-
-/// Tries `attempt` up to 30 times with backoff, the controller being
-/// between leaders or unreachable for a while; false when every try failed.
-async fn retry<F, Fut>(what: &str, mut attempt: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    let mut delay = Duration::from_millis(100);
-    for n in 0..30u32 {
-        match attempt().await {
-            Ok(()) => return true,
-            Err(e) => tracing::warn!(attempt = n, error = %e, "{what}"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
-    false
 }
 
 /// Reads a host's counters, for tests and the demo.

@@ -20,6 +20,7 @@ pub mod correlator;
 pub mod discovery;
 pub mod executor;
 pub mod mailbox;
+pub mod report;
 pub mod sensor;
 pub mod sources;
 

@@ -2,12 +2,22 @@
 //! children, summarises collectives at the edge (`detect::edge`), and sends
 //! each job's summaries, and the node's readings, to the correlator host
 //! that holds the job. Raw events never leave the sensor.
+//!
+//! It also watches its node's GPUs for the conditions that outlive jobs
+//! (`gpu_squatter`, `idle_gpu_reservation`): a node-level detection engine
+//! (`keel_detect::Scope::Node`) fed with every reading of the node and
+//! with each job placed there (from its routes, cut to this node), which
+//! keeps watching a GPU after the job that held it ended and its
+//! correlator stopped, and reports each finding and its close to the
+//! controller itself.
 
 use crate::client::{ControllerAddr, ControllerClient};
+use crate::report::{deliver, Report};
 use crate::sources::{unix_now, SourceActor, SourceArgs, SourceConfig};
 use anyhow::{Context, Result};
 use keel_detect::edge::{EdgeAggregator, EdgeConfig};
-use keel_model::{JobRecord, MetricSample, Name, Record, Summary};
+use keel_detect::{Engine, Scope};
+use keel_model::{Finding, JobRecord, MetricSample, Name, Record, Summary};
 use keel_transport::{Backoff, Client, Credentials, Link, Options};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::Deserialize;
@@ -78,6 +88,8 @@ pub struct SensorStats {
     pub unrouted_dropped: u64,
     pub metrics_sent: u64,
     pub source_restarts: u64,
+    /// Jobs with ranks on this node that the controller routes now.
+    pub jobs_routed: u64,
 }
 
 pub struct SensorActor;
@@ -98,6 +110,11 @@ pub struct SensorState {
     clock: Option<(f64, Instant)>,
     stats: SensorStats,
     routes_task: Option<tokio::task::JoinHandle<()>>,
+    /// The node's GPUs, watched until each condition clears.
+    gpu_watch: Engine,
+    found: Vec<Finding>,
+    /// To the one task that delivers the watch's findings, in order.
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
 }
 
 impl Actor for SensorActor {
@@ -117,7 +134,12 @@ impl Actor for SensorActor {
         if let Some(w) = cfg.window_len {
             edge_cfg.window_len = w.max(1);
         }
+        let (reports, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(deliver(client.clone(), queue));
         let mut state = SensorState {
+            gpu_watch: Engine::with_scope(keel_detect::Config::default(), Scope::Node),
+            found: Vec::new(),
+            reports,
             edge: EdgeAggregator::new(edge_cfg),
             creds,
             client: client.clone(),
@@ -209,13 +231,17 @@ impl Actor for SensorActor {
                 for job in &delta.removed {
                     state.routes.remove(job);
                 }
-                for r in delta.changed {
+                for mut r in delta.changed {
+                    if let Some(record) = r.record.take() {
+                        state.watch(&Record::Job(Box::new(record)));
+                    }
                     state.routes.insert(r.job.clone(), r);
                 }
             }
             SensorMsg::Stats(reply) => {
                 let mut s = state.stats.clone();
                 s.events = state.edge.stats.events;
+                s.jobs_routed = state.routes.len() as u64;
                 let _ = reply.send(s);
             }
         }
@@ -270,13 +296,42 @@ async fn start_source(
 impl SensorState {
     fn take(&mut self, r: &Record, clock: f64) {
         match r {
-            Record::Collective(c) => self.edge.push(c, clock, &mut self.out),
+            Record::Collective(c) => {
+                self.edge.push(c, clock, &mut self.out);
+                // When the job last arrived at a collective (a stalled job).
+                self.watch(r);
+            }
             Record::Metric(m) => {
                 let key = format!("{}{:?}", m.name.wire(), m.labels);
                 self.metrics.insert(key, m.clone());
+                self.watch(r);
             }
-            Record::Job(j) => self.job_seen(j),
+            Record::Job(j) => {
+                self.job_seen(j);
+                self.watch(r);
+            }
             Record::Request(_) => {}
+        }
+    }
+
+    /// Feeds the node's GPU watch; what it concluded or cleared goes to
+    /// the controller, in that order.
+    fn watch(&mut self, r: &Record) {
+        self.gpu_watch.push(r, &mut self.found);
+        for f in self.found.drain(..) {
+            tracing::info!(
+                kind = %f.kind.wire(),
+                node = ?f.node,
+                gpu = ?f.gpu,
+                job = ?f.job,
+                basis = ?f.basis,
+                "GPU finding concluded on this node; reporting it"
+            );
+            let _ = self.reports.send(Report::Open(f));
+        }
+        for f in self.gpu_watch.take_cleared() {
+            tracing::info!(kind = %f.kind.wire(), node = ?f.node, gpu = ?f.gpu, "GPU finding cleared; reporting its close");
+            let _ = self.reports.send(Report::Close(f));
         }
     }
 

@@ -1,7 +1,8 @@
 //! The actor layer with its real parts: a one-replica controller, a
 //! correlator host and a sensor, over QUIC on loopback. A correlator that
 //! panics is restarted by its host and counted, and its sibling is left
-//! alone; a finding that clears is closed on the controller; a sensor's push
+//! alone; a GPU finding is watched by its node's sensor and closed on the
+//! controller when it clears, with no correlator at all; a sensor's push
 //! source takes collectives from a real UDP socket.
 
 use keel_actors::client::{ControllerAddr, ControllerClient};
@@ -9,7 +10,7 @@ use keel_actors::controller::{self, queries::params};
 use keel_actors::correlator::{self, CorrelatorConfig, HostMsg};
 use keel_actors::sensor::{self, SensorConfig};
 use keel_actors::sources::SourceConfig;
-use keel_model::{JobRecord, JobState, MetricLabels, MetricName, MetricSample, Role};
+use keel_model::{JobRecord, JobState, Role};
 use keel_transport::certs::{Ca, Validity};
 use keel_transport::Credentials;
 use std::collections::BTreeMap;
@@ -135,8 +136,12 @@ async fn a_crashed_correlator_is_restarted_and_its_sibling_keeps_running() {
     assert_eq!(after.jobs, vec!["j1", "j2"], "both correlators run again");
 }
 
+/// A GPU left held by a job that failed is watched by its node's sensor,
+/// not by a correlator: with no correlator host at all, the squatter is
+/// found, reported by the sensor's certificate, and closed on the
+/// controller once the memory is released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_finding_that_clears_is_closed_on_the_controller() {
+async fn a_gpu_finding_is_watched_by_its_nodes_sensor_until_it_clears() {
     let began = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -157,79 +162,112 @@ async fn a_finding_that_clears_is_closed_on_the_controller() {
         addr: ctl.addr,
         name: "ctl-1".into(),
     }];
-    let host = correlator::start(CorrelatorConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        advertise: None,
-        credentials: issue(&dir.0, &ca, Role::Correlator, "corr-a"),
-        controllers: controllers.clone(),
-    })
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (sensor, _) = sensor::start(
+        SensorConfig {
+            node: "n1".into(),
+            credentials: issue(&dir.0, &ca, Role::Sensor, "n1"),
+            controllers: controllers.clone(),
+            window_len: None,
+            sources: vec![SourceConfig::Push {
+                listen: format!("udp://127.0.0.1:{port}"),
+            }],
+            executor: None,
+        },
+        None,
+    )
     .await
     .unwrap();
     let op = Credentials::from_dir(&issue(&dir.0, &ca, Role::Operator, "op")).unwrap();
     let client = ControllerClient::new(&op, &controllers).unwrap();
-    let record = serde_json::to_string(&job("j1")).unwrap();
-    eventually(async || {
-        client
-            .ask(
-                "job",
-                params([("record", record.clone())]),
-                Duration::from_secs(2),
-            )
-            .await
-            .ok()
-    })
-    .await
-    .expect("job registered");
-    eventually(async || {
-        let s = correlator::stats(&host.actor).await?;
-        (s.jobs.len() == 1).then_some(())
-    })
-    .await
-    .expect("the job assigned to the only host");
-
-    // GPU 0 of the running job holds its memory idle for 70 s of trace
-    // time (an idle reservation: the job runs), then releases it: found,
-    // then closed 5 s later.
-    let labels = MetricLabels {
-        gpu: Some(0),
-        ..MetricLabels::default()
+    let register = async |record: &JobRecord| {
+        let record = serde_json::to_string(record).unwrap();
+        eventually(async || {
+            client
+                .ask(
+                    "job",
+                    params([("record", record.clone())]),
+                    Duration::from_secs(2),
+                )
+                .await
+                .ok()
+        })
+        .await
+        .expect("job registered");
     };
-    let mut metrics = Vec::new();
-    for i in 0..80u32 {
-        let ts = 100.0 + f64::from(i);
-        let used = if i < 70 { 81_000.0 } else { 300.0 };
-        for (name, value) in [
-            (MetricName::FbUsed, used),
-            (MetricName::FbFree, 81_920.0 - used),
-            (MetricName::GpuUtil, 0.0),
-        ] {
-            metrics.push(MetricSample {
-                ts,
-                node: "n1".into(),
-                name,
-                labels: labels.clone(),
-                value,
-            });
-        }
-    }
-    host.actor.cast(HostMsg::Metrics(metrics)).unwrap();
-    let closed = eventually(async || {
+    register(&job("j1")).await;
+    eventually(async || (sensor::stats(&sensor).await?.jobs_routed == 1).then_some(()))
+        .await
+        .expect("the job never reached its node's sensor");
+    let mut ended = JobRecord::state_only("j1", JobState::Failed, began);
+    ended.node = None;
+    register(&ended).await;
+
+    // After the failure GPU 0 stays full at 0 % (a second of trace time
+    // every 10 ms) until the squatter is open on the controller, then is
+    // released, until the finding is closed.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let squatter = async || {
         let body = client
             .ask("findings", BTreeMap::new(), Duration::from_secs(2))
             .await
             .ok()?;
         let page: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let f = page["items"]
+        page["items"]
             .as_array()?
             .iter()
-            .find(|e| e["finding"]["kind"] == "idle_gpu_reservation")?;
-        f["closed"].as_f64()
-    })
-    .await
-    .expect("the idle reservation was never closed");
+            .find(|e| e["finding"]["kind"] == "gpu_squatter")
+            .cloned()
+    };
+    let (mut ts, mut held, mut f) = (began, true, None);
+    for i in 0..6000u32 {
+        ts += 1.0;
+        let used = if held { 81_000.0 } else { 300.0 };
+        let lines: Vec<String> = [
+            ("DCGM_FI_DEV_FB_USED", used),
+            ("DCGM_FI_DEV_FB_FREE", 81_920.0 - used),
+            ("DCGM_FI_DEV_GPU_UTIL", 0.0),
+        ]
+        .iter()
+        .map(|(name, v)| format!(r#"{{"t":"metric","ts":{ts},"node":"n1","name":"{name}","labels":{{"gpu":"0"}},"value":{v}}}"#))
+        .collect();
+        udp.send_to(lines.join("\n").as_bytes(), ("127.0.0.1", port))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if i % 20 == 0 {
+            if let Some(found) = squatter().await {
+                held = false;
+                if found["closed"].as_f64().is_some() {
+                    f = Some(found);
+                    break;
+                }
+            }
+        }
+    }
+    let Some(f) = f else {
+        let body = client
+            .ask("findings", BTreeMap::new(), Duration::from_secs(2))
+            .await;
+        panic!(
+            "the squatter was never found and closed: {body:?}; sensor {:?}",
+            sensor::stats(&sensor).await
+        );
+    };
+    assert_eq!(f["finding"]["job"], "j1", "{f:#}");
+    assert_eq!(f["finding"]["basis"], "job_ended", "{f:#}");
+    assert!(
+        f["reported_by"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("findings/sensor:n1@")),
+        "{f:#}"
+    );
     // Closed on the controller's clock (as findings are opened on it), so
     // that verification compares like with like: after this test began.
-    assert!(closed >= began, "closed at {closed}, test began at {began}");
+    assert!(f["closed"].as_f64().unwrap() >= began, "{f:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,7 +170,8 @@ pub(crate) fn approve(cmd: ActionCommand) -> Result<()> {
         ),
         ref many => bail!("{key:?} names {} actions: {:?}", many.len(), many),
     };
-    let mut detail = format!("{verb} by the operator `{}`", whoami(&at));
+    // Who asked is the certificate the controller saw (the audit's `by`).
+    let mut detail = verb.to_string();
     if !reason.is_empty() {
         detail.push_str(&format!(": {reason}"));
     }
@@ -248,14 +249,6 @@ fn propose(at: &ControllerAt, command: serde_json::Value) -> Result<String> {
             ("command", command.to_string()),
         ],
     )
-}
-
-/// Who approves: the credentials folder names the operator (its
-/// certificate's name, by the layout `keel cert issue` suggests).
-fn whoami(at: &ControllerAt) -> String {
-    at.credentials
-        .file_name()
-        .map_or_else(|| "unknown".into(), |n| n.to_string_lossy().into_owned())
 }
 
 fn now() -> f64 {

@@ -53,6 +53,12 @@ pub struct Route {
     pub host: Option<String>,
     pub addr: Option<SocketAddr>,
     pub ended: bool,
+    /// The job's record cut to the node that asked (its state, its ranks
+    /// there with their GPUs and NICs, and Slurm's GPU allocation there),
+    /// so that the node's sensor can tell which job holds which of its
+    /// GPUs. None in `keel routes`, which asks for no node.
+    #[serde(default)]
+    pub record: Option<JobRecord>,
 }
 
 /// What changed for one caller since its last answer.
@@ -71,6 +77,40 @@ pub struct Delta<T> {
     pub changed: Vec<T>,
     /// Jobs that left the caller's set.
     pub removed: Vec<Name>,
+}
+
+/// `record` with only what concerns `node`: its ranks there, their GPUs
+/// and NICs, and Slurm's GPU allocation there.
+pub fn cut_to_node(record: &JobRecord, node: &str) -> JobRecord {
+    let ranks: Vec<u32> = record.ranks.get(node).cloned().unwrap_or_default();
+    let mut cut = JobRecord {
+        nodes: record
+            .nodes
+            .iter()
+            .filter(|n| n.as_str() == node)
+            .cloned()
+            .collect(),
+        ranks: BTreeMap::new(),
+        gpus: BTreeMap::new(),
+        nics: BTreeMap::new(),
+        node_gpus: BTreeMap::new(),
+        ..record.clone()
+    };
+    for r in &ranks {
+        if let Some(g) = record.gpus.get(r) {
+            cut.gpus.insert(*r, *g);
+        }
+        if let Some(n) = record.nics.get(r) {
+            cut.nics.insert(*r, n.clone());
+        }
+    }
+    if let Some((n, g)) = record.node_gpus.get_key_value(node) {
+        cut.node_gpus.insert(n.clone(), g.clone());
+    }
+    if let Some((n, _)) = record.ranks.get_key_value(node) {
+        cut.ranks.insert(n.clone(), ranks);
+    }
+    cut
 }
 
 /// A job that left a set at `version`: its host's, and these nodes'.
@@ -180,12 +220,7 @@ impl Routing {
         let record = match self.jobs.get(&record.job) {
             Some(l) if record.ranks.is_empty() && !l.record.ranks.is_empty() => {
                 let mut r = record.clone();
-                r.nodes.clone_from(&l.record.nodes);
-                r.ranks.clone_from(&l.record.ranks);
-                r.gpus.clone_from(&l.record.gpus);
-                r.nics.clone_from(&l.record.nics);
-                r.tp = r.tp.or(l.record.tp);
-                r.tenant = r.tenant.or_else(|| l.record.tenant.clone());
+                r.keep_placement_of(&l.record);
                 merged = r;
                 &merged
             }
@@ -339,7 +374,10 @@ impl Routing {
             epoch,
             since,
             budget,
-            |l| self.route(l),
+            |l| Route {
+                record: Some(cut_to_node(&l.record, node)),
+                ..self.route(l)
+            },
             cost,
         )
     }
@@ -381,6 +419,7 @@ impl Routing {
                 .and_then(|h| self.hosts.get(h))
                 .map(|h| h.addr),
             ended: l.linger_until.is_some(),
+            record: None,
         }
     }
 

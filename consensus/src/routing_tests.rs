@@ -323,3 +323,37 @@ fn too_many_hosts_are_refused_and_counted() {
     assert_eq!(r.hosts_refused, 1);
     assert!(r.hello("h0", addr(1), 1.0));
 }
+
+#[test]
+fn a_nodes_routes_carry_the_job_cut_to_that_node() {
+    let mut r = Routing::new(EPOCH);
+    let mut rec = running("j1", &["n1", "n2"]);
+    rec.ranks = [("n1".into(), vec![0, 1]), ("n2".into(), vec![2])].into();
+    rec.gpus = [(0, 0), (1, 3), (2, 0)].into();
+    rec.node_gpus = [("n1".into(), vec![0, 3]), ("n2".into(), vec![0])].into();
+    r.job(&rec, 1.0);
+    let d = r.routes("n1", None, 0, NO_LIMIT, |_| 1);
+    let cut = d.changed[0]
+        .record
+        .clone()
+        .expect("a node's route carries the record");
+    assert_eq!(cut.job, rec.job);
+    assert_eq!(cut.state, JobState::Running);
+    assert_eq!(
+        cut.ranks.keys().map(|n| n.as_str()).collect::<Vec<_>>(),
+        ["n1"]
+    );
+    assert_eq!(cut.gpus, [(0, 0), (1, 3)].into());
+    assert_eq!(
+        cut.node_gpus.keys().map(|n| n.as_str()).collect::<Vec<_>>(),
+        ["n1"]
+    );
+    // Its end reaches the node with the placement kept.
+    r.job(&job("j1", JobState::Failed, &[], 5.0), 5.0);
+    let d2 = r.routes("n1", Some(EPOCH), d.version, NO_LIMIT, |_| 1);
+    let ended = d2.changed[0].record.clone().unwrap();
+    assert_eq!(ended.state, JobState::Failed);
+    assert_eq!(ended.node_gpus["n1"], vec![0, 3]);
+    // `keel routes` (no node) carries none.
+    assert!(r.all_routes()[0].record.is_none());
+}

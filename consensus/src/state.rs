@@ -445,15 +445,8 @@ impl State {
             Command::Job { mut record } => {
                 // A record without placement (an epilog's end, `keel job
                 // end`) keeps the placement already known.
-                if record.ranks.is_empty() {
-                    if let Some(known) = self.jobs.get(&record.job) {
-                        record.nodes.clone_from(&known.nodes);
-                        record.ranks.clone_from(&known.ranks);
-                        record.gpus.clone_from(&known.gpus);
-                        record.nics.clone_from(&known.nics);
-                        record.tp = record.tp.or(known.tp);
-                        record.tenant = record.tenant.or_else(|| known.tenant.clone());
-                    }
+                if let Some(known) = self.jobs.get(&record.job) {
+                    record.keep_placement_of(known);
                 }
                 // An ended job stays known with its final state: its
                 // correlator lingers (a GPU it leaves held shows only after

@@ -41,6 +41,21 @@ pub struct EngineStats {
     pub straggler: StragglerStats,
 }
 
+/// Which detectors an [`Engine`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Every detector: `keel replay` and `keel eval` over a whole trace.
+    #[default]
+    All,
+    /// A job's correlator: everything but the GPU-level conditions
+    /// (`gpu_squatter`, `idle_gpu_reservation`), which outlive the job that
+    /// caused them and are watched by the node's sensor.
+    Job,
+    /// A node's sensor: only the GPU-level conditions, over every GPU of
+    /// the node and every job placed there, until each clears.
+    Node,
+}
+
 /// All detectors, fed by one stream of records.
 #[derive(Debug)]
 pub struct Engine {
@@ -52,6 +67,7 @@ pub struct Engine {
     squatter: squatter::SquatterDetector,
     engine_health: engine_health::EngineHealthDetector,
     network: network::NetworkDetector,
+    scope: Scope,
     now: Timestamp,
     last_prune: Timestamp,
     records: u64,
@@ -68,7 +84,13 @@ impl Default for Engine {
 
 impl Engine {
     pub fn new(cfg: Config) -> Self {
+        Engine::with_scope(cfg, Scope::All)
+    }
+
+    /// An engine that runs only the detectors of `scope`.
+    pub fn with_scope(cfg: Config, scope: Scope) -> Self {
         Engine {
+            scope,
             topology: Topology::default(),
             signals: SignalStore::default(),
             windowed: StragglerDetector::new(cfg.straggler.for_windows()),
@@ -115,16 +137,22 @@ impl Engine {
                     signals: &self.signals,
                     now: self.now,
                 };
-                self.straggler.push(c, &inputs, out, &mut self.cleared);
+                if self.scope != Scope::Node {
+                    self.straggler.push(c, &inputs, out, &mut self.cleared);
+                }
             }
             Record::Metric(m) => {
                 if let Some((_, derived)) = self.signals.push(m) {
                     let cleared = &mut self.cleared;
-                    self.squatter
-                        .push(m, &self.topology, self.now, out, cleared);
-                    self.engine_health.push(m, self.now, out, cleared);
-                    self.network
-                        .push(m, derived, &self.signals, self.now, out, cleared);
+                    if self.scope != Scope::Job {
+                        self.squatter
+                            .push(m, &self.topology, self.now, out, cleared);
+                    }
+                    if self.scope != Scope::Node {
+                        self.engine_health.push(m, self.now, out, cleared);
+                        self.network
+                            .push(m, derived, &self.signals, self.now, out, cleared);
+                    }
                 }
             }
             Record::Request(_) => {}
@@ -143,6 +171,9 @@ impl Engine {
         let ts = s.window_end - s.offset_us as f64 / 1e6;
         if ts.is_finite() {
             self.now = self.now.max(ts);
+        }
+        if self.scope == Scope::Node {
+            return;
         }
         let before = out.len();
         let inputs = Inputs {

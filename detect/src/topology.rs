@@ -36,6 +36,10 @@ pub struct Topology {
     /// Nodes for which some job record carried Slurm's GPU allocation
     /// (`node_gpus`): there, a GPU no job holds belongs to no job.
     allocated: rustc_hash::FxHashSet<Name>,
+    /// Per node, the running jobs with ranks there whose records carry no
+    /// `node_gpus` for it: while any is there, which GPUs are free on the
+    /// node is not known.
+    unmapped: HashMap<Name, rustc_hash::FxHashSet<Name>>,
 }
 
 impl Topology {
@@ -64,6 +68,17 @@ impl Topology {
             let Some(gpu) = p.gpu else { continue };
             if !rec.node_gpus.contains_key(&p.node) {
                 held.push((p.node.clone(), gpu));
+            }
+        }
+        for node in rec.ranks.keys() {
+            let set = self.unmapped.entry(node.clone()).or_default();
+            if rec.state.is_finished() || rec.node_gpus.contains_key(node) {
+                set.remove(&rec.job);
+            } else {
+                set.insert(rec.job.clone());
+            }
+            if set.is_empty() {
+                self.unmapped.remove(node);
             }
         }
         held.sort();
@@ -120,10 +135,12 @@ impl Topology {
         self.holders.get(&(node.clone(), gpu))
     }
 
-    /// Whether Slurm's GPU allocation on `node` is known (some job record
-    /// carried `node_gpus` for it).
+    /// Whether Slurm's GPU allocation on `node` is known: some job record
+    /// carried `node_gpus` for it, and every running job with ranks there
+    /// does (a job placed by an older prolog, without its GPUs, may hold
+    /// any of them).
     pub fn allocation_known(&self, node: &Name) -> bool {
-        self.allocated.contains(node)
+        self.allocated.contains(node) && !self.unmapped.contains_key(node)
     }
 
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {

@@ -252,3 +252,50 @@ fn a_mig_instance_is_a_gpu_of_its_own() {
     assert_eq!((f[0].gpu, f[0].gpu_instance), (Some(0), Some(13)));
     assert!(f[0].evidence[0].contains("MIG instance 13"));
 }
+
+#[test]
+fn a_job_without_its_gpus_on_the_node_leaves_free_gpus_unknown() {
+    let mut r = Run::new();
+    // "svc" came with Slurm's allocation (GPU 1); "old" was placed by a
+    // prolog that did not say its GPUs, so it may hold GPU 0.
+    r.feed([job("svc", JobState::Running, T0, &[1])]);
+    let mut old = JobRecord::state_only("old", JobState::Running, T0);
+    old.nodes = vec!["n01".into()];
+    old.ranks = BTreeMap::from([("n01".into(), vec![0])]);
+    r.feed([Record::Job(Box::new(old))]);
+    for i in 0..40 {
+        r.feed(scrape(T0 + 2.0 * i as f64, 0, 0.97, 0.0));
+    }
+    let f = r.of(FindingKind::GpuSquatter);
+    assert!(
+        f.iter().all(|f| f.basis == Some(Basis::MappingUnknown)),
+        "GPU 0 is not known to be free while \"old\" may hold it: {f:#?}"
+    );
+}
+
+/// The node's sensor watches GPU-level conditions, a job's correlator the
+/// rest: each engine of a scope concludes only its own kinds, so that a
+/// squatter is reported once, by the node, whatever becomes of the job.
+#[test]
+fn gpu_conditions_belong_to_the_node_scope_only() {
+    use keel_detect::Scope;
+    let mut records = vec![job("train", JobState::Running, T0, &[2])];
+    for i in 0..12 {
+        records.extend(scrape(T0 + 5.0 * i as f64, 2, 0.92, 0.0));
+    }
+    records.push(job("train", JobState::Failed, T0 + 60.0, &[2]));
+    for i in 0..10 {
+        records.extend(scrape(T0 + 60.0 + 2.0 * i as f64, 2, 0.92, 0.0));
+    }
+    let kinds = |scope: Scope| {
+        let mut e = Engine::with_scope(keel_detect::Config::default(), scope);
+        let mut out = Vec::new();
+        for r in &records {
+            e.push(r, &mut out);
+        }
+        out.iter().map(|f| f.kind).collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(Scope::Node), vec![FindingKind::GpuSquatter]);
+    assert_eq!(kinds(Scope::All), vec![FindingKind::GpuSquatter]);
+    assert!(kinds(Scope::Job).is_empty());
+}

@@ -74,7 +74,9 @@ impl Role {
     /// - every role may `ping`, `pong` and `ack` (an ack only answers a request
     ///   that someone allowed to send it made);
     /// - a sensor sends `telemetry`, and may `query` (where its jobs'
-    ///   correlators are; a job it saw start);
+    ///   correlators are; a job it saw start); it sends the `finding`s of
+    ///   its node's GPU watch (the controller takes from a sensor only
+    ///   `FindingKind::NODE_WATCHED` kinds about its own node);
     /// - a correlator sends `finding`s to the controller and may `query` it;
     /// - the controller sends everything of control: `command`, `raft` and
     ///   `raft_chunk`, `finding` (forwarded), `query` and `query_reply`, but
@@ -89,7 +91,7 @@ impl Role {
         match msg {
             M::Ping | M::Pong | M::Ack(_) => true,
             M::Telemetry(_) => *self == Role::Sensor,
-            M::Finding(_) => matches!(self, Role::Correlator | Role::Controller),
+            M::Finding(_) => matches!(self, Role::Correlator | Role::Sensor | Role::Controller),
             M::Query(_) => true,
             M::QueryReply(_) | M::Raft(_) | M::RaftChunk(_) | M::Command(_) => {
                 *self == Role::Controller

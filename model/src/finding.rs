@@ -43,6 +43,14 @@ macro_rules! finding_kinds {
     };
 }
 
+impl FindingKind {
+    /// The kinds a node's sensor watches and reports, for every GPU of the
+    /// node until each clears: GPU-level conditions that outlive the job
+    /// that caused them. A sensor may report these, for its own node only.
+    pub const NODE_WATCHED: &'static [FindingKind] =
+        &[FindingKind::GpuSquatter, FindingKind::IdleGpuReservation];
+}
+
 finding_kinds! {
     // East-west (seed 000, Table 3c)
     TpStraggler => "tp_straggler", Rank;

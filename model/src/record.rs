@@ -146,6 +146,25 @@ impl JobRecord {
         }
     }
 
+    /// A record without placement (an epilog's end, `keel job end`) takes
+    /// the placement `known` has: nodes, ranks, their GPUs and NICs,
+    /// Slurm's GPU allocation, tp and tenant. A record with placement is
+    /// left as it is.
+    pub fn keep_placement_of(&mut self, known: &JobRecord) {
+        if !self.ranks.is_empty() {
+            return;
+        }
+        self.nodes.clone_from(&known.nodes);
+        self.ranks.clone_from(&known.ranks);
+        self.gpus.clone_from(&known.gpus);
+        self.nics.clone_from(&known.nics);
+        if self.node_gpus.is_empty() {
+            self.node_gpus.clone_from(&known.node_gpus);
+        }
+        self.tp = self.tp.or(known.tp);
+        self.tenant = self.tenant.take().or_else(|| known.tenant.clone());
+    }
+
     /// The node a rank runs on.
     pub fn node_of(&self, rank: u32) -> Option<&Name> {
         self.ranks

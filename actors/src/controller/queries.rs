@@ -60,8 +60,13 @@ pub async fn handle(req: Request, me: ActorRef<ControllerMsg>) {
                 },
             }
         }
-        Message::Finding(f) if peer.role == Role::Correlator => {
-            match open_finding(&me, &peer.name, f.clone()).await {
+        Message::Finding(f) if reporter_may(peer.role, &peer.name, f).is_err() => {
+            let why = reporter_may(peer.role, &peer.name, f).unwrap_err();
+            tracing::warn!(peer = %peer.name, role = %peer.role, kind = %f.kind.wire(), node = ?f.node, "finding refused: {why}");
+            ack(false, why)
+        }
+        Message::Finding(f) => {
+            match open_finding(&me, &identity(peer.role, &peer.name), f.clone()).await {
                 Ok(outcome) => ack(true, serde_json::to_string(&outcome).unwrap_or_default()),
                 Err(e) => ack(false, format!("{e:#}")),
             }
@@ -170,10 +175,41 @@ async fn open_finding(
     propose_for(me, "findings", reporter, command).await
 }
 
+/// Whether `peer` (of `role`) may open or close `f`: a correlator any
+/// finding; a sensor only the node-watched kinds
+/// ([`keel_model::FindingKind::NODE_WATCHED`]) about its own node (its
+/// certificate's name); nobody else. The error says why not.
+pub(crate) fn reporter_may(role: Role, peer: &str, f: &Finding) -> Result<(), String> {
+    match role {
+        Role::Correlator => Ok(()),
+        Role::Sensor => {
+            if !keel_model::FindingKind::NODE_WATCHED.contains(&f.kind) {
+                return Err(format!(
+                    "a sensor reports only {} findings, not {}",
+                    keel_model::FindingKind::NODE_WATCHED
+                        .iter()
+                        .map(|k| k.wire())
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    f.kind.wire()
+                ));
+            }
+            match f.node.as_deref() {
+                Some(n) if n == peer => Ok(()),
+                other => Err(format!(
+                    "sensor {peer} reports only about its own node, not {}",
+                    other.unwrap_or("no node")
+                )),
+            }
+        }
+        other => Err(format!("a {other} reports no findings")),
+    }
+}
+
 fn allowed(role: Role, topic: &str) -> bool {
     match role {
         Role::Controller | Role::Operator => true,
-        Role::Sensor => matches!(topic, "routes" | "job" | "status"),
+        Role::Sensor => matches!(topic, "routes" | "job" | "status" | "close_finding"),
         Role::Correlator => matches!(topic, "hello" | "close_finding" | "routes" | "status"),
         // Slurm's executor also reports the jobs it discovers.
         Role::Executor => matches!(topic, "executor" | "job"),
@@ -186,10 +222,21 @@ fn param<'a>(q: &'a Query, key: &str) -> Result<&'a String> {
         .with_context(|| format!("param `{key}` missing"))
 }
 
+/// Who a peer is, as its certificate says: `ROLE:NAME`. Every session a
+/// peer proposes in starts with it, so that the ledger's `reported_by`,
+/// `applied_by` and the audit's `by` name the certificate that asked,
+/// never a name the client chose.
+pub(crate) fn identity(role: Role, name: &str) -> String {
+    format!("{role}:{name}")
+}
+
 async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>) -> Result<String> {
     if !allowed(role, &q.topic) {
+        tracing::warn!(%peer, %role, topic = %q.topic, "request refused: not allowed for the role");
         bail!("a {role} may not ask `{}`", q.topic);
     }
+    let who = identity(role, peer);
+    let who = who.as_str();
     match q.topic.as_str() {
         "status" => {
             let (tx, rx) = oneshot::channel();
@@ -215,14 +262,7 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
             let (record, unchanged) = read(me, move |s| {
                 let mut r = incoming;
                 if let Some(known) = s.node.state.jobs.get(&r.job) {
-                    if r.ranks.is_empty() {
-                        r.nodes = known.nodes.clone();
-                        r.ranks = known.ranks.clone();
-                        r.gpus = known.gpus.clone();
-                        r.nics = known.nics.clone();
-                        r.tp = r.tp.or(known.tp);
-                        r.tenant = r.tenant.clone().or(known.tenant.clone());
-                    }
+                    r.keep_placement_of(known);
                     let same = known == &r;
                     (r, same)
                 } else {
@@ -233,12 +273,21 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
             if unchanged {
                 return Ok("\"unchanged\"".into());
             }
-            let outcome = propose_for(me, "jobs", peer, Command::Job { record }).await?;
+            let outcome = propose_for(me, "jobs", who, Command::Job { record }).await?;
             Ok(serde_json::to_string(&outcome)?)
         }
         "close_finding" => {
             let finding: Finding = serde_json::from_str(param(q, "finding")?)
                 .context("param `finding` is not a finding")?;
+            // An operator (or a replica) may close any finding by hand.
+            let by_hand = matches!(role, Role::Operator | Role::Controller);
+            if let Err(why) =
+                reporter_may(role, peer, &finding)
+                    .or_else(|e| if by_hand { Ok(()) } else { Err(e) })
+            {
+                tracing::warn!(%peer, %role, kind = %finding.kind.wire(), "finding close refused: {why}");
+                bail!(why);
+            }
             // The controller's clock, like `opened`: verification compares the two.
             let ts = unix_now();
             let id = read(me, move |s| s.node.state.open_finding_like(&finding)).await?;
@@ -246,7 +295,7 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
                 return Ok("\"not open\"".into());
             };
             let outcome =
-                propose_for(me, "closings", peer, Command::CloseFinding { id, ts }).await?;
+                propose_for(me, "closings", who, Command::CloseFinding { id, ts }).await?;
             Ok(serde_json::to_string(&outcome)?)
         }
         "executor" => {
@@ -327,7 +376,9 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
                     if seq == 0 {
                         bail!("param `seq`: sequence numbers start at 1");
                     }
-                    let client = client.clone();
+                    // The session is the certificate's: a client names only
+                    // its part after the identity.
+                    let client = format!("{who}/{client}");
                     propose(
                         me,
                         Proposal {
@@ -338,7 +389,7 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
                     )
                     .await?
                 }
-                (None, None) => propose_for(me, "ops", peer, command).await?,
+                (None, None) => propose_for(me, "ops", who, command).await?,
                 _ => bail!("give both `client` and `seq`, or neither"),
             };
             Ok(serde_json::to_string(&outcome)?)

@@ -1,0 +1,92 @@
+//! How a finding reaches the controller: opened until a replica has
+//! committed it, closed once its condition has cleared, in the order they
+//! were concluded. Used by job correlators and by the sensors' node-level
+//! watch of GPUs.
+
+use crate::client::ControllerClient;
+use crate::controller::queries::params;
+use anyhow::Result;
+use keel_model::{Finding, Message};
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a detector's host tells the controller.
+pub enum Report {
+    Open(Finding),
+    Close(Finding),
+}
+
+/// Delivers one reporter's reports one at a time, in the order they were
+/// queued, so that a finding's close never overtakes its open. Ends once
+/// the reporter is gone and its queue is empty.
+pub async fn deliver(client: ControllerClient, mut queue: mpsc::UnboundedReceiver<Report>) {
+    while let Some(r) = queue.recv().await {
+        match r {
+            Report::Open(f) => open(&client, f).await,
+            Report::Close(f) => close(&client, f).await,
+        }
+    }
+}
+
+/// Reports a finding until a replica has committed it. A retry of the
+/// same finding is the same proposal, and an open finding of the same kind
+/// at the same place is recognised as such, so nothing is counted twice.
+async fn open(client: &ControllerClient, f: Finding) {
+    let sent = retry("finding not committed yet", || async {
+        match client
+            .request(Message::Finding(f.clone()), ASK_TIMEOUT * 3)
+            .await?
+        {
+            Message::Ack(a) if a.ok => Ok(()),
+            other => anyhow::bail!("answered {other:?}"),
+        }
+    })
+    .await;
+    if !sent {
+        tracing::error!(kind = %f.kind.wire(), job = ?f.job, "finding given up after 30 tries");
+    }
+}
+
+/// Closes the controller's open finding of the same kind and place. Any
+/// answer will do: "not open" means that its open was never committed or
+/// that it was closed already, and either way nothing is left to close.
+async fn close(client: &ControllerClient, f: Finding) {
+    let json = match serde_json::to_string(&f) {
+        Ok(json) => json,
+        Err(e) => {
+            tracing::error!(kind = %f.kind.wire(), error = %e, "finding close not encodable");
+            return;
+        }
+    };
+    let sent = retry("finding close not committed yet", || async {
+        let asked = params([("finding", json.clone())]);
+        client.ask("close_finding", asked, ASK_TIMEOUT * 3).await?;
+        Ok(())
+    })
+    .await;
+    if !sent {
+        tracing::error!(kind = %f.kind.wire(), job = ?f.job, "finding close given up after 30 tries");
+    }
+}
+
+/// Tries `attempt` up to 30 times with backoff, the controller being
+/// between leaders or unreachable for a while; false when every try failed.
+async fn retry<F, Fut>(what: &str, mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut delay = Duration::from_millis(100);
+    for n in 0..30u32 {
+        match attempt().await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(attempt = n, error = %e, "{what}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    false
+}
