@@ -42,6 +42,22 @@ impl Default for EdgeConfig {
     }
 }
 
+/// Jobs a sensor summarises at once; a collective of one more is dropped
+/// and counted (`EdgeStats::jobs_dropped`). A node runs a few jobs.
+pub const JOBS_MAX: usize = 4096;
+/// Ranks of one job a sensor summarises; one more is dropped and counted
+/// (`EdgeStats::ranks_dropped`). One node hosts at most a few dozen ranks
+/// of a job; the bound leaves room for a DPU serving several hosts.
+pub const RANKS_PER_JOB_MAX: usize = 4096;
+/// A collective stamped further than this from the sensor's clock (either
+/// way, seconds) is refused and counted (`EdgeStats::implausible`): node
+/// clocks are milliseconds to seconds apart, never minutes, and one
+/// far-future stamp would otherwise move the job's clock for good.
+pub const CLOCK_GAP_MAX_S: f64 = 300.0;
+/// The longest collective duration taken, microseconds (ten minutes: NCCL's
+/// own watchdog gives up on a collective long before).
+pub const DUR_MAX_US: f64 = 600e6;
+
 /// Counters for the sensor's own status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EdgeStats {
@@ -49,6 +65,13 @@ pub struct EdgeStats {
     pub summaries: u64,
     /// Events for a window already sent (arrived too late to count).
     pub late_events: u64,
+    /// Collectives refused: a timestamp or duration no real collective has.
+    pub implausible: u64,
+    /// Collectives dropped because [`JOBS_MAX`] jobs were held.
+    pub jobs_dropped: u64,
+    /// Collectives dropped because [`RANKS_PER_JOB_MAX`] ranks of the job
+    /// were held.
+    pub ranks_dropped: u64,
 }
 
 #[derive(Debug)]
@@ -74,8 +97,9 @@ struct RankState {
 #[derive(Debug)]
 pub struct EdgeAggregator {
     cfg: EdgeConfig,
-    /// job -> rank -> state; ranks are small integers.
-    jobs: HashMap<Name, Vec<Option<RankState>>>,
+    /// job -> rank -> state, bounded by [`JOBS_MAX`] and
+    /// [`RANKS_PER_JOB_MAX`].
+    jobs: HashMap<Name, HashMap<u32, RankState>>,
     offset: OffsetEstimate,
     pub stats: EdgeStats,
 }
@@ -100,18 +124,28 @@ impl EdgeAggregator {
     /// (sensor clock); windows it completes are appended to `out`.
     pub fn push(&mut self, c: &CollectiveRecord, received: f64, out: &mut Vec<Summary>) {
         self.stats.events += 1;
+        let plausible =
+            (c.ts - received).abs() <= CLOCK_GAP_MAX_S && (0.0..=DUR_MAX_US).contains(&c.dur_us);
+        if !plausible {
+            self.stats.implausible += 1;
+            return;
+        }
         self.offset.observe(c.ts - received, received);
         let offset_us = self.offset_us();
         let len = self.cfg.window_len.max(1);
         if !self.jobs.contains_key(&c.job) {
-            self.jobs.insert(c.job.clone(), Vec::new());
+            if self.jobs.len() >= JOBS_MAX {
+                self.stats.jobs_dropped += 1;
+                return;
+            }
+            self.jobs.insert(c.job.clone(), HashMap::default());
         }
         let ranks = self.jobs.get_mut(&c.job).expect("inserted above");
-        let idx = c.rank as usize;
-        if ranks.len() <= idx {
-            ranks.resize_with(idx + 1, || None);
+        if !ranks.contains_key(&c.rank) && ranks.len() >= RANKS_PER_JOB_MAX {
+            self.stats.ranks_dropped += 1;
+            return;
         }
-        let rank = ranks[idx].get_or_insert_with(|| RankState {
+        let rank = ranks.entry(c.rank).or_insert_with(|| RankState {
             node: c.node.clone(),
             open: None,
             sent_up_to: None,
@@ -160,15 +194,14 @@ impl EdgeAggregator {
     pub fn flush_idle(&mut self, now: f64, out: &mut Vec<Summary>) {
         let offset_us = self.offset_us();
         for (job, ranks) in &mut self.jobs {
-            for (idx, slot) in ranks.iter_mut().enumerate() {
-                let Some(rank) = slot else { continue };
+            for (&idx, rank) in ranks.iter_mut() {
                 if rank
                     .open
                     .as_ref()
                     .is_some_and(|o| now - o.touched >= self.cfg.max_idle_s)
                 {
                     let done = rank.open.take().expect("checked");
-                    if let Some(s) = close(job, idx as u32, rank, done, offset_us) {
+                    if let Some(s) = close(job, idx, rank, done, offset_us) {
                         out.push(s);
                         self.stats.summaries += 1;
                     }
