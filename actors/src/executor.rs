@@ -1,21 +1,24 @@
 //! The executor actor: carries the controller's commands out through the
 //! executors of `keel_adapters::executors` (Slurm, HAProxy, a webhook, the
-//! NIC of its own node), one command at a time.
+//! NIC and the GPUs' leftover processes of its own node), one command at a
+//! time.
 //!
 //! It dials every controller replica with its own `executor` certificate
 //! and greets each, every second, with the actions it carries out and the
 //! nodes it acts for; the leader sends it commands over that same
 //! connection. The transport accepts a `command` only from a peer whose
 //! certificate says `controller`. Policies name targets the way findings
-//! do (`job/J`, `node/N`, `node/N/DEV`); this actor translates them into
-//! what each system calls them (a Slurm job id, a HAProxy `BACKEND/SERVER`
-//! from `[haproxy.replicas]`, an interface name).
+//! do (`job/J`, `node/N`, `node/N/DEV`, `node/N/gpu/G`); this actor
+//! translates them into what each system calls them (a Slurm job id, a
+//! HAProxy `BACKEND/SERVER` from `[haproxy.replicas]`, an interface name, a
+//! GPU index), and gives each command to the first section that carries the
+//! action out and takes that form of target.
 
 use crate::client::ControllerAddr;
 use anyhow::{bail, Context, Result};
 use keel_adapters::executors::{
-    haproxy::HaproxyExecutor, log::LogExecutor, nic::NicExecutor, slurm::SlurmExecutor,
-    webhook::WebhookExecutor, ExecCommand, ExecError, Executor, Journal,
+    gpu_process::GpuProcessExecutor, haproxy::HaproxyExecutor, log::LogExecutor, nic::NicExecutor,
+    slurm::SlurmExecutor, webhook::WebhookExecutor, ExecCommand, ExecError, Executor, Journal,
 };
 use keel_model::{Ack, Action, Command, Message, Query};
 use keel_transport::{Backoff, Client, Credentials, Link, Options, Request};
@@ -54,6 +57,8 @@ pub struct ExecutorConfig {
     pub webhook: Option<WebhookConfig>,
     #[serde(default)]
     pub nic: Option<NicConfig>,
+    #[serde(default)]
+    pub gpu: Option<GpuConfig>,
     /// `notify` as a line in this executor's log.
     #[serde(default)]
     pub log: Option<LogConfig>,
@@ -122,6 +127,47 @@ pub struct NicConfig {
     pub netns: Option<String>,
 }
 
+/// `reclaim_zombie` of a leftover process on this node's GPUs
+/// (`node/N/gpu/G`): the process of an ended job, or of none, that still
+/// holds GPU `G`, killed after checking on the node that it holds the GPU
+/// and belongs to no job Slurm still runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuConfig {
+    /// The NVIDIA driver's `nvidia-smi` (default: found on `PATH`).
+    #[serde(default = "nvidia_smi")]
+    pub nvidia_smi: String,
+    /// Seconds between SIGTERM and SIGKILL (default 10).
+    #[serde(default = "grace_s")]
+    pub grace_s: u64,
+    /// Slurm's `scontrol`, asked for the state of each process's job
+    /// (default: found on `PATH`).
+    #[serde(default = "scontrol")]
+    pub scontrol: String,
+}
+
+fn nvidia_smi() -> String {
+    "nvidia-smi".into()
+}
+
+fn grace_s() -> u64 {
+    10
+}
+
+fn scontrol() -> String {
+    "scontrol".into()
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            nvidia_smi: nvidia_smi(),
+            grace_s: grace_s(),
+            scontrol: scontrol(),
+        }
+    }
+}
+
 impl ExecutorConfig {
     pub fn load(path: &Path) -> Result<ExecutorConfig> {
         let text =
@@ -140,12 +186,17 @@ impl ExecutorConfig {
             && self.haproxy.is_none()
             && self.webhook.is_none()
             && self.nic.is_none()
+            && self.gpu.is_none()
             && self.log.is_none()
         {
-            bail!("no executor configured: add [slurm], [haproxy], [webhook], [nic] or [log]");
+            bail!(
+                "no executor configured: add [slurm], [haproxy], [webhook], [nic], [gpu] or [log]"
+            );
         }
-        if self.nic.is_some() && self.nodes.iter().any(|n| n == "*") {
-            bail!("[nic] acts on this node only: set `nodes` to this node's name");
+        for (section, on) in [("nic", self.nic.is_some()), ("gpu", self.gpu.is_some())] {
+            if on && self.nodes.iter().any(|n| n == "*") {
+                bail!("[{section}] acts on this node only: set `nodes` to this node's name");
+            }
         }
         Ok(())
     }
@@ -163,6 +214,23 @@ enum Kind {
     /// Takes targets as the policy names them (webhook, log).
     AsIs,
     Nic,
+    /// This node's GPUs; the nodes this executor acts for.
+    Gpu(Vec<String>),
+}
+
+impl Kind {
+    /// Whether this section takes targets of this form: a Slurm section
+    /// never gets `node/N/gpu/G`, the GPU section never `job/J`.
+    fn accepts(&self, target: &str) -> bool {
+        let parts: Vec<&str> = target.split('/').collect();
+        match self {
+            Kind::Slurm => matches!(parts.as_slice(), ["job", _] | ["node", _]),
+            Kind::Haproxy(_) => parts.len() == 2,
+            Kind::Nic => matches!(parts.as_slice(), ["node", _, _]),
+            Kind::Gpu(_) => matches!(parts.as_slice(), ["node", _, "gpu", _]),
+            Kind::AsIs => true,
+        }
+    }
 }
 
 fn journal(dir: &Option<PathBuf>, name: &str) -> Result<Journal> {
@@ -198,6 +266,16 @@ fn slots(cfg: &ExecutorConfig) -> Result<Vec<Slot>> {
         out.push(Slot {
             exec: Box::new(e),
             kind: Kind::Nic,
+        });
+    }
+    if let Some(g) = &cfg.gpu {
+        let mut e = GpuProcessExecutor::new(journal(dir, "gpu")?);
+        e.nvidia_smi = g.nvidia_smi.clone();
+        e.slurm.scontrol = g.scontrol.clone();
+        e.grace = Duration::from_secs(g.grace_s);
+        out.push(Slot {
+            exec: Box::new(e),
+            kind: Kind::Gpu(cfg.nodes.clone()),
         });
     }
     if cfg.log.is_some() {
@@ -264,6 +342,44 @@ fn translate(kind: &Kind, cmd: &Command) -> Result<ExecCommand, ExecError> {
                 if let Some(v) = c.params.remove(from) {
                     c.params.insert(to.into(), v);
                 }
+            }
+        }
+        (Kind::Gpu(nodes), ["node", n, "gpu", g]) => {
+            if !nodes.iter().any(|m| m == n) {
+                return Err(ExecError::invalid(
+                    "target",
+                    &cmd.target,
+                    format!(
+                        "node {n} is not this executor's (it acts for {}); its GPUs are not reclaimed from here",
+                        nodes.join(",")
+                    ),
+                ));
+            }
+            c.target = g.to_string();
+            for (name, value) in [("node", *n), ("gpu", *g)] {
+                match c.params.get(name) {
+                    Some(v) if v != value => {
+                        return Err(ExecError::invalid(
+                            name,
+                            v,
+                            format!("differs from the target {}", cmd.target),
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        c.params.insert(name.into(), value.into());
+                    }
+                }
+            }
+            match c.params.remove("signal") {
+                Some(v) if v != "TERM" => {
+                    return Err(ExecError::invalid(
+                        "signal",
+                        &v,
+                        "the node's executor sends TERM, then KILL after [gpu] grace_s; no other signal",
+                    ))
+                }
+                _ => {}
             }
         }
         (Kind::AsIs, _) | (Kind::Haproxy(_), [_, _]) => {}
@@ -462,6 +578,16 @@ impl Actor for ExecutorActor {
     }
 }
 
+/// The section that takes a command: the first that carries the action
+/// out and takes this form of target; else the first that carries it out,
+/// whose refusal then says why.
+fn pick(slots: &[Slot], action: Action, target: &str) -> Option<usize> {
+    slots
+        .iter()
+        .position(|s| s.exec.handles(action) && s.kind.accepts(target))
+        .or_else(|| slots.iter().position(|s| s.exec.handles(action)))
+}
+
 async fn carry_out(state: &mut ExecutorState, cmd: Command, reply: RpcReplyPort<Ack>) {
     state.stats.commands += 1;
     let slots = state.slots.clone();
@@ -470,7 +596,7 @@ async fn carry_out(state: &mut ExecutorState, cmd: Command, reply: RpcReplyPort<
     // async workers, one command at a time.
     let ack = tokio::task::spawn_blocking(move || {
         let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(slot) = slots.iter_mut().find(|s| s.exec.handles(c.action)) else {
+        let Some(slot) = pick(&slots, c.action, &c.target).map(|i| &mut slots[i]) else {
             return Ack {
                 id: c.id,
                 ok: false,

@@ -68,3 +68,103 @@ fn what_a_system_cannot_do_is_refused_with_the_reason() {
     let e = translate(&Kind::Slurm, &cmd(Action::DrainNode, "link/a/b", &[]));
     assert!(e.is_err());
 }
+
+#[test]
+fn a_gpu_target_of_this_node_becomes_its_index_and_another_nodes_is_refused() {
+    let gpu = Kind::Gpu(vec!["n1".into()]);
+    let c = translate(
+        &gpu,
+        &cmd(
+            Action::ReclaimZombie,
+            "node/n1/gpu/3",
+            &[("job", "77"), ("signal", "TERM")],
+        ),
+    )
+    .unwrap();
+    assert_eq!(c.target, "3");
+    assert_eq!(
+        (
+            c.params["node"].as_str(),
+            c.params["gpu"].as_str(),
+            c.params["job"].as_str()
+        ),
+        ("n1", "3", "77")
+    );
+    assert!(!c.params.contains_key("signal"));
+    let e = translate(&gpu, &cmd(Action::ReclaimZombie, "node/n2/gpu/3", &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("node n2 is not this executor's"), "{e}");
+    for (target, params) in [
+        ("node/n1/gpu/3", &[("gpu", "4")][..]),
+        ("node/n1/gpu/3", &[("node", "n2")][..]),
+        ("node/n1/gpu/3", &[("signal", "KILL")][..]),
+        ("job/77", &[][..]),
+        ("node/n1/eth0", &[][..]),
+    ] {
+        assert!(
+            translate(&gpu, &cmd(Action::ReclaimZombie, target, params)).is_err(),
+            "{target} {params:?}"
+        );
+    }
+    // A Slurm section does not take a GPU target.
+    assert!(translate(
+        &Kind::Slurm,
+        &cmd(Action::ReclaimZombie, "node/n1/gpu/3", &[])
+    )
+    .is_err());
+}
+
+#[test]
+fn each_target_form_goes_to_the_section_that_takes_it() {
+    let gpu = Kind::Gpu(vec!["n1".into()]);
+    assert!(gpu.accepts("node/n1/gpu/0") && !gpu.accepts("job/7") && !gpu.accepts("node/n1"));
+    assert!(Kind::Slurm.accepts("job/7") && Kind::Slurm.accepts("node/n1"));
+    assert!(!Kind::Slurm.accepts("node/n1/gpu/0"));
+    assert!(Kind::Nic.accepts("node/n1/eth0") && !Kind::Nic.accepts("node/n1/gpu/0"));
+    assert!(Kind::AsIs.accepts("node/n1/gpu/0"));
+}
+
+fn config(top: &str, sections: &str) -> ExecutorConfig {
+    toml::from_str(&format!(
+        "credentials = \"/x\"\n{top}\n[[controllers]]\nname = \"c1\"\naddr = \"127.0.0.1:1\"\n{sections}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn the_gpu_section_acts_on_named_nodes_only_and_has_defaults() {
+    let e = config("", "[gpu]\n").check().unwrap_err().to_string();
+    assert!(e.contains("[gpu] acts on this node only"), "{e}");
+    let cfg = config("nodes = [\"n1\"]", "[gpu]\ngrace_s = 3\n");
+    cfg.check().unwrap();
+    let g = cfg.gpu.unwrap();
+    assert_eq!(
+        (g.nvidia_smi.as_str(), g.grace_s, g.scontrol.as_str()),
+        ("nvidia-smi", 3, "scontrol")
+    );
+    assert!(toml::from_str::<ExecutorConfig>("credentials = \"/x\"\n[gpu]\ngrace = 3\n").is_err());
+}
+
+#[test]
+fn a_reclaim_goes_to_slurm_for_a_job_and_to_the_gpu_section_for_a_gpu() {
+    let slots = vec![
+        Slot {
+            exec: Box::new(SlurmExecutor::new(Journal::in_memory())),
+            kind: Kind::Slurm,
+        },
+        Slot {
+            exec: Box::new(GpuProcessExecutor::new(Journal::in_memory())),
+            kind: Kind::Gpu(vec!["n1".into()]),
+        },
+    ];
+    let at = |target: &str| pick(&slots, Action::ReclaimZombie, target);
+    assert_eq!(at("job/7"), Some(0));
+    assert_eq!(at("node/n1/gpu/0"), Some(1));
+    // No section takes that form: the first that carries the action out
+    // refuses it, saying why.
+    assert_eq!(at("link/a/b"), Some(0));
+    assert_eq!(pick(&slots[1..], Action::ReclaimZombie, "job/7"), Some(0));
+    assert_eq!(pick(&slots, Action::RetuneNic, "node/n1/eth0"), None);
+    assert_eq!(pick(&slots, Action::DrainNode, "node/n1"), Some(0));
+}

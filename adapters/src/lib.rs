@@ -2,7 +2,8 @@
 //!
 //! Sources turn what a cluster emits into `keel_model::Record`s for the
 //! detectors; executors carry planned actions out (`executors/`: Slurm,
-//! HAProxy, a webhook, the NIC). Each source is one module under `sources/`:
+//! HAProxy, a webhook, the NIC, a GPU's leftover processes). Each source
+//! is one module under `sources/`:
 //! - `replay`: a tolerant, streaming reader of the JSON Lines format of
 //!   `spec/trace-format.md`, which real recorders and other people's
 //!   generators write too;
@@ -16,6 +17,7 @@
 pub mod executors;
 pub mod sources;
 
+pub use executors::gpu_process::GpuProcessExecutor;
 pub use executors::haproxy::HaproxyExecutor;
 pub use executors::nic::NicExecutor;
 pub use executors::slurm::{SlurmExecutor, SlurmJob, SlurmNode};

@@ -115,6 +115,7 @@ pub async fn start(
         }),
         webhook: None,
         nic: None,
+        gpu: None,
         log: Some(LogConfig {}),
     };
     let (executor, _) = executor::start(cfg).await?;

@@ -206,9 +206,9 @@ enum Command {
         #[command(flatten)]
         at: ControllerAt,
     },
-    /// Run an executor: carries the controller's commands out (Slurm, HAProxy, webhook, NIC)
+    /// Run an executor: carries the controller's commands out (Slurm, HAProxy, webhook, NIC, GPU processes)
     Executor {
-        /// TOML: credentials, [[controllers]], state_dir, nodes, [slurm], [haproxy], [webhook], [nic]
+        /// TOML: credentials, [[controllers]], state_dir, nodes, [slurm], [haproxy], [webhook], [nic], [gpu], [log]
         #[arg(long)]
         config: PathBuf,
     },

@@ -185,19 +185,21 @@ pub fn target_for(
             (None, _) => return Err("the finding names no node".into()),
             (_, None) => return Err("the finding names no network device".into()),
         },
-        // A squatter's holder is a job when Slurm knows one, else a stray
-        // process on the GPU, which the node agent ends.
-        //
-        // The executor checks the target at Slurm before `scancel`: the node,
-        // the GPU and the job state the finding assumed travel with the
-        // command. Keel never reclaims on an unknown holder.
+        // What holds the GPU decides who reclaims it. A job that ended (or
+        // no job at all) leaves a process behind with no Slurm job to
+        // cancel: the node's executor kills it (`node/N/gpu/G`), after
+        // checking on the node that it holds the GPU and belongs to no
+        // running job; `job` names the ended job, so that a process of any
+        // other job is left alone. A job Slurm still runs is cancelled
+        // through Slurm (`job/J`), whose executor checks first that the job
+        // is on that node, holds that GPU and is in the state assumed
+        // (`node`, `gpu`, `state`). Keel never reclaims on an unknown holder.
         Action::ReclaimZombie => {
             use keel_model::Basis;
-            let assumed =
+            let leftover =
                 match f.basis {
-                    Some(Basis::JobEnded) => "FAILED",
-                    Some(Basis::EngineDead | Basis::EngineHung | Basis::JobStalled) => "RUNNING",
-                    Some(Basis::NoJob) => "",
+                    Some(Basis::JobEnded | Basis::NoJob) => true,
+                    Some(Basis::EngineDead | Basis::EngineHung | Basis::JobStalled) => false,
                     Some(Basis::MappingUnknown) => {
                         return Err(
                             "which job holds the GPU is unknown: never reclaimed on a guess".into(),
@@ -218,13 +220,35 @@ pub fn target_for(
             if let Some(g) = f.gpu {
                 derived.insert("gpu".to_string(), g.to_string());
             }
-            if !assumed.is_empty() {
-                derived.insert("state".to_string(), assumed.to_string());
-            }
-            match (&f.job, &f.node, f.gpu) {
-                (Some(j), _, _) => format!("job/{j}"),
-                (None, Some(n), Some(g)) => format!("node/{n}/gpu/{g}"),
-                _ => return Err("the finding names neither a job nor a node and GPU".into()),
+            if leftover {
+                if let Some(i) = f.gpu_instance {
+                    return Err(format!(
+                        "the finding is about MIG instance {i}: processes of MIG instances are not told apart yet, so a leftover on one is not reclaimed"
+                    ));
+                }
+                let (Some(n), Some(g)) = (&f.node, f.gpu) else {
+                    return Err(
+                        "a leftover process is reclaimed on its node: the finding names no node and GPU"
+                            .into(),
+                    );
+                };
+                if f.basis == Some(Basis::JobEnded) {
+                    if let Some(j) = &f.job {
+                        derived.insert("job".to_string(), j.to_string());
+                    }
+                }
+                format!("node/{n}/gpu/{g}")
+            } else {
+                derived.insert("state".to_string(), "RUNNING".to_string());
+                match &f.job {
+                    Some(j) => format!("job/{j}"),
+                    None => {
+                        return Err(
+                            "the finding names no job: a running job is cancelled through Slurm"
+                                .into(),
+                        )
+                    }
+                }
             }
         }
         Action::DrainNode | Action::ResumeNode => match &f.node {

@@ -45,7 +45,9 @@ fn finding(id: u64, kind: FindingKind, job: &str, node: &str) -> OpenFinding {
             gpu: Some(1),
             device: None,
             evidence: vec![],
-            basis: (kind == FindingKind::GpuSquatter).then_some(keel_model::Basis::JobEnded),
+            // A running job's squatter: reclaimed through Slurm, on `job/J`,
+            // so that both rules act on jobs.
+            basis: (kind == FindingKind::GpuSquatter).then_some(keel_model::Basis::EngineDead),
             gpu_instance: None,
         },
         opened: 100.0,

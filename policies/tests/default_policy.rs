@@ -134,21 +134,23 @@ fn squatters_are_reclaimed_by_what_the_conclusion_rests_on() {
         f.basis = basis;
         first_plan(&p, &f)
     };
-    // Nothing should hold the GPU: reclaimed at once.
+    // Nothing should hold the GPU: reclaimed at once, by the node's
+    // executor (a leftover process; no Slurm job to cancel).
     for b in [Basis::JobEnded, Basis::NoJob] {
         let plan = with(Some(b));
         assert_eq!(
             (plan.action, plan.mode, plan.target.as_str()),
-            (Action::ReclaimZombie, Mode::Auto, "job/llama-70b"),
+            (Action::ReclaimZombie, Mode::Auto, "node/gpu-node-3/gpu/5"),
             "{b:?}"
         );
     }
-    // A job Slurm still calls RUNNING: only once a person approves.
+    // A job Slurm still calls RUNNING: cancelled through Slurm, only once
+    // a person approves.
     for b in [Basis::EngineDead, Basis::EngineHung, Basis::JobStalled] {
         let plan = with(Some(b));
         assert_eq!(
-            (plan.action, plan.mode),
-            (Action::ReclaimZombie, Mode::Approve),
+            (plan.action, plan.mode, plan.target.as_str()),
+            (Action::ReclaimZombie, Mode::Approve, "job/llama-70b"),
             "{b:?}"
         );
     }

@@ -290,11 +290,28 @@ txqueuelen = 5000
     let reclaim = only_plan(p.plan(1, &f, &ctx(0.0, vec![])));
     assert_eq!(reclaim.target, "job/77");
     assert_eq!(reclaim.params["state"], "RUNNING");
+    // An ended job's leftover process: the node's executor kills it,
+    // and only if it belongs to that job.
     f.basis = Some(keel_model::Basis::JobEnded);
+    let reclaim = only_plan(p.plan(1, &f, &ctx(0.0, vec![])));
+    assert_eq!(reclaim.target, "node/n5/gpu/3");
     assert_eq!(
-        only_plan(p.plan(1, &f, &ctx(0.0, vec![]))).params["state"],
-        "FAILED"
+        (
+            reclaim.params["node"].as_str(),
+            reclaim.params["gpu"].as_str(),
+            reclaim.params["job"].as_str()
+        ),
+        ("n5", "3", "77")
     );
+    assert!(!reclaim.params.contains_key("state"), "{reclaim:?}");
+    // On a MIG instance a leftover is not told apart from its neighbours'.
+    f.gpu_instance = Some(2);
+    let ds = p.plan(1, &f, &ctx(0.0, vec![]));
+    assert!(
+        matches!(&ds[..], [Decision::NoTarget { why, .. }] if why.contains("MIG instance 2")),
+        "{ds:?}"
+    );
+    f.gpu_instance = None;
     // Never on an unknown holder, nor on a finding that does not say.
     for basis in [Some(keel_model::Basis::MappingUnknown), None] {
         f.basis = basis;

@@ -13,8 +13,12 @@
 //!   `rebalance_ranks`, and job discovery;
 //! - [`haproxy`]: `remap_requests` through HAProxy's runtime API;
 //! - [`webhook`]: any action, as a JSON POST to another router or tool;
-//! - [`nic`]: `retune_nic` with `ethtool` and `ip`.
+//! - [`nic`]: `retune_nic` with `ethtool` and `ip`;
+//! - [`gpu_process`]: `reclaim_zombie` of a leftover process on this node's
+//!   GPU, with `nvidia-smi`, `/proc` and `kill`.
 
+pub mod gpu_process;
+mod gpu_process_check;
 pub mod haproxy;
 pub mod journal;
 pub mod log;
@@ -278,7 +282,7 @@ impl ExecError {
 
 /// One kind of executor.
 pub trait Executor {
-    /// Its name in messages (`slurm`, `haproxy`, `webhook`, `nic`).
+    /// Its name in messages (`slurm`, `haproxy`, `webhook`, `nic`, `gpu`).
     fn name(&self) -> &'static str;
 
     /// Whether it carries out `action`.

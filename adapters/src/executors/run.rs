@@ -80,6 +80,8 @@ pub fn package_of(program: &str) -> &'static str {
         "ethtool" => "ethtool (Debian: apt-get install -y ethtool)",
         "ip" => "iproute2 (Debian: apt-get install -y iproute2)",
         "haproxy" => "haproxy (Debian: apt-get install -y haproxy)",
+        "kill" => "procps (Debian: apt-get install -y procps)",
+        "nvidia-smi" => "the NVIDIA driver's utilities (nvidia-smi ships with the driver)",
         _ => "the package that provides it",
     }
 }

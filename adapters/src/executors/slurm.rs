@@ -152,24 +152,7 @@ impl<R: Runner> SlurmExecutor<R> {
     /// One job from `scontrol show job -d -o ID` (with its GRES detail);
     /// None when Slurm no longer knows it.
     pub fn job(&mut self, id: u64) -> Result<Option<SlurmJob>, ExecError> {
-        let a = argv([
-            self.bins.scontrol.clone(),
-            "show".into(),
-            "job".into(),
-            "-d".into(),
-            "-o".into(),
-            id.to_string(),
-        ]);
-        let out = self.runner.run(&a)?;
-        if !out.success() {
-            if out.text().contains("Invalid job id") {
-                return Ok(None);
-            }
-            return Err(super::run::failed(&a, &out));
-        }
-        Ok(parse_scontrol_jobs(&out.stdout)?
-            .into_iter()
-            .find(|j| j.job_id == id))
+        job_by_id(&mut self.runner, &self.bins.scontrol, id)
     }
 
     /// One node from `scontrol show node -o NAME`.
@@ -404,6 +387,34 @@ impl<R: Runner> SlurmExecutor<R> {
             ),
         ))
     }
+}
+
+/// One job from `scontrol show job -d -o ID`, run with `scontrol`; None
+/// when Slurm no longer knows it (`Invalid job id`). Shared by the Slurm
+/// executor and the node's GPU process executor.
+pub fn job_by_id(
+    runner: &mut dyn Runner,
+    scontrol: &str,
+    id: u64,
+) -> Result<Option<SlurmJob>, ExecError> {
+    let a = argv([
+        scontrol.to_string(),
+        "show".into(),
+        "job".into(),
+        "-d".into(),
+        "-o".into(),
+        id.to_string(),
+    ]);
+    let out = runner.run(&a)?;
+    if !out.success() {
+        if out.text().contains("Invalid job id") {
+            return Ok(None);
+        }
+        return Err(super::run::failed(&a, &out));
+    }
+    Ok(parse_scontrol_jobs(&out.stdout)?
+        .into_iter()
+        .find(|j| j.job_id == id))
 }
 
 /// The reason as keel sets it: `keel: ...` (a reason that already starts

@@ -1,4 +1,5 @@
-//! A one-node Slurm with GPUs faked as GRES, for `exec_slurm.rs`.
+//! A one-node Slurm with GPUs faked as GRES, for `exec_slurm.rs` and
+//! `exec_gpu.rs`.
 
 use super::{sh, wait_for};
 use std::process::Command;
@@ -106,7 +107,13 @@ impl GresSlurm {
         c
     }
 
+    /// A job holding `gres` that sleeps 300 s.
     pub fn submit(&mut self, gres: &str) -> u64 {
+        self.submit_wrap(gres, "sleep 300")
+    }
+
+    /// A job holding `gres` whose batch script is `script` (`sbatch --wrap`).
+    pub fn submit_wrap(&mut self, gres: &str, script: &str) -> u64 {
         let out = Command::new("sbatch")
             .args([
                 "--parsable",
@@ -117,7 +124,7 @@ impl GresSlurm {
                 "--chdir",
                 "/tmp",
                 "--wrap",
-                "sleep 300",
+                script,
             ])
             .env("SLURM_CONF", self.conf())
             .output()
