@@ -78,7 +78,8 @@ pub struct Applied {
 pub enum ControllerMsg {
     Tick,
     Drive,
-    Raft(RaftMessage),
+    /// A Raft message, with the name on the certificate that sent it.
+    Raft(RaftMessage, String),
     /// One chunk of a large Raft message from a peer; answered once taken
     /// (and, for the last one, once the whole message was stepped).
     RaftChunk(RaftChunk, oneshot::Sender<Result<(), String>>),
@@ -122,6 +123,10 @@ pub struct ControllerState {
     pub node: Node<DiskStorage>,
     creds: Credentials,
     links: HashMap<u64, Arc<Link>>,
+    /// Each peer replica's certificate name, by Raft id.
+    names: HashMap<u64, String>,
+    /// Raft messages refused because their `from` was not the sender's id.
+    pub raft_refused: u64,
     myself: ActorRef<ControllerMsg>,
     waiting: Waiting,
     reads: Reads,
@@ -225,8 +230,10 @@ impl Actor for ControllerActor {
         let node = Node::new(cfg.id, store.clone())?;
         let routes = routing::Routes::new(store, &node.state, epoch(cfg.id));
         let mut links = HashMap::new();
+        let mut names = HashMap::new();
         for p in &cfg.peers {
             links.insert(p.id, connect(&creds, p.addr, &p.name)?);
+            names.insert(p.id, p.name.clone());
         }
         let mut server = Server::bind(cfg.listen, &creds, replica_options())?;
         cfg.listen = server.local_addr()?;
@@ -276,6 +283,8 @@ impl Actor for ControllerActor {
             node,
             creds,
             links,
+            names,
+            raft_refused: 0,
             myself: myself.clone(),
             waiting: HashMap::new(),
             reads: Reads::default(),
@@ -441,7 +450,16 @@ struct Reads {
 
 fn on_event(state: &mut ControllerState, ev: ControllerMsg) {
     match ev {
-        ControllerMsg::Raft(m) => state.node.step(m),
+        ControllerMsg::Raft(m, sender) => match state.names.get(&m.from) {
+            // Replica ids are bound to certificate names (the `[[peers]]`
+            // and membership changes say which): another replica's
+            // certificate cannot speak for this id.
+            Some(name) if *name != sender => {
+                state.raft_refused += 1;
+                tracing::warn!(from = m.from, %sender, expected = %name, refused = state.raft_refused, "raft message refused: its `from` is not the sender's replica id");
+            }
+            _ => state.node.step(m),
+        },
         ControllerMsg::RaftChunk(c, reply) => {
             let _ = reply.send(send::take_chunk(state, c));
         }
@@ -523,12 +541,14 @@ fn drive(state: &mut ControllerState) -> Result<bool> {
         }
         if !added {
             state.links.remove(&id);
+            state.names.remove(&id);
         } else if let std::collections::hash_map::Entry::Vacant(slot) = state.links.entry(id) {
             // The proposer attached "ADDR NAME" to the change.
             let text = String::from_utf8_lossy(&context).to_string();
             let mut parts = text.split_whitespace();
             if let (Some(Ok(addr)), Some(name)) = (parts.next().map(str::parse), parts.next()) {
                 slot.insert(connect(&state.creds, addr, name)?);
+                state.names.insert(id, name.to_string());
             }
         }
     }
@@ -588,5 +608,8 @@ fn status_of(state: &mut ControllerState) -> String {
     if state.digest.0 != applied {
         state.digest = (applied, state.node.state.digest());
     }
-    pages::status_with(&state.node, &state.digest.1)
+    let mut v: serde_json::Value =
+        serde_json::from_str(&pages::status_with(&state.node, &state.digest.1)).unwrap_or_default();
+    v["raft_refused"] = state.raft_refused.into();
+    v.to_string()
 }

@@ -90,6 +90,51 @@ pub struct HostStats {
     pub telemetry_dropped: u64,
     /// Inputs dropped (oldest first) in front of slow correlators.
     pub correlator_dropped: u64,
+    /// Summaries and readings refused because they name another node than
+    /// the sending sensor's certificate.
+    pub refused_foreign: u64,
+    /// Summaries refused by `keel_detect::edge::check_summary`.
+    pub refused_implausible: u64,
+}
+
+/// What a host refused at intake, counted across connections.
+#[derive(Debug, Default)]
+pub struct Refused {
+    pub foreign: std::sync::atomic::AtomicU64,
+    pub implausible: std::sync::atomic::AtomicU64,
+}
+
+/// Keeps of `batch` what sensor `peer` may say, at `now` (the host's clock,
+/// seconds): summaries and readings of its own node only (a sensor's
+/// certificate names its node), and summaries that a sensor's edge could
+/// have made. What is dropped is counted in `refused` and logged.
+pub fn admit(peer: &str, batch: &mut TelemetryBatch, now: f64, refused: &Refused) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let before = (batch.summaries.len(), batch.metrics.len());
+    let mut implausible = 0u64;
+    batch.summaries.retain(|s| {
+        if s.node.as_str() != peer {
+            return false;
+        }
+        match keel_detect::edge::check_summary(s, now) {
+            Ok(()) => true,
+            Err(why) => {
+                if implausible == 0 {
+                    tracing::warn!(%peer, job = %s.job, rank = s.rank, "summary refused: {why}");
+                }
+                implausible += 1;
+                false
+            }
+        }
+    });
+    batch.metrics.retain(|m| m.node.as_str() == peer);
+    let foreign = (before.0 - batch.summaries.len()) as u64 - implausible
+        + (before.1 - batch.metrics.len()) as u64;
+    if foreign > 0 {
+        tracing::warn!(%peer, refused = foreign, "telemetry about another node than the sensor's own refused");
+        refused.foreign.fetch_add(foreign, Relaxed);
+    }
+    refused.implausible.fetch_add(implausible, Relaxed);
 }
 
 pub struct HostActor;
@@ -110,6 +155,7 @@ pub struct HostState {
     stats: HostStats,
     /// Sensors' batches on their way to this actor.
     intake: Arc<DropOldest<TelemetryBatch>>,
+    refused: Arc<Refused>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -150,11 +196,15 @@ impl Actor for HostActor {
         let intake = Arc::new(DropOldest::new(TELEMETRY_QUEUE));
         let forwarder = forward(intake.clone(), myself.clone(), HostMsg::Telemetry);
         let queue = intake.clone();
+        let refused = Arc::new(Refused::default());
+        let counted = refused.clone();
         let accept = tokio::spawn(async move {
             while let Some((_conn, mut inbox)) = server.accept().await {
                 let queue = queue.clone();
+                let refused = counted.clone();
                 tokio::spawn(async move {
-                    while let Some((_peer, batch)) = inbox.telemetry.recv().await {
+                    while let Some((peer, mut batch)) = inbox.telemetry.recv().await {
+                        admit(&peer.name, &mut batch, crate::sources::unix_now(), &refused);
                         if !queue.push(batch) {
                             return;
                         }
@@ -185,6 +235,7 @@ impl Actor for HostActor {
             unsettled: false,
             by_id: HashMap::new(),
             stats: HostStats::default(),
+            refused,
             intake,
             tasks: vec![accept, forwarder, hello],
         })
@@ -222,6 +273,14 @@ impl Actor for HostActor {
             HostMsg::Stats(reply) => {
                 let mut s = state.stats.clone();
                 s.telemetry_dropped = state.intake.dropped();
+                s.refused_foreign = state
+                    .refused
+                    .foreign
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                s.refused_implausible = state
+                    .refused
+                    .implausible
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 s.correlator_dropped =
                     state.inputs_dropped + state.inputs.values().map(|q| q.dropped()).sum::<u64>();
                 s.jobs = state.correlators.keys().cloned().collect();

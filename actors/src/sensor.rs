@@ -90,6 +90,15 @@ pub struct SensorStats {
     pub source_restarts: u64,
     /// Jobs with ranks on this node that the controller routes now.
     pub jobs_routed: u64,
+    /// Collectives and readings refused because they name another node:
+    /// a sensor speaks for its own node only.
+    pub foreign_dropped: u64,
+    /// Collectives the edge refused: a stamp or duration no real
+    /// collective has (`keel_detect::edge::EdgeStats::implausible`).
+    pub edge_implausible: u64,
+    /// Collectives dropped at the edge's bounds on jobs and ranks.
+    pub edge_jobs_dropped: u64,
+    pub edge_ranks_dropped: u64,
 }
 
 pub struct SensorActor;
@@ -242,6 +251,9 @@ impl Actor for SensorActor {
                 let mut s = state.stats.clone();
                 s.events = state.edge.stats.events;
                 s.jobs_routed = state.routes.len() as u64;
+                s.edge_implausible = state.edge.stats.implausible;
+                s.edge_jobs_dropped = state.edge.stats.jobs_dropped;
+                s.edge_ranks_dropped = state.edge.stats.ranks_dropped;
                 let _ = reply.send(s);
             }
         }
@@ -295,6 +307,18 @@ async fn start_source(
 
 impl SensorState {
     fn take(&mut self, r: &Record, clock: f64) {
+        let node = match r {
+            Record::Collective(c) => Some(&c.node),
+            Record::Metric(m) => Some(&m.node),
+            Record::Job(_) | Record::Request(_) => None,
+        };
+        if node.is_some_and(|n| *n != self.cfg.node) {
+            if self.stats.foreign_dropped == 0 {
+                tracing::warn!(node = %self.cfg.node, other = ?node, "a record about another node refused: a sensor speaks for its own node only");
+            }
+            self.stats.foreign_dropped += 1;
+            return;
+        }
         match r {
             Record::Collective(c) => {
                 self.edge.push(c, clock, &mut self.out);

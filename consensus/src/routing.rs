@@ -207,6 +207,19 @@ impl Routing {
         self.jobs.get(job)?.host.as_deref()
     }
 
+    /// Whether `host` holds a job with ranks on `node`.
+    pub fn host_on_node(&self, host: &str, node: &str) -> bool {
+        self.by_node.get(node).is_some_and(|i| {
+            i.at.keys()
+                .any(|j| self.jobs.get(j).and_then(|l| l.host.as_deref()) == Some(host))
+        })
+    }
+
+    /// Whether `job` is routed (running, or ended less than [`LINGER_S`] ago).
+    pub fn routed(&self, job: &str) -> bool {
+        self.jobs.contains_key(job)
+    }
+
     /// Hosts alive, by name.
     pub fn hosts(&self) -> impl Iterator<Item = &str> {
         self.hosts.keys().map(String::as_str)
@@ -218,7 +231,7 @@ impl Routing {
         // placement known, as the replicated state does.
         let merged;
         let record = match self.jobs.get(&record.job) {
-            Some(l) if record.ranks.is_empty() && !l.record.ranks.is_empty() => {
+            Some(l) if !l.record.ranks.is_empty() => {
                 let mut r = record.clone();
                 r.keep_placement_of(&l.record);
                 merged = r;

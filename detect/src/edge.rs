@@ -58,6 +58,55 @@ pub const CLOCK_GAP_MAX_S: f64 = 300.0;
 /// own watchdog gives up on a collective long before).
 pub const DUR_MAX_US: f64 = 600e6;
 
+/// The most collectives one window summary may count.
+pub const WINDOW_COUNT_MAX: u32 = 65_536;
+/// The longest step period a summary may carry, microseconds (ten
+/// minutes: no inference or training step takes longer).
+pub const STEP_MAX_US: u32 = 600_000_000;
+
+/// Whether a window summary that arrived from the network could have come
+/// from [`EdgeAggregator`] on a sensor whose clock is `now` (seconds, the
+/// receiver's clock): a finite end within [`CLOCK_GAP_MAX_S`] of `now`
+/// once the sensor's offset is taken off, an offset within it too, a count
+/// in `1..=WINDOW_COUNT_MAX`, a step of at most [`STEP_MAX_US`], and
+/// durations of at most [`DUR_MAX_US`] with the median at most the p99.
+/// The error names the field and its value. Checked where summaries enter
+/// a correlator, so that one forged summary cannot move a job's clock for
+/// good, inflate its step past every threshold, or never age out.
+pub fn check_summary(s: &Summary, now: f64) -> Result<(), String> {
+    let gap_us = CLOCK_GAP_MAX_S * 1e6;
+    if !s.window_end.is_finite() {
+        return Err(format!("window_end {} is not a time", s.window_end));
+    }
+    if (s.offset_us as f64).abs() > gap_us {
+        return Err(format!("offset_us {} is beyond {gap_us} us", s.offset_us));
+    }
+    let at = s.window_end - s.offset_us as f64 / 1e6;
+    if (at - now).abs() > CLOCK_GAP_MAX_S {
+        return Err(format!(
+            "window_end {} is {:.0} s from the receiver's clock (at most {CLOCK_GAP_MAX_S} s)",
+            s.window_end,
+            at - now
+        ));
+    }
+    if !(1..=WINDOW_COUNT_MAX).contains(&s.count) {
+        return Err(format!(
+            "count {} is not in 1..={WINDOW_COUNT_MAX}",
+            s.count
+        ));
+    }
+    if s.step_us > STEP_MAX_US {
+        return Err(format!("step_us {} is beyond {STEP_MAX_US}", s.step_us));
+    }
+    if f64::from(s.dur_p99_us) > DUR_MAX_US || s.dur_p50_us > s.dur_p99_us {
+        return Err(format!(
+            "durations p50 {} us, p99 {} us are not a window's (p50 <= p99 <= {DUR_MAX_US} us)",
+            s.dur_p50_us, s.dur_p99_us
+        ));
+    }
+    Ok(())
+}
+
 /// Counters for the sensor's own status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EdgeStats {

@@ -89,7 +89,17 @@ pub struct StragglerStats {
     pub judged_incomplete: u64,
     pub dropped_incomplete: u64,
     pub late_records: u64,
+    /// Records whose sequence number (window index) leapt more than
+    /// [`SEQ_LEAP_MAX`] past the last one judged: refused, so that one
+    /// forged number cannot make every later collective "late".
+    pub leaps_refused: u64,
 }
+
+/// How far past the last judged collective (window) a record's sequence
+/// number may be: a million collectives, over a quarter of an hour at
+/// 1 kHz; a job that pauses sends none meanwhile, so its numbers do not
+/// leap.
+pub const SEQ_LEAP_MAX: u64 = 1 << 20;
 
 #[derive(Debug)]
 pub struct StragglerDetector {
@@ -193,6 +203,13 @@ impl StragglerDetector {
         let timing = self.jobs.get_mut(rec.job).expect("inserted above");
         if timing.judged_up_to.is_some_and(|s| rec.seq <= s) {
             self.stats.late_records += 1;
+            return;
+        }
+        if timing
+            .judged_up_to
+            .is_some_and(|s| rec.seq - s > SEQ_LEAP_MAX)
+        {
+            self.stats.leaps_refused += 1;
             return;
         }
         timing

@@ -83,6 +83,12 @@ impl Topology {
         }
         held.sort();
         held.dedup();
+        // A record that says which GPUs the job holds replaces what earlier
+        // records said: a GPU it no longer names is no longer its.
+        if !held.is_empty() {
+            self.holders
+                .retain(|k, h| h.job != rec.job || held.binary_search(k).is_ok());
+        }
         for key in held {
             let keep_running_other = self.holders.get(&key).is_some_and(|h| {
                 h.job != rec.job && h.state == JobState::Running && rec.state.is_finished()

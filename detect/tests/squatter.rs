@@ -299,3 +299,18 @@ fn gpu_conditions_belong_to_the_node_scope_only() {
     assert_eq!(kinds(Scope::All), vec![FindingKind::GpuSquatter]);
     assert!(kinds(Scope::Job).is_empty());
 }
+
+#[test]
+fn a_job_told_on_other_gpus_no_longer_holds_the_old_ones() {
+    let mut r = Run::new();
+    r.feed([job("svc", JobState::Running, T0, &[0])]);
+    // A later record (a prolog's correction) moves it to GPU 2: GPU 0,
+    // still full, is nobody's now.
+    r.feed([job("svc", JobState::Running, T0 + 1.0, &[2])]);
+    for i in 0..6 {
+        r.feed(scrape(T0 + 2.0 + 2.0 * i as f64, 0, 0.92, 0.0));
+    }
+    let f = r.of(FindingKind::GpuSquatter);
+    assert_eq!(f.len(), 1, "{:#?}", r.found);
+    assert_eq!((f[0].basis, f[0].job.as_ref()), (Some(Basis::NoJob), None));
+}

@@ -150,8 +150,21 @@ impl JobRecord {
     /// the placement `known` has: nodes, ranks, their GPUs and NICs,
     /// Slurm's GPU allocation, tp and tenant. A record with placement is
     /// left as it is.
+    ///
+    /// A record of an ended job with the same ranks but no GPUs keeps the
+    /// GPUs known: Slurm no longer says which GPUs a job held once it has
+    /// ended, and that is when a GPU it left held must still be traced to
+    /// it.
     pub fn keep_placement_of(&mut self, known: &JobRecord) {
         if !self.ranks.is_empty() {
+            // Slurm's detail of an ended job lists its nodes with no GPU
+            // index, and discovery then guesses rank r on GPU r: neither
+            // says what the job held while it ran.
+            let told_none = self.node_gpus.values().all(Vec::is_empty);
+            if self.state.is_finished() && self.ranks == known.ranks && told_none {
+                self.node_gpus.clone_from(&known.node_gpus);
+                self.gpus.clone_from(&known.gpus);
+            }
             return;
         }
         self.nodes.clone_from(&known.nodes);
@@ -228,4 +241,46 @@ pub struct RequestRecord {
     pub prompt_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tokens: Option<u32>,
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    fn placed(state: JobState, gpus: &[u32]) -> JobRecord {
+        let mut r = JobRecord::state_only("7", state, 1.0);
+        r.nodes = vec!["n1".into()];
+        r.ranks = BTreeMap::from([("n1".into(), vec![0])]);
+        if !gpus.is_empty() {
+            r.node_gpus = BTreeMap::from([("n1".into(), gpus.to_vec())]);
+            r.gpus = BTreeMap::from([(0, gpus[0])]);
+        }
+        r
+    }
+
+    #[test]
+    fn an_end_told_without_gpus_keeps_the_gpus_known() {
+        let known = placed(JobState::Running, &[1]);
+        // Slurm's record of the ended job: same placement, no GRES index
+        // (or its node listed with none), rank 0 guessed on GPU 0.
+        for told in [BTreeMap::new(), BTreeMap::from([("n1".into(), vec![])])] {
+            let mut end = placed(JobState::Failed, &[]);
+            end.node_gpus = told;
+            end.gpus = BTreeMap::from([(0, 0)]);
+            end.keep_placement_of(&known);
+            assert_eq!(end.node_gpus, known.node_gpus);
+            assert_eq!(end.gpus, known.gpus);
+        }
+        // An end without any placement takes the whole placement.
+        let mut bare = JobRecord::state_only("7", JobState::Failed, 2.0);
+        bare.keep_placement_of(&known);
+        assert_eq!(
+            (bare.ranks, bare.node_gpus),
+            (known.ranks.clone(), known.node_gpus.clone())
+        );
+        // A running job told on other GPUs is told right: nothing is kept.
+        let mut moved = placed(JobState::Running, &[3]);
+        moved.keep_placement_of(&known);
+        assert_eq!(moved.node_gpus["n1"], vec![3]);
+    }
 }

@@ -43,7 +43,7 @@ pub async fn handle(req: Request, me: ActorRef<ControllerMsg>) {
     let reply = match &req.msg {
         Message::Raft(r) => match keel_consensus::node::decode_message(&r.bytes) {
             Ok(m) if peer.role == Role::Controller => {
-                let _ = me.cast(ControllerMsg::Raft(m));
+                let _ = me.cast(ControllerMsg::Raft(m, peer.name.clone()));
                 ack(true, String::new())
             }
             Ok(_) => ack(false, "raft messages come from controllers only".into()),
@@ -65,12 +65,16 @@ pub async fn handle(req: Request, me: ActorRef<ControllerMsg>) {
             tracing::warn!(peer = %peer.name, role = %peer.role, kind = %f.kind.wire(), node = ?f.node, "finding refused: {why}");
             ack(false, why)
         }
-        Message::Finding(f) => {
-            match open_finding(&me, &identity(peer.role, &peer.name), f.clone()).await {
+        Message::Finding(f) => match assigned(&me, peer.role, &peer.name, f, false).await {
+            Err(why) => {
+                tracing::warn!(peer = %peer.name, kind = %f.kind.wire(), job = ?f.job, "finding refused: {why}");
+                ack(false, why)
+            }
+            Ok(()) => match open_finding(&me, &identity(peer.role, &peer.name), f.clone()).await {
                 Ok(outcome) => ack(true, serde_json::to_string(&outcome).unwrap_or_default()),
                 Err(e) => ack(false, format!("{e:#}")),
-            }
-        }
+            },
+        },
         Message::Query(q) => {
             Message::QueryReply(match answer(q, peer.role, &peer.name, &me).await {
                 Ok(body) => QueryReply {
@@ -222,6 +226,45 @@ fn param<'a>(q: &'a Query, key: &str) -> Result<&'a String> {
         .with_context(|| format!("param `{key}` missing"))
 }
 
+/// Whether correlator host `peer` holds what `f` is about: its job (or,
+/// for a finding without one, a job on its node). A close may also come
+/// for a job no longer routed at all (ended, its correlator gone). Other
+/// roles pass (their own checks are `reporter_may`'s).
+async fn assigned(
+    me: &ActorRef<ControllerMsg>,
+    role: Role,
+    peer: &str,
+    f: &Finding,
+    closing: bool,
+) -> Result<(), String> {
+    if role != Role::Correlator {
+        return Ok(());
+    }
+    let (peer_s, job, node) = (peer.to_string(), f.job.clone(), f.node.clone());
+    let ok = read(me, move |s| {
+        let r = &s.routing.index;
+        match (&job, &node) {
+            (Some(j), _) => r.host_of(j) == Some(peer_s.as_str()) || (closing && !r.routed(j)),
+            (None, Some(n)) => r.host_on_node(&peer_s, n),
+            (None, None) => true,
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "correlator host {peer} does not hold {}",
+            f.job
+                .as_deref()
+                .map(|j| format!("job {j}"))
+                .or_else(|| f.node.as_deref().map(|n| format!("a job on {n}")))
+                .unwrap_or_default()
+        ))
+    }
+}
+
 /// Who a peer is, as its certificate says: `ROLE:NAME`. Every session a
 /// peer proposes in starts with it, so that the ledger's `reported_by`,
 /// `applied_by` and the audit's `by` name the certificate that asked,
@@ -270,6 +313,15 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
                 }
             })
             .await?;
+            // A sensor tells of the jobs on its own node only (what its
+            // node's prolog, epilog or push client says).
+            if role == Role::Sensor && !record.ranks.contains_key(peer) {
+                tracing::warn!(%peer, job = %record.job, "job record refused: not placed on the sensor's node");
+                bail!(
+                    "sensor {peer} tells only of jobs with ranks on its own node; job {} has none there",
+                    record.job
+                );
+            }
             if unchanged {
                 return Ok("\"unchanged\"".into());
             }
@@ -279,6 +331,10 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
         "close_finding" => {
             let finding: Finding = serde_json::from_str(param(q, "finding")?)
                 .context("param `finding` is not a finding")?;
+            if let Err(why) = assigned(me, role, peer, &finding, true).await {
+                tracing::warn!(%peer, kind = %finding.kind.wire(), "finding close refused: {why}");
+                bail!(why);
+            }
             // An operator (or a replica) may close any finding by hand.
             let by_hand = matches!(role, Role::Operator | Role::Controller);
             if let Err(why) =

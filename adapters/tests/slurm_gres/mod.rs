@@ -59,11 +59,16 @@ impl GresSlurm {
         )
         .unwrap();
         let conf = dir.path().join("slurm.conf").display().to_string();
+        // The wrappers name the real programs by path: a process that has
+        // the wrappers' folder first on its PATH must not find them again.
         let wrap = |name: &str| {
             let p = dir.path().join("bin").join(name);
+            let (_, real, _) = sh("sh", &["-c", &format!("command -v {name}")]);
+            let real = real.trim();
+            assert!(!real.is_empty(), "{name} not found: install slurm-wlm");
             std::fs::write(
                 &p,
-                format!("#!/bin/sh\nSLURM_CONF='{conf}' exec {name} \"$@\"\n"),
+                format!("#!/bin/sh\nSLURM_CONF='{conf}' exec {real} \"$@\"\n"),
             )
             .unwrap();
             sh("chmod", &["+x", &p.display().to_string()]);

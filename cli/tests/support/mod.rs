@@ -168,6 +168,11 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, name: &str, role: &str, config: &Path) {
+        self.spawn_with_env(name, role, config, &[]);
+    }
+
+    /// `spawn`, with these environment variables set for the process.
+    pub fn spawn_with_env(&mut self, name: &str, role: &str, config: &Path, env: &[(&str, &str)]) {
         // Appended to: a restarted process's log follows its first life's.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -178,6 +183,7 @@ impl Cluster {
             .arg(role)
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
