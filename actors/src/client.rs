@@ -37,7 +37,7 @@ impl ControllerClient {
         }
         let mut links = Vec::new();
         for c in controllers {
-            let client = Client::new(creds, options())?;
+            let client = Client::new(creds, options())?.expecting(keel_model::Role::Controller);
             let (link, _inbox) = Link::start(client, c.addr, &c.name, Backoff::default());
             links.push((c.clone(), link));
         }

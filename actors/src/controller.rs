@@ -218,6 +218,13 @@ impl Actor for ControllerActor {
         let retention = cfg.retention.rules()?;
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+        // The log, snapshots and history are the cluster's state: this
+        // process's alone.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} private (0700)", cfg.data_dir.display()))?;
+        }
         let creds = Credentials::from_dir(&cfg.credentials)
             .with_context(|| format!("credentials in {}", cfg.credentials.display()))?;
         let mut voters: Vec<u64> = cfg.peers.iter().map(|p| p.id).collect();
@@ -396,7 +403,7 @@ fn epoch(id: u64) -> u64 {
 }
 
 fn connect(creds: &Credentials, addr: SocketAddr, name: &str) -> Result<Arc<Link>> {
-    let client = Client::new(creds, replica_options())?;
+    let client = Client::new(creds, replica_options())?.expecting(keel_model::Role::Controller);
     let (link, _inbox) = Link::start(client, addr, name, Backoff::default());
     Ok(Arc::new(link))
 }

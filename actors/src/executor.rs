@@ -491,7 +491,8 @@ impl Actor for ExecutorActor {
         let mut tasks = Vec::new();
         let mut links = Vec::new();
         for c in &cfg.controllers {
-            let client = Client::new(&creds, Options::default())?;
+            let client =
+                Client::new(&creds, Options::default())?.expecting(keel_model::Role::Controller);
             let (link, mut inbox) = Link::start(client, c.addr, &c.name, Backoff::default());
             let link = Arc::new(link);
             links.push(link.clone());

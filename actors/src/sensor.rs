@@ -393,7 +393,9 @@ impl SensorState {
         if let Some(l) = self.links.get(host) {
             return Some(l.clone());
         }
-        let client = Client::new(&self.creds, Options::default()).ok()?;
+        let client = Client::new(&self.creds, Options::default())
+            .ok()?
+            .expecting(keel_model::Role::Correlator);
         let (link, _inbox) = Link::start(client, addr, host, Backoff::default());
         let link = Arc::new(link);
         self.links.insert(host.to_string(), link.clone());

@@ -38,11 +38,8 @@ fn tmp(name: &str) -> Dir {
 
 fn issue(dir: &Path, ca: &Ca, role: Role, name: &str) -> PathBuf {
     let out = dir.join(format!("{role}-{name}"));
-    std::fs::create_dir_all(&out).unwrap();
     let pem = ca.issue(role, name, Validity::days(1)).unwrap();
-    std::fs::write(out.join("cert.pem"), pem.cert).unwrap();
-    std::fs::write(out.join("key.pem"), pem.key).unwrap();
-    std::fs::write(out.join("ca.pem"), &ca.pem.cert).unwrap();
+    keel_transport::certs::write_credentials(&out, &ca.pem.cert, &pem).unwrap();
     out
 }
 
@@ -302,9 +299,11 @@ async fn a_raft_message_from_a_mismatched_id_is_refused() {
     )
     .await;
     let impostor = ctl.client(Role::Controller, "ctl-3");
-    let mut m = raft::prelude::Message::default();
-    m.from = 2;
-    m.to = 1;
+    let mut m = raft::prelude::Message {
+        from: 2,
+        to: 1,
+        ..Default::default()
+    };
     m.set_msg_type(raft::prelude::MessageType::MsgHeartbeat);
     let bytes = keel_consensus::node::encode_message(&m);
     let ack = impostor
@@ -428,4 +427,81 @@ async fn the_push_port_survives_hostile_datagrams_within_bounded_memory() {
     let grown_mib = rss_kib().saturating_sub(before) / 1024;
     // The edge holds at most JOBS_MAX jobs of a few ranks: tens of MiB.
     assert!(grown_mib < 256, "resident memory grew {grown_mib} MiB");
+}
+
+/// Narrow roles: a viewer reads and proposes nothing; an approver approves
+/// and pauses but applies no policy and proposes no raw command; a
+/// scheduler registers jobs and reads nothing else. Each refusal names the
+/// role and what it may do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_may_do_only_its_part() {
+    let ctl = Ctl::start("roles", Vec::new()).await;
+    let viewer = ctl.client(Role::Viewer, "v");
+    let approver = ctl.client(Role::Approver, "a");
+    let admin = ctl.client(Role::Admin, "ad");
+    let scheduler = ctl.client(Role::Scheduler, "s");
+    let propose = |command: serde_json::Value| {
+        params([
+            ("client", "c".to_string()),
+            ("seq", "1".to_string()),
+            ("command", command.to_string()),
+        ])
+    };
+    let policy = serde_json::json!({"apply_policy": {"name": "default", "document": "# empty\n"}});
+    let pause = serde_json::json!({"pause": {"reason": "maintenance", "ts": now()}});
+
+    ask(&viewer, "status", BTreeMap::new())
+        .await
+        .expect("a viewer reads");
+    let err = ask(&viewer, "propose", propose(pause.clone()))
+        .await
+        .unwrap_err();
+    assert!(err.contains("a viewer may not ask `propose`"), "{err}");
+
+    let err = ask(&approver, "propose", propose(policy.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("a approver may approve, reject or cancel"),
+        "{err}"
+    );
+    let err = ask(
+        &approver,
+        "member",
+        params([("id", "9".into()), ("op", "remove".into())]),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("may not ask `member`"), "{err}");
+    ask(&approver, "propose", propose(pause))
+        .await
+        .expect("an approver pauses");
+
+    let err = ask(&scheduler, "findings", BTreeMap::new())
+        .await
+        .unwrap_err();
+    assert!(err.contains("may not ask `findings`"), "{err}");
+    let err = ask(&scheduler, "propose", propose(policy.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("a scheduler may register and end jobs"),
+        "{err}"
+    );
+    ask(&scheduler, "job", params([("record", job("j1", "n1"))]))
+        .await
+        .expect("a scheduler registers jobs");
+
+    ask(&admin, "propose", propose(policy))
+        .await
+        .expect("an admin applies policy");
+    // The audit names each certificate: the pause was the approver's.
+    let s: serde_json::Value =
+        serde_json::from_str(&ask(&admin, "status", BTreeMap::new()).await.unwrap()).unwrap();
+    assert!(
+        s["paused"]["by"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("approver:a/")),
+        "{s:#}"
+    );
 }

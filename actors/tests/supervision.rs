@@ -34,11 +34,8 @@ fn tmp(name: &str) -> Dir {
 
 fn issue(dir: &Path, ca: &Ca, role: Role, name: &str) -> PathBuf {
     let out = dir.join(format!("{role}-{name}"));
-    std::fs::create_dir_all(&out).unwrap();
     let pem = ca.issue(role, name, Validity::days(1)).unwrap();
-    std::fs::write(out.join("cert.pem"), pem.cert).unwrap();
-    std::fs::write(out.join("key.pem"), pem.key).unwrap();
-    std::fs::write(out.join("ca.pem"), &ca.pem.cert).unwrap();
+    keel_transport::certs::write_credentials(&out, &ca.pem.cert, &pem).unwrap();
     out
 }
 

@@ -13,7 +13,6 @@
 use keel_adapters::executors::gpu_process::GpuProcessExecutor;
 use keel_adapters::{ChangeStatus, ExecCommand, ExecError, Executor, Journal, Outcome};
 use keel_model::Action;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 

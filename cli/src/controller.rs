@@ -194,7 +194,8 @@ impl Operator {
         let (client, conn) = rt.block_on(async {
             let creds = Credentials::from_dir(creds)
                 .with_context(|| format!("credentials in {}", creds.display()))?;
-            let client = Client::new(&creds, Options::default())?;
+            let client =
+                Client::new(&creds, Options::default())?.expecting(keel_model::Role::Controller);
             let (conn, _inbox) = client
                 .connect(addr, name)
                 .await

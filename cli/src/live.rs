@@ -121,11 +121,8 @@ fn free_port() -> Result<SocketAddr> {
 
 pub(crate) fn issue(dir: &Path, ca: &certs::Ca, role: Role, name: &str) -> Result<PathBuf> {
     let out = dir.join(format!("{role}-{name}"));
-    std::fs::create_dir_all(&out)?;
     let pem = ca.issue(role, name, Validity::days(1))?;
-    std::fs::write(out.join("cert.pem"), pem.cert)?;
-    std::fs::write(out.join("key.pem"), pem.key)?;
-    std::fs::copy(dir.join("ca").join("ca.pem"), out.join("ca.pem"))?;
+    certs::write_credentials(&out, &ca.pem.cert, &pem)?;
     Ok(out)
 }
 

@@ -238,7 +238,11 @@ enum CertCommand {
         /// The folder `keel cert init` wrote
         #[arg(long)]
         ca: PathBuf,
-        /// sensor, correlator, controller, executor or operator
+        /// sensor, correlator, controller, executor; for people and scripts:
+        /// viewer (reads), approver (approve/reject/cancel, pause/resume),
+        /// admin (policy, membership, any command), scheduler (job
+        /// register/end: the Slurm prolog and epilog), or operator (all of
+        /// those four)
         #[arg(long)]
         role: String,
         /// The process's name, also its DNS name in the certificate (e.g. node-17)
@@ -628,7 +632,7 @@ fn run(cli: Cli) -> Result<()> {
                 days,
             } => {
                 let Some(r) = keel_model::Role::from_wire(&role) else {
-                    bail!("unknown role {role:?}: sensor, correlator, controller, executor or operator");
+                    bail!("unknown role {role:?}: sensor, correlator, controller, executor, viewer, approver, admin, scheduler or operator");
                 };
                 keel_transport::certs::issue(
                     &ca,

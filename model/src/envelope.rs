@@ -43,7 +43,18 @@ pub enum Role {
     Correlator,
     Controller,
     Executor,
+    /// Every right of the four roles below (kept for existing certificates;
+    /// issue the narrow ones instead).
     Operator,
+    /// Reads: status, findings, jobs, actions, history, explanations.
+    Viewer,
+    /// A viewer that also approves, rejects and cancels actions, and
+    /// pauses and resumes all automation.
+    Approver,
+    /// Policy, membership, and any state-machine command.
+    Admin,
+    /// Registers and ends jobs: the Slurm prolog and epilog.
+    Scheduler,
 }
 
 impl Role {
@@ -53,6 +64,10 @@ impl Role {
         Role::Controller,
         Role::Executor,
         Role::Operator,
+        Role::Viewer,
+        Role::Approver,
+        Role::Admin,
+        Role::Scheduler,
     ];
 
     pub fn wire(self) -> &'static str {
@@ -62,6 +77,10 @@ impl Role {
             Role::Controller => "controller",
             Role::Executor => "executor",
             Role::Operator => "operator",
+            Role::Viewer => "viewer",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+            Role::Scheduler => "scheduler",
         }
     }
 

@@ -10,7 +10,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use time::{Duration, OffsetDateTime};
@@ -33,6 +33,8 @@ pub enum CertError {
     BadName { name: String, why: &'static str },
     #[error("{path} already exists; refusing to overwrite a key")]
     Exists { path: PathBuf },
+    #[error("{path}: a private key readable by group or others (mode {mode:o}); `chmod 600` it")]
+    KeyReadable { path: PathBuf, mode: u32 },
 }
 
 /// When a certificate is valid.
@@ -165,11 +167,43 @@ pub fn issue(
 ) -> Result<Pem, CertError> {
     let ca = load_ca(ca_dir)?;
     let pem = ca.issue(role, name, validity)?;
+    write_credentials(out, &ca.pem.cert, &pem)?;
+    Ok(pem)
+}
+
+/// Writes a process's credentials folder: `out` itself 0700, `cert.pem`
+/// and `ca.pem` 0644, `key.pem` 0600 (set even on a file that existed
+/// with a looser mode).
+pub fn write_credentials(out: &Path, ca_cert: &str, pem: &Pem) -> Result<(), CertError> {
     create_dir(out)?;
+    std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+        CertError::Io {
+            path: out.to_path_buf(),
+            source,
+        }
+    })?;
     write_file(&out.join(NODE_CERT), &pem.cert, 0o644)?;
     write_file(&out.join(NODE_KEY), &pem.key, 0o600)?;
-    write_file(&out.join(CA_CERT), &ca.pem.cert, 0o644)?;
-    Ok(pem)
+    write_file(&out.join(CA_CERT), ca_cert, 0o644)
+}
+
+/// Refuses a private key that group or others may read.
+pub fn check_key_mode(path: &Path) -> Result<(), CertError> {
+    let mode = std::fs::metadata(path)
+        .map_err(|source| CertError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CertError::KeyReadable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 fn create_dir(dir: &Path) -> Result<(), CertError> {
@@ -199,13 +233,15 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
         .mode(mode)
         .open(path)
         .map_err(io)?;
+    // `mode` applies only when the file is created: set it on one that was there.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn init_and_issue_write_keys_0600_and_the_identity_is_in_the_cert() {
@@ -245,5 +281,33 @@ mod tests {
         assert!(ca
             .issue(Role::Sensor, "Bad Name", Validity::days(1))
             .is_err());
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_others_may_read_is_refused_and_rewriting_tightens_it() {
+        let dir = std::env::temp_dir().join(format!("keel-keymode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = Ca::generate(Validity::days(1)).unwrap();
+        let pem = ca.issue(Role::Sensor, "n1", Validity::days(1)).unwrap();
+        write_credentials(&dir, &ca.pem.cert, &pem).unwrap();
+        let key = dir.join(NODE_KEY);
+        assert!(check_key_mode(&key).is_ok());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = crate::Credentials::from_dir(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("readable by group or others (mode 644)"),
+            "{err}"
+        );
+        // Written again over the loose file, the key is 0600 again.
+        write_credentials(&dir, &ca.pem.cert, &pem).unwrap();
+        assert!(check_key_mode(&key).is_ok());
+        let d = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(d, 0o700);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -176,6 +176,9 @@ pub struct Client {
     local: Local,
     opts: Options,
     pub stats: Arc<Stats>,
+    /// The role the server's certificate must carry (None: any), besides
+    /// the name that TLS checks.
+    server_role: Option<Role>,
 }
 
 impl Client {
@@ -195,7 +198,16 @@ impl Client {
             local,
             opts,
             stats: Arc::new(Stats::default()),
+            server_role: None,
         })
+    }
+
+    /// This client connects only to servers whose certificate says `role`
+    /// (a controller, a correlator host): a certificate of another role
+    /// with the expected name is refused.
+    pub fn expecting(mut self, role: Role) -> Client {
+        self.server_role = Some(role);
+        self
     }
 
     /// Connect to `server_name` (the name in its certificate) at `addr`, and
@@ -239,6 +251,13 @@ impl Client {
             Err(_) => return Err(connect_err("handshake timed out".into())),
         };
         let peer = peer_identity(&conn).map_err(connect_err)?;
+        if let Some(role) = self.server_role.filter(|r| *r != peer.role) {
+            conn.close(0u32.into(), b"wrong role");
+            return Err(connect_err(format!(
+                "the server's certificate says {}, not {role}",
+                peer.role
+            )));
+        }
         let c = Connection::start(
             conn,
             peer,

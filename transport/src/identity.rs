@@ -106,7 +106,11 @@ mod tests {
             parse_uri("keel://sensor/node-17").unwrap(),
             (Role::Sensor, "node-17".to_string())
         );
-        assert!(parse_uri("keel://admin/x").is_err());
+        assert!(parse_uri("keel://root/x").is_err());
+        assert_eq!(
+            parse_uri("keel://admin/ops").unwrap(),
+            (Role::Admin, "ops".to_string())
+        );
         assert!(parse_uri("https://sensor/x").is_err());
         assert!(parse_uri("keel://sensor/").is_err());
         assert!(parse_uri("keel://sensor/a/b").is_err());

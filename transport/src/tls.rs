@@ -45,7 +45,10 @@ impl Credentials {
     }
 
     /// The files `keel cert issue` wrote in `dir`.
+    /// Reads `DIR/ca.pem`, `DIR/cert.pem` and `DIR/key.pem`; a key that
+    /// group or others may read is refused (`CertError::KeyReadable`).
     pub fn from_dir(dir: &Path) -> Result<Self, TlsError> {
+        certs::check_key_mode(&dir.join(certs::NODE_KEY))?;
         Ok(Credentials {
             ca_pem: certs::read_file(&dir.join(certs::CA_CERT))?,
             own: Some(Pem {

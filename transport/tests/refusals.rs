@@ -206,3 +206,30 @@ async fn garbage_bytes_close_their_stream_and_the_connection_lives_on() {
     assert_eq!(env.msg, Message::Pong);
     assert_eq!(server.stats.refused_total(), 3);
 }
+
+/// A client that expects a controller refuses a server whose certificate
+/// carries the expected name but another role (a sensor's key on a host
+/// that claims to be `ctl-1`).
+#[tokio::test]
+async fn a_server_with_the_right_name_but_another_role_is_refused() {
+    let cluster = Cluster::new();
+    let server = cluster.server(Role::Sensor, "ctl-1", Options::default());
+    let addr = server.local_addr().unwrap();
+    let client = cluster
+        .client(Role::Operator, "op", Options::default())
+        .expecting(Role::Controller);
+    let err = match tokio::time::timeout(GUARD, client.connect(addr, "ctl-1")).await {
+        Ok(Ok(_)) => panic!("connected to a sensor posing as a controller"),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => panic!("connect hung"),
+    };
+    assert!(err.contains("says sensor, not controller"), "{err}");
+    // Expecting its real role, the same server is reached.
+    let ok = cluster
+        .client(Role::Operator, "op", Options::default())
+        .expecting(Role::Sensor);
+    assert!(tokio::time::timeout(GUARD, ok.connect(addr, "ctl-1"))
+        .await
+        .unwrap()
+        .is_ok());
+}

@@ -210,14 +210,55 @@ pub(crate) fn reporter_may(role: Role, peer: &str, f: &Finding) -> Result<(), St
     }
 }
 
+/// The topics that only read.
+const READS: &[&str] = &[
+    "status", "routes", "actions", "jobs", "history", "explain", "findings",
+];
+
 fn allowed(role: Role, topic: &str) -> bool {
     match role {
-        Role::Controller | Role::Operator => true,
+        Role::Controller | Role::Operator | Role::Admin => true,
+        Role::Viewer => READS.contains(&topic),
+        // Its proposals are checked command by command (`may_propose`).
+        Role::Approver => READS.contains(&topic) || topic == "propose",
+        Role::Scheduler => matches!(topic, "job" | "propose" | "status"),
         Role::Sensor => matches!(topic, "routes" | "job" | "status" | "close_finding"),
         Role::Correlator => matches!(topic, "hello" | "close_finding" | "routes" | "status"),
         // Slurm's executor also reports the jobs it discovers.
         Role::Executor => matches!(topic, "executor" | "job"),
     }
+}
+
+/// Whether `role` may propose `command` (the `propose` topic): an admin
+/// (or an operator) anything; an approver only to approve, reject or
+/// cancel an action, and to pause or resume automation; a scheduler only
+/// job records. The error names the role and what it may do.
+pub(crate) fn may_propose(role: Role, command: &Command) -> Result<(), String> {
+    use keel_model::ActionStatus as S;
+    let ok = match role {
+        Role::Admin | Role::Operator | Role::Controller => true,
+        Role::Approver => matches!(
+            command,
+            Command::Transition {
+                to: S::Approved | S::Rejected | S::Cancelled,
+                ..
+            } | Command::Pause { .. }
+                | Command::Resume { .. }
+        ),
+        Role::Scheduler => matches!(command, Command::Job { .. }),
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let may = match role {
+        Role::Approver => "approve, reject or cancel actions, and pause or resume automation",
+        Role::Scheduler => "register and end jobs",
+        _ => "propose nothing",
+    };
+    Err(format!(
+        "a {role} may {may}; this proposal needs an admin certificate"
+    ))
 }
 
 fn param<'a>(q: &'a Query, key: &str) -> Result<&'a String> {
@@ -423,6 +464,10 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
         "propose" => {
             let command: Command =
                 serde_json::from_str(param(q, "command")?).context("param `command`")?;
+            if let Err(why) = may_propose(role, &command) {
+                tracing::warn!(%peer, %role, "proposal refused: {why}");
+                bail!(why);
+            }
             // A client that names its own session (and retries under it) is
             // answered once per seq; one that does not runs in this
             // replica's session for it.
