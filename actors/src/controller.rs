@@ -22,7 +22,9 @@ pub mod steward;
 pub mod transfer;
 mod upkeep;
 
-pub use config::{replica_options, Config, PeerConfig, RetentionConfig, Span};
+pub use config::{
+    executor_may, replica_options, Config, ExecutorAllowed, PeerConfig, RetentionConfig, Span,
+};
 pub use drain::{Drain, InFlight};
 
 pub use pages::status;

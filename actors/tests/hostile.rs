@@ -6,7 +6,7 @@
 //! those actors call.
 
 use keel_actors::client::{ControllerAddr, ControllerClient};
-use keel_actors::controller::{self, queries::params, PeerConfig};
+use keel_actors::controller::{self, queries::params, ExecutorAllowed, PeerConfig};
 use keel_actors::correlator::{admit, Refused};
 use keel_actors::sensor::{self, SensorConfig};
 use keel_actors::sources::SourceConfig;
@@ -116,6 +116,14 @@ struct Ctl {
 
 impl Ctl {
     async fn start(name: &str, peers: Vec<PeerConfig>) -> Ctl {
+        Ctl::start_with(name, peers, Vec::new()).await
+    }
+
+    async fn start_with(
+        name: &str,
+        peers: Vec<PeerConfig>,
+        executors: Vec<ExecutorAllowed>,
+    ) -> Ctl {
         let dir = tmp(name);
         let ca = Ca::generate(Validity::days(1)).unwrap();
         let cfg = controller::Config {
@@ -126,6 +134,7 @@ impl Ctl {
             peers,
             join: false,
             retention: Default::default(),
+            executors,
         };
         let ctl = controller::start(cfg, None).await.unwrap();
         let controllers = vec![ControllerAddr {
@@ -503,5 +512,46 @@ async fn each_role_may_do_only_its_part() {
             .as_str()
             .is_some_and(|b| b.starts_with("approver:a/")),
         "{s:#}"
+    );
+}
+
+/// An executor greets only with the nodes and actions the controller's
+/// `[[executors]]` allows it; an executor it does not list is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_greedy_executor_greeting_is_refused() {
+    let ctl = Ctl::start_with(
+        "greeting",
+        Vec::new(),
+        vec![ExecutorAllowed {
+            name: "exec-n1".into(),
+            nodes: vec!["n1".into()],
+            actions: vec!["retune_nic".into(), "reclaim_zombie".into()],
+        }],
+    )
+    .await;
+    let greet = |nodes: &str, actions: &str| {
+        params([
+            ("nodes", nodes.to_string()),
+            ("actions", actions.to_string()),
+        ])
+    };
+    let mine = ctl.client(Role::Executor, "exec-n1");
+    ask(&mine, "executor", greet("n1", "retune_nic,reclaim_zombie"))
+        .await
+        .expect("its own node and actions");
+    let err = ask(&mine, "executor", greet("n1,n2", "retune_nic,drain_node"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains(r#"nodes ["n2"], actions ["drain_node"]"#),
+        "{err}"
+    );
+    let stranger = ctl.client(Role::Executor, "exec-x");
+    let err = ask(&stranger, "executor", greet("*", "notify"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("not in the controller's [[executors]]"),
+        "{err}"
     );
 }

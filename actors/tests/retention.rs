@@ -61,6 +61,7 @@ async fn a_closed_finding_moves_to_the_history_and_is_still_read() {
             keep: Some(Span::Text("0s".into())),
             every: Some(Span::Seconds(0.5)),
         },
+        executors: Vec::new(),
     };
     let ctl = controller::start(cfg, None).await.unwrap();
     let creds = Credentials::from_dir(&issue(&dir.0, &ca, Role::Operator, "op")).unwrap();

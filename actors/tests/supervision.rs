@@ -80,6 +80,7 @@ async fn a_crashed_correlator_is_restarted_and_its_sibling_keeps_running() {
         peers: Vec::new(),
         join: false,
         retention: Default::default(),
+        executors: Vec::new(),
     };
     let ctl = controller::start(cfg, None).await.unwrap();
     let controllers = vec![ControllerAddr {
@@ -153,6 +154,7 @@ async fn a_gpu_finding_is_watched_by_its_nodes_sensor_until_it_clears() {
         peers: Vec::new(),
         join: false,
         retention: Default::default(),
+        executors: Vec::new(),
     };
     let ctl = controller::start(cfg, None).await.unwrap();
     let controllers = vec![ControllerAddr {

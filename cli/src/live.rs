@@ -172,6 +172,7 @@ async fn live(
                 .collect(),
             join: false,
             retention: Default::default(),
+            executors: Vec::new(),
         };
         let started = controller::start(cfg, None).await?;
         let mut rx = started.applied.subscribe();

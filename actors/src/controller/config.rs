@@ -41,6 +41,58 @@ pub struct Config {
     /// the replicated state before they move to `<data_dir>/history.jsonl`.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Which executors may greet, with which nodes and actions (`[[executors]]`).
+    /// Empty (the default): any executor certificate may greet with any.
+    #[serde(default)]
+    pub executors: Vec<ExecutorAllowed>,
+}
+
+/// `[[executors]]` of the controller's config: what one executor (by its
+/// certificate's name) may carry out, and for which nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorAllowed {
+    pub name: String,
+    /// Node names, or `["*"]` for any.
+    pub nodes: Vec<String>,
+    /// Action names (`reclaim_zombie`, `drain_node`, ...).
+    pub actions: Vec<String>,
+}
+
+/// Whether executor `name` may greet with `nodes` and `actions` under
+/// `allowed` (`[[executors]]`; empty allows anything). The error names
+/// what is not allowed.
+pub fn executor_may(
+    allowed: &[ExecutorAllowed],
+    name: &str,
+    nodes: &[String],
+    actions: &[&str],
+) -> std::result::Result<(), String> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let Some(a) = allowed.iter().find(|a| a.name == name) else {
+        return Err(format!(
+            "executor {name} is not in the controller's [[executors]]"
+        ));
+    };
+    let any_node = a.nodes.iter().any(|n| n == "*");
+    let nodes_out: Vec<&str> = nodes
+        .iter()
+        .filter(|n| !any_node && !a.nodes.contains(n))
+        .map(String::as_str)
+        .collect();
+    let actions_out: Vec<&str> = actions
+        .iter()
+        .copied()
+        .filter(|x| !a.actions.iter().any(|y| y == x))
+        .collect();
+    if nodes_out.is_empty() && actions_out.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "executor {name} greeted beyond its [[executors]] entry: nodes {nodes_out:?}, actions {actions_out:?}"
+    ))
 }
 
 /// `[retention]` of the controller's config.

@@ -413,6 +413,23 @@ async fn answer(q: &Query, role: Role, peer: &str, me: &ActorRef<ControllerMsg>)
                 .map(String::from)
                 .collect();
             let name = peer.to_string();
+            let wires: Vec<&str> = actions.iter().map(|a| a.wire()).collect();
+            let may = {
+                let (n, w, ns) = (
+                    name.clone(),
+                    wires.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+                    nodes.clone(),
+                );
+                read(me, move |s| {
+                    let w: Vec<&str> = w.iter().map(String::as_str).collect();
+                    super::config::executor_may(&s.cfg.executors, &n, &ns, &w)
+                })
+                .await?
+            };
+            if let Err(why) = may {
+                tracing::warn!(%peer, "executor greeting refused: {why}");
+                bail!(why);
+            }
             read(me, move |s| s.steward.greeted(&name, actions, nodes)).await?;
             Ok("\"ok\"".into())
         }
