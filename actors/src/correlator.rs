@@ -55,6 +55,16 @@ pub struct CorrelatorConfig {
     /// `cert.pem`, `key.pem` and `ca.pem`; the role must be `correlator`.
     pub credentials: PathBuf,
     pub controllers: Vec<ControllerAddr>,
+    /// Whether a summary's time is checked against this host's clock
+    /// (within `keel_detect::edge::CLOCK_GAP_MAX_S`). Turn it off only
+    /// for hosts fed by replayed traces, whose time is not now (`keel
+    /// demo`, `keel live`).
+    #[serde(default = "yes")]
+    pub check_clock: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl CorrelatorConfig {
@@ -105,10 +115,10 @@ pub struct Refused {
 }
 
 /// Keeps of `batch` what sensor `peer` may say, at `now` (the host's clock,
-/// seconds): summaries and readings of its own node only (a sensor's
+/// seconds; None: not checked against it): summaries and readings of its own node only (a sensor's
 /// certificate names its node), and summaries that a sensor's edge could
 /// have made. What is dropped is counted in `refused` and logged.
-pub fn admit(peer: &str, batch: &mut TelemetryBatch, now: f64, refused: &Refused) {
+pub fn admit(peer: &str, batch: &mut TelemetryBatch, now: Option<f64>, refused: &Refused) {
     use std::sync::atomic::Ordering::Relaxed;
     let before = (batch.summaries.len(), batch.metrics.len());
     let mut implausible = 0u64;
@@ -174,7 +184,8 @@ pub async fn start(cfg: CorrelatorConfig) -> Result<StartedHost> {
     let name = server.local_name.clone();
     let client = ControllerClient::new(&creds, &cfg.controllers)?;
     let advertise = cfg.advertise.unwrap_or(addr);
-    let (actor, join) = Actor::spawn(None, HostActor, (name, client, server, advertise))
+    let args = (name, client, server, advertise, cfg.check_clock);
+    let (actor, join) = Actor::spawn(None, HostActor, args)
         .await
         .context("starting the correlator host")?;
     Ok(StartedHost { actor, addr, join })
@@ -183,12 +194,12 @@ pub async fn start(cfg: CorrelatorConfig) -> Result<StartedHost> {
 impl Actor for HostActor {
     type Msg = HostMsg;
     type State = HostState;
-    type Arguments = (String, ControllerClient, Server, SocketAddr);
+    type Arguments = (String, ControllerClient, Server, SocketAddr, bool);
 
     async fn pre_start(
         &self,
         myself: ActorRef<HostMsg>,
-        (name, client, mut server, advertise): Self::Arguments,
+        (name, client, mut server, advertise, check_clock): Self::Arguments,
     ) -> Result<HostState, ActorProcessingErr> {
         tracing::info!(host = %name, addr = %advertise, "correlator host listening");
         // Every connection's batches go into one drop-oldest queue; one
@@ -204,7 +215,8 @@ impl Actor for HostActor {
                 let refused = counted.clone();
                 tokio::spawn(async move {
                     while let Some((peer, mut batch)) = inbox.telemetry.recv().await {
-                        admit(&peer.name, &mut batch, crate::sources::unix_now(), &refused);
+                        let now = check_clock.then(crate::sources::unix_now);
+                        admit(&peer.name, &mut batch, now, &refused);
                         if !queue.push(batch) {
                             return;
                         }

@@ -99,7 +99,7 @@ fn a_sensor_speaks_only_for_its_node_and_only_plausibly() {
         metrics: vec![metric("n1"), metric("n2")],
     };
     let refused = Refused::default();
-    admit("n1", &mut batch, t, &refused);
+    admit("n1", &mut batch, Some(t), &refused);
     assert_eq!(batch.summaries.len(), 1);
     assert_eq!(batch.summaries[0].node.as_str(), "n1");
     assert_eq!(batch.metrics.len(), 1);

@@ -92,6 +92,7 @@ async fn a_crashed_correlator_is_restarted_and_its_sibling_keeps_running() {
         advertise: None,
         credentials: issue(&dir.0, &ca, Role::Correlator, "corr-a"),
         controllers: controllers.clone(),
+        check_clock: true,
     })
     .await
     .unwrap();

@@ -125,10 +125,16 @@ impl Cluster {
     }
 
     pub fn start_correlators(&mut self, hosts: &[&str]) {
+        self.start_correlators_with(hosts, "");
+    }
+
+    /// `start_correlators` with more of their config (`check_clock = false`
+    /// for hosts fed by replayed traces).
+    pub fn start_correlators_with(&mut self, hosts: &[&str], extra: &str) {
         for host in hosts {
             let creds = self.issue("correlator", host);
             let cfg = format!(
-                "listen = \"127.0.0.1:{}\"\ncredentials = \"{}\"\n{}",
+                "listen = \"127.0.0.1:{}\"\ncredentials = \"{}\"\n{extra}{}",
                 free_port(),
                 creds.display(),
                 self.controllers_toml()
