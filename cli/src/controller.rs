@@ -80,6 +80,11 @@ pub fn run(config: &Path) -> Result<()> {
         let id = cfg.id;
         let started = controller::start(cfg, None).await?;
         eprintln!("keel controller {id}: listening on {}", started.addr);
+        crate::http::serve(
+            "controller",
+            crate::http::controller_probe(started.actor.clone()),
+        )
+        .await?;
         let what = format!("keel controller {id}");
         let (drain, actor, removed) = (started.drain, started.actor, started.removed);
         let r = until_stopped(&what, started.join, || async move {
@@ -113,6 +118,7 @@ pub fn run_sensor(config: &Path) -> Result<()> {
         };
         let (actor, join) = sensor::start(cfg, None).await?;
         eprintln!("keel sensor {node}: running");
+        crate::http::serve("sensor", crate::http::sensor_probe(actor.clone())).await?;
         until_stopped(&format!("keel sensor {node}"), join, || async move {
             let _ = actor.drain();
             if let Some((e, _)) = exec {
@@ -129,6 +135,11 @@ pub fn run_correlator(config: &Path) -> Result<()> {
     runtime()?.block_on(async {
         let host = correlator::start(cfg).await?;
         eprintln!("keel correlator: listening on {}", host.addr);
+        crate::http::serve(
+            "correlator",
+            crate::http::correlator_probe(host.actor.clone()),
+        )
+        .await?;
         let actor = host.actor;
         until_stopped("keel correlator", host.join, || async move {
             let _ = actor.drain();
@@ -143,6 +154,7 @@ pub fn run_executor(config: &Path) -> Result<()> {
     runtime()?.block_on(async {
         let (actor, join) = executor::start(cfg).await?;
         eprintln!("keel executor: running (SIGUSR1 pauses it, SIGUSR2 resumes)");
+        crate::http::serve("executor", crate::http::executor_probe(actor.clone())).await?;
         // A paused executor keeps its links and greetings, and holds the
         // commands it receives unapplied until resumed: for maintenance
         // windows, when nothing may change under an operator's hands.

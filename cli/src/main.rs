@@ -11,6 +11,7 @@ mod controller;
 mod demo;
 mod demo_act;
 mod eval;
+mod http;
 mod job;
 mod live;
 mod policy;
@@ -35,6 +36,10 @@ struct Cli {
     /// correlator, executor); default 2
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
+    /// Serve /metrics, /healthz and /readyz of a role process on this
+    /// address (e.g. 127.0.0.1:7480); off by default
+    #[arg(long, global = true, env = "KEEL_HTTP")]
+    http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -452,6 +457,9 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.worker_threads {
         controller::set_worker_threads(usize::from(n));
+    }
+    if let Some(addr) = cli.http {
+        http::set_addr(addr);
     }
     match cli.command {
         Command::Demo {
