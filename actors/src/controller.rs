@@ -620,5 +620,9 @@ fn status_of(state: &mut ControllerState) -> String {
     let mut v: serde_json::Value =
         serde_json::from_str(&pages::status_with(&state.node, &state.digest.1)).unwrap_or_default();
     v["raft_refused"] = state.raft_refused.into();
+    v["certificate"] = pages::certificate(
+        &state.creds,
+        keel_transport::expiry::OffsetDateTime::now_utc(),
+    );
     v.to_string()
 }

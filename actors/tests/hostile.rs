@@ -459,9 +459,20 @@ async fn each_role_may_do_only_its_part() {
     let policy = serde_json::json!({"apply_policy": {"name": "default", "document": "# empty\n"}});
     let pause = serde_json::json!({"pause": {"reason": "maintenance", "ts": now()}});
 
-    ask(&viewer, "status", BTreeMap::new())
-        .await
-        .expect("a viewer reads");
+    let status: serde_json::Value = serde_json::from_str(
+        &ask(&viewer, "status", BTreeMap::new())
+            .await
+            .expect("a viewer reads"),
+    )
+    .unwrap();
+    // The replica's own certificate, issued for a day: within the warning.
+    let cert = &status["certificate"];
+    assert_eq!(cert["days_left"], 0, "{status:#}");
+    assert_eq!(cert["expires_soon"], true, "{status:#}");
+    assert!(
+        cert["not_after"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{status:#}"
+    );
     let err = ask(&viewer, "propose", propose(pause.clone()))
         .await
         .unwrap_err();

@@ -8,7 +8,8 @@ use keel_actors::correlator::{self, CorrelatorConfig};
 use keel_actors::executor::{self, ExecutorConfig};
 use keel_actors::sensor::{self, SensorConfig};
 use keel_model::{Message, Query, QueryReply};
-use keel_transport::{Client, Credentials, Options};
+use keel_transport::expiry::{OffsetDateTime, EXPIRY_CHECK_EVERY};
+use keel_transport::{reload, Client, Credentials, Options};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -47,6 +48,57 @@ async fn stop_asked() -> Result<&'static str> {
     })
 }
 
+/// Keeps a role's credentials current: on SIGHUP every credentials folder
+/// the process read is read again (certificate, key, CA, CRL) and used for
+/// the connections to come; at start and then daily, a certificate that
+/// ends within [`keel_transport::expiry::EXPIRY_WARNING_DAYS`] days is
+/// warned about.
+async fn credentials_upkeep(mut hup: tokio::signal::unix::Signal) {
+    let mut daily = tokio::time::interval(EXPIRY_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload_credentials(),
+            _ = daily.tick() => warn_expiring(OffsetDateTime::now_utc()),
+        }
+    }
+}
+
+/// What SIGHUP does: every folder read again, each outcome logged.
+pub fn reload_credentials() {
+    for (dir, r) in reload::reload_all() {
+        match r {
+            Ok(n) => tracing::info!(
+                dir = %dir.display(),
+                servers = n.servers,
+                clients = n.clients,
+                "credentials reloaded"
+            ),
+            Err(e) => tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "credentials not reloaded; the previous ones stay in use"
+            ),
+        }
+    }
+}
+
+fn warn_expiring(now: OffsetDateTime) {
+    for (dir, e) in reload::expiries() {
+        match e {
+            Ok(e) if e.should_warn(now) => tracing::warn!(
+                dir = %dir.display(),
+                not_after = %e.not_after_rfc3339(),
+                days_left = e.days_left(now),
+                "certificate expires soon: renew it (keel cert request, keel cert sign) and send SIGHUP"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "certificate expiry unknown")
+            }
+        }
+    }
+}
+
 /// Runs a role until its actor stops or a stop is asked. An actor that
 /// stops on its own has died: an error (the process exits non-zero). On
 /// SIGTERM or SIGINT, `stop` lets it finish what it holds (bounded by
@@ -59,8 +111,24 @@ async fn until_stopped<F>(
 where
     F: std::future::Future<Output = ()>,
 {
+    // Taken before anything else, so that a SIGHUP never kills the process.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let upkeep = tokio::spawn(credentials_upkeep(hup));
+    let r = until_stopped_inner(what, &mut join, stop).await;
+    upkeep.abort();
+    r
+}
+
+async fn until_stopped_inner<F>(
+    what: &str,
+    join: &mut tokio::task::JoinHandle<()>,
+    stop: impl FnOnce() -> F,
+) -> Result<()>
+where
+    F: std::future::Future<Output = ()>,
+{
     tokio::select! {
-        _ = &mut join => bail!("{what}: its actor stopped unexpectedly"),
+        _ = &mut *join => bail!("{what}: its actor stopped unexpectedly"),
         signal = stop_asked() => {
             let signal = signal?;
             tracing::info!("{signal}: stopping {what}");

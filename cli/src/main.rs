@@ -7,6 +7,7 @@ mod bench_scale;
 mod bench_scale_detect;
 mod bench_scale_load;
 mod bench_soak;
+mod cert;
 mod controller;
 mod demo;
 mod demo_act;
@@ -19,7 +20,7 @@ mod queries;
 mod replay;
 mod slurm;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -225,40 +226,7 @@ enum Command {
     /// Make the cluster's certificates: one CA, one certificate per process
     Cert {
         #[command(subcommand)]
-        command: CertCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum CertCommand {
-    /// Create a cluster CA: DIR/ca.pem and DIR/ca.key (mode 0600)
-    Init {
-        /// Folder to write the CA into (created if missing)
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Issue a process certificate whose identity is keel://ROLE/NAME:
-    /// DIR/cert.pem, DIR/key.pem (mode 0600) and a copy of DIR/ca.pem
-    Issue {
-        /// The folder `keel cert init` wrote
-        #[arg(long)]
-        ca: PathBuf,
-        /// sensor, correlator, controller, executor; for people and scripts:
-        /// viewer (reads), approver (approve/reject/cancel, pause/resume),
-        /// admin (policy, membership, any command), scheduler (job
-        /// register/end: the Slurm prolog and epilog), or operator (all of
-        /// those four)
-        #[arg(long)]
-        role: String,
-        /// The process's name, also its DNS name in the certificate (e.g. node-17)
-        #[arg(long)]
-        name: String,
-        /// Folder to write the certificate into (created if missing)
-        #[arg(long)]
-        out: PathBuf,
-        /// Days the certificate stays valid
-        #[arg(long, default_value_t = 365)]
-        days: u32,
+        command: cert::CertCommand,
     },
 }
 
@@ -625,37 +593,6 @@ fn run(cli: Cli) -> Result<()> {
                 concurrency,
             } => bench_controller::run(seconds, concurrency),
         },
-        Command::Cert { command } => match command {
-            CertCommand::Init { out } => {
-                keel_transport::certs::init(&out)
-                    .with_context(|| format!("keel cert init --out {}", out.display()))?;
-                eprintln!("{}: cluster CA written", out.display());
-                Ok(())
-            }
-            CertCommand::Issue {
-                ca,
-                role,
-                name,
-                out,
-                days,
-            } => {
-                let Some(r) = keel_model::Role::from_wire(&role) else {
-                    bail!("unknown role {role:?}: sensor, correlator, controller, executor, viewer, approver, admin, scheduler or operator");
-                };
-                keel_transport::certs::issue(
-                    &ca,
-                    r,
-                    &name,
-                    &out,
-                    keel_transport::certs::Validity::days(days),
-                )
-                .with_context(|| format!("keel cert issue --role {role} --name {name}"))?;
-                eprintln!(
-                    "{}: certificate for keel://{role}/{name}, valid {days} days",
-                    out.display()
-                );
-                Ok(())
-            }
-        },
+        Command::Cert { command } => cert::run(command),
     }
 }

@@ -6,8 +6,8 @@
 use crate::identity;
 use keel_model::Role;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -19,6 +19,11 @@ pub const CA_CERT: &str = "ca.pem";
 pub const CA_KEY: &str = "ca.key";
 pub const NODE_CERT: &str = "cert.pem";
 pub const NODE_KEY: &str = "key.pem";
+/// A certificate signing request, written next to the key it is for.
+pub const REQUEST: &str = "request.csr";
+/// The CA's revocation list: kept in the CA's folder, copied into every
+/// process's credentials folder.
+pub const CRL: &str = "crl.pem";
 
 #[derive(Debug, Error)]
 pub enum CertError {
@@ -35,6 +40,12 @@ pub enum CertError {
     Exists { path: PathBuf },
     #[error("{path}: a private key readable by group or others (mode {mode:o}); `chmod 600` it")]
     KeyReadable { path: PathBuf, mode: u32 },
+    #[error("certificate signing request does not parse or its signature is wrong: {0}")]
+    Csr(rcgen::Error),
+    #[error("certificate signing request refused: {why}")]
+    BadRequest { why: String },
+    #[error("{what}: {why}")]
+    Parse { what: String, why: String },
 }
 
 /// When a certificate is valid.
@@ -105,27 +116,7 @@ impl Ca {
 
     /// A certificate for process `name` of `role`, signed by this CA.
     pub fn issue(&self, role: Role, name: &str, validity: Validity) -> Result<Pem, CertError> {
-        identity::check_name(name).map_err(|why| CertError::BadName {
-            name: name.to_string(),
-            why,
-        })?;
-        let mut params = CertificateParams::new(vec![name.to_string()])?;
-        params
-            .subject_alt_names
-            .push(SanType::URI(identity::uri(role, name).try_into()?));
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        dn.push(DnType::OrganizationalUnitName, role.wire());
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        // Every process both dials and accepts, so every certificate serves both.
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = validity.not_before;
-        params.not_after = validity.not_after;
+        let params = leaf_params(role, name, validity)?;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pem {
@@ -133,6 +124,94 @@ impl Ca {
             key: key.serialize_pem(),
         })
     }
+
+    /// A certificate for the key in a certificate signing request. Only the
+    /// request's public key and its `keel://ROLE/NAME` are taken from it;
+    /// everything else (usages, validity, a request to be a CA) is this
+    /// CA's, exactly as [`Ca::issue`] would write it.
+    pub fn sign(&self, csr_pem: &str, validity: Validity) -> Result<Signed, CertError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CertError::Csr)?;
+        let (role, name) = requested_identity(&csr.params.subject_alt_names)?;
+        let signed = CertificateSigningRequestParams {
+            params: leaf_params(role, &name, validity)?,
+            public_key: csr.public_key,
+        }
+        .signed_by(&self.issuer)?;
+        Ok(Signed {
+            role,
+            name,
+            cert: signed.pem(),
+        })
+    }
+
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+}
+
+/// What [`Ca::sign`] made of a request.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub role: Role,
+    pub name: String,
+    pub cert: String,
+}
+
+/// The role and name a request asks for: exactly one `keel://ROLE/NAME`
+/// URI, and the name again as its only DNS name, as [`Ca::issue`] writes them.
+fn requested_identity(sans: &[SanType]) -> Result<(Role, String), CertError> {
+    let bad = |why: String| CertError::BadRequest { why };
+    let mut uris = sans.iter().filter_map(|s| match s {
+        SanType::URI(u) => Some(u.as_str()),
+        _ => None,
+    });
+    let uri = uris
+        .next()
+        .ok_or_else(|| bad("no keel://ROLE/NAME URI".into()))?;
+    if uris.next().is_some() {
+        return Err(bad("more than one URI".into()));
+    }
+    let (role, name) = identity::parse_uri(uri).map_err(|e| bad(e.to_string()))?;
+    for san in sans {
+        match san {
+            SanType::URI(_) => {}
+            SanType::DnsName(d) if d.as_str() == name => {}
+            other => return Err(bad(format!("unexpected name {other:?} besides {uri}"))),
+        }
+    }
+    Ok((role, name))
+}
+
+/// The parameters of every process certificate: the name as DNS SAN, the
+/// identity as URI SAN, both usages, and a random serial (the CRL names
+/// certificates by serial, so two certificates never share one, not even
+/// two for the same key).
+fn leaf_params(role: Role, name: &str, validity: Validity) -> Result<CertificateParams, CertError> {
+    identity::check_name(name).map_err(|why| CertError::BadName {
+        name: name.to_string(),
+        why,
+    })?;
+    let mut params = CertificateParams::new(vec![name.to_string()])?;
+    params
+        .subject_alt_names
+        .push(SanType::URI(identity::uri(role, name).try_into()?));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn.push(DnType::OrganizationalUnitName, role.wire());
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // Every process both dials and accepts, so every certificate serves both.
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    let mut serial: [u8; 16] = rand::random();
+    serial[0] = (serial[0] & 0x7f) | 0x01;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    Ok(params)
 }
 
 /// `keel cert init`: a new CA in `out` (`ca.pem`, `ca.key`).
@@ -168,20 +247,76 @@ pub fn issue(
     let ca = load_ca(ca_dir)?;
     let pem = ca.issue(role, name, validity)?;
     write_credentials(out, &ca.pem.cert, &pem)?;
+    copy_crl(ca_dir, out)?;
     Ok(pem)
 }
 
-/// Writes a process's credentials folder: `out` itself 0700, `cert.pem`
-/// and `ca.pem` 0644, `key.pem` 0600 (set even on a file that existed
-/// with a looser mode).
-pub fn write_credentials(out: &Path, ca_cert: &str, pem: &Pem) -> Result<(), CertError> {
+/// `keel cert request`, on the node: a key in `out/key.pem` (0600; an
+/// existing one, 0600, is kept, so that renewing needs no new key) and a
+/// certificate signing request for it in `out/request.csr`, carrying the
+/// identity exactly as [`Ca::issue`] would. The key never leaves `out`.
+pub fn request(role: Role, name: &str, out: &Path) -> Result<String, CertError> {
+    let mut params = leaf_params(role, name, Validity::days(1))?;
+    // Not part of a request: the CA chooses them.
+    params.serial_number = None;
+    params.use_authority_key_identifier_extension = false;
+    create_private_dir(out)?;
+    let key_path = out.join(NODE_KEY);
+    let key = if key_path.exists() {
+        check_key_mode(&key_path)?;
+        KeyPair::from_pem(&read_file(&key_path)?)?
+    } else {
+        let key = KeyPair::generate()?;
+        write_file(&key_path, &key.serialize_pem(), 0o600)?;
+        key
+    };
+    let csr = params.serialize_request(&key)?.pem()?;
+    write_file(&out.join(REQUEST), &csr, 0o644)?;
+    Ok(csr)
+}
+
+/// `keel cert sign`, on the CA host: a certificate for the request in
+/// `csr`, written to `out/cert.pem` with a copy of `ca.pem` (and of the
+/// CA's `crl.pem` if it has one). No key is written: it stays on the node.
+pub fn sign(
+    ca_dir: &Path,
+    csr: &Path,
+    out: &Path,
+    validity: Validity,
+) -> Result<Signed, CertError> {
+    let ca = load_ca(ca_dir)?;
+    let signed = ca.sign(&read_file(csr)?, validity)?;
+    create_private_dir(out)?;
+    write_file(&out.join(NODE_CERT), &signed.cert, 0o644)?;
+    write_file(&out.join(CA_CERT), &ca.pem.cert, 0o644)?;
+    copy_crl(ca_dir, out)?;
+    Ok(signed)
+}
+
+/// The CA's current revocation list travels with every certificate it hands out.
+fn copy_crl(ca_dir: &Path, out: &Path) -> Result<(), CertError> {
+    let crl = ca_dir.join(CRL);
+    if crl.exists() {
+        write_file(&out.join(CRL), &read_file(&crl)?, 0o644)?;
+    }
+    Ok(())
+}
+
+fn create_private_dir(out: &Path) -> Result<(), CertError> {
     create_dir(out)?;
     std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
         CertError::Io {
             path: out.to_path_buf(),
             source,
         }
-    })?;
+    })
+}
+
+/// Writes a process's credentials folder: `out` itself 0700, `cert.pem`
+/// and `ca.pem` 0644, `key.pem` 0600 (set even on a file that existed
+/// with a looser mode).
+pub fn write_credentials(out: &Path, ca_cert: &str, pem: &Pem) -> Result<(), CertError> {
+    create_private_dir(out)?;
     write_file(&out.join(NODE_CERT), &pem.cert, 0o644)?;
     write_file(&out.join(NODE_KEY), &pem.key, 0o600)?;
     write_file(&out.join(CA_CERT), ca_cert, 0o644)
@@ -221,7 +356,7 @@ pub(crate) fn read_file(path: &Path) -> Result<String, CertError> {
 }
 
 /// The mode is set at creation, so a key is never readable by others, not even briefly.
-fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
+pub(crate) fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
     let io = |source| CertError::Io {
         path: path.to_path_buf(),
         source,
@@ -273,6 +408,49 @@ mod tests {
             (Role::Executor, "node-9".to_string())
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_request_is_signed_for_its_identity_only_and_odd_requests_are_refused() {
+        let ca = Ca::generate(Validity::days(1)).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let csr = |sans: Vec<SanType>, is_ca: bool| {
+            let mut p = CertificateParams::default();
+            p.subject_alt_names = sans;
+            if is_ca {
+                p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            }
+            p.serialize_request(&key).unwrap().pem().unwrap()
+        };
+        let uri = |u: &str| SanType::URI(u.try_into().unwrap());
+        let dns = |d: &str| SanType::DnsName(d.try_into().unwrap());
+        // Asking to be a CA is not refused but not granted either.
+        let ok = ca
+            .sign(
+                &csr(vec![uri("keel://sensor/n1"), dns("n1")], true),
+                Validity::days(1),
+            )
+            .unwrap();
+        assert_eq!((ok.role, ok.name.as_str()), (Role::Sensor, "n1"));
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(ok.cert.as_bytes())
+            .map(|c: rustls::pki_types::CertificateDer<'static>| c)
+            .unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(!parsed.is_ca());
+        for (sans, why) in [
+            (vec![dns("n1")], "no keel://"),
+            (vec![uri("keel://root/n1"), dns("n1")], "unknown role"),
+            (vec![uri("keel://sensor/N_1")], "name must be"),
+            (vec![uri("keel://sensor/n1"), dns("n2")], "unexpected name"),
+            (
+                vec![uri("keel://sensor/n1"), uri("keel://admin/n1")],
+                "more than one URI",
+            ),
+        ] {
+            let err = ca.sign(&csr(sans, false), Validity::days(1)).unwrap_err();
+            assert!(err.to_string().contains(why), "{err} lacks {why}");
+        }
+        assert!(ca.sign("not a request", Validity::days(1)).is_err());
     }
 
     #[test]

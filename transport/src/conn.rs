@@ -27,7 +27,7 @@ pub const STREAM_OVERSIZE: u32 = 1;
 pub const STREAM_BAD_FRAME: u32 = 2;
 
 /// What this process is, as its own certificate says.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Local {
     pub role: Role,
     pub name: String,

@@ -5,19 +5,19 @@
 use crate::backoff::Backoff;
 use crate::conn::{inbox, Connection, Inbox, InboxTx, Local};
 use crate::telemetry::TelemetrySender;
-use crate::tls::{self, Credentials};
-use crate::{identity, Options, Peer, RefusalReason, Stats, TransportError};
+use crate::tls::{self, Credentials, Timing};
+use crate::{identity, reload, Options, Peer, RefusalReason, Stats, TransportError};
 use keel_model::{Message, Role};
 use rand::Rng;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// Our own identity, read from our own certificate (so a mislabelled file is
 /// caught at start, not by the peers).
-fn local_identity(creds: &Credentials) -> Result<Local, TransportError> {
+pub(crate) fn local_identity(creds: &Credentials) -> Result<Local, TransportError> {
     let pem = creds.own.as_ref().ok_or_else(|| TransportError::Config {
         detail: "no certificate".into(),
     })?;
@@ -52,9 +52,29 @@ fn peer_identity(conn: &quinn::Connection) -> Result<Peer, String> {
     })
 }
 
+/// A server's TLS: what a reload replaces for the connections to come.
+pub(crate) struct ServerTls {
+    endpoint: quinn::Endpoint,
+    timing: Timing,
+}
+
+impl ServerTls {
+    pub(crate) fn config_for(
+        &self,
+        creds: &Credentials,
+    ) -> Result<quinn::ServerConfig, TransportError> {
+        Ok(tls::server_config(creds, &self.timing)?)
+    }
+
+    pub(crate) fn install(&self, cfg: quinn::ServerConfig) {
+        self.endpoint.set_server_config(Some(cfg));
+    }
+}
+
 /// Accepts connections from authenticated peers.
 pub struct Server {
     endpoint: quinn::Endpoint,
+    tls: Arc<ServerTls>,
     accepted: mpsc::Receiver<(Connection, Inbox)>,
     live: Arc<Mutex<Vec<Connection>>>,
     pub stats: Arc<Stats>,
@@ -68,10 +88,16 @@ impl Server {
         creds: &Credentials,
         opts: Options,
     ) -> Result<Server, TransportError> {
+        let creds = &reload::latest(creds);
         let local = local_identity(creds)?;
         let cfg = tls::server_config(creds, &opts.timing)?;
         let endpoint = quinn::Endpoint::server(cfg, addr)
             .map_err(|source| TransportError::Io { addr, source })?;
+        let tls = Arc::new(ServerTls {
+            endpoint: endpoint.clone(),
+            timing: opts.timing.clone(),
+        });
+        reload::track_server(creds, &tls);
         let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::channel(64);
         let live = Arc::new(Mutex::new(Vec::new()));
@@ -85,6 +111,7 @@ impl Server {
         ));
         Ok(Server {
             endpoint,
+            tls,
             accepted: rx,
             live,
             stats,
@@ -102,6 +129,15 @@ impl Server {
             })
     }
 
+    /// Use `creds` for the connections to come (those up are kept); they
+    /// must name this server as its certificate did. [`reload::reload_dir`]
+    /// does this for every endpoint built from a folder.
+    pub fn reload(&self, creds: &Credentials) -> Result<(), TransportError> {
+        check_same(&local_identity(creds)?, &self.local_role, &self.local_name)?;
+        self.tls.install(self.tls.config_for(creds)?);
+        Ok(())
+    }
+
     /// The next authenticated connection; refused ones are counted, not returned.
     pub async fn accept(&mut self) -> Option<(Connection, Inbox)> {
         self.accepted.recv().await
@@ -110,6 +146,8 @@ impl Server {
     /// Stop accepting, let control exchanges under way finish (at most
     /// `grace`), close every connection and wait for the peers to be told.
     pub async fn shutdown(self, grace: Duration) {
+        // Forgotten by reloads first, so that none takes new peers again.
+        drop(self.tls);
         self.endpoint.set_server_config(None);
         let live: Vec<Connection> = self.live.lock().map(|l| l.clone()).unwrap_or_default();
         for c in &live {
@@ -169,10 +207,54 @@ async fn accept_loop(
     }
 }
 
+/// A client's TLS, shared by its clones: what a reload replaces for the
+/// connections to come (a [`Link`] reconnecting included).
+pub(crate) struct ClientTls {
+    config: RwLock<quinn::ClientConfig>,
+    timing: Timing,
+}
+
+impl ClientTls {
+    pub(crate) fn config_for(
+        &self,
+        creds: &Credentials,
+    ) -> Result<quinn::ClientConfig, TransportError> {
+        Ok(tls::client_config(creds, &self.timing)?)
+    }
+
+    pub(crate) fn install(&self, cfg: quinn::ClientConfig) {
+        if let Ok(mut c) = self.config.write() {
+            *c = cfg;
+        }
+    }
+
+    fn current(&self) -> Result<quinn::ClientConfig, TransportError> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .map_err(|_| TransportError::Config {
+                detail: "client configuration lock poisoned".into(),
+            })
+    }
+}
+
+fn check_same(new: &Local, role: &Role, name: &str) -> Result<(), TransportError> {
+    if new.role != *role || new.name != name {
+        return Err(TransportError::Config {
+            detail: format!(
+                "the new certificate says {}/{}, not {role}/{name}; restart to change identity",
+                new.role, new.name
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Dials servers with this process's certificate.
 #[derive(Clone)]
 pub struct Client {
     endpoint: quinn::Endpoint,
+    tls: Arc<ClientTls>,
     local: Local,
     opts: Options,
     pub stats: Arc<Stats>,
@@ -183,6 +265,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(creds: &Credentials, opts: Options) -> Result<Client, TransportError> {
+        let creds = &reload::latest(creds);
         // A client without a certificate has no identity; only tests build one.
         let local = local_identity(creds).unwrap_or(Local {
             role: Role::Operator,
@@ -190,11 +273,16 @@ impl Client {
         });
         let cfg = tls::client_config(creds, &opts.timing)?;
         let addr: SocketAddr = ([0, 0, 0, 0], 0).into();
-        let mut endpoint =
+        let endpoint =
             quinn::Endpoint::client(addr).map_err(|source| TransportError::Io { addr, source })?;
-        endpoint.set_default_client_config(cfg);
+        let tls = Arc::new(ClientTls {
+            config: RwLock::new(cfg),
+            timing: opts.timing.clone(),
+        });
+        reload::track_client(creds, &tls);
         Ok(Client {
             endpoint,
+            tls,
             local,
             opts,
             stats: Arc::new(Stats::default()),
@@ -208,6 +296,14 @@ impl Client {
     pub fn expecting(mut self, role: Role) -> Client {
         self.server_role = Some(role);
         self
+    }
+
+    /// Use `creds` for the connections to come, in this client and its
+    /// clones; they must name this process as its certificate did.
+    pub fn reload(&self, creds: &Credentials) -> Result<(), TransportError> {
+        check_same(&local_identity(creds)?, &self.local.role, &self.local.name)?;
+        self.tls.install(self.tls.config_for(creds)?);
+        Ok(())
     }
 
     /// Connect to `server_name` (the name in its certificate) at `addr`, and
@@ -238,15 +334,24 @@ impl Client {
         };
         let connecting = self
             .endpoint
-            .connect(addr, server_name)
+            .connect_with(self.tls.current()?, addr, server_name)
             .map_err(|e| connect_err(e.to_string()))?;
         let conn = match tokio::time::timeout(self.opts.connect_timeout, connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
+                // Our side refused the server's certificate (the server
+                // refusing ours comes back as a close from it instead).
+                if let quinn::ConnectionError::TransportError(t) = &e {
+                    if is_crypto(u64::from(t.code)) {
+                        let reason = tls::classify_handshake_error(&e);
+                        self.stats
+                            .refuse(&format!("{server_name}@{addr}"), reason, &e.to_string());
+                    }
+                }
                 return Err(TransportError::from_connection(
                     format!("{server_name}@{addr}"),
                     e,
-                ))
+                ));
             }
             Err(_) => return Err(connect_err("handshake timed out".into())),
         };
@@ -272,6 +377,11 @@ impl Client {
             other => Err(connect_err(format!("answered ping with {}", other.kind()))),
         }
     }
+}
+
+/// QUIC carries TLS alerts as transport error codes 0x100..0x1ff.
+fn is_crypto(code: u64) -> bool {
+    (0x100..0x200).contains(&code)
 }
 
 /// A client connection that comes back by itself. Requests made while it is

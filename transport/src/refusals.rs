@@ -13,6 +13,8 @@ pub enum RefusalReason {
     UnknownCa,
     /// The peer's certificate is outside its validity period.
     Expired,
+    /// The peer's certificate is on the CA's revocation list.
+    Revoked,
     /// The certificate verified but is unusable otherwise (no `keel://` identity, bad signature...).
     BadCert,
     /// The peer sent a message kind that its role may not send.
@@ -28,6 +30,7 @@ impl RefusalReason {
         RefusalReason::NoCert,
         RefusalReason::UnknownCa,
         RefusalReason::Expired,
+        RefusalReason::Revoked,
         RefusalReason::BadCert,
         RefusalReason::WrongRole,
         RefusalReason::OversizeFrame,
@@ -39,6 +42,7 @@ impl RefusalReason {
             RefusalReason::NoCert => "no_cert",
             RefusalReason::UnknownCa => "unknown_ca",
             RefusalReason::Expired => "expired",
+            RefusalReason::Revoked => "revoked",
             RefusalReason::BadCert => "bad_cert",
             RefusalReason::WrongRole => "wrong_role",
             RefusalReason::OversizeFrame => "oversize_frame",
@@ -60,7 +64,7 @@ impl fmt::Display for RefusalReason {
 /// Counters shared by an endpoint and all its connections.
 #[derive(Debug, Default)]
 pub struct Stats {
-    refused: [AtomicU64; 7],
+    refused: [AtomicU64; 8],
     /// Telemetry summaries dropped, oldest first, because the queue was full.
     pub telemetry_dropped: AtomicU64,
     /// Telemetry summaries written to a stream.

@@ -4,11 +4,12 @@
 //! the client checks the server's certificate against the name it dialled.
 
 use crate::certs::{self, CertError, Pem};
-use crate::RefusalReason;
+use crate::expiry::Expiry;
+use crate::{revocation, RefusalReason};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -28,12 +29,17 @@ pub enum TlsError {
     Cert(#[from] CertError),
 }
 
-/// What a process needs to take part: the cluster CA and its own certificate.
+/// What a process needs to take part: the cluster CA, its own certificate,
+/// and the CA's revocation list if there is one.
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pub ca_pem: String,
     /// `None` only to test that the server refuses a client without one.
     pub own: Option<Pem>,
+    /// The CA's CRL (`crl.pem`): peers whose certificate it lists are refused.
+    pub crl_pem: Option<String>,
+    /// The folder these were read from, read again on reload.
+    pub dir: Option<PathBuf>,
 }
 
 impl Credentials {
@@ -41,21 +47,67 @@ impl Credentials {
         Credentials {
             ca_pem: ca_pem.into(),
             own: Some(own),
+            crl_pem: None,
+            dir: None,
         }
     }
 
-    /// The files `keel cert issue` wrote in `dir`.
-    /// Reads `DIR/ca.pem`, `DIR/cert.pem` and `DIR/key.pem`; a key that
-    /// group or others may read is refused (`CertError::KeyReadable`).
+    /// The same, checking peers against `crl_pem` too.
+    pub fn with_crl(mut self, crl_pem: impl Into<String>) -> Self {
+        self.crl_pem = Some(crl_pem.into());
+        self
+    }
+
+    /// The files `keel cert issue` (or `keel cert request` and `sign`) wrote
+    /// in `dir`: `ca.pem`, `cert.pem`, `key.pem`, and `crl.pem` when present.
+    /// A key that group or others may read is refused
+    /// (`CertError::KeyReadable`), and so is a CRL the CA did not sign.
     pub fn from_dir(dir: &Path) -> Result<Self, TlsError> {
+        let creds = Self::read_dir(dir)?;
+        crate::reload::loaded(&creds);
+        Ok(creds)
+    }
+
+    /// [`Credentials::from_dir`] without recording them as this folder's latest.
+    pub(crate) fn read_dir(dir: &Path) -> Result<Self, TlsError> {
         certs::check_key_mode(&dir.join(certs::NODE_KEY))?;
+        let ca_pem = certs::read_file(&dir.join(certs::CA_CERT))?;
+        let crl_path = dir.join(certs::CRL);
+        let crl_pem = match crl_path.exists() {
+            true => Some(certs::read_file(&crl_path)?),
+            false => None,
+        };
+        if let Some(crl) = &crl_pem {
+            revocation::load_crls(crl, &ca_pem).map_err(|e| TlsError::Pem {
+                what: "crl.pem",
+                why: format!("{}: {e}", crl_path.display()),
+            })?;
+        }
         Ok(Credentials {
-            ca_pem: certs::read_file(&dir.join(certs::CA_CERT))?,
+            ca_pem,
             own: Some(Pem {
                 cert: certs::read_file(&dir.join(certs::NODE_CERT))?,
                 key: certs::read_file(&dir.join(certs::NODE_KEY))?,
             }),
+            crl_pem,
+            dir: Some(dir.to_path_buf()),
         })
+    }
+
+    /// When this process's own certificate ends.
+    pub fn expiry(&self) -> Result<Expiry, TlsError> {
+        let own = self.own.as_ref().ok_or(TlsError::Pem {
+            what: "certificate",
+            why: "none".into(),
+        })?;
+        Ok(Expiry::of_pem(&own.cert)?)
+    }
+
+    fn crls(&self) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+        match &self.crl_pem {
+            Some(crl) => Ok(revocation::load_crls(crl, &self.ca_pem)?),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
@@ -137,10 +189,14 @@ pub fn server_config(
         why: "a server needs its own certificate".into(),
     })?;
     let (chain, key) = own(own_pem)?;
+    // With a CRL, only the leaf is looked up in it: the CA is the trust
+    // anchor, which no CRL of its own can revoke.
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots(&creds.ca_pem)?,
         provider(),
     )
+    .with_crls(creds.crls()?)
+    .only_check_end_entity_revocation()
     .build()
     .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
@@ -159,9 +215,17 @@ pub fn client_config(
     creds: &Credentials,
     timing: &Timing,
 ) -> Result<quinn::ClientConfig, TlsError> {
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        roots(&creds.ca_pem)?,
+        provider(),
+    )
+    .with_crls(creds.crls()?)
+    .only_check_end_entity_revocation()
+    .build()
+    .map_err(|e| TlsError::Quic(e.to_string()))?;
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(&creds.ca_pem)?);
+        .with_webpki_verifier(verifier);
     let mut tls = match &creds.own {
         Some(pem) => {
             let (chain, key) = own(pem)?;
@@ -177,6 +241,7 @@ pub fn client_config(
 }
 
 /// TLS alerts (RFC 8446) that name why a handshake failed.
+const ALERT_CERTIFICATE_REVOKED: u8 = 44;
 const ALERT_CERTIFICATE_EXPIRED: u8 = 45;
 const ALERT_UNKNOWN_CA: u8 = 48;
 const ALERT_CERTIFICATE_REQUIRED: u8 = 116;
@@ -197,12 +262,15 @@ pub fn classify_handshake_error(e: &quinn::ConnectionError) -> RefusalReason {
         Some(a) if a == ALERT_CERTIFICATE_REQUIRED as u64 => RefusalReason::NoCert,
         Some(a) if a == ALERT_UNKNOWN_CA as u64 => RefusalReason::UnknownCa,
         Some(a) if a == ALERT_CERTIFICATE_EXPIRED as u64 => RefusalReason::Expired,
+        Some(a) if a == ALERT_CERTIFICATE_REVOKED as u64 => RefusalReason::Revoked,
         _ => {
             let text = e.to_string();
             if text.contains("no certificates") {
                 RefusalReason::NoCert
             } else if text.contains("UnknownIssuer") {
                 RefusalReason::UnknownCa
+            } else if text.contains("Revoked") {
+                RefusalReason::Revoked
             } else if text.contains("Expired") || text.contains("NotValidYet") {
                 RefusalReason::Expired
             } else {

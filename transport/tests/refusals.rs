@@ -18,6 +18,8 @@ async fn a_client_without_a_certificate_is_refused_as_no_cert() {
     let creds = Credentials {
         ca_pem: cluster.ca.pem.cert.clone(),
         own: None,
+        crl_pem: None,
+        dir: None,
     };
     refused_with(cluster, creds, RefusalReason::NoCert).await;
 }

@@ -87,6 +87,22 @@ pub fn status_with<S: LogStore + Clone>(node: &Node<S>, digest: &str) -> String 
     .to_string()
 }
 
+/// This replica's own certificate (as last loaded, SIGHUP included): when
+/// it ends, the days left, and whether that is within the warning period.
+pub(super) fn certificate(
+    creds: &keel_transport::Credentials,
+    now: keel_transport::expiry::OffsetDateTime,
+) -> serde_json::Value {
+    match keel_transport::reload::latest(creds).expiry() {
+        Ok(e) => serde_json::json!({
+            "not_after": e.not_after_rfc3339(),
+            "days_left": e.days_left(now),
+            "expires_soon": e.should_warn(now),
+        }),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
+}
+
 /// `findings`: one page of the committed findings, by id.
 pub fn findings(s: &ControllerState, offset: usize, limit: usize) -> String {
     let st = &s.node.state;
