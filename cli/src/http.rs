@@ -32,12 +32,16 @@ pub fn set_addr(addr: SocketAddr) {
 /// One reading: the metric's name (after `keel_`), its help, and value.
 type Reading = (&'static str, &'static str, f64);
 
-/// What a role answers: its readings (None: the actor did not answer),
-/// and whether it is ready (Err says why not).
+/// Reads a role's counters (None: the actor did not answer).
+type Read =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Option<Vec<Reading>>> + Send>> + Send + Sync>;
+/// Whether a role is ready, from its readings (Err says why not).
+type Ready = Box<dyn Fn(&[Reading]) -> Result<(), String> + Send + Sync>;
+
+/// What a role answers: its readings, and whether it is ready.
 pub struct Probe {
-    pub read:
-        Box<dyn Fn() -> Pin<Box<dyn Future<Output = Option<Vec<Reading>>> + Send>> + Send + Sync>,
-    pub ready: Box<dyn Fn(&[Reading]) -> Result<(), String> + Send + Sync>,
+    pub read: Read,
+    pub ready: Ready,
 }
 
 /// Serves `probe` on the address `--http` gave, if any; the task runs until
