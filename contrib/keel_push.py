@@ -2,8 +2,10 @@
 """Report torch.distributed collective timings to a keel sensor.
 
 Each collective a rank takes part in becomes one `collective` record of
-keel's trace format (spec/trace-format.md), sent as a JSON line in one UDP
-datagram to the sensor's push endpoint:
+keel's trace format (spec/trace-format.md), sent as a JSON line in one
+datagram to the sensor's push endpoint, a Unix datagram socket
+(`unix:///run/keel/push.sock`, the sensor's default) or UDP on loopback
+(`udp://127.0.0.1:7600`):
 
     {"t":"collective","ts":...,"node":"n02","job":"4242","rank":5,
      "op":"allreduce","seq":1187,"bytes":16777216,"arrive":...,"dur_us":1312.0}
@@ -16,16 +18,22 @@ wait for it, so it has the shortest `dur_us`.
 Use in a training or serving script, after torch.distributed is imported:
 
     import keel_push
-    keel_push.instrument()          # KEEL_PUSH=host:port names the sensor
+    keel_push.instrument()          # KEEL_PUSH names the sensor
+
+On the Unix socket the sensor learns which process sent each datagram and
+takes collectives only for that process's own Slurm job: `job` must be the
+job the rank runs in (the default, SLURM_JOB_ID, is). The process must be
+allowed to write to the socket (its group, `keel` by default). UDP tells
+the sensor nothing of the sender.
 
 Standard library only; torch is needed only by `instrument`. Sending never
 blocks and never raises into the caller: a missing sensor costs nothing
-but the records. Without torch, `--selftest HOST:PORT --count N` sends N
+but the records. Without torch, `--selftest ADDRESS --count N` sends N
 synthetic records, to check the path to a sensor.
 
-Environment: KEEL_PUSH (host:port, required), KEEL_JOB (else SLURM_JOB_ID),
-KEEL_NODE (else the host name), KEEL_RANK (else RANK, SLURM_PROCID, or the
-rank torch.distributed reports).
+Environment: KEEL_PUSH (required: unix:///PATH, udp://HOST:PORT or
+HOST:PORT), KEEL_JOB (else SLURM_JOB_ID), KEEL_NODE (else the host name),
+KEEL_RANK (else RANK, SLURM_PROCID, or the rank torch.distributed reports).
 """
 
 import argparse
@@ -51,21 +59,33 @@ OPS = {
 
 
 def parse_addr(text):
-    """`host:port` or `[v6]:port` -> (host, port)."""
-    host, sep, port = text.rpartition(":")
+    """`unix:///path` (or a bare absolute path) -> the path; `udp://host:port`,
+    `host:port` or `[v6]:port` -> (host, port)."""
+    if text.startswith("unix://") or text.startswith("/"):
+        path = text[len("unix://"):] if text.startswith("unix://") else text
+        if not path.startswith("/"):
+            raise ValueError("push address %r: want unix:///ABSOLUTE/PATH" % (text,))
+        return path
+    rest = text[len("udp://"):] if text.startswith("udp://") else text
+    host, sep, port = rest.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("push address %r: want HOST:PORT" % (text,))
+        raise ValueError("push address %r: want unix:///PATH or HOST:PORT" % (text,))
     return host.strip("[]"), int(port)
 
 
 class Sender:
-    """A non-blocking UDP sender of trace records for one rank."""
+    """A non-blocking datagram sender of trace records for one rank."""
 
     def __init__(self, addr, job, node, rank=None):
-        host, port = parse_addr(addr) if isinstance(addr, str) else addr
-        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-        self.addr = sockaddr
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        addr = parse_addr(addr) if isinstance(addr, str) else addr
+        if isinstance(addr, str):
+            self.addr = addr
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        else:
+            host, port = addr
+            family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+            self.addr = sockaddr
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.job, self.node, self.rank = str(job), str(node), rank
         self.sent = 0
@@ -77,8 +97,9 @@ class Sender:
             self.sock.sendto(line.encode(), self.addr)
             self.sent += 1
         except OSError:
-            # A full socket buffer or an unreachable sensor: the record is
-            # lost, the training step is not.
+            # A full socket buffer, an unreachable sensor or a socket this
+            # process may not write to: the record is lost, the training
+            # step is not.
             self.dropped += 1
 
     def collective(self, op, seq, nbytes, arrive, ts, group=None):
@@ -131,7 +152,7 @@ def instrument(addr=None, job=None, node=None, rank=None, groups=None, dist=None
         import torch.distributed as dist
     addr = addr or os.environ.get("KEEL_PUSH")
     if not addr:
-        raise ValueError("keel_push: no sensor address (set KEEL_PUSH=host:port)")
+        raise ValueError("keel_push: no sensor address (set KEEL_PUSH=unix:///run/keel/push.sock)")
     job = job or os.environ.get("KEEL_JOB") or os.environ.get("SLURM_JOB_ID") or "0"
     node = node or os.environ.get("KEEL_NODE") or socket.gethostname()
     sender = Sender(addr, job, node, rank if rank is not None else _env_rank())
@@ -211,8 +232,9 @@ def selftest(addr, count, job, node, rank):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--selftest", metavar="HOST:PORT", required=True,
-                   help="send synthetic collective records to this sensor")
+    p.add_argument("--selftest", metavar="ADDRESS", required=True,
+                   help="send synthetic collective records to this sensor "
+                        "(unix:///PATH or HOST:PORT)")
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--job", default=os.environ.get("KEEL_JOB", "selftest"))
     p.add_argument("--node", default=os.environ.get("KEEL_NODE", socket.gethostname()))

@@ -77,6 +77,8 @@ pub enum SensorMsg {
     Flush,
     /// What changed in the routes of this node's jobs.
     Routes(Delta<Route>),
+    /// What a push endpoint refused for who sent it, since its last report.
+    PushRefused(keel_adapters::RecvStats),
     /// Counters, for status and tests.
     Stats(tokio::sync::oneshot::Sender<SensorStats>),
 }
@@ -99,6 +101,14 @@ pub struct SensorStats {
     /// Collectives dropped at the edge's bounds on jobs and ranks.
     pub edge_jobs_dropped: u64,
     pub edge_ranks_dropped: u64,
+    /// Records refused on the push socket because they name a job other
+    /// than their sending process's Slurm job (`foreign_job`).
+    pub push_refused_foreign_job: u64,
+    /// Records naming a job refused on the push socket because their
+    /// sender belongs to no Slurm job, or to one not known (`unattributed`).
+    pub push_refused_unattributed: u64,
+    /// Push senders forgotten early to keep the cache of their jobs bounded.
+    pub push_peers_evicted: u64,
 }
 
 pub struct SensorActor;
@@ -233,6 +243,11 @@ impl Actor for SensorActor {
                 }
             }
             SensorMsg::Flush => state.flush(),
+            SensorMsg::PushRefused(r) => {
+                state.stats.push_refused_foreign_job += r.refused_foreign_job;
+                state.stats.push_refused_unattributed += r.refused_unattributed;
+                state.stats.push_peers_evicted += r.peers_evicted;
+            }
             SensorMsg::Routes(delta) => {
                 if delta.reset {
                     state.routes.clear();

@@ -4,7 +4,7 @@
 
 use crate::sensor::SensorMsg;
 use anyhow::{Context, Result};
-use keel_adapters::{LinuxSource, PushAddr, PushEndpoint, ScrapeTarget, TraceReader};
+use keel_adapters::{LinuxSource, PushAddr, PushEndpoint, PushOptions, ScrapeTarget, TraceReader};
 use keel_model::{Name, Record};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
@@ -51,9 +51,23 @@ pub enum SourceConfig {
         #[serde(default)]
         interfaces: Option<Vec<String>>,
     },
-    /// Collective timings pushed by ranks or an NCCL profiler:
-    /// `udp://IP:PORT` or `unix:///PATH` (JSON lines or MessagePack).
-    Push { listen: String },
+    /// Collective timings pushed by ranks or an NCCL profiler (JSON lines
+    /// or MessagePack), on `unix:///PATH` (a datagram socket: each record
+    /// that names a job is taken only from a process of that Slurm job) or
+    /// `udp://IP:PORT` (unauthenticated: any local user may report for any
+    /// job of the node; keep it on loopback).
+    Push {
+        listen: String,
+        /// The Unix socket file's group (it is made 0660), so that its
+        /// members' processes may send; the source fails to start, naming
+        /// it, when no such group exists. Default: the sensor's own group.
+        #[serde(default)]
+        group: Option<String>,
+        /// Whether a process of no Slurm job may push a job's records on
+        /// the Unix socket. Default false: refused, counted `unattributed`.
+        #[serde(default)]
+        allow_unattributed: bool,
+    },
     /// GPU readings from NVML (builds with the `nvml` feature).
     Nvml {
         #[serde(default = "second")]
@@ -78,6 +92,15 @@ fn slash() -> PathBuf {
 }
 
 impl SourceConfig {
+    /// A push source on `listen` with the default options.
+    pub fn push(listen: impl Into<String>) -> SourceConfig {
+        SourceConfig::Push {
+            listen: listen.into(),
+            group: None,
+            allow_unattributed: false,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             SourceConfig::Replay { path, speed, .. } => {
@@ -85,7 +108,7 @@ impl SourceConfig {
             }
             SourceConfig::Prometheus { url, .. } => format!("prometheus {url}"),
             SourceConfig::Linux { root, .. } => format!("linux counters under {}", root.display()),
-            SourceConfig::Push { listen } => format!("push endpoint {listen}"),
+            SourceConfig::Push { listen, .. } => format!("push endpoint {listen}"),
             SourceConfig::Nvml { .. } => "nvml".into(),
         }
     }
@@ -140,14 +163,33 @@ impl Actor for SourceActor {
                 args.sensor.clone(),
                 args.progress.clone(),
             )?),
-            SourceConfig::Push { listen } => {
+            SourceConfig::Push {
+                listen,
+                group,
+                allow_unattributed,
+            } => {
                 let addr: PushAddr = listen
                     .parse()
                     .map_err(|e: String| anyhow::anyhow!("push source: {e}"))?;
-                let endpoint = PushEndpoint::bind(&addr)
+                let options = PushOptions {
+                    group: group.clone(),
+                    allow_unattributed: *allow_unattributed,
+                };
+                let endpoint = PushEndpoint::bind_with(&addr, &options)
                     .await
                     .with_context(|| format!("push source: binding {addr}"))?;
-                tracing::info!(%addr, "push endpoint listening");
+                match addr {
+                    PushAddr::Udp(_) => tracing::warn!(
+                        %addr,
+                        "push endpoint listening on UDP: unauthenticated, any local user may report for any job of this node"
+                    ),
+                    PushAddr::Unix(_) => tracing::info!(
+                        %addr,
+                        ?group,
+                        allow_unattributed,
+                        "push endpoint listening; each process may report only for its own Slurm job"
+                    ),
+                }
                 SourceState::Push(tokio::spawn(receive(
                     endpoint,
                     args.sensor.clone(),
@@ -311,8 +353,9 @@ impl Replay {
     }
 }
 
-/// Hands every record pushed to the endpoint to the sensor; a receive error
-/// fails the source (its supervisor binds the endpoint afresh).
+/// Hands every record pushed to the endpoint to the sensor, with what was
+/// refused for who sent it; a receive error fails the source (its
+/// supervisor binds the endpoint afresh).
 async fn receive(mut endpoint: PushEndpoint, sensor: ActorRef<SensorMsg>, me: ActorRef<SourceMsg>) {
     let mut total = keel_adapters::RecvStats::default();
     loop {
@@ -325,6 +368,11 @@ async fn receive(mut endpoint: PushEndpoint, sensor: ActorRef<SensorMsg>, me: Ac
                         bad = total.bad,
                         "undecodable datagrams on the push endpoint"
                     );
+                }
+                if (stats.refused() > 0 || stats.peers_evicted > 0)
+                    && sensor.cast(SensorMsg::PushRefused(stats.clone())).is_err()
+                {
+                    return;
                 }
                 if !records.is_empty()
                     && sensor

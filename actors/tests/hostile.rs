@@ -369,9 +369,7 @@ async fn the_push_port_survives_hostile_datagrams_within_bounded_memory() {
             name: "ctl-1".into(),
         }],
         window_len: Some(2),
-        sources: vec![SourceConfig::Push {
-            listen: format!("udp://127.0.0.1:{port}"),
-        }],
+        sources: vec![SourceConfig::push(format!("udp://127.0.0.1:{port}"))],
         executor: None,
     };
     let (sensor, _) = sensor::start(cfg, None).await.unwrap();

@@ -173,9 +173,7 @@ async fn a_gpu_finding_is_watched_by_its_nodes_sensor_until_it_clears() {
             credentials: issue(&dir.0, &ca, Role::Sensor, "n1"),
             controllers: controllers.clone(),
             window_len: None,
-            sources: vec![SourceConfig::Push {
-                listen: format!("udp://127.0.0.1:{port}"),
-            }],
+            sources: vec![SourceConfig::push(format!("udp://127.0.0.1:{port}"))],
             executor: None,
         },
         None,
@@ -288,9 +286,7 @@ async fn a_sensor_summarises_collectives_pushed_over_udp() {
             name: "ctl-1".into(),
         }],
         window_len: Some(4),
-        sources: vec![SourceConfig::Push {
-            listen: format!("udp://127.0.0.1:{port}"),
-        }],
+        sources: vec![SourceConfig::push(format!("udp://127.0.0.1:{port}"))],
         executor: None,
     };
     let (sensor, _) = sensor::start(cfg, None).await.unwrap();

@@ -11,10 +11,12 @@
 //!   and fetched live over HTTP/1.1;
 //! - `linux`: TCP, interface and CPU-pressure counters from `/proc` and `/sys`;
 //! - `push`: datagrams of trace records (JSON lines or MessagePack) that ranks
-//!   and agents send, such as collective timings;
+//!   and agents send, such as collective timings; `push_peer` decides what
+//!   each sending process may report, by its Slurm job (`proc_job`);
 //! - `nvml`: GPU readings from the driver's NVML (the `nvml` feature).
 
 pub mod executors;
+pub mod proc_job;
 pub mod sources;
 
 pub use executors::gpu_process::GpuProcessExecutor;
@@ -30,7 +32,9 @@ pub use sources::linux::{IfaceFilter, LinuxError, LinuxSource, LinuxStats};
 pub use sources::nvml::{samples_of as nvml_samples_of, GpuReading, MemoryBytes};
 #[cfg(feature = "nvml")]
 pub use sources::nvml::{Nvml, NvmlError, NvmlStats};
-pub use sources::push::{decode_datagram, Decoded, PushAddr, PushEndpoint, PushError, RecvStats};
+pub use sources::push::{
+    decode_datagram, Decoded, PushAddr, PushEndpoint, PushError, PushOptions, RecvStats,
+};
 pub use sources::replay::{open_trace, read_all, ReadStats, TraceReader};
 pub use sources::scrape::{scrape, ScrapeError, ScrapeErrorKind, ScrapeTarget, Url};
 pub use sources::trace_line::{parse_line, LineError, Parsed};

@@ -2,7 +2,7 @@
 //! client sends decodes into the records it meant. Needs `python3` on PATH;
 //! without it the test fails, saying so.
 
-use keel_adapters::sources::push::{PushAddr, PushEndpoint, RecvStats};
+use keel_adapters::sources::push::{PushAddr, PushEndpoint, PushOptions, RecvStats};
 use keel_model::{CollectiveRecord, Record};
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -94,6 +94,41 @@ async fn selftest_records_decode_with_their_fields() {
             c.dur_us
         );
     }
+}
+
+#[tokio::test]
+async fn selftest_reaches_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("push.sock");
+    // The client has exited by the time its datagrams are read, so its job
+    // cannot be told: they are taken only where that is allowed.
+    let options = PushOptions {
+        group: None,
+        allow_unattributed: true,
+    };
+    let mut ep = PushEndpoint::bind_with(&PushAddr::Unix(path.clone()), &options)
+        .await
+        .unwrap();
+    let s = script();
+    let addr = format!("unix://{}", path.display());
+    let out = python(&[
+        s.to_str().unwrap(),
+        "--selftest",
+        &addr,
+        "--count",
+        "4",
+        "--job",
+        "4242",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(stderr.contains("sent 4, dropped 0"), "{stderr}");
+    let (records, stats) = drain(&mut ep);
+    assert_eq!((stats.datagrams, stats.bad, stats.refused()), (4, 0, 0));
+    assert_eq!(
+        records.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
 }
 
 #[tokio::test]

@@ -188,9 +188,7 @@ impl Acting {
             credentials: issue(dir, ca, Role::Sensor, SQUAT_NODE)?,
             controllers: controllers.to_vec(),
             window_len: None,
-            sources: vec![SourceConfig::Push {
-                listen: format!("udp://127.0.0.1:{port}"),
-            }],
+            sources: vec![SourceConfig::push(format!("udp://127.0.0.1:{port}"))],
             executor: None,
         };
         sensor::start(cfg, None).await?;

@@ -32,8 +32,8 @@
 //! changed) is not signalled. Not reversible.
 
 pub use super::gpu_process_check::{
-    decide, describe, job_from_cgroup, job_from_environ, parse_compute_apps, parse_gpu_list,
-    parse_stat, GpuApp, Holder, JobStates, ProcStat, Verdict, MAX_ENVIRON, MAX_PROCESSES,
+    decide, describe, parse_compute_apps, parse_gpu_list, parse_stat, GpuApp, Holder, JobStates,
+    ProcStat, Verdict, MAX_PROCESSES,
 };
 use super::run::{argv, checked, Runner, SystemRunner};
 use super::slurm::{job_by_id, known_job_state, SlurmBins};
@@ -41,9 +41,10 @@ use super::{
     seen_before, summarize, to_roll_back, undo_list, validate, Applied, Change, ChangeStatus,
     ExecCommand, ExecError, Executor, Journal, Outcome,
 };
+pub use crate::proc_job::{job_from_cgroup, job_from_environ, MAX_ENVIRON};
+use crate::proc_job::{job_of, read_proc_file, ProcJobError};
 use keel_model::Action;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -121,10 +122,23 @@ impl ReclaimGpu {
     }
 }
 
+fn proc_error(e: ProcJobError) -> ExecError {
+    match e {
+        ProcJobError::Io { path, error } => ExecError::Io {
+            what: format!("reading {}", path.display()),
+            error,
+        },
+        ProcJobError::Parse { path, why } => ExecError::Parse {
+            what: path.display().to_string(),
+            why,
+        },
+    }
+}
+
 /// Signals are sent with the `kill` program (procps) through the
-/// [`Runner`], like every other executor's action: this crate links no
-/// libc binding, the signal shows in the runner's record (the unit tests
-/// read it), and a fork per signal costs nothing next to the grace period.
+/// [`Runner`], like every other executor's action: the signal shows in
+/// the runner's record (the unit tests read it), and a fork per signal
+/// costs nothing next to the grace period.
 /// The pid's start time is read again just before each `kill`, which
 /// leaves the narrow window any pid-based kill has without pidfds.
 pub struct GpuProcessExecutor<R: Runner = SystemRunner> {
@@ -213,22 +227,7 @@ impl<R: Runner> GpuProcessExecutor<R> {
     /// A file of `/proc/PID/`, at most `max` bytes; None when the process
     /// is gone.
     fn proc_file(&self, pid: u32, file: &str, max: u64) -> Result<Option<Vec<u8>>, ExecError> {
-        let path = self.proc_root.join(pid.to_string()).join(file);
-        let gone = |e: &std::io::Error| {
-            // ESRCH: it exited between open and read.
-            e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(3)
-        };
-        let mut buf = Vec::new();
-        let read =
-            std::fs::File::open(&path).and_then(|f| f.take(max).read_to_end(&mut buf).map(drop));
-        match read {
-            Ok(()) => Ok(Some(buf)),
-            Err(e) if gone(&e) => Ok(None),
-            Err(error) => Err(ExecError::Io {
-                what: format!("reading {}", path.display()),
-                error,
-            }),
-        }
+        read_proc_file(&self.proc_root, pid, file, max).map_err(proc_error)
     }
 
     /// `/proc/PID/stat`; None when the process is gone.
@@ -250,21 +249,19 @@ impl<R: Runner> GpuProcessExecutor<R> {
         let Some(stat) = self.stat(pid)?.filter(|s| !s.exited()) else {
             return Ok(None);
         };
-        let bad = |file: &str, why: String| ExecError::Parse {
-            what: format!("{}/{pid}/{file}", self.proc_root.display()),
-            why: format!("{why}; which job pid {pid} belongs to is unknown, so nothing is killed"),
+        let job = match job_of(&self.proc_root, pid) {
+            Ok(Some(job)) => job,
+            Ok(None) => return Ok(None),
+            Err(ProcJobError::Parse { path, why }) => {
+                return Err(ExecError::Parse {
+                    what: path.display().to_string(),
+                    why: format!(
+                        "{why}; which job pid {pid} belongs to is unknown, so nothing is killed"
+                    ),
+                })
+            }
+            Err(e) => return Err(proc_error(e)),
         };
-        let Some(cgroup) = self.proc_file(pid, "cgroup", 64 << 10)? else {
-            return Ok(None);
-        };
-        let mut job =
-            job_from_cgroup(&String::from_utf8_lossy(&cgroup)).map_err(|why| bad("cgroup", why))?;
-        if job.is_none() {
-            let Some(environ) = self.proc_file(pid, "environ", MAX_ENVIRON)? else {
-                return Ok(None);
-            };
-            job = job_from_environ(&environ).map_err(|why| bad("environ", why))?;
-        }
         Ok(Some(Holder {
             pid,
             start: stat.start,

@@ -1,8 +1,8 @@
 //! What the GPU process executor reads and decides, sans-IO: `nvidia-smi`'s
 //! CSV (which GPU has which UUID, which processes hold which GPU),
-//! `/proc/PID/cgroup` and `/proc/PID/environ` (which Slurm job a process
-//! belongs to), `/proc/PID/stat` (its state and start time), and the
-//! decision whether the processes on a GPU may be killed.
+//! `/proc/PID/stat` (a process's state and start time), and the decision
+//! whether the processes on a GPU may be killed. Which Slurm job a process
+//! belongs to is read by `crate::proc_job`, which the push endpoint shares.
 
 use super::slurm_parse::known_job_state;
 use super::ExecError;
@@ -13,10 +13,6 @@ use std::collections::BTreeMap;
 /// GPUs of the node together): more is an error, not a truncated list,
 /// because a process left unread could be one of a running job.
 pub const MAX_PROCESSES: usize = 4096;
-
-/// The longest `/proc/PID/environ` read (Linux allows a few MiB; a Slurm
-/// task's is a few KiB).
-pub const MAX_ENVIRON: u64 = 4 << 20;
 
 /// One line of `nvidia-smi --query-compute-apps=gpu_uuid,pid,used_memory
 /// --format=csv,noheader,nounits`.
@@ -137,52 +133,6 @@ pub fn parse_compute_apps(text: &str) -> Result<Vec<GpuApp>, ExecError> {
         });
     }
     Ok(out)
-}
-
-/// The Slurm job named by a `/proc/PID/cgroup`, as Slurm's proctrack/cgroup
-/// places tasks: a path component `job_<id>`, under cgroup v2
-/// (`0::/system.slice/slurmstepd.scope/job_123/step_0/user/task_0`) or v1
-/// (`4:memory:/slurm/uid_0/job_123/step_batch`). None when no line names a
-/// job; an error when lines name different jobs or a line is malformed.
-pub fn job_from_cgroup(text: &str) -> Result<Option<u64>, String> {
-    let mut found: Option<u64> = None;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(_), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!("cgroup line {line:?} is not ID:CONTROLLERS:PATH"));
-        };
-        for c in path.split('/') {
-            let Some(id) = c.strip_prefix("job_") else {
-                continue;
-            };
-            let Ok(id) = super::validate::job_id("cgroup", id) else {
-                continue;
-            };
-            match found {
-                Some(f) if f != id => {
-                    return Err(format!("cgroups name two jobs, {f} and {id}"));
-                }
-                _ => found = Some(id),
-            }
-        }
-    }
-    Ok(found)
-}
-
-/// `SLURM_JOB_ID` in a `/proc/PID/environ` (NUL-separated `KEY=VALUE`):
-/// how a node whose Slurm tracks processes without cgroups
-/// (proctrack/linuxproc) tells a task's job. None when absent; an error
-/// when it is not a job id.
-pub fn job_from_environ(environ: &[u8]) -> Result<Option<u64>, String> {
-    for var in environ.split(|b| *b == 0) {
-        if let Some(v) = var.strip_prefix(b"SLURM_JOB_ID=") {
-            let v = String::from_utf8_lossy(v);
-            return super::validate::job_id("SLURM_JOB_ID", &v)
-                .map(Some)
-                .map_err(|e| e.to_string());
-        }
-    }
-    Ok(None)
 }
 
 /// What `/proc/PID/stat` says of a process: its state letter and its start

@@ -52,34 +52,6 @@ fn the_gpu_list_and_compute_apps_are_read_strictly() {
 }
 
 #[test]
-fn the_slurm_job_comes_from_the_cgroup_v1_or_v2_else_the_environment() {
-    let v2 = "0::/system.slice/slurmstepd.scope/job_123/step_0/user/task_0\n";
-    assert_eq!(job_from_cgroup(v2), Ok(Some(123)));
-    let v1 = "12:pids:/slurm/uid_0/job_77/step_batch\n4:memory:/slurm/uid_0/job_77/step_batch/task_0\n1:name=systemd:/user.slice\n";
-    assert_eq!(job_from_cgroup(v1), Ok(Some(77)));
-    for none in [
-        "0::/\n",
-        "0::/user.slice/user-0.slice/session-3.scope\n",
-        "0::/system.slice/job_abc/x\n",
-        "0::/system.slice/myjob_5/x\n",
-    ] {
-        assert_eq!(job_from_cgroup(none), Ok(None), "{none}");
-    }
-    assert!(
-        job_from_cgroup("4:memory:/slurm/job_1\n5:pids:/slurm/job_2\n")
-            .unwrap_err()
-            .contains("two jobs")
-    );
-    assert!(job_from_cgroup("garbage\n").is_err());
-
-    let env = b"PATH=/usr/bin\0SLURM_JOB_ID=4242\0SLURM_JOBID=4242\0";
-    assert_eq!(job_from_environ(env), Ok(Some(4242)));
-    assert_eq!(job_from_environ(b"PATH=/usr/bin\0HOME=/root\0"), Ok(None));
-    assert_eq!(job_from_environ(b""), Ok(None));
-    assert!(job_from_environ(b"SLURM_JOB_ID=12;x\0").is_err());
-}
-
-#[test]
 fn the_start_time_is_field_22_whatever_the_command_name() {
     let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 104 0 0 0 0 0 0 0 20 0 1 0 987654 8192000 200 18446744073709551615";
     assert_eq!(

@@ -5,6 +5,8 @@ pub mod linux;
 pub mod nvml;
 pub mod prometheus;
 pub mod push;
+pub mod push_peer;
+mod push_unix;
 pub mod replay;
 pub mod scrape;
 pub mod trace_line;

@@ -17,14 +17,25 @@
 //! one sender in one go, so one malformed record means a broken sender, and
 //! half of its batch would be worse than none. Rejections are counted and
 //! logged with the peer, never fatal.
+//!
+//! Who may send: on a Unix socket (the default a sensor's config documents)
+//! the kernel names each datagram's sending process, and a record that
+//! names a job is taken only from a process of that Slurm job
+//! (`push_peer::admit`); the socket file is made 0660, owned by a group the
+//! config names. On UDP (loopback) nothing tells the sender: any local user
+//! may report for any job of the node.
 
+use super::push_peer::{admit, claimed_job, Attribution, PeerCache, Refusal, Verdict};
+use super::push_unix::{self, Credentials};
 use super::trace_line::{build, parse_line, Fields, Parsed};
 use keel_model::{JobRecord, Record};
 use serde::de::{Deserialize, IgnoredAny};
 use std::fmt;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 use tokio::io::unix::AsyncFd;
 
 /// Largest datagram read whole; the receive buffer is one byte longer, so a
@@ -34,6 +45,13 @@ pub const MAX_DATAGRAM: usize = 65_536;
 const MAX_BATCH: usize = 1024;
 /// Rejections logged one by one before only every 1000th is.
 const LOGGED_REJECTIONS: u64 = 100;
+/// Refused records are logged once per sender, and in a summary every this
+/// many.
+const REFUSAL_SUMMARY_EVERY: u64 = 1000;
+/// The Unix socket file's mode: its owner and group may send.
+pub const SOCKET_MODE: u32 = 0o660;
+/// Where senders' jobs are read.
+const PROC: &str = "/proc";
 
 /// Why a datagram was rejected, naming the record and field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -206,6 +224,21 @@ impl std::str::FromStr for PushAddr {
     }
 }
 
+/// Who may send to a push endpoint, beyond its address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushOptions {
+    /// The group given the Unix socket file (which is made 0660), so that
+    /// its members' processes may send; binding fails, naming it, when the
+    /// system knows no such group. Default: the sensor's own group. Unix
+    /// sockets only.
+    pub group: Option<String>,
+    /// Whether a process of no Slurm job (or one whose job cannot be told:
+    /// it has exited, or its `/proc` entry is unreadable) may push records
+    /// that name a job. Default false: they are refused, counted
+    /// `unattributed`. Unix sockets only (UDP tells no sender).
+    pub allow_unattributed: bool,
+}
+
 /// What one `recv` took in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecvStats {
@@ -216,6 +249,15 @@ pub struct RecvStats {
     /// Datagrams rejected whole (malformed or truncated).
     pub bad: u64,
     pub truncated: u64,
+    /// Records refused because they name a job other than their sender's
+    /// (not in `records`).
+    pub refused_foreign_job: u64,
+    /// Records naming a job, refused because their sender belongs to none
+    /// (or to one not known) and `allow_unattributed` is off.
+    pub refused_unattributed: u64,
+    /// Senders forgotten early to keep the cache of their jobs bounded
+    /// (`push_peer::PEER_CACHE_MAX`).
+    pub peers_evicted: u64,
 }
 
 impl RecvStats {
@@ -226,6 +268,14 @@ impl RecvStats {
         self.unknown_fields += o.unknown_fields;
         self.bad += o.bad;
         self.truncated += o.truncated;
+        self.refused_foreign_job += o.refused_foreign_job;
+        self.refused_unattributed += o.refused_unattributed;
+        self.peers_evicted += o.peers_evicted;
+    }
+
+    /// Records refused for who sent them, all reasons together.
+    pub fn refused(&self) -> u64 {
+        self.refused_foreign_job + self.refused_unattributed
     }
 }
 
@@ -237,6 +287,32 @@ enum Sock {
     Unix(AsyncFd<UnixDatagram>),
 }
 
+/// Who sent a datagram, as far as the socket tells.
+enum Origin {
+    Udp(std::net::SocketAddr),
+    Unix(Option<Credentials>),
+}
+
+impl Origin {
+    /// The sending pid, where the kernel named one.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Origin::Unix(Some(c)) if c.pid != 0 => Some(c.pid),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Udp(a) => write!(f, "udp {a}"),
+            Origin::Unix(Some(c)) => write!(f, "pid {} (uid {}, gid {})", c.pid, c.uid, c.gid),
+            Origin::Unix(None) => f.write_str("an unknown local process"),
+        }
+    }
+}
+
 /// A bound UDP or Unix datagram socket decoding what arrives.
 pub struct PushEndpoint {
     sock: Sock,
@@ -244,6 +320,10 @@ pub struct PushEndpoint {
     /// The socket file this endpoint created, removed on drop.
     unix_path: Option<PathBuf>,
     rejected: u64,
+    allow_unattributed: bool,
+    /// Senders' jobs (Unix sockets).
+    peers: PeerCache,
+    refused: u64,
 }
 
 fn register<T: std::os::fd::AsRawFd>(socket: T) -> io::Result<AsyncFd<T>> {
@@ -257,29 +337,65 @@ fn named(addr: &PushAddr, what: &str, e: io::Error) -> io::Error {
 }
 
 impl PushEndpoint {
+    /// Binds the socket with the default options.
+    pub async fn bind(addr: &PushAddr) -> io::Result<PushEndpoint> {
+        Self::bind_with(addr, &PushOptions::default()).await
+    }
+
     /// Binds the socket (within a tokio runtime, which then drives it); a
     /// Unix path left behind by a process that is gone is replaced, one that
-    /// still answers is an error.
-    pub async fn bind(addr: &PushAddr) -> io::Result<PushEndpoint> {
-        let (sock, unix_path) = match addr {
-            PushAddr::Udp(a) => {
-                let s = std::net::UdpSocket::bind(a).map_err(|e| named(addr, "bind", e))?;
-                s.set_nonblocking(true)?;
-                (Sock::Udp(register(s)?), None)
-            }
-            PushAddr::Unix(p) => {
-                remove_stale_socket(p).map_err(|e| named(addr, "stale socket", e))?;
-                let s = UnixDatagram::bind(p).map_err(|e| named(addr, "bind", e))?;
-                s.set_nonblocking(true)?;
-                (Sock::Unix(register(s)?), Some(p.clone()))
-            }
-        };
-        Ok(PushEndpoint {
+    /// still answers is an error. A Unix socket is made [`SOCKET_MODE`],
+    /// owned by `options.group` when given, and told to pass each sender's
+    /// credentials; options on a UDP address are an error (UDP tells no
+    /// sender).
+    pub async fn bind_with(addr: &PushAddr, options: &PushOptions) -> io::Result<PushEndpoint> {
+        let endpoint = |sock, unix_path| PushEndpoint {
             sock,
             buf: vec![0; MAX_DATAGRAM + 1].into_boxed_slice(),
             unix_path,
             rejected: 0,
-        })
+            allow_unattributed: options.allow_unattributed,
+            peers: PeerCache::default(),
+            refused: 0,
+        };
+        match addr {
+            PushAddr::Udp(a) => {
+                if *options != PushOptions::default() {
+                    return Err(named(
+                        addr,
+                        "options",
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "`group` and `allow_unattributed` apply to unix:// sockets only (UDP tells no sender)",
+                        ),
+                    ));
+                }
+                let s = std::net::UdpSocket::bind(a).map_err(|e| named(addr, "bind", e))?;
+                s.set_nonblocking(true)?;
+                Ok(endpoint(Sock::Udp(register(s)?), None))
+            }
+            PushAddr::Unix(p) => {
+                // Looked up first, so that a missing group leaves no file.
+                let gid = match &options.group {
+                    Some(g) => Some(push_unix::group_id(g).map_err(|e| named(addr, "group", e))?),
+                    None => None,
+                };
+                remove_stale_socket(p).map_err(|e| named(addr, "stale socket", e))?;
+                let s = UnixDatagram::bind(p).map_err(|e| named(addr, "bind", e))?;
+                // A datagram that lands before SO_PASSCRED is set carries no
+                // sender and is screened as such.
+                let ready = push_unix::prepare(&s, p, gid, options.group.as_deref())
+                    .map_err(|e| named(addr, "setup", e))
+                    .and_then(|()| register(s));
+                match ready {
+                    Ok(s) => Ok(endpoint(Sock::Unix(s), Some(p.clone()))),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(p);
+                        Err(e)
+                    }
+                }
+            }
+        }
     }
 
     /// The bound address (with the port the system chose for port 0).
@@ -311,21 +427,19 @@ impl PushEndpoint {
     /// Takes the datagrams already queued (up to a batch) without waiting.
     pub fn try_recv(&mut self, out: &mut Vec<Record>) -> io::Result<RecvStats> {
         let mut stats = RecvStats::default();
+        let evicted = self.peers.evicted;
         for _ in 0..MAX_BATCH {
             let got = match &self.sock {
                 Sock::Udp(s) => s
                     .get_ref()
                     .recv_from(&mut self.buf)
-                    .map(|(n, a)| (n, a.to_string())),
-                Sock::Unix(s) => s.get_ref().recv_from(&mut self.buf).map(|(n, a)| {
-                    let peer = a.as_pathname().map_or_else(
-                        || "an unnamed unix socket".to_string(),
-                        |p| p.display().to_string(),
-                    );
-                    (n, peer)
-                }),
+                    .map(|(n, a)| (n, Origin::Udp(a))),
+                Sock::Unix(s) => {
+                    push_unix::recv_with_credentials(s.get_ref().as_raw_fd(), &mut self.buf)
+                        .map(|(n, c)| (n, Origin::Unix(c)))
+                }
             };
-            let (n, peer) = match got {
+            let (n, from) = match got {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -336,13 +450,16 @@ impl PushEndpoint {
                 stats.bad += 1;
                 stats.truncated += 1;
                 self.reject(
-                    &peer,
+                    &from,
                     &format!("longer than {MAX_DATAGRAM} bytes, truncated"),
                 );
                 continue;
             }
             match decode_datagram(&self.buf[..n]) {
-                Ok(d) => {
+                Ok(mut d) => {
+                    if let Origin::Unix(_) = from {
+                        self.screen(&from, &mut d.records, &mut stats);
+                    }
                     stats.records += d.records.len() as u64;
                     stats.skipped += u64::from(d.skipped);
                     stats.unknown_fields += u64::from(d.unknown_fields);
@@ -350,18 +467,84 @@ impl PushEndpoint {
                 }
                 Err(e) => {
                     stats.bad += 1;
-                    self.reject(&peer, &e.to_string());
+                    self.reject(&from, &e.to_string());
                 }
             }
         }
+        stats.peers_evicted = self.peers.evicted - evicted;
         Ok(stats)
     }
 
-    fn reject(&mut self, peer: &str, why: &str) {
+    /// Keeps the records their sender may push (`push_peer::admit`),
+    /// counting and logging the rest. `/proc` is read only for a datagram
+    /// that names a job, and once per sender and `PEER_TTL`.
+    fn screen(&mut self, from: &Origin, records: &mut Vec<Record>, stats: &mut RecvStats) {
+        if !records.iter().any(|r| claimed_job(r).is_some()) {
+            return;
+        }
+        let now = Instant::now();
+        let pid = from.pid();
+        let sender = match pid {
+            None => Attribution::Unknown,
+            Some(pid) => match self.peers.get(pid, now) {
+                Some(p) => p.job,
+                None => self.peers.insert(pid, attribute(pid), now).job,
+            },
+        };
+        let allow = self.allow_unattributed;
+        let mut refused = Vec::new();
+        records.retain(|r| match admit(sender.job(), allow, r) {
+            Verdict::Take => true,
+            Verdict::Refuse(why) => {
+                refused.push((why, claimed_job(r).unwrap_or_default().to_string()));
+                false
+            }
+        });
+        for (why, claimed) in refused {
+            match why {
+                Refusal::ForeignJob => stats.refused_foreign_job += 1,
+                Refusal::Unattributed => stats.refused_unattributed += 1,
+            }
+            self.refused += 1;
+            let first = match pid.and_then(|p| self.peers.get(p, now)) {
+                Some(p) => !std::mem::replace(&mut p.logged, true),
+                None => self.refused == 1,
+            };
+            if first {
+                tracing::warn!(
+                    pid,
+                    reason = why.wire(),
+                    claimed_job = %claimed,
+                    "push record refused: {from}, of {sender}, may report only for its own job (logged once per sender)"
+                );
+            }
+            if self.refused.is_multiple_of(REFUSAL_SUMMARY_EVERY) {
+                tracing::warn!(
+                    refused = self.refused,
+                    "push records refused so far for who sent them"
+                );
+            }
+        }
+    }
+
+    fn reject(&mut self, peer: &Origin, why: &str) {
         self.rejected += 1;
         let n = self.rejected;
         if n <= LOGGED_REJECTIONS || n.is_multiple_of(1000) {
-            tracing::warn!(peer, rejected = n, "push datagram rejected: {why}");
+            tracing::warn!(%peer, rejected = n, "push datagram rejected: {why}");
+        }
+    }
+}
+
+/// The Slurm job of sending process `pid`, read from `/proc`.
+fn attribute(pid: u32) -> Attribution {
+    match crate::proc_job::job_of(Path::new(PROC), pid) {
+        Ok(Some(Some(job))) => Attribution::Job(job),
+        Ok(Some(None)) => Attribution::NoJob,
+        Ok(None) => Attribution::Unknown,
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "a push sender's job is unreadable");
+            Attribution::Unknown
         }
     }
 }

@@ -238,15 +238,83 @@ async fn unix_round_trip_replaces_a_stale_socket_and_cleans_up() {
     assert!(again.to_string().contains("another process"), "{again}");
 
     let tx = std::os::unix::net::UnixDatagram::unbound().unwrap();
-    tx.send_to(COLLECTIVE.as_bytes(), &path).unwrap();
+    // A reading names no job: any local process may send it.
+    tx.send_to(&rmp_serde::to_vec_named(&metric()).unwrap(), &path)
+        .unwrap();
     tx.send_to(&vec![b' '; MAX_DATAGRAM + 10], &path).unwrap();
     let (mut out, mut total) = (Vec::new(), RecvStats::default());
     while total.datagrams < 2 {
         total.add(&ep.recv(&mut out).await.unwrap());
     }
     assert_eq!((total.records, total.bad, total.truncated), (1, 1, 1));
+    assert_eq!(out, [metric()]);
     drop(ep);
     assert!(!path.exists(), "the socket file is removed on drop");
+}
+
+fn mode_and_gid(path: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.mode() & 0o7777, m.gid())
+}
+
+#[tokio::test]
+async fn the_unix_socket_is_0660_and_given_the_configured_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("push.sock");
+    let addr = PushAddr::Unix(path.clone());
+    let ep = PushEndpoint::bind(&addr).await.unwrap();
+    // SAFETY: getegid cannot fail and touches no memory.
+    let own_gid = unsafe { libc::getegid() };
+    assert_eq!(mode_and_gid(&path), (0o660, own_gid));
+    drop(ep);
+
+    // The process's own group, by name: a group it may always chown to.
+    let out = std::process::Command::new("id")
+        .arg("-gn")
+        .output()
+        .unwrap();
+    let group = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let options = PushOptions {
+        group: Some(group.clone()),
+        allow_unattributed: false,
+    };
+    let _ep = PushEndpoint::bind_with(&addr, &options).await.unwrap();
+    assert_eq!(mode_and_gid(&path), (0o660, own_gid), "group {group}");
+}
+
+#[tokio::test]
+async fn a_group_that_does_not_exist_stops_the_endpoint_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("push.sock");
+    let options = PushOptions {
+        group: Some("keel-no-such-group".into()),
+        allow_unattributed: false,
+    };
+    let e = PushEndpoint::bind_with(&PushAddr::Unix(path.clone()), &options)
+        .await
+        .err()
+        .expect("refused");
+    let text = e.to_string();
+    assert!(
+        text.contains("\"keel-no-such-group\" does not exist"),
+        "{text}"
+    );
+    assert!(text.contains("push.sock"), "names the endpoint: {text}");
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn sender_options_on_udp_are_refused() {
+    let options = PushOptions {
+        group: None,
+        allow_unattributed: true,
+    };
+    let e = PushEndpoint::bind_with(&"127.0.0.1:0".parse().unwrap(), &options)
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("unix:// sockets only"), "{e}");
 }
 
 #[tokio::test]
