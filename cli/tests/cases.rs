@@ -3,7 +3,7 @@
 //! operator would, on the whole trace and as a live cluster detects.
 
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn keel() -> Command {
@@ -23,7 +23,7 @@ fn case(name: &str) -> PathBuf {
     p
 }
 
-fn replay(dir: &PathBuf, edge: bool) -> Vec<Value> {
+fn replay(dir: &Path, edge: bool) -> Vec<Value> {
     let mut cmd = keel();
     cmd.args(["replay", "--quiet"]).arg(dir.join("trace.jsonl"));
     if edge {
@@ -41,7 +41,7 @@ fn replay(dir: &PathBuf, edge: bool) -> Vec<Value> {
         .collect()
 }
 
-fn eval(dir: &PathBuf, edge: bool) -> Value {
+fn eval(dir: &Path, edge: bool) -> Value {
     let mut cmd = keel();
     cmd.args(["eval", "--json", "--trace"])
         .arg(dir.join("trace.jsonl"))

@@ -141,7 +141,7 @@ fn decide(
         // them a slow GPU cannot be told from a starved one.
         let lacking: Vec<&str> = [Cause::Pcie, Cause::Gpu]
             .into_iter()
-            .filter(|c| !present(*c) && !(*c == Cause::Gpu && busy.is_some()))
+            .filter(|c| !(present(*c) || (*c == Cause::Gpu && busy.is_some())))
             .map(family_name)
             .collect();
         evidence.push(format!(
