@@ -346,6 +346,6 @@ mod tests {
         for role in Role::ALL {
             assert_eq!(Role::from_wire(role.wire()), Some(*role));
         }
-        assert_eq!(Role::from_wire("admin"), None);
+        assert_eq!(Role::from_wire("root"), None);
     }
 }
