@@ -22,12 +22,16 @@ pub enum Res {
 }
 
 /// The cause a straggler is given; `Gpu` becomes thermal or silent.
+/// `PcieSaturated` and `Launch` are the bus at capacity and the launch path
+/// slow, both with late doorbells (pcie and host).
 #[derive(Clone, Copy, PartialEq, Debug)]
 pub enum Kind {
     Pcie,
     Host,
     Network,
     Gpu,
+    PcieSaturated,
+    Launch,
 }
 
 /// How many nuisances a scenario carries (none of them labelled).
@@ -169,6 +173,15 @@ impl Builder {
                 temp: r.uni(85.0, 92.0),
             },
             Kind::Gpu => Symptom::Silent,
+            // As measured on real links: 0.93-0.99 of capacity, doorbell
+            // gaps 4-5x their usual.
+            Kind::PcieSaturated => Symptom::PcieSaturated {
+                share: r.uni(0.93, 0.99),
+                doorbell_mult: r.uni(4.0, 5.5),
+            },
+            Kind::Launch => Symptom::Launch {
+                doorbell_mult: r.uni(5.0, 8.0),
+            },
         }
     }
 

@@ -153,6 +153,14 @@ pub struct Cluster {
     pub ts0: f64,
     pub duration: f64,
     pub dpu: bool,
+    /// The GPUs' PCIe link (generation, width) when dcgm-exporter reports
+    /// it; utilisation is then measured against it rather than `PCIE_BPS`.
+    pub pcie_link: Option<(u32, u32)>,
+    /// Share of its link that every busy GPU streams from the host all the
+    /// time (offloaded weights or KV cache), when the jobs do.
+    pub h2d_stream: Option<f64>,
+    /// Nodes whose dcgm-exporter is not scraped: no GPU metrics at all.
+    pub no_dcgm: Vec<usize>,
     pub nodes: Vec<Node>,
     pub jobs: Vec<Job>,
     next_job_id: u32,
@@ -172,9 +180,25 @@ impl Cluster {
             ts0,
             duration,
             dpu,
+            pcie_link: None,
+            h2d_stream: None,
+            no_dcgm: Vec::new(),
             nodes,
             jobs: Vec::new(),
             next_job_id: rng.int(1000, 8999),
+        }
+    }
+
+    /// Bytes per second a GPU's PCIe link carries each way: the link
+    /// dcgm-exporter reports, or the Gen5 x16 a DPU measures against.
+    pub fn pcie_bps(&self) -> f64 {
+        match self.pcie_link {
+            // 8 GT/s per lane at Gen3, doubling each generation, with the
+            // 128b/130b line code of Gen3-5 (PCI-SIG base specifications).
+            Some((gen, width)) => {
+                8e9 * 2.0f64.powi(gen as i32 - 3) / 8.0 * 128.0 / 130.0 * width as f64
+            }
+            None => PCIE_BPS,
         }
     }
 

@@ -15,8 +15,16 @@ pub enum Symptom {
         /// Device-to-host rate during the episode, when it rises too.
         tx: Option<f64>,
     },
+    /// The rank's PCIe link runs at capacity (competing DMAs on a shared
+    /// switch, a narrowed link): host-to-GPU copies fill it and, queued
+    /// behind them, the doorbell writes come late.
+    PcieSaturated { share: f64, doorbell_mult: f64 },
     /// The rank's CPU is starved: runnable tasks wait, kernel launches lag.
     Host { cpu_rate: f64, doorbell_mult: f64 },
+    /// The runtime's launch path is slow (IRQs on the wrong cores, polling
+    /// off) with no CPU pressure to show for it: doorbells come late while
+    /// the bus has room.
+    Launch { doorbell_mult: f64 },
     /// The rank's NIC is congested.
     Network {
         queue: f64,
@@ -34,8 +42,8 @@ pub enum Symptom {
 impl Symptom {
     pub fn cause(&self) -> Cause {
         match self {
-            Symptom::Pcie { .. } => Cause::Pcie,
-            Symptom::Host { .. } => Cause::Host,
+            Symptom::Pcie { .. } | Symptom::PcieSaturated { .. } => Cause::Pcie,
+            Symptom::Host { .. } | Symptom::Launch { .. } => Cause::Host,
             Symptom::Network { .. } => Cause::Network,
             Symptom::Thermal { .. } | Symptom::Silent => Cause::Gpu,
         }

@@ -23,6 +23,9 @@ pub static SCENARIOS: &[ScenarioInfo] = &[
     ScenarioInfo { name: "straggler-gpu", about: "2-4 stragglers caused by the GPU: thermal throttling or silent extra work" },
     ScenarioInfo { name: "straggler-tp2", about: "one node, TP=2 jobs as in the real H200 trace: pcie, gpu and host stragglers in turn" },
     ScenarioInfo { name: "straggler-cross-node", about: "TP=16 across 2 nodes with stragglers of mixed causes, with DPUs" },
+    ScenarioInfo { name: "straggler-pcie-saturated", about: "every GPU streams from the host over a Gen4 x16 link; 2-3 stragglers whose link runs at 93-99% of capacity, doorbells 4-5x late, with DPUs" },
+    ScenarioInfo { name: "straggler-host-launch", about: "the same streaming jobs; 2-3 stragglers whose doorbells come 5-8x late while the bus has room and CPU pressure stays calm, with DPUs" },
+    ScenarioInfo { name: "straggler-no-gpu-signal", about: "two nodes whose dcgm-exporter is not scraped, no DPU: their stragglers (PCIe or GPU) must be attributed `unknown`" },
     ScenarioInfo { name: "straggler-no-dpu", about: "exporters only: stragglers of every cause; network ones storm TCP retransmits too" },
     ScenarioInfo { name: "gpu-squatter", about: "a failed job's GPUs keep their memory and a hung job idles in RUNNING; model loads and idle GPUs as decoys" },
     ScenarioInfo { name: "kv-cache-saturation", about: "vLLM KV cache pinned near 1.0 while the waiting queue grows, then recovers" },
@@ -133,6 +136,35 @@ pub fn build(name: &str, seed: u64, opts: &GenOptions) -> Result<Plan, ChaosErro
             b
         }
         "straggler-tp2" => tp2(seed, salt, d),
+        "straggler-pcie-saturated" | "straggler-host-launch" => {
+            let kind = if name == "straggler-host-launch" {
+                Kind::Launch
+            } else {
+                Kind::PcieSaturated
+            };
+            let mut b = Builder::new(seed, salt, d, 3, true);
+            b.cluster.pcie_link = Some((4, 16));
+            b.cluster.h2d_stream = Some(b.rng.uni(0.2, 0.35));
+            let j0 = b.job(&[(0, LO4), (1, LO4)], running());
+            let j1 = b.job(&[(2, ALL8)], running());
+            b.job(&[(0, HI4), (1, HI4)], serving());
+            let n = b.rng.int(2, 3) as usize;
+            b.stragglers(&[j0, j1], n, &[kind]);
+            b.nuisances(&Mix::low());
+            b
+        }
+        "straggler-no-gpu-signal" => {
+            let mut b = Builder::new(seed, salt, d, 3, false);
+            b.straggler_len = (20.0, 40.0);
+            b.cluster.no_dcgm = vec![0, 1];
+            let j0 = b.job(&[(0, ALL8)], running());
+            let j1 = b.job(&[(1, ALL8)], running());
+            b.job(&[(2, ALL8)], serving());
+            let n = b.rng.int(2, 3) as usize;
+            b.stragglers(&[j0, j1], n, &[Kind::Pcie, Kind::Gpu]);
+            b.nuisances(&Mix::low());
+            b
+        }
         "straggler-cross-node" => {
             let mut b = Builder::new(seed, salt, d, 3, true);
             b.straggler_len = (20.0, 40.0);

@@ -2,7 +2,7 @@
 //! DPU's view of each GPU's PCIe link, and (in `netsig`) node-exporter and the
 //! DPU's NIC sensors. Magnitudes follow the real H200 trace in `shared/data`.
 
-use crate::cluster::{FB_IDLE_MIB, FB_TOTAL_MIB, GPUS, PCIE_BPS};
+use crate::cluster::{FB_IDLE_MIB, FB_TOTAL_MIB, GPUS};
 use crate::inject::{
     counter_reset, exporter_down, gpu_activity, in_gap, node_fx, pcie_burst, straggler_symptom,
     Activity,
@@ -150,6 +150,9 @@ impl GpuSig {
                 doorbell: idle_doorbell,
             },
         };
+        if let (Some(share), Activity::Busy { .. }) = (plan.cluster.h2d_stream, act) {
+            r.rx = share * plan.cluster.pcie_bps() * (1.0 + rng.normal(0.0, 0.12)).max(0.5);
+        }
         let mut tau: f64 = 12.0;
         let mut link = None;
         if matches!(act, Activity::Busy { .. }) {
@@ -176,7 +179,17 @@ impl GpuSig {
                     link = Some(rng.uni(0.5, 0.95));
                     r.doorbell *= rng.uni(1.0, 1.3);
                 }
-                Some(Symptom::Host { doorbell_mult, .. }) => {
+                Some(Symptom::PcieSaturated {
+                    share,
+                    doorbell_mult,
+                }) => {
+                    r.util = rng.uni(86.0, 96.0).round();
+                    r.rx = share * plan.cluster.pcie_bps() * rng.uni(0.97, 1.01);
+                    link = Some((share + rng.normal(0.0, 0.015)).clamp(0.9, 0.995));
+                    r.doorbell *= doorbell_mult * rng.uni(0.85, 1.15);
+                }
+                Some(Symptom::Host { doorbell_mult, .. })
+                | Some(Symptom::Launch { doorbell_mult }) => {
                     r.util = rng.uni(84.0, 93.0).round();
                     r.doorbell *= doorbell_mult * rng.uni(0.9, 1.1);
                 }
@@ -204,7 +217,7 @@ impl GpuSig {
         r.temp = (self.temp + rng.normal(0.0, 0.3)).round();
         r.rx = round_to(r.rx.max(0.0), 1024.0);
         r.tx = round_to(r.tx.max(0.0), 1024.0);
-        r.link = link.unwrap_or((r.rx + r.tx) / PCIE_BPS);
+        r.link = link.unwrap_or((r.rx + r.tx) / plan.cluster.pcie_bps());
         self.h2d += r.rx;
         self.d2h += r.tx;
         r
@@ -278,16 +291,22 @@ impl NodeSim {
             gpu: Some(g),
             ..Default::default()
         };
-        let fb = r.fb.round();
-        out.metric(ts, node, M::GpuUtil, gpu(), r.util);
-        out.metric(ts, node, M::FbUsed, gpu(), fb);
-        out.metric(ts, node, M::FbFree, gpu(), FB_TOTAL_MIB - 1.0 - fb);
-        out.metric(ts, node, M::PowerUsage, gpu(), round_dec(r.power, 3));
-        out.metric(ts, node, M::SmClock, gpu(), r.clock);
-        out.metric(ts, node, M::GpuTemp, gpu(), r.temp);
-        out.metric(ts, node, M::PcieRxBytes, gpu(), r.rx);
-        out.metric(ts, node, M::PcieTxBytes, gpu(), r.tx);
-        out.metric(ts, node, M::XidErrors, gpu(), 0.0);
+        if !plan.cluster.no_dcgm.contains(&self.node) {
+            if let Some((gen, width)) = plan.cluster.pcie_link {
+                out.metric(ts, node, M::PcieLinkGen, gpu(), gen as f64);
+                out.metric(ts, node, M::PcieLinkWidth, gpu(), width as f64);
+            }
+            let fb = r.fb.round();
+            out.metric(ts, node, M::GpuUtil, gpu(), r.util);
+            out.metric(ts, node, M::FbUsed, gpu(), fb);
+            out.metric(ts, node, M::FbFree, gpu(), FB_TOTAL_MIB - 1.0 - fb);
+            out.metric(ts, node, M::PowerUsage, gpu(), round_dec(r.power, 3));
+            out.metric(ts, node, M::SmClock, gpu(), r.clock);
+            out.metric(ts, node, M::GpuTemp, gpu(), r.temp);
+            out.metric(ts, node, M::PcieRxBytes, gpu(), r.rx);
+            out.metric(ts, node, M::PcieTxBytes, gpu(), r.tx);
+            out.metric(ts, node, M::XidErrors, gpu(), 0.0);
+        }
         if plan.cluster.dpu {
             let s = &self.gpus[g as usize];
             out.metric(ts, node, M::DpuPcieH2dBytes, gpu(), s.h2d);

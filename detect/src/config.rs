@@ -51,6 +51,8 @@ pub struct StragglerConfig {
     pub incomplete_after_s: f64,
     /// Lateness above this share of the step makes the finding critical.
     pub critical_share: f64,
+    /// How a concluded straggler is attributed to a cause.
+    pub attribution: AttributionConfig,
 }
 
 impl StragglerConfig {
@@ -89,6 +91,72 @@ impl Default for StragglerConfig {
             attribution_grace_s: 1.5,
             incomplete_after_s: 2.0,
             critical_share: 0.2,
+            attribution: AttributionConfig::default(),
+        }
+    }
+}
+
+/// Attribution judges every signal around a straggler three ways: against
+/// what the hardware can carry (a link's capacity, a NIC's line rate),
+/// against the rank's peers and against its own history before the onset.
+/// The capacity bars come from queueing and from the PCIe protocol, not from
+/// any one corpus; the relative bars say how far a signal must stand out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttributionConfig {
+    /// Share of a PCIe link's capacity (`dpu_pcie_link_util`, or measured
+    /// throughput over generation x width) above which the bus has no room
+    /// left. Two limits meet here: a link's payload tops out near 0.85-0.9
+    /// of its raw rate (TLP headers, DLLPs and flow-control credits take the
+    /// rest), and a server at utilisation rho queues each request for
+    /// rho / (1 - rho) service times, 4x at 0.8 (M/M/1): the 4-5x longer
+    /// doorbell gaps a saturated bus shows. Above it, slow doorbells are the
+    /// bus's doing and count for `pcie`; below it they count for `host`.
+    pub pcie_busy_share: f64,
+    /// Share of a NIC's line rate (`dpu_nic_link_util`, or node-exporter's
+    /// byte counters over `node_network_speed_bytes`) at which the link is
+    /// the bottleneck: the same queueing argument, with the 10% that
+    /// Ethernet and RoCE framing (preamble, gaps, headers) take from payload.
+    pub nic_busy_share: f64,
+    /// PCIe throughput (bytes/s) below which a rise is not judged: far above
+    /// the tens of MB/s a healthy decode step moves, a small share of a
+    /// Gen4/Gen5 link.
+    pub pcie_bytes_floor: f64,
+    /// How many times its peers' and its own earlier throughput a GPU's
+    /// PCIe traffic must be to stand out as a cause on its own.
+    pub pcie_bytes_ratio: f64,
+    /// Link utilisation below this is not judged relative to peers (a
+    /// lightly used link that doubles still has room).
+    pub pcie_link_floor: f64,
+    /// How many times its peers' and its own earlier utilisation the link
+    /// must be to stand out.
+    pub pcie_link_ratio: f64,
+    /// Mean doorbell gap (us) below which launches are not judged slow: a
+    /// busy GPU's runtime rings its doorbell every few tens of us.
+    pub doorbell_floor_us: f64,
+    /// How many times its peers' and its own earlier gap a doorbell gap must
+    /// be to count (seed 000 Table 3b: "delayed doorbells").
+    pub doorbell_ratio: f64,
+    /// A family whose best reading scores at least this decides at once.
+    pub decisive: f64,
+    /// Below this every family counts as clean: the GPU is left, by
+    /// elimination, when its own telemetry and its bus were seen; otherwise
+    /// the cause is `unknown`.
+    pub clean: f64,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        AttributionConfig {
+            pcie_busy_share: 0.8,
+            nic_busy_share: 0.9,
+            pcie_bytes_floor: 0.5e9,
+            pcie_bytes_ratio: 5.0,
+            pcie_link_floor: 0.4,
+            pcie_link_ratio: 3.0,
+            doorbell_floor_us: 100.0,
+            doorbell_ratio: 3.0,
+            decisive: 0.5,
+            clean: 0.3,
         }
     }
 }

@@ -439,7 +439,7 @@ fn report(
         confidence,
         decisive,
         evidence,
-    } = attribute(inp.signals, &who, &peers, since, inp.now);
+    } = attribute(inp.signals, &who, &peers, since, inp.now, &cfg.attribution);
     let confirmed_at = since + cfg.confirm_s;
     if !(decisive || force || inp.now - confirmed_at >= cfg.attribution_grace_s) {
         return;

@@ -132,14 +132,14 @@ fn a_late_rank_is_found_as_the_rank_that_waits_least() {
     assert_eq!(f[0].node.as_deref(), Some("n02"));
     // Each step lasts a little over STEP (the collective itself).
     let onset = T0 + 1.0 + 1000.0 * (STEP + 0.0003);
-    // Without telemetry the cause is settled by elimination once the
-    // attribution grace has passed: about 0.6 s + 1.5 s.
+    // Without telemetry nothing can decide the cause: it is settled as
+    // `unknown` once the attribution grace has passed, about 0.6 s + 1.5 s.
     let latency = f[0].ts - onset;
     assert!(
         latency > 0.0 && latency < 2.5,
         "concluded {latency} s after onset"
     );
-    assert_eq!(f[0].cause, keel_model::Cause::Gpu);
+    assert_eq!(f[0].cause, keel_model::Cause::Unknown);
 }
 
 #[test]

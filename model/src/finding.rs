@@ -111,6 +111,10 @@ pub enum Cause {
     Gpu,
     Engine,
     Workload,
+    /// No signal family decided: the finding's evidence names the families
+    /// that were missing and those that were ruled out. Nothing should act
+    /// on it as if a cause were known.
+    Unknown,
 }
 
 impl Cause {
@@ -121,6 +125,7 @@ impl Cause {
         Cause::Gpu,
         Cause::Engine,
         Cause::Workload,
+        Cause::Unknown,
     ];
 
     pub fn wire(self) -> &'static str {
@@ -131,6 +136,7 @@ impl Cause {
             Cause::Gpu => "gpu",
             Cause::Engine => "engine",
             Cause::Workload => "workload",
+            Cause::Unknown => "unknown",
         }
     }
 }

@@ -54,6 +54,8 @@ metric_names! {
     PcieTxBytes => "DCGM_FI_PROF_PCIE_TX_BYTES", Gauge;
     GrEngineActive => "DCGM_FI_PROF_GR_ENGINE_ACTIVE", Gauge;
     PcieRxBytes => "DCGM_FI_PROF_PCIE_RX_BYTES", Gauge;
+    PcieLinkGen => "DCGM_FI_DEV_PCIE_LINK_GEN", Gauge;
+    PcieLinkWidth => "DCGM_FI_DEV_PCIE_LINK_WIDTH", Gauge;
     VllmKvCacheUsage => "vllm:kv_cache_usage_perc", Gauge;
     VllmRequestsWaiting => "vllm:num_requests_waiting", Gauge;
     VllmRequestsRunning => "vllm:num_requests_running", Gauge;
@@ -62,6 +64,7 @@ metric_names! {
     TcpOutSegs => "node_netstat_Tcp_OutSegs", Counter;
     NetRxBytes => "node_network_receive_bytes_total", Counter;
     NetTxBytes => "node_network_transmit_bytes_total", Counter;
+    NetSpeedBytes => "node_network_speed_bytes", Gauge;
     NetRxDrop => "node_network_receive_drop_total", Counter;
     NetTxDrop => "node_network_transmit_drop_total", Counter;
     CpuPressureWaiting => "node_pressure_cpu_waiting_seconds_total", Counter;

@@ -201,3 +201,32 @@ fn engine_and_network_findings() {
         (Action::RetuneNic, "node/gpu-node-3/ens1f0")
     );
 }
+
+#[test]
+fn an_unknown_cause_only_ever_reaches_a_person() {
+    // However sure, severe and long-lasting the finding, and whatever its
+    // kind: with no cause decided, no rule changes anything.
+    let p = default_planner();
+    for &kind in FindingKind::ALL {
+        let mut f = finding(kind, Cause::Unknown);
+        f.confidence = 0.99;
+        f.basis = Some(keel_model::Basis::JobEnded);
+        let plans = p.plan(1, &f, &ctx());
+        assert!(!plans.is_empty(), "{kind} (unknown) fires nothing");
+        for d in plans {
+            match d {
+                Decision::Plan(plan) => assert_eq!(
+                    plan.action,
+                    Action::Notify,
+                    "{kind} (unknown) acts: {plan:?}"
+                ),
+                other => panic!("{kind} (unknown): {other:?}"),
+            }
+        }
+    }
+    let straggler = first_plan(&p, &finding(FindingKind::TpStraggler, Cause::Unknown));
+    assert_eq!(
+        (straggler.action, straggler.target.as_str()),
+        (Action::Notify, "job/llama-70b/rank/5")
+    );
+}
