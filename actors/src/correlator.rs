@@ -434,28 +434,7 @@ impl CorrelatorState {
     /// finding concluded and cleared by the same input must be open before
     /// it can be closed.
     fn queue_reports(&mut self) {
-        for f in self.found.drain(..) {
-            tracing::info!(
-                kind = %f.kind.wire(),
-                cause = %f.cause,
-                job = ?f.job,
-                rank = ?f.rank,
-                node = ?f.node,
-                "finding concluded; reporting it"
-            );
-            let _ = self.reports.send(Report::Open(f));
-        }
-        for f in self.engine.take_cleared() {
-            tracing::info!(
-                kind = %f.kind.wire(),
-                job = ?f.job,
-                rank = ?f.rank,
-                node = ?f.node,
-                evidence = ?f.evidence,
-                "finding cleared; reporting its close"
-            );
-            let _ = self.reports.send(Report::Close(f));
-        }
+        crate::report::queue(&mut self.engine, &mut self.found, &self.reports);
     }
 }
 

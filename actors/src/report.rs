@@ -19,6 +19,41 @@ pub enum Report {
     Close(Finding),
 }
 
+/// Queues what an engine's last input concluded (`found`, drained) and
+/// then what it cleared: a finding concluded and cleared by the same input
+/// must be open before it can be closed. Each is logged with its locus.
+pub fn queue(
+    engine: &mut keel_detect::Engine,
+    found: &mut Vec<Finding>,
+    reports: &mpsc::UnboundedSender<Report>,
+) {
+    for f in found.drain(..) {
+        tracing::info!(
+            kind = %f.kind.wire(),
+            cause = %f.cause,
+            job = ?f.job,
+            rank = ?f.rank,
+            node = ?f.node,
+            gpu = ?f.gpu,
+            basis = ?f.basis,
+            "finding concluded; reporting it"
+        );
+        let _ = reports.send(Report::Open(f));
+    }
+    for f in engine.take_cleared() {
+        tracing::info!(
+            kind = %f.kind.wire(),
+            job = ?f.job,
+            rank = ?f.rank,
+            node = ?f.node,
+            gpu = ?f.gpu,
+            evidence = ?f.evidence,
+            "finding cleared; reporting its close"
+        );
+        let _ = reports.send(Report::Close(f));
+    }
+}
+
 /// Delivers one reporter's reports one at a time, in the order they were
 /// queued, so that a finding's close never overtakes its open. Ends once
 /// the reporter is gone and its queue is empty.

@@ -357,21 +357,7 @@ impl SensorState {
     /// the controller, in that order.
     fn watch(&mut self, r: &Record) {
         self.gpu_watch.push(r, &mut self.found);
-        for f in self.found.drain(..) {
-            tracing::info!(
-                kind = %f.kind.wire(),
-                node = ?f.node,
-                gpu = ?f.gpu,
-                job = ?f.job,
-                basis = ?f.basis,
-                "GPU finding concluded on this node; reporting it"
-            );
-            let _ = self.reports.send(Report::Open(f));
-        }
-        for f in self.gpu_watch.take_cleared() {
-            tracing::info!(kind = %f.kind.wire(), node = ?f.node, gpu = ?f.gpu, "GPU finding cleared; reporting its close");
-            let _ = self.reports.send(Report::Close(f));
-        }
+        crate::report::queue(&mut self.gpu_watch, &mut self.found, &self.reports);
     }
 
     /// Tells the controller about a job the first time it is seen and

@@ -5,6 +5,8 @@
 //! controller, a sensor with its push endpoint) or the intake functions
 //! those actors call.
 
+mod common;
+use common::{issue, now, tmp, Dir};
 use keel_actors::client::{ControllerAddr, ControllerClient};
 use keel_actors::controller::{self, queries::params, ExecutorAllowed, PeerConfig};
 use keel_actors::correlator::{admit, Refused};
@@ -17,38 +19,9 @@ use keel_model::{
 use keel_transport::certs::{Ca, Validity};
 use keel_transport::Credentials;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tmp(name: &str) -> Dir {
-    let d = std::env::temp_dir().join(format!("keel-hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    Dir(d)
-}
-
-fn issue(dir: &Path, ca: &Ca, role: Role, name: &str) -> PathBuf {
-    let out = dir.join(format!("{role}-{name}"));
-    let pem = ca.issue(role, name, Validity::days(1)).unwrap();
-    keel_transport::certs::write_credentials(&out, &ca.pem.cert, &pem).unwrap();
-    out
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
 
 fn summary(node: &str, window: u64, end: f64) -> Summary {
     Summary {

@@ -4,6 +4,8 @@
 //! answers it (filtered by kind and time). A proposal the state machine
 //! rejects is an error to the operator who asked, not a success.
 
+mod common;
+use common::{eventually, issue, now, Dir};
 use keel_actors::client::{ControllerAddr, ControllerClient};
 use keel_actors::controller::{self, queries::params, RetentionConfig, Span};
 use keel_model::{Cause, Finding, FindingKind, Role, Severity};
@@ -11,37 +13,7 @@ use keel_transport::certs::{Ca, Validity};
 use keel_transport::Credentials;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn issue(dir: &Path, ca: &Ca, role: Role, name: &str) -> PathBuf {
-    let out = dir.join(format!("{role}-{name}"));
-    let pem = ca.issue(role, name, Validity::days(1)).unwrap();
-    keel_transport::certs::write_credentials(&out, &ca.pem.cert, &pem).unwrap();
-    out
-}
-
-async fn eventually<T>(mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
-    for _ in 0..300 {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
-}
-
-fn now() -> f64 {
-    keel_actors::sources::unix_now()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_finding_moves_to_the_history_and_is_still_read() {

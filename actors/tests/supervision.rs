@@ -5,6 +5,8 @@
 //! controller when it clears, with no correlator at all; a sensor's push
 //! source takes collectives from a real UDP socket.
 
+mod common;
+use common::{eventually, issue, tmp};
 use keel_actors::client::{ControllerAddr, ControllerClient};
 use keel_actors::controller::{self, queries::params};
 use keel_actors::correlator::{self, CorrelatorConfig, HostMsg};
@@ -14,30 +16,7 @@ use keel_model::{JobRecord, JobState, Role};
 use keel_transport::certs::{Ca, Validity};
 use keel_transport::Credentials;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tmp(name: &str) -> Dir {
-    let d = std::env::temp_dir().join(format!("keel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    Dir(d)
-}
-
-fn issue(dir: &Path, ca: &Ca, role: Role, name: &str) -> PathBuf {
-    let out = dir.join(format!("{role}-{name}"));
-    let pem = ca.issue(role, name, Validity::days(1)).unwrap();
-    keel_transport::certs::write_credentials(&out, &ca.pem.cert, &pem).unwrap();
-    out
-}
 
 fn job(name: &str) -> JobRecord {
     JobRecord {
@@ -55,17 +34,6 @@ fn job(name: &str) -> JobRecord {
         pp: None,
         replica: None,
     }
-}
-
-/// Polls `f` every 100 ms; the bound only ends a failing run.
-async fn eventually<T>(mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
-    for _ in 0..300 {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
