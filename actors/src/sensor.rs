@@ -37,6 +37,9 @@ const ROUTES_EVERY: Duration = Duration::from_millis(500);
 /// Summaries kept for jobs with no correlator yet (oldest dropped first).
 const UNROUTED_MAX: usize = 50_000;
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Batches from the push endpoint waiting for the sensor; when full the
+/// oldest is dropped and counted (`SensorStats::push_dropped`).
+pub const PUSH_QUEUE: usize = 1024;
 
 /// `keel sensor --config FILE`.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +77,8 @@ impl SensorConfig {
 pub enum SensorMsg {
     /// Records from a source, with the source's clock when it sent them.
     Records(Vec<Record>, f64),
+    /// Records from the push endpoint's bounded queue; `done` once handled.
+    Pushed((Vec<Record>, f64), crate::mailbox::Done),
     Flush,
     /// What changed in the routes of this node's jobs.
     Routes(Delta<Route>),
@@ -104,6 +109,8 @@ pub struct SensorStats {
     /// Records refused on the push socket because they name a job other
     /// than their sending process's Slurm job (`foreign_job`).
     pub push_refused_foreign_job: u64,
+    /// Push batches dropped (oldest first) at `PUSH_QUEUE`.
+    pub push_dropped: u64,
     /// Records naming a job refused on the push socket because their
     /// sender belongs to no Slurm job, or to one not known (`unattributed`).
     pub push_refused_unattributed: u64,
@@ -129,6 +136,9 @@ pub struct SensorState {
     clock: Option<(f64, Instant)>,
     stats: SensorStats,
     routes_task: Option<tokio::task::JoinHandle<()>>,
+    /// The push endpoint's batches on their way here (`PUSH_QUEUE`).
+    intake: Arc<crate::mailbox::DropOldest<(Vec<Record>, f64)>>,
+    intake_task: Option<tokio::task::JoinHandle<()>>,
     /// The node's GPUs, watched until each condition clears.
     gpu_watch: Engine,
     found: Vec<Finding>,
@@ -172,8 +182,15 @@ impl Actor for SensorActor {
             clock: None,
             stats: SensorStats::default(),
             routes_task: None,
+            intake: Arc::new(crate::mailbox::DropOldest::new(PUSH_QUEUE)),
+            intake_task: None,
             cfg,
         };
+        state.intake_task = Some(crate::mailbox::forward(
+            state.intake.clone(),
+            myself.clone(),
+            SensorMsg::Pushed,
+        ));
         for i in 0..state.cfg.sources.len() {
             let progress = Arc::new(AtomicU64::new(0));
             start_source(&myself, &mut state, i, progress).await?;
@@ -226,6 +243,10 @@ impl Actor for SensorActor {
         if let Some(t) = state.routes_task.take() {
             t.abort();
         }
+        state.intake.close();
+        if let Some(t) = state.intake_task.take() {
+            t.abort();
+        }
         Ok(())
     }
 
@@ -236,6 +257,13 @@ impl Actor for SensorActor {
         state: &mut SensorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            SensorMsg::Pushed((records, clock), done) => {
+                state.clock = Some((clock, Instant::now()));
+                for r in &records {
+                    state.take(r, clock);
+                }
+                let _ = done.send(());
+            }
             SensorMsg::Records(records, clock) => {
                 state.clock = Some((clock, Instant::now()));
                 for r in &records {
@@ -269,6 +297,7 @@ impl Actor for SensorActor {
                 s.edge_implausible = state.edge.stats.implausible;
                 s.edge_jobs_dropped = state.edge.stats.jobs_dropped;
                 s.edge_ranks_dropped = state.edge.stats.ranks_dropped;
+                s.push_dropped = state.intake.dropped();
                 let _ = reply.send(s);
             }
         }
@@ -312,6 +341,7 @@ async fn start_source(
         node: state.cfg.node.clone(),
         sensor: myself.clone(),
         progress: progress.clone(),
+        intake: state.intake.clone(),
     };
     let (actor, _) = Actor::spawn_linked(None, SourceActor, args, myself.get_cell())
         .await

@@ -121,6 +121,10 @@ pub struct SourceArgs {
     pub sensor: ActorRef<SensorMsg>,
     /// Records consumed so far, kept across restarts.
     pub progress: Arc<AtomicU64>,
+    /// The sensor's bounded queue for what the push endpoint receives
+    /// (`crate::sensor::PUSH_QUEUE`): any local process may send, so its
+    /// batches never go to the mailbox unbounded.
+    pub intake: Arc<crate::mailbox::DropOldest<(Vec<Record>, f64)>>,
 }
 
 pub enum SourceMsg {
@@ -193,6 +197,7 @@ impl Actor for SourceActor {
                 SourceState::Push(tokio::spawn(receive(
                     endpoint,
                     args.sensor.clone(),
+                    args.intake.clone(),
                     myself.clone(),
                 )))
             }
@@ -356,7 +361,12 @@ impl Replay {
 /// Hands every record pushed to the endpoint to the sensor, with what was
 /// refused for who sent it; a receive error fails the source (its
 /// supervisor binds the endpoint afresh).
-async fn receive(mut endpoint: PushEndpoint, sensor: ActorRef<SensorMsg>, me: ActorRef<SourceMsg>) {
+async fn receive(
+    mut endpoint: PushEndpoint,
+    sensor: ActorRef<SensorMsg>,
+    intake: Arc<crate::mailbox::DropOldest<(Vec<Record>, f64)>>,
+    me: ActorRef<SourceMsg>,
+) {
     let mut total = keel_adapters::RecvStats::default();
     loop {
         let mut records = Vec::new();
@@ -374,11 +384,7 @@ async fn receive(mut endpoint: PushEndpoint, sensor: ActorRef<SensorMsg>, me: Ac
                 {
                     return;
                 }
-                if !records.is_empty()
-                    && sensor
-                        .cast(SensorMsg::Records(records, unix_now()))
-                        .is_err()
-                {
+                if !records.is_empty() && !intake.push((records, unix_now())) {
                     return;
                 }
             }
