@@ -12,7 +12,7 @@
 
 use crate::client::{ControllerAddr, ControllerClient};
 use crate::controller::routing::Delta;
-use crate::report::{deliver, Report};
+use crate::report::deliver;
 
 #[path = "correlator_assignment.rs"]
 mod assignment;
@@ -31,7 +31,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 const HELLO_EVERY: Duration = Duration::from_millis(500);
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -105,6 +104,11 @@ pub struct HostStats {
     pub refused_foreign: u64,
     /// Summaries refused by `keel_detect::edge::check_summary`.
     pub refused_implausible: u64,
+    /// Finding reports dropped because `REPORTS_MAX` waited for the controller.
+    pub reports_dropped: u64,
+    /// Summaries refused because their rank is beyond the job's declared
+    /// size.
+    pub refused_undeclared: u64,
 }
 
 /// What a host refused at intake, counted across connections.
@@ -147,6 +151,17 @@ pub fn admit(peer: &str, batch: &mut TelemetryBatch, now: Option<f64>, refused: 
     refused.implausible.fetch_add(implausible, Relaxed);
 }
 
+/// Whether `s` is about a rank below the job's declared size (the ranks
+/// its record places, on any node). A job told without placement accepts
+/// any rank: its size is not known yet, and the edge's `RANKS_PER_JOB_MAX`
+/// bounds it. Which node holds a rank is not checked here: a placement
+/// from Slurm numbers ranks block by block (`to_record`), which a cyclic
+/// distribution would contradict.
+fn rank_declared(job: &JobRecord, s: &Summary) -> bool {
+    let size: usize = job.ranks.values().map(Vec::len).sum();
+    size == 0 || (s.rank as usize) < size
+}
+
 pub struct HostActor;
 
 pub struct HostState {
@@ -166,6 +181,8 @@ pub struct HostState {
     /// Sensors' batches on their way to this actor.
     intake: Arc<DropOldest<TelemetryBatch>>,
     refused: Arc<Refused>,
+    /// Finding reports its correlators dropped at `report::REPORTS_MAX`.
+    reports_dropped: Arc<std::sync::atomic::AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -248,6 +265,7 @@ impl Actor for HostActor {
             by_id: HashMap::new(),
             stats: HostStats::default(),
             refused,
+            reports_dropped: Arc::default(),
             intake,
             tasks: vec![accept, forwarder, hello],
         })
@@ -293,6 +311,9 @@ impl Actor for HostActor {
                     .refused
                     .implausible
                     .load(std::sync::atomic::Ordering::Relaxed);
+                s.reports_dropped = state
+                    .reports_dropped
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 s.correlator_dropped =
                     state.inputs_dropped + state.inputs.values().map(|q| q.dropped()).sum::<u64>();
                 s.jobs = state.correlators.keys().cloned().collect();
@@ -336,13 +357,23 @@ impl Actor for HostActor {
 impl HostState {
     /// Hands each job's summaries to its correlator.
     fn summaries(&mut self, summaries: Vec<Summary>) {
+        // Once the job's size is known, ranks beyond it are refused.
         let mut by_job: HashMap<Name, Vec<Summary>> = HashMap::new();
         for s in summaries {
             by_job.entry(s.job.clone()).or_default().push(s);
         }
-        for (job, batch) in by_job {
+        for (job, mut batch) in by_job {
             match self.correlators.get(&job) {
-                Some(_) => {
+                Some((_, record)) => {
+                    let before = batch.len();
+                    batch.retain(|s| rank_declared(record, s));
+                    let undeclared = (before - batch.len()) as u64;
+                    if undeclared > 0 {
+                        if self.stats.refused_undeclared == 0 {
+                            tracing::warn!(%job, refused = undeclared, "summaries for ranks beyond the job's declared size refused");
+                        }
+                        self.stats.refused_undeclared += undeclared;
+                    }
                     self.stats.summaries += batch.len() as u64;
                     if let Some(q) = self.inputs.get(&job) {
                         q.push(Input::Summaries(batch));
@@ -380,6 +411,7 @@ impl HostState {
         let args = CorrelatorArgs {
             record: record.clone(),
             client: self.client.clone(),
+            reports_dropped: self.reports_dropped.clone(),
         };
         let (c, _) = Actor::spawn_linked(None, CorrelatorActor, args, myself.get_cell())
             .await
@@ -416,6 +448,8 @@ pub enum Input {
 pub struct CorrelatorArgs {
     pub record: JobRecord,
     pub client: ControllerClient,
+    /// The host's count of reports dropped at [`crate::report::REPORTS_MAX`].
+    pub reports_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub struct CorrelatorActor;
@@ -426,7 +460,7 @@ pub struct CorrelatorState {
     /// To this correlator's one delivery task, which outlives it so that
     /// what was concluded before a stop or a crash still reaches the
     /// controller.
-    reports: mpsc::UnboundedSender<Report>,
+    reports: crate::report::Reports,
 }
 
 impl CorrelatorState {
@@ -448,7 +482,7 @@ impl Actor for CorrelatorActor {
         _myself: ActorRef<CorrelatorMsg>,
         args: CorrelatorArgs,
     ) -> Result<CorrelatorState, ActorProcessingErr> {
-        let (reports, queue) = mpsc::unbounded_channel();
+        let (reports, queue) = crate::report::channel(args.reports_dropped);
         tokio::spawn(deliver(args.client, queue));
         let mut state = CorrelatorState {
             engine: Engine::with_scope(keel_detect::Config::default(), keel_detect::Scope::Job),
@@ -498,4 +532,40 @@ pub async fn stats(host: &ActorRef<HostMsg>) -> Option<HostStats> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     host.cast(HostMsg::Stats(tx)).ok()?;
     rx.await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(node: &str, rank: u32) -> Summary {
+        Summary {
+            node: node.into(),
+            job: "j1".into(),
+            rank,
+            window: 1,
+            window_end: 1.0,
+            count: 2,
+            step_us: 30_000,
+            dur_p50_us: 900,
+            dur_p99_us: 1_000,
+            offset_us: 0,
+        }
+    }
+
+    #[test]
+    fn ranks_beyond_the_declared_size_are_refused_once_it_is_known() {
+        let mut job = JobRecord::state_only("j1", keel_model::JobState::Running, 0.0);
+        assert!(
+            rank_declared(&job, &summary("n1", 4_000_000)),
+            "size unknown"
+        );
+        job.ranks.insert("n1".into(), vec![0, 1]);
+        job.ranks.insert("n2".into(), vec![2, 3]);
+        assert!(rank_declared(&job, &summary("n1", 3)));
+        // A cyclic distribution puts rank 3 on n1: not refused for its node.
+        assert!(rank_declared(&job, &summary("n2", 0)));
+        assert!(!rank_declared(&job, &summary("n1", 4)));
+        assert!(!rank_declared(&job, &summary("n1", u32::MAX)));
+    }
 }

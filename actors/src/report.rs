@@ -8,8 +8,51 @@ use crate::controller::queries::params;
 use anyhow::Result;
 use keel_model::{Finding, Message};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// Reports one host's detectors may have waiting for the controller. A
+/// report waits while no replica answers; past this bound (an unreachable
+/// controller and a flood of findings) the newest is dropped and counted in
+/// the host's `reports_dropped`, so memory stays bounded while the older
+/// reports, already in order, still go out.
+pub const REPORTS_MAX: usize = 4096;
+
+/// The sending side of a host's report queue, with its drop counter.
+#[derive(Clone)]
+pub struct Reports {
+    tx: mpsc::Sender<Report>,
+    /// Reports dropped because [`REPORTS_MAX`] were waiting.
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// A report queue of [`REPORTS_MAX`], counting its drops in `dropped`.
+pub fn channel(dropped: Arc<AtomicU64>) -> (Reports, mpsc::Receiver<Report>) {
+    let (tx, rx) = mpsc::channel(REPORTS_MAX);
+    (Reports { tx, dropped }, rx)
+}
+
+impl Reports {
+    fn send(&self, r: Report) {
+        if let Err(mpsc::error::TrySendError::Full(r)) = self.tx.try_send(r) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            let (what, f) = match &r {
+                Report::Open(f) => ("open", f),
+                Report::Close(f) => ("close", f),
+            };
+            tracing::warn!(
+                report = what,
+                kind = %f.kind.wire(),
+                job = ?f.job,
+                node = ?f.node,
+                bound = REPORTS_MAX,
+                "report queue full (controller not answering); report dropped"
+            );
+        }
+    }
+}
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -22,11 +65,7 @@ pub enum Report {
 /// Queues what an engine's last input concluded (`found`, drained) and
 /// then what it cleared: a finding concluded and cleared by the same input
 /// must be open before it can be closed. Each is logged with its locus.
-pub fn queue(
-    engine: &mut keel_detect::Engine,
-    found: &mut Vec<Finding>,
-    reports: &mpsc::UnboundedSender<Report>,
-) {
+pub fn queue(engine: &mut keel_detect::Engine, found: &mut Vec<Finding>, reports: &Reports) {
     for f in found.drain(..) {
         tracing::info!(
             kind = %f.kind.wire(),
@@ -38,7 +77,7 @@ pub fn queue(
             basis = ?f.basis,
             "finding concluded; reporting it"
         );
-        let _ = reports.send(Report::Open(f));
+        reports.send(Report::Open(f));
     }
     for f in engine.take_cleared() {
         tracing::info!(
@@ -50,14 +89,14 @@ pub fn queue(
             evidence = ?f.evidence,
             "finding cleared; reporting its close"
         );
-        let _ = reports.send(Report::Close(f));
+        reports.send(Report::Close(f));
     }
 }
 
 /// Delivers one reporter's reports one at a time, in the order they were
 /// queued, so that a finding's close never overtakes its open. Ends once
 /// the reporter is gone and its queue is empty.
-pub async fn deliver(client: ControllerClient, mut queue: mpsc::UnboundedReceiver<Report>) {
+pub async fn deliver(client: ControllerClient, mut queue: mpsc::Receiver<Report>) {
     while let Some(r) = queue.recv().await {
         match r {
             Report::Open(f) => open(&client, f).await,
@@ -124,4 +163,29 @@ where
         delay = (delay * 2).min(Duration::from_secs(2));
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_model::Finding;
+
+    #[test]
+    fn a_full_report_queue_drops_the_newest_and_counts_it() {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (reports, mut rx) = channel(dropped.clone());
+        let f: Finding = serde_json::from_str(
+            r#"{"ts":1.0,"kind":"tp_straggler","cause":"host","severity":"warning","confidence":0.9}"#,
+        )
+        .unwrap();
+        for _ in 0..REPORTS_MAX + 3 {
+            reports.send(Report::Open(f.clone()));
+        }
+        assert_eq!(dropped.load(Ordering::Relaxed), 3);
+        let mut held = 0;
+        while rx.try_recv().is_ok() {
+            held += 1;
+        }
+        assert_eq!(held, REPORTS_MAX, "the older reports are all kept");
+    }
 }

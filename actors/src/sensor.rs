@@ -12,7 +12,7 @@
 //! controller itself.
 
 use crate::client::{ControllerAddr, ControllerClient};
-use crate::report::{deliver, Report};
+use crate::report::deliver;
 use crate::sources::{unix_now, SourceActor, SourceArgs, SourceConfig};
 use anyhow::{Context, Result};
 use keel_detect::edge::{EdgeAggregator, EdgeConfig};
@@ -36,6 +36,15 @@ const FLUSH: Duration = Duration::from_millis(50);
 const ROUTES_EVERY: Duration = Duration::from_millis(500);
 /// Summaries kept for jobs with no correlator yet (oldest dropped first).
 const UNROUTED_MAX: usize = 50_000;
+/// Distinct metric series one flush (`FLUSH`) carries at most; a scrape
+/// with more (a misconfigured exporter, label cardinality run away) has the
+/// rest dropped and counted in `metrics_dropped`. A full dcgm-exporter and
+/// node-exporter of an 8-GPU node export a few thousand.
+pub const METRICS_MAX: usize = 65_536;
+/// Jobs whose last record the sensor remembers having told the controller.
+/// Past it, ended jobs are forgotten first, then all: telling a job again is
+/// harmless (the controller finds it unchanged).
+pub const JOBS_SENT_MAX: usize = 4096;
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Batches from the push endpoint waiting for the sensor; when full the
 /// oldest is dropped and counted (`SensorStats::push_dropped`).
@@ -111,6 +120,11 @@ pub struct SensorStats {
     pub push_refused_foreign_job: u64,
     /// Push batches dropped (oldest first) at `PUSH_QUEUE`.
     pub push_dropped: u64,
+    /// Metric series dropped at `METRICS_MAX` in one flush.
+    pub metrics_dropped: u64,
+    /// GPU finding reports dropped because `report::REPORTS_MAX` waited for
+    /// the controller.
+    pub reports_dropped: u64,
     /// Records naming a job refused on the push socket because their
     /// sender belongs to no Slurm job, or to one not known (`unattributed`).
     pub push_refused_unattributed: u64,
@@ -143,7 +157,7 @@ pub struct SensorState {
     gpu_watch: Engine,
     found: Vec<Finding>,
     /// To the one task that delivers the watch's findings, in order.
-    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    reports: crate::report::Reports,
 }
 
 impl Actor for SensorActor {
@@ -163,7 +177,7 @@ impl Actor for SensorActor {
         if let Some(w) = cfg.window_len {
             edge_cfg.window_len = w.max(1);
         }
-        let (reports, queue) = tokio::sync::mpsc::unbounded_channel();
+        let (reports, queue) = crate::report::channel(Arc::default());
         tokio::spawn(deliver(client.clone(), queue));
         let mut state = SensorState {
             gpu_watch: Engine::with_scope(keel_detect::Config::default(), Scope::Node),
@@ -298,6 +312,10 @@ impl Actor for SensorActor {
                 s.edge_jobs_dropped = state.edge.stats.jobs_dropped;
                 s.edge_ranks_dropped = state.edge.stats.ranks_dropped;
                 s.push_dropped = state.intake.dropped();
+                s.reports_dropped = state
+                    .reports
+                    .dropped
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 let _ = reply.send(s);
             }
         }
@@ -372,7 +390,11 @@ impl SensorState {
             }
             Record::Metric(m) => {
                 let key = format!("{}{:?}", m.name.wire(), m.labels);
-                self.metrics.insert(key, m.clone());
+                if self.metrics.len() >= METRICS_MAX && !self.metrics.contains_key(&key) {
+                    self.stats.metrics_dropped += 1;
+                } else {
+                    self.metrics.insert(key, m.clone());
+                }
                 self.watch(r);
             }
             Record::Job(j) => {
@@ -399,6 +421,12 @@ impl SensorState {
         }
         if j.state.is_finished() {
             self.edge.end_job(&j.job);
+        }
+        if self.jobs_sent.len() >= JOBS_SENT_MAX {
+            self.jobs_sent.retain(|_, r| !r.state.is_finished());
+            if self.jobs_sent.len() >= JOBS_SENT_MAX {
+                self.jobs_sent.clear();
+            }
         }
         self.jobs_sent.insert(j.job.clone(), j.clone());
         let client = self.client.clone();

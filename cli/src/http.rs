@@ -279,6 +279,16 @@ pub fn sensor_probe(actor: ActorRef<sensor::SensorMsg>) -> Probe {
                         "collectives dropped at the edge's rank bound",
                         s.edge_ranks_dropped as f64,
                     ),
+                    (
+                        "reports_dropped_total",
+                        "GPU finding reports dropped while the controller did not answer",
+                        s.reports_dropped as f64,
+                    ),
+                    (
+                        "metrics_dropped_total",
+                        "metric series dropped past METRICS_MAX in one flush",
+                        s.metrics_dropped as f64,
+                    ),
                 ])
             })
         }),
@@ -338,6 +348,16 @@ pub fn correlator_probe(actor: ActorRef<correlator::HostMsg>) -> Probe {
                         "refused_implausible_total",
                         "summaries no sensor's edge could have made",
                         s.refused_implausible as f64,
+                    ),
+                    (
+                        "refused_undeclared_total",
+                        "summaries for a rank beyond the job's declared size",
+                        s.refused_undeclared as f64,
+                    ),
+                    (
+                        "reports_dropped_total",
+                        "finding reports dropped while the controller did not answer",
+                        s.reports_dropped as f64,
                     ),
                 ])
             })

@@ -63,6 +63,11 @@ pub const WINDOW_COUNT_MAX: u32 = 65_536;
 /// The longest step period a summary may carry, microseconds (ten
 /// minutes: no inference or training step takes longer).
 pub const STEP_MAX_US: u32 = 600_000_000;
+/// Longest job, node or operation name accepted, in bytes: a DNS name's
+/// limit (RFC 1035, 253). Slurm job ids and NCCL operation names are far
+/// shorter; a longer name is a forgery meant to fill memory (each held job
+/// keeps its name).
+pub const NAME_LEN_MAX: usize = 253;
 
 /// Whether a window summary that arrived from the network could have come
 /// from [`EdgeAggregator`] on a sensor whose clock is `now` (seconds, the
@@ -78,6 +83,12 @@ pub const STEP_MAX_US: u32 = 600_000_000;
 /// fed by replayed traces): the distance to it is then not checked.
 pub fn check_summary(s: &Summary, now: Option<f64>) -> Result<(), String> {
     let gap_us = CLOCK_GAP_MAX_S * 1e6;
+    if s.job.len() > NAME_LEN_MAX || s.node.len() > NAME_LEN_MAX {
+        return Err(format!(
+            "job or node name of {} bytes (at most {NAME_LEN_MAX})",
+            s.job.len().max(s.node.len())
+        ));
+    }
     if !s.window_end.is_finite() {
         return Err(format!("window_end {} is not a time", s.window_end));
     }
@@ -176,8 +187,9 @@ impl EdgeAggregator {
     /// (sensor clock); windows it completes are appended to `out`.
     pub fn push(&mut self, c: &CollectiveRecord, received: f64, out: &mut Vec<Summary>) {
         self.stats.events += 1;
-        let plausible =
-            (c.ts - received).abs() <= CLOCK_GAP_MAX_S && (0.0..=DUR_MAX_US).contains(&c.dur_us);
+        let plausible = (c.ts - received).abs() <= CLOCK_GAP_MAX_S
+            && (0.0..=DUR_MAX_US).contains(&c.dur_us)
+            && c.job.len().max(c.node.len()).max(c.op.len()) <= NAME_LEN_MAX;
         if !plausible {
             self.stats.implausible += 1;
             return;

@@ -2,7 +2,9 @@
 //! (the push endpoint), so what a datagram says must never cost more than
 //! a bounded amount of memory, nor move the job's clock.
 
-use keel_detect::edge::{EdgeAggregator, EdgeConfig, CLOCK_GAP_MAX_S, RANKS_PER_JOB_MAX};
+use keel_detect::edge::{
+    check_summary, EdgeAggregator, EdgeConfig, CLOCK_GAP_MAX_S, NAME_LEN_MAX, RANKS_PER_JOB_MAX,
+};
 use keel_model::CollectiveRecord;
 
 const T0: f64 = 1_800_000_000.0;
@@ -64,4 +66,26 @@ fn stamps_far_from_the_sensors_clock_and_absurd_durations_are_refused() {
     }
     assert_eq!(out.len(), 2);
     assert!(out.iter().all(|s| (s.window_end - T0).abs() < 1.0));
+}
+
+#[test]
+fn names_longer_than_a_dns_name_are_refused_at_the_edge_and_at_the_correlator() {
+    let mut edge = EdgeAggregator::new(EdgeConfig::default());
+    let mut out = Vec::new();
+    let long = "j".repeat(NAME_LEN_MAX + 1);
+    edge.push(&coll(&long, 0, 0, T0, 900.0), T0, &mut out);
+    let mut op = coll("j", 0, 0, T0, 900.0);
+    op.op = "x".repeat(60_000).into();
+    edge.push(&op, T0, &mut out);
+    assert_eq!(edge.stats.implausible, 2);
+    // A name at the bound is a name.
+    let fine = "j".repeat(NAME_LEN_MAX);
+    edge.push(&coll(&fine, 0, 0, T0, 900.0), T0, &mut out);
+    edge.push(&coll(&fine, 0, 1, T0 + 0.03, 900.0), T0 + 0.03, &mut out);
+    assert_eq!(out.len(), 1);
+    let mut s = out[0].clone();
+    assert!(check_summary(&s, Some(T0)).is_ok());
+    s.job = long.into();
+    let why = check_summary(&s, Some(T0)).unwrap_err();
+    assert!(why.contains("254 bytes"), "{why}");
 }

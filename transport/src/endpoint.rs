@@ -193,6 +193,24 @@ async fn accept_loop(
                     return;
                 }
             };
+            let held = live.lock().map_or(0, |mut l| {
+                l.retain(|c| !c.is_closed());
+                l.iter()
+                    .filter(|c| c.peer().role == peer.role && c.peer().name == peer.name)
+                    .count()
+            });
+            if held >= crate::CONNECTIONS_PER_PEER {
+                let detail = format!(
+                    "{}/{} already holds {held} connections (bound {})",
+                    peer.role,
+                    peer.name,
+                    crate::CONNECTIONS_PER_PEER
+                );
+                let reason = RefusalReason::TooManyConnections;
+                stats.refuse(&peer.to_string(), reason, &detail);
+                Connection::refuse(&conn, reason, &detail);
+                return;
+            }
             stats.accepted.fetch_add(1, Ordering::Relaxed);
             tracing::info!(peer = %peer, "accepted");
             let (inbox_tx, inbox_rx) = inbox(opts.inbox_capacity);

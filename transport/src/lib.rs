@@ -39,6 +39,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use thiserror::Error;
 
+/// Connections one certificate identity (role and name) may hold open to one
+/// server at once; the next is refused as `too_many_connections`. A role
+/// process holds one or two (a [`Link`] and a reconnect not yet seen closed);
+/// the bound leaves room for reconnects within a QUIC idle timeout while a
+/// stolen or looping client cannot fill the server's memory with sessions.
+/// Checked when a connection is admitted: handshakes that complete at the
+/// same instant may each pass it.
+pub const CONNECTIONS_PER_PEER: usize = 16;
+
 /// Knobs shared by a server's or a client's connections.
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -23,6 +23,11 @@ pub enum RefusalReason {
     OversizeFrame,
     /// A frame that was truncated or did not decode.
     BadFrame,
+    /// The certificate already holds [`CONNECTIONS_PER_PEER`] connections
+    /// to this endpoint.
+    ///
+    /// [`CONNECTIONS_PER_PEER`]: crate::CONNECTIONS_PER_PEER
+    TooManyConnections,
 }
 
 impl RefusalReason {
@@ -35,6 +40,7 @@ impl RefusalReason {
         RefusalReason::WrongRole,
         RefusalReason::OversizeFrame,
         RefusalReason::BadFrame,
+        RefusalReason::TooManyConnections,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +53,7 @@ impl RefusalReason {
             RefusalReason::WrongRole => "wrong_role",
             RefusalReason::OversizeFrame => "oversize_frame",
             RefusalReason::BadFrame => "bad_frame",
+            RefusalReason::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -64,7 +71,7 @@ impl fmt::Display for RefusalReason {
 /// Counters shared by an endpoint and all its connections.
 #[derive(Debug, Default)]
 pub struct Stats {
-    refused: [AtomicU64; 8],
+    refused: [AtomicU64; 9],
     /// Telemetry summaries dropped, oldest first, because the queue was full.
     pub telemetry_dropped: AtomicU64,
     /// Telemetry summaries written to a stream.

@@ -235,3 +235,55 @@ async fn a_server_with_the_right_name_but_another_role_is_refused() {
         .unwrap()
         .is_ok());
 }
+
+#[tokio::test]
+async fn one_certificate_holds_at_most_connections_per_peer() {
+    use keel_transport::CONNECTIONS_PER_PEER;
+    let cluster = Cluster::new();
+    let mut server = cluster.server(Role::Controller, "ctl-1", Options::default());
+    let addr = server.local_addr().unwrap();
+    let client = cluster.client(Role::Sensor, "s-greedy", Options::default());
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS_PER_PEER {
+        let c = client.connect(addr, "ctl-1").await.unwrap();
+        held.push((c, server.accept().await.unwrap()));
+    }
+    let refused = client.connect(addr, "ctl-1").await;
+    // The refusal lands as the connection's close: the client learns it at
+    // connect or at its first request.
+    let err = match refused {
+        Err(e) => e,
+        Ok((conn, _inbox)) => conn
+            .request(Message::Ping, GUARD)
+            .await
+            .expect_err("a connection past the bound was served"),
+    };
+    assert!(
+        err.to_string().contains("too_many_connections"),
+        "the client's error does not name the bound: {err}"
+    );
+    eventually("the refusal to be counted", || {
+        server.stats.refused(RefusalReason::TooManyConnections) == 1
+    })
+    .await;
+    // Another certificate is not affected by this one's bound.
+    let other = cluster.client(Role::Sensor, "s-other", Options::default());
+    other.connect(addr, "ctl-1").await.unwrap();
+    // Once one of its connections closes, the greedy peer may connect again.
+    let ((conn, _inbox), _) = held.pop().unwrap();
+    conn.close_gracefully(Duration::from_millis(100)).await;
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(ok) = client.connect(addr, "ctl-1").await {
+            if ok.0.request(Message::Ping, GUARD).await.is_ok() {
+                again = Some(ok);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        again.is_some(),
+        "a closed connection still counted against the bound"
+    );
+}
