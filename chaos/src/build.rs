@@ -231,6 +231,50 @@ impl Builder {
         Some((onset, end))
     }
 
+    /// Two straggler episodes on one rank, the second of another cause and
+    /// beginning `gap_s` after the first ends: sooner than a finding takes
+    /// to clear, so the second starts under the first one's open finding
+    /// and must get a finding of its own. Times in seconds of the trace;
+    /// `None` when the job has no room for both.
+    pub fn back_to_back(
+        &mut self,
+        job: usize,
+        rank: u32,
+        kinds: [Kind; 2],
+        lo: f64,
+        gap_s: f64,
+    ) -> Option<(f64, f64)> {
+        if !kinds.iter().all(|k| self.fits(job, *k)) {
+            return None;
+        }
+        let node = self.cluster.jobs[job].ranks[rank as usize].node;
+        let lo = lo
+            .max(EARLIEST_ONSET)
+            .max(self.cluster.jobs[job].first_step() - self.cluster.ts0 + 5.0);
+        let hi = self.cluster.jobs[job].end_time() - self.cluster.ts0;
+        let len = (
+            self.straggler_len.0 * 2.0 + gap_s,
+            self.straggler_len.1 * 2.0 + gap_s,
+        );
+        let (start, end) = self.window(&[Res::Job(job), Res::Node(node)], len, lo, hi)?;
+        let split = start + (end - start - gap_s) / 2.0;
+        for (kind, onset, end) in [(kinds[0], start, split), (kinds[1], split + gap_s, end)] {
+            let symptom = self.symptom(kind);
+            let slowdown = self.rng.uni(0.05, 0.5);
+            self.episodes.push(Episode {
+                fault: Fault::Straggler {
+                    job,
+                    rank,
+                    slowdown,
+                    symptom,
+                },
+                onset,
+                end,
+            });
+        }
+        Some((start, end))
+    }
+
     /// `n` stragglers over `jobs`, each of a kind drawn from `kinds`, one
     /// after another (episodes of different jobs may overlap).
     pub fn stragglers(&mut self, jobs: &[usize], n: usize, kinds: &[Kind]) -> usize {

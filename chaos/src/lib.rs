@@ -141,7 +141,10 @@ pub fn corpus() -> Vec<(&'static str, u64)> {
             "large" => &[],
             "straggler-pcie" | "straggler-host" | "straggler-network" | "straggler-gpu"
             | "straggler-no-dpu" => &[1, 2, 3],
-            "straggler-pcie-saturated" | "straggler-host-launch" => &[1, 2],
+            "straggler-pcie-saturated"
+            | "straggler-host-launch"
+            | "straggler-back-to-back"
+            | "straggler-habitual" => &[1, 2],
             "straggler-tp2" | "straggler-cross-node" | "gpu-squatter" | "noisy" | "healthy" => {
                 &[1, 2]
             }

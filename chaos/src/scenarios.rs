@@ -26,6 +26,8 @@ pub static SCENARIOS: &[ScenarioInfo] = &[
     ScenarioInfo { name: "straggler-pcie-saturated", about: "every GPU streams from the host over a Gen4 x16 link; 2-3 stragglers whose link runs at 93-99% of capacity, doorbells 4-5x late, with DPUs" },
     ScenarioInfo { name: "straggler-host-launch", about: "the same streaming jobs; 2-3 stragglers whose doorbells come 5-8x late while the bus has room and CPU pressure stays calm, with DPUs" },
     ScenarioInfo { name: "straggler-no-gpu-signal", about: "two nodes whose dcgm-exporter is not scraped, no DPU: their stragglers (PCIe or GPU) must be attributed `unknown`" },
+    ScenarioInfo { name: "straggler-back-to-back", about: "TP=2 and TP=4 jobs on one node, no DPU: a straggler of one cause followed within a second, on the same rank, by one of another cause (each its own episode)" },
+    ScenarioInfo { name: "straggler-habitual", about: "TP=2 jobs whose one rank is 1.5-2.4% of a step late from its first collective (a habit, not a straggler), then real stragglers on either rank" },
     ScenarioInfo { name: "straggler-no-dpu", about: "exporters only: stragglers of every cause; network ones storm TCP retransmits too" },
     ScenarioInfo { name: "gpu-squatter", about: "a failed job's GPUs keep their memory and a hung job idles in RUNNING; model loads and idle GPUs as decoys" },
     ScenarioInfo { name: "kv-cache-saturation", about: "vLLM KV cache pinned near 1.0 while the waiting queue grows, then recovers" },
@@ -42,6 +44,7 @@ pub static SCENARIOS: &[ScenarioInfo] = &[
 fn default_duration(name: &str) -> f64 {
     match name {
         "straggler-tp2" => 200.0,
+        "straggler-back-to-back" => 150.0,
         "straggler-cross-node" => 170.0,
         "gpu-squatter" => 210.0,
         "mixed" => 180.0,
@@ -172,6 +175,40 @@ pub fn build(name: &str, seed: u64, opts: &GenOptions) -> Result<Plan, ChaosErro
             b.job(&[(2, ALL8)], serving());
             let n = b.rng.int(2, 4) as usize;
             b.stragglers(&[j0], n, ALL_KINDS);
+            b.nuisances(&Mix::low());
+            b
+        }
+        "straggler-back-to-back" => {
+            let mut b = Builder::new(seed, salt, d, 1, false);
+            b.straggler_len = (20.0, 25.0);
+            let j0 = b.job(&[(0, &[0, 1])], running());
+            let j1 = b.job(&[(0, &[4, 5, 6, 7])], running());
+            let kinds = [Kind::Gpu, Kind::Host, Kind::Pcie];
+            for (j, tp) in [(j0, 2), (j1, 4)] {
+                let first = *b.rng.pick(&kinds);
+                let others: Vec<Kind> = kinds.into_iter().filter(|k| *k != first).collect();
+                let second = *b.rng.pick(&others);
+                let rank = b.rng.int(0, tp - 1);
+                let gap = b.rng.uni(0.2, 1.0);
+                b.back_to_back(j, rank, [first, second], 20.0, gap);
+            }
+            b.nuisances(&Mix::low());
+            b
+        }
+        "straggler-habitual" => {
+            let mut b = Builder::new(seed, salt, d, 1, false);
+            b.straggler_len = (20.0, 30.0);
+            let j0 = b.job(&[(0, &[0, 1])], running());
+            let j1 = b.job(&[(0, &[2, 3])], running());
+            for j in [j0, j1] {
+                let r = b.rng.int(0, 1) as usize;
+                let habit = b.rng.uni(0.015, 0.024);
+                let job = &mut b.cluster.jobs[j];
+                job.bias[r] = habit;
+                job.bias[1 - r] = 0.0;
+            }
+            let n = b.rng.int(2, 3) as usize;
+            b.stragglers(&[j0, j1], n, &[Kind::Gpu, Kind::Host, Kind::Pcie]);
             b.nuisances(&Mix::low());
             b
         }

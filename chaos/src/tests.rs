@@ -190,9 +190,15 @@ fn straggler_episodes_of_one_job_keep_apart() {
                 .or_default()
                 .push((l.onset, l.end));
         }
+        // That scenario's point is an episode right after another.
+        let gap = if name == "straggler-back-to-back" {
+            0.2
+        } else {
+            20.0
+        };
         for w in by_job.values() {
             for pair in w.windows(2) {
-                assert!(pair[1].0 - pair[0].1 >= 20.0, "{name} {seed}: {w:?}");
+                assert!(pair[1].0 - pair[0].1 >= gap, "{name} {seed}: {w:?}");
             }
         }
     }

@@ -121,3 +121,94 @@ fn the_corpus_meets_the_detection_bar() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `keel eval --json` with `args`; its scores.
+fn eval(args: &[&str], paths: &[&std::path::Path]) -> Value {
+    let mut cmd = keel();
+    cmd.args(["eval", "--json"]).args(args);
+    for p in paths {
+        cmd.arg(p);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The live path (collectives summarised per window at each node's edge,
+/// as sensors do) held to the bar of docs/detection.md on the corpus, the
+/// real H200 trace and every case of `shared/data/cases`.
+#[test]
+fn the_live_path_meets_the_bar_everywhere() {
+    let dir = tmp("corpus-edge");
+    let gen = keel()
+        .args(["chaos", "corpus", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(gen.status.success());
+    let v = eval(&["--edge", "--per-trace", "--corpus"], &[&dir]);
+    let overall = &v["overall"];
+    assert_eq!(overall["false_positives"], 0, "a false alarm: {overall}");
+    for (kind, k) in v["kinds"].as_object().unwrap() {
+        let recall = k["recall"].as_f64().unwrap_or(0.0);
+        let precision = k["precision"].as_f64().unwrap_or(0.0);
+        assert!(recall >= 0.97, "{kind}: recall {recall}: {k}");
+        assert!(precision >= 0.97, "{kind}: precision {precision}: {k}");
+    }
+    let s = &v["kinds"]["tp_straggler"];
+    assert!(s["cause_accuracy"].as_f64().unwrap() >= 0.95, "{s}");
+    assert!(s["latency_p50"].as_f64().unwrap() <= 1.0, "{s}");
+    for (name, case) in v["cases"].as_object().unwrap() {
+        let Some(max) = case["kinds"]["tp_straggler"]["latency_max"].as_f64() else {
+            continue;
+        };
+        // A second episode found only by elimination (its predecessor's
+        // cause ruled out for a review span) waits for that: docs/detection.md.
+        let bar = if name.starts_with("straggler-back-to-back-") {
+            5.0
+        } else {
+            2.0
+        };
+        assert!(
+            max <= bar,
+            "{name}: a straggler found {max} s after its onset"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+
+    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    let mut traces = vec![shared.join("traces/h200x2-tp2")];
+    for entry in std::fs::read_dir(shared.join("cases")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.join("labels.jsonl").exists() {
+            traces.push(p);
+        }
+    }
+    for t in traces {
+        let v = eval(
+            &["--edge", "--trace"],
+            &[
+                &t.join("trace.jsonl"),
+                std::path::Path::new("--labels"),
+                &t.join("labels.jsonl"),
+            ],
+        );
+        let o = &v["overall"];
+        assert_eq!(o["recall"], 1.0, "{}: {o}", t.display());
+        assert_eq!(o["precision"], 1.0, "{}: {o}", t.display());
+        assert_eq!(o["false_positives"], 0, "{}: {o}", t.display());
+        let s = &v["kinds"]["tp_straggler"];
+        if !s.is_null() {
+            assert_eq!(s["cause_accuracy"], 1.0, "{}: {s}", t.display());
+            assert!(
+                s["latency_max"].as_f64().unwrap() <= 2.0,
+                "{}: {s}",
+                t.display()
+            );
+        }
+    }
+}

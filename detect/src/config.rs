@@ -51,6 +51,18 @@ pub struct StragglerConfig {
     pub incomplete_after_s: f64,
     /// Lateness above this share of the step makes the finding critical.
     pub critical_share: f64,
+    /// How often (s of trace time) an open, reported straggler is looked at
+    /// again: a new episode may begin under an open one (another cause on
+    /// the same rank) and must not be swallowed by it.
+    pub review_every_s: f64,
+    /// The span (s) a review attributes over: the last few seconds, judged
+    /// against what came before them, the open episode's own start
+    /// included, so a cause that was already there does not stand out again.
+    pub review_span_s: f64,
+    /// A lateness this many times the one at the previous reviews is a new
+    /// episode: a rank whose delay doubles within seconds has met another
+    /// bottleneck, or a worse one, and is reported again.
+    pub lateness_jump: f64,
     /// How a concluded straggler is attributed to a cause.
     pub attribution: AttributionConfig,
 }
@@ -91,6 +103,9 @@ impl Default for StragglerConfig {
             attribution_grace_s: 1.5,
             incomplete_after_s: 2.0,
             critical_share: 0.2,
+            review_every_s: 0.5,
+            review_span_s: 2.0,
+            lateness_jump: 2.0,
             attribution: AttributionConfig::default(),
         }
     }

@@ -115,6 +115,11 @@ impl Reported {
         });
     }
 
+    /// The cause of the reported finding, if one was reported.
+    pub fn cause(&self) -> Option<keel_model::Cause> {
+        self.0.as_ref().map(|f| f.cause)
+    }
+
     /// The clearing of the reported finding, at `now`; `None` when the
     /// episode reported nothing, since there is nothing to close then.
     pub fn clear(&mut self, now: Timestamp) -> Option<Finding> {

@@ -171,6 +171,10 @@ impl Engine {
         let ts = s.window_end - s.offset_us as f64 / 1e6;
         if ts.is_finite() {
             self.now = self.now.max(ts);
+            // A window's ranks left their last collective at its end: what
+            // the GPU watch needs to tell a hung job's held GPUs from a
+            // working one's, as raw collectives tell it.
+            self.topology.collective_seen(&s.job, ts);
         }
         if self.scope == Scope::Node {
             return;

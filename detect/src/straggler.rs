@@ -11,7 +11,7 @@
 //! them. A whole job slowing down leaves lateness unchanged; one-off spikes do
 //! not move a median.
 
-use crate::attribute::{attribute, Attribution, Site};
+use crate::attribute::{attribute, attribute_span, Attribution, Site};
 use crate::config::StragglerConfig;
 use crate::episode::{Episode, Reported, Step};
 use crate::signals::SignalStore;
@@ -30,6 +30,10 @@ struct Pending {
     first_ts: Timestamp,
     /// The step period the ranks measured themselves (window summaries).
     step_s: Option<f64>,
+    /// Collectives each entry stands for: 1 for single collectives, a
+    /// window's count for summaries, so that habits are learned at the same
+    /// pace per collective on both paths.
+    collectives: u32,
     /// (rank, dur_us, ts)
     entries: Vec<(u32, f64, Timestamp)>,
 }
@@ -45,11 +49,23 @@ struct RankTiming {
     /// little late: a slower PCIe switch hop, a busier NUMA node), learned
     /// slowly and only while no episode runs, so it never absorbs one.
     habit: Option<f64>,
+    /// Collectives the habit was learned from (saturating).
+    learned: u32,
     /// Concluded but not yet reported: waiting for attribution.
     unreported: Option<Timestamp>,
     reported: Reported,
     median_us: f64,
     period_s: f64,
+    /// When the open, reported episode was last reviewed, and its median
+    /// lateness (us) at the last two reviews (see `review`).
+    reviewed_at: Timestamp,
+    reviewed_us: [f64; 2],
+    /// Whether the reported finding's cause rested on positive evidence,
+    /// and the onset it was attributed from.
+    reported_decisive: bool,
+    reported_since: Timestamp,
+    /// Since when reviews have found the reported cause ruled out.
+    cause_gone: Option<Timestamp>,
 }
 
 impl RankTiming {
@@ -61,10 +77,16 @@ impl RankTiming {
             prev: None,
             episode: Episode::Idle,
             habit: None,
+            learned: 0,
             unreported: None,
             reported: Reported::default(),
             median_us: 0.0,
             period_s: 0.0,
+            reviewed_at: f64::NEG_INFINITY,
+            reviewed_us: [0.0; 2],
+            reported_decisive: false,
+            reported_since: 0.0,
+            cause_gone: None,
         }
     }
 }
@@ -162,7 +184,7 @@ impl StragglerDetector {
             seq: rec.seq,
             ts: rec.ts,
         };
-        self.add(at, rec.dur_us, None, inp, out, cleared);
+        self.add(at, rec.dur_us, None, 1, inp, out, cleared);
     }
 
     /// One rank's window of collectives, summarised by its sensor: the
@@ -184,14 +206,16 @@ impl StragglerDetector {
             ts,
         };
         let step = (s.step_us > 0).then(|| s.step_us as f64 / 1e6);
-        self.add(at, s.dur_p50_us as f64, step, inp, out, cleared);
+        self.add(at, s.dur_p50_us as f64, step, s.count, inp, out, cleared);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         rec: At,
         dur_us: f64,
         step_s: Option<f64>,
+        collectives: u32,
         inp: &Inputs,
         out: &mut Vec<Finding>,
         cleared: &mut Vec<Finding>,
@@ -219,6 +243,7 @@ impl StragglerDetector {
         let pending = timing.pending.entry(rec.seq).or_insert_with(|| Pending {
             first_ts: rec.ts,
             step_s: None,
+            collectives: 1,
             entries: Vec::new(),
         });
         if pending.entries.iter().any(|e| e.0 == rec.rank) {
@@ -228,6 +253,7 @@ impl StragglerDetector {
         if step_s.is_some() {
             pending.step_s = step_s;
         }
+        pending.collectives = pending.collectives.max(collectives.clamp(1, 1 << 16));
         let expected = inp
             .topology
             .job(rec.job)
@@ -323,6 +349,8 @@ fn judge(
     // straggles, its peers' lateness is deeply negative and says nothing of
     // their healthy habit.
     let quiet = timing.ranks.values().all(|r| r.episode == Episode::Idle);
+    // One entry standing for n collectives weighs as n would.
+    let weight = 1.0 - (1.0 - cfg.habit_weight).powi(pending.collectives as i32);
     for (pos, &i) in order.iter().enumerate() {
         let (rank, dur, ts) = entries[i];
         let Some(rt) = timing.ranks.get_mut(&rank) else {
@@ -331,8 +359,14 @@ fn judge(
         let late = median_without(&sorted, pos) - dur;
         rt.lateness.push(late);
         if quiet {
+            // A plain mean of the first collectives, then the slow average:
+            // a habit is known within the job's first seconds, not only
+            // after the average's time constant (~500 collectives).
+            let n = pending.collectives;
+            rt.learned = rt.learned.saturating_add(n);
+            let w = weight.max(f64::from(n) / f64::from(rt.learned));
             rt.habit = Some(match rt.habit {
-                Some(h) => h + (late - h) * cfg.habit_weight,
+                Some(h) => h + (late - h) * w,
                 None => late,
             });
         }
@@ -391,7 +425,7 @@ fn judge(
                 // Cleared before attribution settled: still report it, since
                 // it was concluded.
                 if let Some(since) = rt.unreported.take() {
-                    report(cfg, job, rank, since, true, timing, inp, out);
+                    report(cfg, job, rank, since, true, None, timing, inp, out);
                 }
                 let rt = timing.ranks.get_mut(&rank).expect("listed above");
                 cleared.extend(rt.reported.clear(inp.now));
@@ -400,9 +434,123 @@ fn judge(
             Step::Nothing => {}
         }
         if let Some(since) = timing.ranks[&rank].unreported {
-            report(cfg, job, rank, since, false, timing, inp, out);
+            report(cfg, job, rank, since, false, None, timing, inp, out);
+        } else if holds && excess >= threshold {
+            // Only a rank that is late enough to conclude now can start a
+            // new episode (not one on its way back to its habit).
+            review(cfg, job, rank, timing, inp, out, cleared);
         }
     }
+}
+
+/// Looks again at an open, reported straggler (every `review_every_s`): a
+/// new cause that decides over the last `review_span_s`, or a lateness
+/// `lateness_jump` times the one of the previous reviews, is a new episode
+/// under the open one. The open finding is then cleared and the new one
+/// reported (attributed like any other, from `review_span_s` ago), so a
+/// `host` episode that begins while a `gpu` one is open gets its own
+/// finding and its own mitigation.
+#[allow(clippy::too_many_arguments)]
+fn review(
+    cfg: &StragglerConfig,
+    job: &Name,
+    rank: u32,
+    timing: &mut JobTiming,
+    inp: &Inputs,
+    out: &mut Vec<Finding>,
+    cleared: &mut Vec<Finding>,
+) {
+    let rt = &timing.ranks[&rank];
+    let Some(open_cause) = rt.reported.cause() else {
+        return;
+    };
+    if !rt.episode.is_open() || inp.now - rt.reviewed_at < cfg.review_every_s {
+        return;
+    }
+    // Against the higher of the last two reviews: a step up within a
+    // second, not a rise from one review's dip.
+    let before = rt.reviewed_us[0].max(rt.reviewed_us[1]);
+    let jumped = before > 0.0 && rt.median_us >= cfg.lateness_jump * before;
+    let was_decisive = rt.reported_decisive;
+    let rt = timing.ranks.get_mut(&rank).expect("present");
+    rt.reviewed_at = inp.now;
+    rt.reviewed_us = [rt.reviewed_us[1], rt.median_us];
+    if jumped {
+        // A new episode from now: attributed like any other, waiting for
+        // its cause (1 Hz exporters) as long as a new one may.
+        cleared.extend(rt.reported.clear(inp.now));
+        rt.unreported = Some(inp.now);
+        return;
+    }
+    // The last `review_span_s` judged two ways. Against what came before
+    // them, the open episode included: a cause that runs since the episode
+    // began no longer stands out against its own history, a new one does.
+    // Against the history before the reported onset: a cause that decided
+    // then and is now ruled out has ended, and what remains is judged on
+    // its own (the GPU by elimination, say).
+    let (who, peers) = sites(job, rank, timing, inp);
+    let from = inp.now - cfg.review_span_s;
+    let span = |before: Timestamp| {
+        attribute_span(
+            inp.signals,
+            &who,
+            &peers,
+            from,
+            before,
+            inp.now,
+            &cfg.attribution,
+        )
+    };
+    let recent = span(from);
+    let a = if recent.decisive && recent.cause != open_cause {
+        Some(recent)
+    } else if was_decisive {
+        // Ruled out at every review for another review span: causes such
+        // as pageable copies come in bursts, and one quiet span is no end.
+        let onset = timing.ranks[&rank].reported_since;
+        let b = span(onset - crate::attribute::BASELINE_GAP_S);
+        let gone = b.cause != open_cause && b.cause != keel_model::Cause::Unknown;
+        let rt = timing.ranks.get_mut(&rank).expect("present");
+        rt.cause_gone = if gone {
+            rt.cause_gone.or(Some(inp.now))
+        } else {
+            None
+        };
+        rt.cause_gone
+            .is_some_and(|t| inp.now - t >= cfg.review_span_s)
+            .then_some(b)
+    } else {
+        None
+    };
+    let changed = a.is_some();
+    if !changed {
+        return;
+    }
+    let rt = timing.ranks.get_mut(&rank).expect("present");
+    cleared.extend(rt.reported.clear(inp.now));
+    rt.unreported = Some(from);
+    report(cfg, job, rank, from, true, a, timing, inp, out);
+}
+
+/// Where `rank` and its peers sit: the job's placement where known, else
+/// the node their records came from.
+fn sites(job: &Name, rank: u32, timing: &JobTiming, inp: &Inputs) -> (Site, Vec<Site>) {
+    let placement = |r: u32, t: &RankTiming| -> Site {
+        let p = inp.topology.job(job).and_then(|j| j.ranks.get(&r));
+        Site {
+            node: p.map_or_else(|| t.node.clone(), |p| p.node.clone()),
+            gpu: p.and_then(|p| p.gpu),
+            nic: p.and_then(|p| p.nic.clone()),
+        }
+    };
+    let who = placement(rank, &timing.ranks[&rank]);
+    let peers: Vec<Site> = timing
+        .ranks
+        .iter()
+        .filter(|(r, _)| **r != rank)
+        .map(|(r, t)| placement(*r, t))
+        .collect();
+    (who, peers)
 }
 
 /// Attributes a concluded straggler and emits its finding once the cause is
@@ -414,32 +562,20 @@ fn report(
     rank: u32,
     since: Timestamp,
     force: bool,
+    given: Option<Attribution>,
     timing: &mut JobTiming,
     inp: &Inputs,
     out: &mut Vec<Finding>,
 ) {
-    let placement = |r: u32, t: &RankTiming| -> Site {
-        let p = inp.topology.job(job).and_then(|j| j.ranks.get(&r));
-        Site {
-            node: p.map_or_else(|| t.node.clone(), |p| p.node.clone()),
-            gpu: p.and_then(|p| p.gpu),
-            nic: p.and_then(|p| p.nic.clone()),
-        }
-    };
     let rt = &timing.ranks[&rank];
-    let who = placement(rank, rt);
-    let peers: Vec<Site> = timing
-        .ranks
-        .iter()
-        .filter(|(r, _)| **r != rank)
-        .map(|(r, t)| placement(*r, t))
-        .collect();
+    let (who, peers) = sites(job, rank, timing, inp);
     let Attribution {
         cause,
         confidence,
         decisive,
         evidence,
-    } = attribute(inp.signals, &who, &peers, since, inp.now, &cfg.attribution);
+    } = given
+        .unwrap_or_else(|| attribute(inp.signals, &who, &peers, since, inp.now, &cfg.attribution));
     let confirmed_at = since + cfg.confirm_s;
     if !(decisive || force || inp.now - confirmed_at >= cfg.attribution_grace_s) {
         return;
@@ -477,6 +613,11 @@ fn report(
     let rt = timing.ranks.get_mut(&rank).expect("present");
     rt.unreported = None;
     rt.reported.set(&f);
+    rt.reviewed_at = inp.now;
+    rt.reviewed_us = [rt.median_us; 2];
+    rt.reported_decisive = decisive;
+    rt.reported_since = since;
+    rt.cause_gone = None;
     out.push(f);
 }
 

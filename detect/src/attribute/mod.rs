@@ -54,7 +54,7 @@ pub struct Attribution {
 /// a cause starts at the onset, a little before lateness crosses the bar.
 const RECENT_LEAD_S: f64 = 1.5;
 /// The baseline ends this long before the suspicion, to stay clear of the onset.
-const BASELINE_GAP_S: f64 = 2.0;
+pub const BASELINE_GAP_S: f64 = 2.0;
 
 /// Attributes a straggler at `who` (peers at `peers`) whose lateness has been
 /// suspected since `since`; `now` is the current trace time.
@@ -66,11 +66,29 @@ pub fn attribute(
     now: Timestamp,
     cfg: &AttributionConfig,
 ) -> Attribution {
+    let from = since - RECENT_LEAD_S;
+    attribute_span(signals, who, peers, from, since - BASELINE_GAP_S, now, cfg)
+}
+
+/// Attributes over the samples from `from` to `now`, against each signal's
+/// history before `before` (and against peers over the same span): what
+/// [`attribute`] does around an onset, and what a review of an open
+/// straggler does over its last seconds, judged against what came before
+/// them (the open episode included).
+pub fn attribute_span(
+    signals: &SignalStore,
+    who: &Site,
+    peers: &[Site],
+    from: Timestamp,
+    before: Timestamp,
+    now: Timestamp,
+    cfg: &AttributionConfig,
+) -> Attribution {
     let cx = Ctx {
         signals,
-        from: since - RECENT_LEAD_S,
+        from,
         now,
-        before: since - BASELINE_GAP_S,
+        before,
     };
     let place = match who.gpu {
         Some(g) => format!("{} gpu {g}", who.node),
