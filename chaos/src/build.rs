@@ -380,11 +380,21 @@ impl Builder {
         let Some((onset, end)) = self.window(&res, (30.0, 60.0), lo.max(EARLIEST_ONSET), hi) else {
             return false;
         };
+        // The cache climbs before it pins (the labelled onset): in half the
+        // episodes briefly, from a short queue; in half for up to 8 s, the
+        // queue already tens long when the cache pins.
+        let (lead_s, waiting_base) = if self.rng.chance(0.5) {
+            (self.rng.uni(1.0, 3.0), self.rng.uni(0.0, 3.0))
+        } else {
+            (self.rng.uni(4.0, 8.0), self.rng.uni(15.0, 35.0))
+        };
         let fault = Fault::KvSaturation {
             job,
-            waiting_peak: self.rng.uni(50.0, 300.0),
+            waiting_peak: waiting_base + self.rng.uni(50.0, 300.0),
             running: self.rng.uni(30.0, 60.0),
             usage: self.rng.uni(0.975, 1.0),
+            lead_s,
+            waiting_base,
         };
         self.episodes.push(Episode { fault, onset, end });
         true

@@ -269,12 +269,15 @@ pub fn node_fx(plan: &Plan, node: usize, t: f64) -> NodeFx {
 #[derive(Clone, Copy, Debug)]
 pub enum ServerFx {
     Normal,
+    /// `elapsed` is negative while the cache climbs before it pins.
     Saturated {
         elapsed: f64,
         len: f64,
         waiting_peak: f64,
         running: f64,
         usage: f64,
+        lead_s: f64,
+        waiting_base: f64,
     },
     Stalled {
         waiting_rate: f64,
@@ -282,13 +285,22 @@ pub enum ServerFx {
 }
 
 pub fn server_fx(plan: &Plan, job: usize, t: f64) -> ServerFx {
-    for ep in plan.job_episodes(job).filter(|e| e.active(t)) {
+    for ep in plan.job_episodes(job) {
+        let lead = match ep.fault {
+            Fault::KvSaturation { lead_s, .. } => lead_s,
+            _ => 0.0,
+        };
+        if !(ep.onset - lead <= t && t < ep.end) {
+            continue;
+        }
         match &ep.fault {
             Fault::KvSaturation {
                 job: j,
                 waiting_peak,
                 running,
                 usage,
+                lead_s,
+                waiting_base,
             } if *j == job => {
                 return ServerFx::Saturated {
                     elapsed: t - ep.onset,
@@ -296,6 +308,8 @@ pub fn server_fx(plan: &Plan, job: usize, t: f64) -> ServerFx {
                     waiting_peak: *waiting_peak,
                     running: *running,
                     usage: *usage,
+                    lead_s: *lead_s,
+                    waiting_base: *waiting_base,
                 }
             }
             Fault::EngineStall {

@@ -70,11 +70,16 @@ pub enum Fault {
         job: usize,
         fb_frac: f64,
     },
+    /// The cache climbs for `lead_s` before the labelled onset (the moment
+    /// it pins) while the queue builds to `waiting_base`; from the onset it
+    /// stays pinned at `usage` and the queue grows to `waiting_peak`.
     KvSaturation {
         job: usize,
         waiting_peak: f64,
         running: f64,
         usage: f64,
+        lead_s: f64,
+        waiting_base: f64,
     },
     EngineStall {
         job: usize,

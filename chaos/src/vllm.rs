@@ -67,17 +67,33 @@ impl ServerSim {
             }
             ServerFx::Saturated {
                 elapsed,
+                running,
+                lead_s,
+                waiting_base,
+                ..
+            } if elapsed < 0.0 => {
+                // Climbing: the cache fills towards (not yet at) full while
+                // the queue builds.
+                let done = (1.0 + elapsed / lead_s.max(1e-3)).clamp(0.0, 1.0);
+                let target = self.kv_mu + (0.92 - self.kv_mu) * done;
+                self.kv += 0.5 * (target - self.kv) + rng.normal(0.0, 0.003);
+                self.kv = self.kv.min(0.93);
+                self.waiting = (waiting_base * done * rng.uni(0.9, 1.1)).round();
+                self.running = (running + rng.normal(0.0, 2.0)).clamp(30.0, 60.0);
+            }
+            ServerFx::Saturated {
+                elapsed,
                 len,
                 waiting_peak,
                 running,
                 usage,
+                waiting_base,
+                ..
             } => {
-                self.kv += 0.5 * (usage - self.kv) + rng.normal(0.0, 0.003);
-                if elapsed >= 2.0 {
-                    self.kv = self.kv.clamp(0.97, 1.0);
-                }
-                self.kv = self.kv.min(1.0);
-                self.waiting = (waiting_peak * (elapsed / len) * rng.uni(0.9, 1.1)
+                // Pinned from the onset.
+                self.kv = (usage + rng.normal(0.0, 0.003)).clamp(0.97, 1.0);
+                self.waiting = (waiting_base
+                    + (waiting_peak - waiting_base) * (elapsed / len) * rng.uni(0.9, 1.1)
                     + rng.uni(0.0, 2.0))
                 .round();
                 self.running = (running + rng.normal(0.0, 2.0)).clamp(30.0, 60.0);

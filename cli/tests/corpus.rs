@@ -161,6 +161,10 @@ fn the_live_path_meets_the_bar_everywhere() {
     }
     let s = &v["kinds"]["tp_straggler"];
     assert!(s["cause_accuracy"].as_f64().unwrap() >= 0.95, "{s}");
+    // The generator scrapes vLLM once a second and labels the moment the
+    // cache pins: concluded within two scrapes of it.
+    let kv = &v["kinds"]["kv_cache_saturation"];
+    assert!(kv["latency_max"].as_f64().unwrap() <= 2.0, "{kv}");
     assert!(s["latency_p50"].as_f64().unwrap() <= 1.0, "{s}");
     for (name, case) in v["cases"].as_object().unwrap() {
         let Some(max) = case["kinds"]["tp_straggler"]["latency_max"].as_f64() else {

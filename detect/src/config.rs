@@ -238,10 +238,10 @@ pub struct EngineConfig {
     pub kv_clear: f64,
     /// Waiting requests that make a queue worth watching.
     pub waiting_min: f64,
-    /// Growth of the waiting queue over `growth_window_s` that marks the onset
-    /// of queue instability (seed 001): absolute and relative.
+    /// Growth of the waiting queue (requests) that marks the onset of queue
+    /// instability (seed 001): along its trend over `growth_window_s` (s),
+    /// or over the last two scrapes when each of them rose.
     pub waiting_growth_abs: f64,
-    pub waiting_growth_rel: f64,
     pub growth_window_s: f64,
     /// Saturation must hold this long: two consecutive scrapes (~1 s apart),
     /// so one odd scrape never concludes.
@@ -259,7 +259,6 @@ impl Default for EngineConfig {
             kv_clear: 0.9,
             waiting_min: 5.0,
             waiting_growth_abs: 3.0,
-            waiting_growth_rel: 0.2,
             growth_window_s: 10.0,
             saturation_sustain_s: 0.9,
             stall_sustain_s: 0.9,

@@ -96,19 +96,17 @@ impl EngineHealthDetector {
         if s.name != MetricName::VllmRequestsRunning {
             return;
         }
-        let oldest_recent = e
+        // The ring holds its values in slot order, not time order.
+        let mut recent: Vec<(Timestamp, f64)> = e
             .waiting_history
             .values()
             .iter()
             .filter(|(ts, _)| *ts >= s.ts - cfg.growth_window_s)
-            .map(|p| p.1)
-            .fold(f64::INFINITY, f64::min);
-        let growth = waiting - oldest_recent;
-        let growing = growth
-            >= cfg
-                .waiting_growth_abs
-                .max(cfg.waiting_growth_rel * oldest_recent);
-
+            .copied()
+            .collect();
+        recent.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let oldest_recent = recent.first().map_or(waiting, |p| p.1);
+        let growing = queue_grows(&recent, cfg);
         let saturated = if e.saturation.is_open() {
             usage >= cfg.kv_clear && waiting >= 1.0
         } else {
@@ -136,8 +134,8 @@ impl EngineHealthDetector {
                         since
                     ),
                     format!(
-                        "waiting queue grew from {oldest_recent:.0} to {waiting:.0} in {:.0} s while {running:.0} requests run",
-                        cfg.growth_window_s
+                        "waiting queue went from {oldest_recent:.0} to {waiting:.0} in {:.0} s while {running:.0} requests run",
+                        recent.last().map_or(0.0, |l| l.0) - recent.first().map_or(0.0, |f| f.0)
                     ),
                 ],
             )),
@@ -175,6 +173,34 @@ impl EngineHealthDetector {
 }
 
 /// The finding, remembered in `reported` for its clearing.
+/// Whether the waiting queue grows, judged on its trend: its least-squares
+/// slope over `growth_window_s` adds up to `waiting_growth_abs` requests or
+/// more (whatever the queue's length: with the cache pinned, a queue that
+/// keeps growing means arrivals outpace what the engine can admit), or it
+/// rose at each of the last two scrapes by `waiting_growth_abs` in all, for
+/// a growth that has only just begun. `recent` is oldest first.
+fn queue_grows(recent: &[(Timestamp, f64)], cfg: &EngineConfig) -> bool {
+    let n = recent.len();
+    if n < 3 {
+        return false;
+    }
+    let [a, b, c] = [recent[n - 3].1, recent[n - 2].1, recent[n - 1].1];
+    if b > a && c > b && c - a >= cfg.waiting_growth_abs {
+        return true;
+    }
+    let t0 = recent[0].0;
+    let (mt, mv) = recent.iter().fold((0.0, 0.0), |(st, sv), (t, v)| {
+        (st + (t - t0) / n as f64, sv + v / n as f64)
+    });
+    let (mut cov, mut var) = (0.0, 0.0);
+    for (t, v) in recent {
+        cov += (t - t0 - mt) * (v - mv);
+        var += (t - t0 - mt) * (t - t0 - mt);
+    }
+    let span = recent[n - 1].0 - t0;
+    var > 0.0 && cov / var * span >= cfg.waiting_growth_abs
+}
+
 fn finding(
     reported: &mut Reported,
     kind: FindingKind,
