@@ -275,6 +275,28 @@ impl Builder {
         Some((start, end))
     }
 
+    /// A rank of `job` frozen for 10-25 s before a collective (its peers
+    /// wait inside it), inside [`lo`, `hi`] seconds of the trace.
+    pub fn rank_stop(&mut self, job: usize, lo: f64, hi: f64) -> bool {
+        let tp = self.cluster.jobs[job].tp();
+        let rank = self.rng.int(0, tp - 1);
+        let node = self.cluster.jobs[job].ranks[rank as usize].node;
+        let lo = lo
+            .max(EARLIEST_ONSET)
+            .max(self.cluster.jobs[job].first_step() - self.cluster.ts0 + 5.0);
+        let hi = hi.min(self.cluster.jobs[job].end_time() - self.cluster.ts0);
+        let res = [Res::Job(job), Res::Node(node)];
+        let Some((onset, end)) = self.window(&res, (10.0, 25.0), lo, hi) else {
+            return false;
+        };
+        self.episodes.push(Episode {
+            fault: Fault::RankStop { job, rank },
+            onset,
+            end,
+        });
+        true
+    }
+
     /// `n` stragglers over `jobs`, each of a kind drawn from `kinds`, one
     /// after another (episodes of different jobs may overlap).
     pub fn stragglers(&mut self, jobs: &[usize], n: usize, kinds: &[Kind]) -> usize {

@@ -90,7 +90,11 @@ pub fn pause_until(plan: &Plan, job: usize, t: f64) -> Option<f64> {
     for ep in plan.job_episodes(job) {
         match &ep.fault {
             Fault::Hung { job: j, .. } if *j == job && t >= ep.onset => return Some(f64::INFINITY),
-            Fault::EngineStall { job: j, .. } if *j == job && ep.active(t) => return Some(ep.end),
+            Fault::EngineStall { job: j, .. } | Fault::RankStop { job: j, .. }
+                if *j == job && ep.active(t) =>
+            {
+                return Some(ep.end)
+            }
             _ => {}
         }
     }
@@ -136,6 +140,15 @@ pub fn gpu_activity(plan: &Plan, node: usize, gpu: u32, t: f64) -> Activity {
                 }
                 Fault::EngineStall { job: sj, .. } if *sj == job && ep.active(t) => {
                     return Activity::Stalled { job, rank }
+                }
+                // The frozen rank's GPU runs nothing; its peers' spin in
+                // the collective they wait in (busy).
+                Fault::RankStop { job: sj, rank: r }
+                    if *sj == job && *r == rank && ep.active(t) =>
+                {
+                    return Activity::Hung {
+                        fb_frac: j.fb_mib[rank as usize] / crate::cluster::FB_TOTAL_MIB,
+                    }
                 }
                 _ => {}
             }

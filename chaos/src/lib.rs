@@ -144,7 +144,8 @@ pub fn corpus() -> Vec<(&'static str, u64)> {
             "straggler-pcie-saturated"
             | "straggler-host-launch"
             | "straggler-back-to-back"
-            | "straggler-habitual" => &[1, 2],
+            | "straggler-habitual"
+            | "collective-hang" => &[1, 2],
             "straggler-tp2" | "straggler-cross-node" | "gpu-squatter" | "noisy" | "healthy" => {
                 &[1, 2]
             }

@@ -70,6 +70,13 @@ pub enum Fault {
         job: usize,
         fb_frac: f64,
     },
+    /// One rank stops (its process frozen) before a collective; its peers
+    /// wait inside that collective, their GPUs spinning, until it resumes
+    /// at the episode's end. No rank leaves a collective meanwhile.
+    RankStop {
+        job: usize,
+        rank: u32,
+    },
     /// The cache climbs for `lead_s` before the labelled onset (the moment
     /// it pins) while the queue builds to `waiting_base`; from the onset it
     /// stays pinned at `usage` and the queue grows to `waiting_peak`.
@@ -164,6 +171,15 @@ impl Episode {
                     ..base(FindingKind::GpuSquatter, Cause::Engine)
                 })
                 .collect(),
+            Fault::RankStop { job, rank } => {
+                let j = &cluster.jobs[*job];
+                vec![Label {
+                    job: Some(j.id.clone()),
+                    node: node_name(j.ranks[*rank as usize].node),
+                    rank: Some(*rank),
+                    ..base(FindingKind::CollectiveHang, Cause::Host)
+                }]
+            }
             Fault::KvSaturation { job, .. } => vec![Label {
                 node: node_name(cluster.server_node(*job)),
                 ..base(FindingKind::KvCacheSaturation, Cause::Engine)
@@ -302,9 +318,9 @@ impl Plan {
                     Some(*job),
                     vec![cluster.jobs[*job].ranks[*rank as usize].node],
                 ),
-                Fault::Squatter { job, .. } | Fault::Hung { job, .. } => {
-                    (Some(*job), cluster.jobs[*job].nodes())
-                }
+                Fault::Squatter { job, .. }
+                | Fault::Hung { job, .. }
+                | Fault::RankStop { job, .. } => (Some(*job), cluster.jobs[*job].nodes()),
                 Fault::KvSaturation { job, .. } | Fault::EngineStall { job, .. } => {
                     (Some(*job), vec![cluster.server_node(*job)])
                 }

@@ -28,6 +28,7 @@ pub static SCENARIOS: &[ScenarioInfo] = &[
     ScenarioInfo { name: "straggler-no-gpu-signal", about: "two nodes whose dcgm-exporter is not scraped, no DPU: their stragglers (PCIe or GPU) must be attributed `unknown`" },
     ScenarioInfo { name: "straggler-back-to-back", about: "TP=2 and TP=4 jobs on one node, no DPU: a straggler of one cause followed within a second, on the same rank, by one of another cause (each its own episode)" },
     ScenarioInfo { name: "straggler-habitual", about: "TP=2 jobs whose one rank is 1.5-2.4% of a step late from its first collective (a habit, not a straggler), then real stragglers on either rank" },
+    ScenarioInfo { name: "collective-hang", about: "a rank frozen for 10-25 s before a collective while its peers wait in it (GPUs spinning), on TP=2 and TP=8 jobs, twice" },
     ScenarioInfo { name: "straggler-no-dpu", about: "exporters only: stragglers of every cause; network ones storm TCP retransmits too" },
     ScenarioInfo { name: "gpu-squatter", about: "a failed job's GPUs keep their memory and a hung job idles in RUNNING; model loads and idle GPUs as decoys" },
     ScenarioInfo { name: "kv-cache-saturation", about: "vLLM KV cache pinned near 1.0 while the waiting queue grows, then recovers" },
@@ -192,6 +193,16 @@ pub fn build(name: &str, seed: u64, opts: &GenOptions) -> Result<Plan, ChaosErro
                 let gap = b.rng.uni(0.2, 1.0);
                 b.back_to_back(j, rank, [first, second], 20.0, gap);
             }
+            b.nuisances(&Mix::low());
+            b
+        }
+        "collective-hang" => {
+            let mut b = Builder::new(seed, salt, d, 2, false);
+            let j0 = b.job(&[(0, &[0, 1])], running());
+            let j1 = b.job(&[(1, ALL8)], running());
+            b.job(&[(0, HI4)], serving());
+            b.rank_stop(j0, 20.0, d / 2.0);
+            b.rank_stop(j1, d / 2.0, d);
             b.nuisances(&Mix::low());
             b
         }

@@ -9,6 +9,42 @@ pub struct Config {
     pub squatter: SquatterConfig,
     pub engine: EngineConfig,
     pub network: NetworkConfig,
+    pub hang: HangConfig,
+}
+
+/// When a job's silence is a `collective_hang` (`hang.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HangConfig {
+    /// Silence (s) that may be a hang, at the least: a few 1 Hz GPU
+    /// readings must fall inside it to tell the waiting ranks from the
+    /// stopped one.
+    pub min_silence_s: f64,
+    /// Silence as a multiple of the job's usual time between collectives
+    /// (or windows of them), whichever of the two is longer.
+    pub silence_intervals: f64,
+    /// Arrivals the usual interval is learned from before any silence is
+    /// judged.
+    pub min_arrivals: u32,
+    /// GPU utilisation (%) of a rank waiting in a collective: NCCL's kernel
+    /// spins, so the GPU reads fully busy.
+    pub busy_util: f64,
+    /// GPU utilisation (%) of a rank that launches nothing.
+    pub idle_util: f64,
+    /// How often (s of trace time) silences are looked for.
+    pub check_every_s: f64,
+}
+
+impl Default for HangConfig {
+    fn default() -> Self {
+        HangConfig {
+            min_silence_s: 3.0,
+            silence_intervals: 20.0,
+            min_arrivals: 16,
+            busy_util: 80.0,
+            idle_util: 10.0,
+            check_every_s: 0.5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

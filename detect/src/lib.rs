@@ -13,6 +13,7 @@ pub mod config;
 pub mod edge;
 pub mod engine_health;
 pub mod episode;
+pub mod hang;
 pub mod network;
 pub mod score;
 pub mod signals;
@@ -67,6 +68,7 @@ pub struct Engine {
     squatter: squatter::SquatterDetector,
     engine_health: engine_health::EngineHealthDetector,
     network: network::NetworkDetector,
+    hang: hang::HangDetector,
     scope: Scope,
     now: Timestamp,
     last_prune: Timestamp,
@@ -98,6 +100,7 @@ impl Engine {
             squatter: squatter::SquatterDetector::new(cfg.squatter),
             engine_health: engine_health::EngineHealthDetector::new(cfg.engine),
             network: network::NetworkDetector::new(cfg.network),
+            hang: hang::HangDetector::new(cfg.hang),
             now: f64::NEG_INFINITY,
             last_prune: f64::NEG_INFINITY,
             records: 0,
@@ -126,6 +129,7 @@ impl Engine {
                     let cleared = &mut self.cleared;
                     self.straggler.end_job(&job.job, self.now, cleared);
                     self.windowed.end_job(&job.job, self.now, cleared);
+                    self.hang.end_job(&job.job, self.now, cleared);
                 }
             }
             Record::Collective(c) => {
@@ -139,6 +143,7 @@ impl Engine {
                 };
                 if self.scope != Scope::Node {
                     self.straggler.push(c, &inputs, out, &mut self.cleared);
+                    self.hang.arrived(&c.job, c.ts, &mut self.cleared);
                 }
             }
             Record::Metric(m) => {
@@ -149,6 +154,10 @@ impl Engine {
                             .push(m, &self.topology, self.now, out, cleared);
                     }
                     if self.scope != Scope::Node {
+                        if m.name == keel_model::MetricName::GpuUtil {
+                            self.hang
+                                .check(self.now, &self.topology, &self.signals, out);
+                        }
                         self.engine_health.push(m, self.now, out, cleared);
                         self.network
                             .push(m, derived, &self.signals, self.now, out, cleared);
@@ -187,6 +196,7 @@ impl Engine {
         };
         self.windowed
             .push_window(s, ts, &inputs, out, &mut self.cleared);
+        self.hang.arrived(&s.job, ts, &mut self.cleared);
         self.findings += (out.len() - before) as u64;
     }
 

@@ -62,6 +62,7 @@ finding_kinds! {
     RdmaCreditStarvation => "rdma_credit_starvation", Node;
     KvTransferBottleneck => "kv_transfer_bottleneck", Job;
     EarlyStopSkew => "early_stop_skew", Job;
+    CollectiveHang => "collective_hang", Rank;
     // PCIe observer (seed 000, Table 3b)
     H2dStarvation => "h2d_starvation", Gpu;
     D2hBacklog => "d2h_backlog", Gpu;
