@@ -13,7 +13,9 @@
 //! - `push`: datagrams of trace records (JSON lines or MessagePack) that ranks
 //!   and agents send, such as collective timings; `push_peer` decides what
 //!   each sending process may report, by its Slurm job (`proc_job`);
-//! - `nvml`: GPU readings from the driver's NVML (the `nvml` feature).
+//! - `nvml`: GPU readings from the driver's NVML (the `nvml` feature);
+//! - `nccl_inspector`: NCCL's own per-rank collective records, tailed from
+//!   the NCCL Inspector profiler plugin's dump files.
 
 pub mod executors;
 pub mod proc_job;
@@ -29,6 +31,7 @@ pub use executors::{
 };
 
 pub use sources::linux::{IfaceFilter, LinuxError, LinuxSource, LinuxStats};
+pub use sources::nccl_inspector::{InspectorStats, InspectorTail, NcclInspectorConfig};
 pub use sources::nvml::{samples_of as nvml_samples_of, GpuReading, MemoryBytes};
 #[cfg(feature = "nvml")]
 pub use sources::nvml::{Nvml, NvmlError, NvmlStats};

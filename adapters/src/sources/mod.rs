@@ -2,6 +2,7 @@
 
 mod fast_line;
 pub mod linux;
+pub mod nccl_inspector;
 pub mod nvml;
 pub mod prometheus;
 pub mod push;
