@@ -1,7 +1,8 @@
 //! keel's edge to the outside world.
 //!
 //! Sources turn what a cluster emits into `keel_model::Record`s for the
-//! detectors; executors carry planned actions out (`executors/`: Slurm,
+//! detectors (`sources::SourceConfig` is the registry a sensor config
+//! names them from, by `type`); executors carry planned actions out (`executors/`: Slurm,
 //! HAProxy, a webhook, the NIC, a GPU's leftover processes). Each source
 //! is one module under `sources/`:
 //! - `replay`: a tolerant, streaming reader of the JSON Lines format of
@@ -41,3 +42,4 @@ pub use sources::push::{
 pub use sources::replay::{open_trace, read_all, ReadStats, TraceReader};
 pub use sources::scrape::{scrape, ScrapeError, ScrapeErrorKind, ScrapeTarget, Url};
 pub use sources::trace_line::{parse_line, LineError, Parsed};
+pub use sources::{Source, SourceConfig, SourceCounters, Timed};

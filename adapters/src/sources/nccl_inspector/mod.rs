@@ -136,6 +136,34 @@ impl NcclInspectorConfig {
     }
 }
 
+impl super::Source for NcclInspectorConfig {
+    fn describe(&self) -> String {
+        format!("NCCL Inspector dump files under {}", self.dir.display())
+    }
+
+    fn timed(&self, node: &Name) -> super::Opened {
+        let tail: Box<dyn super::Timed> = Box::new(InspectorTail::new(self.clone(), node));
+        Some(Ok((super::interval(self.interval_ms), tail)))
+    }
+}
+
+impl super::Timed for InspectorTail {
+    fn read(&mut self, _now: f64) -> Result<Vec<Record>, String> {
+        let mut out = Vec::new();
+        self.poll(&mut out)?;
+        Ok(out)
+    }
+
+    fn counters(&self) -> super::SourceCounters {
+        let s = &self.stats;
+        super::SourceCounters {
+            bad: s.bad_lines,
+            dropped: s.long_lines + s.files_refused + s.skips,
+            last_error: s.last_error.clone(),
+        }
+    }
+}
+
 /// What the source has read, since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct InspectorStats {
@@ -158,8 +186,10 @@ pub struct InspectorStats {
     pub files_without_job: u64,
     /// Files not followed because [`FILES_MAX`] were.
     pub files_refused: u64,
-    /// Bytes skipped in files more than [`LAG_MAX`] behind.
+    /// Bytes skipped in files more than [`LAG_MAX`] behind, and how many
+    /// times that happened.
     pub skipped_bytes: u64,
+    pub skips: u64,
     /// Files that shrank or were replaced, read again from their start.
     pub restarts: u64,
     /// The last bad line: `file:line: why`.
@@ -326,6 +356,7 @@ impl InspectorTail {
         if len - f.offset.min(len) > LAG_MAX {
             let to = len - LAG_MAX;
             self.stats.skipped_bytes += to - f.offset + f.partial.len() as u64;
+            self.stats.skips += 1;
             f.offset = to;
             f.partial.clear();
             f.resync = true;
