@@ -279,6 +279,16 @@ pub fn sensor_probe(actor: ActorRef<sensor::SensorMsg>) -> Probe {
                         "collectives dropped at the edge's rank bound",
                         s.edge_ranks_dropped as f64,
                     ),
+                    (
+                        "source_bad_total",
+                        "input the timed sources refused (bad lines, values out of range)",
+                        s.source_bad as f64,
+                    ),
+                    (
+                        "source_dropped_total",
+                        "input the timed sources dropped at their bounds",
+                        s.source_dropped as f64,
+                    ),
                 ])
             })
         }),
