@@ -290,3 +290,44 @@ fn a_line_longer_than_the_bound_is_skipped_and_the_next_read() {
     let s = tail.stats();
     assert_eq!((out.len(), s.long_lines, s.bad_lines), (1, 1, 0), "{s:?}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+    /// Whatever a dump file holds, the tail neither panics nor hands on a
+    /// collective outside the bounds: bytes of the real record cut, spliced
+    /// and overwritten at random, and random bytes.
+    #[test]
+    fn any_bytes_in_a_dump_file_are_read_without_panic_and_within_bounds(
+        cuts in proptest::collection::vec((0usize..1200, 0usize..1200, proptest::prelude::any::<u8>()), 0..8),
+        noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+    ) {
+        let line = one_line(&example("inspector-verbose.json"));
+        let mut bytes = line.clone().into_bytes();
+        for (at, len, b) in cuts {
+            let at = at.min(bytes.len());
+            let end = (at + len % 40).min(bytes.len());
+            bytes.splice(at..end, [b]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = dump(dir.path(), "1", 1);
+        let mut cfg = NcclInspectorConfig::new(dir.path());
+        cfg.from_start = true;
+        let mut tail = InspectorTail::new(cfg, &"n1".into());
+        f.write_all(&bytes).unwrap();
+        f.write_all(b"\n").unwrap();
+        f.write_all(&noise).unwrap();
+        f.write_all(b"\n").unwrap();
+        writeln!(f, "{line}").unwrap();
+        let mut out = Vec::new();
+        tail.poll(&mut out).unwrap();
+        for c in records(&out) {
+            proptest::prop_assert!(c.dur_us <= keel_detect::edge::DUR_MAX_US);
+            proptest::prop_assert!(c.ts.is_finite() && c.arrive <= c.ts);
+            proptest::prop_assert!(c.rank < 1 << 24);
+        }
+        let s = tail.stats();
+        proptest::prop_assert!(s.collectives >= 1, "the intact last line is read: {:?}", s);
+        proptest::prop_assert_eq!(s.lines, s.collectives + s.bad_lines + s.p2p + s.host_timed + s.other_comm);
+    }
+}
