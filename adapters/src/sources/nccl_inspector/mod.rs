@@ -184,7 +184,8 @@ pub struct InspectorStats {
     pub other_comm: u64,
     /// Files in no job's folder, not read.
     pub files_without_job: u64,
-    /// Files not followed because [`FILES_MAX`] were.
+    /// Files not followed because [`FILES_MAX`] were (counted at each
+    /// poll that sees them).
     pub files_refused: u64,
     /// Bytes skipped in files more than [`LAG_MAX`] behind, and how many
     /// times that happened.
@@ -245,7 +246,8 @@ impl InspectorTail {
     /// is appended to `out`. The error says why `dir` could not be listed
     /// (a file that cannot be read is skipped until it can).
     pub fn poll(&mut self, out: &mut Vec<Record>) -> Result<(), String> {
-        let found = self.scan()?;
+        let mut truncated = false;
+        let found = self.scan(&mut truncated)?;
         let first = !self.scanned;
         self.scanned = true;
         for f in self.files.values_mut() {
@@ -278,7 +280,11 @@ impl InspectorTail {
                 },
             );
         }
-        self.files.retain(|_, f| f.seen);
+        // A file gone from the listing is forgotten; when the listing was
+        // cut short, the files already followed are kept.
+        if !truncated {
+            self.files.retain(|_, f| f.seen);
+        }
         let live: std::collections::HashSet<&Name> = self.files.values().map(|f| &f.job).collect();
         self.comms.retain(|job, _| live.contains(job));
         self.stats.files = self.files.len() as u64;
@@ -299,8 +305,9 @@ impl InspectorTail {
         Ok(())
     }
 
-    /// The dump files under `dir`, each with its job.
-    fn scan(&mut self) -> Result<Vec<(PathBuf, Name)>, String> {
+    /// The dump files under `dir`, each with its job: at most
+    /// [`FILES_MAX`]; `truncated` says whether more were left out.
+    fn scan(&mut self, truncated: &mut bool) -> Result<Vec<(PathBuf, Name)>, String> {
         let dir = &self.cfg.dir;
         let entries =
             std::fs::read_dir(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
@@ -321,6 +328,10 @@ impl InspectorTail {
                         continue;
                     }
                     match &job {
+                        Some(_) if found.len() >= FILES_MAX => {
+                            self.stats.files_refused += 1;
+                            *truncated = true;
+                        }
                         Some(j) => found.push((p, j.clone())),
                         None => self.without_job(p),
                     }

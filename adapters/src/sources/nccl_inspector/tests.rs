@@ -291,6 +291,28 @@ fn a_line_longer_than_the_bound_is_skipped_and_the_next_read() {
     assert_eq!((out.len(), s.long_lines, s.bad_lines), (1, 1, 0), "{s:?}");
 }
 
+#[test]
+fn at_most_files_max_files_are_followed_and_the_rest_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let verbose = one_line(&example("inspector-verbose.json"));
+    for pid in 0..FILES_MAX as u32 + 3 {
+        writeln!(dump(dir.path(), "1", pid), "{verbose}").unwrap();
+    }
+    let mut cfg = NcclInspectorConfig::new(dir.path());
+    cfg.from_start = true;
+    let mut tail = InspectorTail::new(cfg, &"n1".into());
+    let mut out = Vec::new();
+    tail.poll(&mut out).unwrap();
+    let s = tail.stats().clone();
+    assert_eq!((s.files, s.files_refused), (FILES_MAX as u64, 3));
+    assert_eq!(out.len(), FILES_MAX);
+    // The files followed are not read again, nor forgotten.
+    out.clear();
+    tail.poll(&mut out).unwrap();
+    assert!(out.is_empty());
+    assert_eq!(tail.stats().files, FILES_MAX as u64);
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
 
