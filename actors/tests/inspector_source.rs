@@ -42,7 +42,7 @@ async fn inspector_records_reach_the_sensors_edge_and_a_bad_line_is_named() {
     let text = format!(
         "node = \"n1\"\ncredentials = \"{}\"\n\
          [[controllers]]\naddr = \"127.0.0.1:9\"\nname = \"ctl-1\"\n\
-         [[source]]\ntype = \"nccl_inspector\"\ndir = \"{}\"\ninterval_ms = 20\n",
+         [[source]]\ntype = \"nccl_inspector\"\ndir = \"{}\"\ninterval_ms = 20\nhostname = \"n1\"\n",
         creds.display(),
         dumps.display()
     );

@@ -1,6 +1,7 @@
 //! NCCL Inspector dump files, written line by line the way the profiler
 //! plugin writes them (NVIDIA's verbose example record, on one line, with
-//! each rank's own numbers), tailed by the source on each of two nodes and
+//! each rank's own numbers) into one folder both nodes share, tailed by
+//! the source of each node's sensor (each reading its own host's files) and
 //! fed through the sensor's edge aggregation into the detectors
 //! (`keel_detect::edge::EdgePipeline`, the live path without the network):
 //! a rank whose GPU reaches every all-reduce 4 ms late is found, and no
@@ -83,22 +84,23 @@ fn job_record() -> Record {
 #[test]
 fn a_straggler_in_inspector_records_reaches_a_finding_through_the_edge() {
     let t = template();
-    let roots: Vec<tempfile::TempDir> =
-        NODES.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    // One dump folder on a file system both nodes share, as the plugin's
+    // multi-node example has it; each sensor reads its own host's files.
+    let shared = tempfile::tempdir().unwrap();
     let mut tails: Vec<InspectorTail> = NODES
         .iter()
-        .zip(&roots)
-        .map(|((node, _), root)| {
-            InspectorTail::new(NcclInspectorConfig::new(root.path()), &(*node).into())
+        .map(|(node, _)| {
+            let mut cfg = NcclInspectorConfig::new(shared.path());
+            cfg.hostname = Some(node.to_string());
+            InspectorTail::new(cfg, &(*node).into())
         })
         .collect();
     let mut files: Vec<Vec<(u32, std::fs::File)>> = NODES
         .iter()
-        .zip(&roots)
-        .map(|((node, ranks), root)| {
+        .map(|(node, ranks)| {
             ranks
                 .iter()
-                .map(|&r| (r, dump_file(root.path(), node, r)))
+                .map(|&r| (r, dump_file(shared.path(), node, r)))
                 .collect()
         })
         .collect();
@@ -148,8 +150,8 @@ fn a_straggler_in_inspector_records_reaches_a_finding_through_the_edge() {
     for tail in &tails {
         let s = tail.stats();
         assert_eq!(
-            (s.bad_lines, s.other_comm, s.collectives),
-            (0, 0, COUNT * 2),
+            (s.bad_lines, s.other_comm, s.collectives, s.files_other_host),
+            (0, 0, COUNT * 2, 2),
             "{s:?}"
         );
     }

@@ -1,6 +1,7 @@
 //! NCCL Inspector records through a live cluster of real processes: 3
 //! `keel controller`, 1 `keel correlator` and 2 `keel sensor`, each sensor
-//! with a `type = "nccl_inspector"` source over its node's dump folder. A
+//! with a `type = "nccl_inspector"` source over one dump folder the nodes
+//! share, each reading its own host's files. A
 //! writer plays a 4-rank job's processes, appending one record per rank
 //! per all-reduce as the profiler plugin does (NVIDIA's verbose example
 //! record with each rank's numbers, on the wall clock); from the 6th
@@ -53,17 +54,18 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-/// Writes the job's records into `roots` (one per node) every 35 ms until
-/// `stop`; rank 3 is late from `onset` collectives on.
-fn play(roots: Vec<PathBuf>, onset: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// Writes the job's records into the shared folder `root` every 35 ms
+/// until `stop`, each rank's into `<node>-pid<pid>.log`; rank 3 is late
+/// from `onset` collectives on.
+fn play(root: PathBuf, onset: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let t = template();
         let mut files: Vec<(u32, std::fs::File)> = Vec::new();
-        for ((_, ranks), root) in NODES.iter().zip(&roots) {
-            let folder = root.join(format!("nccl-inspector-{JOB}"));
-            std::fs::create_dir_all(&folder).unwrap();
-            for &r in ranks {
-                let f = std::fs::File::create(folder.join(format!("host-pid{}.log", 100 + r)));
+        let folder = root.join(format!("nccl-inspector-{JOB}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        for (node, ranks) in NODES {
+            for r in ranks {
+                let f = std::fs::File::create(folder.join(format!("{node}-pid{}.log", 100 + r)));
                 files.push((r, f.unwrap()));
             }
         }
@@ -103,7 +105,7 @@ fn findings(c: &Cluster) -> Option<Vec<Value>> {
 fn sensor_config(c: &Cluster, dir: &Path, node: &str, root: &Path) -> PathBuf {
     let creds = c.issue("sensor", node);
     let cfg = format!(
-        "node = \"{node}\"\ncredentials = \"{}\"\n{}\n[[source]]\ntype = \"nccl_inspector\"\ndir = \"{}\"\ninterval_ms = 50\n",
+        "node = \"{node}\"\ncredentials = \"{}\"\n{}\n[[source]]\ntype = \"nccl_inspector\"\ndir = \"{}\"\ninterval_ms = 50\nhostname = \"{node}\"\n",
         creds.display(),
         c.controllers_toml(),
         root.display()
@@ -120,13 +122,12 @@ fn a_straggler_in_nccl_inspector_files_is_committed_by_a_live_cluster() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut c = Cluster::start(&dir, 3);
     c.start_correlators(&["corr-a"]);
-    let roots: Vec<PathBuf> = NODES
-        .iter()
-        .map(|(node, _)| dir.join(format!("inspector-{node}")))
-        .collect();
-    for ((node, _), root) in NODES.iter().zip(&roots) {
-        std::fs::create_dir_all(root).unwrap();
-        let path = sensor_config(&c, &dir, node, root);
+    // One dump folder on a file system both nodes share; each sensor
+    // reads its own host's files.
+    let root = dir.join("inspector");
+    std::fs::create_dir_all(&root).unwrap();
+    for (node, _) in NODES {
+        let path = sensor_config(&c, &dir, node, &root);
         c.spawn(&format!("sensor-{node}"), "sensor", &path);
     }
     wait_for(Duration::from_secs(30), || {
@@ -142,7 +143,7 @@ fn a_straggler_in_nccl_inspector_files_is_committed_by_a_live_cluster() {
     // Six seconds of healthy collectives, so that the ranks' habits are
     // learned; then the straggler.
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = play(roots, 170, stop.clone());
+    let writer = play(root, 170, stop.clone());
     let found = wait_for(Duration::from_secs(60), || {
         findings(&c).filter(|f| !f.is_empty())
     });

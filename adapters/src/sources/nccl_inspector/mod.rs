@@ -17,14 +17,16 @@
 //! appended to them. The job is the name of the folder that holds the
 //! file: `dir/<job>/` as above, or the plugin's own default
 //! `nccl-inspector-<job>` (a folder `nccl-inspector-unknown-jobid`, or a
-//! file directly in `dir`, names no job and is not read, counted).
+//! file directly in `dir`, names no job and is not read, counted). Only
+//! files named for this sensor's host are read, so that a dump folder on a
+//! shared file system gives each sensor its own node's ranks.
 //!
 //! ## Mapping onto the trace format's `collective` record
 //!
 //! | Inspector field | keel field | unit, what is lost |
 //! | --- | --- | --- |
 //! | (folder of the dump file) | `job` | the Slurm job id |
-//! | (the sensor's node) | `node` | `metadata.hostname` is not used: the files are this node's |
+//! | (the sensor's node) | `node` | only files named for this host are read (`hostname`); `metadata.hostname` is not used |
 //! | `header.rank` | `rank` | the rank in the communicator: the job's rank when the communicator is the job's widest (below) |
 //! | `coll_perf.coll_sn` | `seq` | NCCL's count of the communicator's collectives, the same on all its ranks |
 //! | `coll_perf.coll` | `op` | lower case: `AllReduce` → `allreduce` |
@@ -113,6 +115,13 @@ pub struct NcclInspectorConfig {
     /// each job's widest communicator.
     #[serde(default)]
     pub comm_name: Option<String>,
+    /// The host name in the dump files' names (`<hostname>-pid<pid>.log`,
+    /// from `gethostname()` on the ranks' node); only those files are read,
+    /// so that a dump folder on a shared file system, where every node's
+    /// processes write, gives each sensor its own node's. Default: this
+    /// machine's host name.
+    #[serde(default)]
+    pub hostname: Option<String>,
     /// Read the files present when the source starts from their start
     /// (default false: from their end, since what they hold is old; a
     /// file that appears later is always read from its start).
@@ -131,6 +140,7 @@ impl NcclInspectorConfig {
             dir: dir.into(),
             interval_ms: tenth(),
             comm_name: None,
+            hostname: None,
             from_start: false,
         }
     }
@@ -184,6 +194,9 @@ pub struct InspectorStats {
     pub other_comm: u64,
     /// Files in no job's folder, not read.
     pub files_without_job: u64,
+    /// Files another host's processes write (a dump folder on a shared
+    /// file system), not read.
+    pub files_other_host: u64,
     /// Files not followed because [`FILES_MAX`] were (counted at each
     /// poll that sees them).
     pub files_refused: u64,
@@ -216,21 +229,30 @@ pub struct InspectorTail {
     /// job -> (communicator id, n_ranks) taken.
     comms: HashMap<Name, (String, u32)>,
     scanned: bool,
-    unattributed: std::collections::HashSet<PathBuf>,
+    /// The host name in the files this sensor reads (`None`: every file).
+    host: Option<String>,
+    /// Files counted once as not read (no job, another host's).
+    ignored: std::collections::HashSet<PathBuf>,
     stats: InspectorStats,
 }
 
 impl InspectorTail {
     /// A tail for the sensor of `node`; nothing is read until [`poll`](Self::poll).
     pub fn new(cfg: NcclInspectorConfig, node: &Name) -> Self {
+        if cfg.hostname.is_none() && this_host().is_none() {
+            tracing::warn!(
+                "NCCL Inspector: this host's name is unknown; reading every host's dump files"
+            );
+        }
         InspectorTail {
-            cfg,
             node: node.clone(),
             files: HashMap::new(),
             comms: HashMap::new(),
             scanned: false,
-            unattributed: Default::default(),
+            host: cfg.hostname.clone().or_else(this_host),
+            ignored: Default::default(),
             stats: InspectorStats::default(),
+            cfg,
         }
     }
 
@@ -327,6 +349,10 @@ impl InspectorTail {
                     if !is_dump(&p) || !file.file_type().is_ok_and(|t| t.is_file()) {
                         continue;
                     }
+                    if !self.host.as_ref().is_none_or(|h| written_by(&p, h)) {
+                        self.other_host(p);
+                        continue;
+                    }
                     match &job {
                         Some(_) if found.len() >= FILES_MAX => {
                             self.stats.files_refused += 1;
@@ -344,9 +370,15 @@ impl InspectorTail {
     }
 
     fn without_job(&mut self, path: PathBuf) {
-        if self.unattributed.len() < FILES_MAX && self.unattributed.insert(path.clone()) {
+        if self.ignored.len() < FILES_MAX && self.ignored.insert(path.clone()) {
             self.stats.files_without_job += 1;
             tracing::warn!(file = %path.display(), "NCCL Inspector file in no job's folder: not read");
+        }
+    }
+
+    fn other_host(&mut self, path: PathBuf) {
+        if self.ignored.len() < FILES_MAX && self.ignored.insert(path) {
+            self.stats.files_other_host += 1;
         }
     }
 
@@ -485,6 +517,27 @@ impl InspectorTail {
             None => false,
         }
     }
+}
+
+/// Whether `path` is `<host>-pid<digits>.log`, a file the plugin of a
+/// process on `host` writes.
+fn written_by(path: &Path, host: &str) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    name.strip_prefix(host)
+        .and_then(|rest| rest.strip_prefix("-pid"))
+        .and_then(|rest| rest.strip_suffix(".log"))
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// This machine's host name, as `gethostname()` (which the plugin calls)
+/// gives it.
+fn this_host() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
 }
 
 /// A dump file's name: `<hostname>-pid<pid>.log`.

@@ -133,6 +133,37 @@ fn a_job_comes_from_the_dump_folder_name() {
     assert_eq!(job_of_folder(&"9".repeat(65)), None);
 }
 
+/// The source's config over `dir`, on the host that wrote the files.
+fn config(dir: impl Into<std::path::PathBuf>) -> NcclInspectorConfig {
+    let mut cfg = NcclInspectorConfig::new(dir);
+    cfg.hostname = Some("gpu-node-01".into());
+    cfg
+}
+
+#[test]
+fn only_this_hosts_files_are_read_from_a_shared_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let verbose = one_line(&example("inspector-verbose.json"));
+    let mut mine = dump(dir.path(), "7", 1);
+    let folder = dir.path().join("7");
+    for other in [
+        "gpu-node-02-pid1.log",
+        "gpu-node-0-pid1.log",
+        "gpu-node-01-pidx.log",
+    ] {
+        std::fs::write(folder.join(other), format!("{verbose}\n")).unwrap();
+    }
+    writeln!(mine, "{verbose}").unwrap();
+    let mut cfg = config(dir.path());
+    cfg.from_start = true;
+    let mut tail = InspectorTail::new(cfg, &"n1".into());
+    let mut out = Vec::new();
+    tail.poll(&mut out).unwrap();
+    tail.poll(&mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!((tail.stats().files, tail.stats().files_other_host), (1, 3));
+}
+
 /// A dump file as one process of a job writes it.
 fn dump(dir: &Path, job: &str, pid: u32) -> std::fs::File {
     let folder = dir.join(job);
@@ -156,7 +187,7 @@ fn records(out: &[Record]) -> Vec<&CollectiveRecord> {
 #[test]
 fn the_tail_reads_new_files_and_appended_lines_and_names_a_bad_line() {
     let dir = tempfile::tempdir().unwrap();
-    let mut tail = InspectorTail::new(NcclInspectorConfig::new(dir.path()), &"n1".into());
+    let mut tail = InspectorTail::new(config(dir.path()), &"n1".into());
     let mut out = Vec::new();
     tail.poll(&mut out).unwrap();
     assert!(out.is_empty());
@@ -216,7 +247,7 @@ fn only_the_jobs_widest_communicator_is_taken_unless_one_is_named() {
     writeln!(f, "{narrow}").unwrap();
     writeln!(f, "{verbose}").unwrap();
     writeln!(f, "{narrow}").unwrap();
-    let mut cfg = NcclInspectorConfig::new(dir.path());
+    let mut cfg = config(dir.path());
     cfg.from_start = true;
     let mut tail = InspectorTail::new(cfg.clone(), &"n1".into());
     let mut out = Vec::new();
@@ -245,7 +276,7 @@ fn files_present_at_start_are_read_from_their_end_and_strays_are_counted() {
     let mut unknown = dump(dir.path(), "nccl-inspector-unknown-jobid", 2);
     writeln!(unknown, "{verbose}").unwrap();
     std::fs::write(dir.path().join("host-pid3.log"), format!("{verbose}\n")).unwrap();
-    let mut tail = InspectorTail::new(NcclInspectorConfig::new(dir.path()), &"n1".into());
+    let mut tail = InspectorTail::new(config(dir.path()), &"n1".into());
     let mut out = Vec::new();
     tail.poll(&mut out).unwrap();
     assert!(out.is_empty(), "what was there at start is old");
@@ -264,13 +295,12 @@ fn files_present_at_start_are_read_from_their_end_and_strays_are_counted() {
     tail.poll(&mut out).unwrap();
     assert_eq!((out.len(), tail.stats().restarts), (1, 1));
 
-    assert!(InspectorTail::new(
-        NcclInspectorConfig::new(dir.path().join("no")),
-        &"n1".into()
-    )
-    .poll(&mut out)
-    .unwrap_err()
-    .contains("listing"));
+    assert!(
+        InspectorTail::new(config(dir.path().join("no")), &"n1".into())
+            .poll(&mut out)
+            .unwrap_err()
+            .contains("listing")
+    );
 }
 
 #[test]
@@ -278,7 +308,7 @@ fn a_line_longer_than_the_bound_is_skipped_and_the_next_read() {
     let dir = tempfile::tempdir().unwrap();
     let verbose = one_line(&example("inspector-verbose.json"));
     let mut f = dump(dir.path(), "1", 1);
-    let mut cfg = NcclInspectorConfig::new(dir.path());
+    let mut cfg = config(dir.path());
     cfg.from_start = true;
     let mut tail = InspectorTail::new(cfg, &"n1".into());
     let mut out = Vec::new();
@@ -298,7 +328,7 @@ fn at_most_files_max_files_are_followed_and_the_rest_counted() {
     for pid in 0..FILES_MAX as u32 + 3 {
         writeln!(dump(dir.path(), "1", pid), "{verbose}").unwrap();
     }
-    let mut cfg = NcclInspectorConfig::new(dir.path());
+    let mut cfg = config(dir.path());
     cfg.from_start = true;
     let mut tail = InspectorTail::new(cfg, &"n1".into());
     let mut out = Vec::new();
@@ -333,7 +363,7 @@ proptest::proptest! {
         }
         let dir = tempfile::tempdir().unwrap();
         let mut f = dump(dir.path(), "1", 1);
-        let mut cfg = NcclInspectorConfig::new(dir.path());
+        let mut cfg = config(dir.path());
         cfg.from_start = true;
         let mut tail = InspectorTail::new(cfg, &"n1".into());
         f.write_all(&bytes).unwrap();
