@@ -93,6 +93,9 @@ pub enum SensorMsg {
     Routes(Delta<Route>),
     /// What a push endpoint refused for who sent it, since its last report.
     PushRefused(keel_adapters::RecvStats),
+    /// What source `.0` (its place in the config) refused or dropped
+    /// since it was last started.
+    SourceCounters(usize, keel_adapters::SourceCounters),
     /// Counters, for status and tests.
     Stats(tokio::sync::oneshot::Sender<SensorStats>),
 }
@@ -130,6 +133,13 @@ pub struct SensorStats {
     pub push_refused_unattributed: u64,
     /// Push senders forgotten early to keep the cache of their jobs bounded.
     pub push_peers_evicted: u64,
+    /// Input the timed sources refused (did not parse, or out of range),
+    /// over each source's current run: NCCL Inspector lines, for one.
+    pub source_bad: u64,
+    /// Input the timed sources dropped at their bounds.
+    pub source_dropped: u64,
+    /// The last input a source refused, named (`file:line: why`).
+    pub source_last_error: Option<String>,
 }
 
 pub struct SensorActor;
@@ -146,6 +156,8 @@ pub struct SensorState {
     links: HashMap<String, Arc<Link>>,
     jobs_sent: HashMap<Name, JobRecord>,
     sources: HashMap<ActorId, (usize, Arc<AtomicU64>)>,
+    /// Each timed source's counters, by its place in the config.
+    source_counters: BTreeMap<usize, keel_adapters::SourceCounters>,
     /// The sources' clock at the last batch, and when that was.
     clock: Option<(f64, Instant)>,
     stats: SensorStats,
@@ -193,6 +205,7 @@ impl Actor for SensorActor {
             links: HashMap::new(),
             jobs_sent: HashMap::new(),
             sources: HashMap::new(),
+            source_counters: BTreeMap::new(),
             clock: None,
             stats: SensorStats::default(),
             routes_task: None,
@@ -304,8 +317,18 @@ impl Actor for SensorActor {
                     state.routes.insert(r.job.clone(), r);
                 }
             }
+            SensorMsg::SourceCounters(i, c) => {
+                if c.last_error.is_some() {
+                    state.stats.source_last_error = c.last_error.clone();
+                }
+                state.source_counters.insert(i, c);
+            }
             SensorMsg::Stats(reply) => {
                 let mut s = state.stats.clone();
+                for c in state.source_counters.values() {
+                    s.source_bad += c.bad;
+                    s.source_dropped += c.dropped;
+                }
                 s.events = state.edge.stats.events;
                 s.jobs_routed = state.routes.len() as u64;
                 s.edge_implausible = state.edge.stats.implausible;
@@ -356,6 +379,7 @@ async fn start_source(
 ) -> Result<()> {
     let args = SourceArgs {
         config: state.cfg.sources[i].clone(),
+        index: i,
         node: state.cfg.node.clone(),
         sensor: myself.clone(),
         progress: progress.clone(),

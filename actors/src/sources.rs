@@ -4,119 +4,26 @@
 
 use crate::sensor::SensorMsg;
 use anyhow::{Context, Result};
-use keel_adapters::{LinuxSource, PushAddr, PushEndpoint, PushOptions, ScrapeTarget, TraceReader};
+use keel_adapters::sources::push::PushConfig;
+use keel_adapters::sources::replay::ReplayConfig;
+use keel_adapters::{PushAddr, PushEndpoint, PushOptions, SourceCounters, Timed, TraceReader};
 use keel_model::{Name, Record};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde::Deserialize;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One `[[source]]` table of a sensor's config.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SourceConfig {
-    /// A recorded trace (`spec/trace-format.md`), played in real time or
-    /// faster; only the records of this sensor's node are taken.
-    Replay {
-        path: PathBuf,
-        /// Trace seconds per wall second.
-        #[serde(default = "one")]
-        speed: f64,
-        /// Unix time at which the trace's first moment is played (several
-        /// sensors replaying one trace share it); default: at start.
-        #[serde(default)]
-        start_at: Option<f64>,
-        /// The trace time played at `start_at`; default: the first record's.
-        #[serde(default)]
-        t0: Option<f64>,
-    },
-    /// A Prometheus text endpoint: dcgm-exporter, vLLM, node-exporter.
-    Prometheus {
-        url: String,
-        #[serde(default = "second")]
-        interval_ms: u64,
-        #[serde(default = "scrape_timeout")]
-        timeout_ms: u64,
-    },
-    /// `/proc/net/snmp`, `/sys/class/net/*/statistics`, `/proc/pressure/cpu`.
-    Linux {
-        #[serde(default = "slash")]
-        root: PathBuf,
-        #[serde(default = "second")]
-        interval_ms: u64,
-        /// Only these interfaces (default: all but loopback).
-        #[serde(default)]
-        interfaces: Option<Vec<String>>,
-    },
-    /// Collective timings pushed by ranks or an NCCL profiler (JSON lines
-    /// or MessagePack), on `unix:///PATH` (a datagram socket: each record
-    /// that names a job is taken only from a process of that Slurm job) or
-    /// `udp://IP:PORT` (unauthenticated: any local user may report for any
-    /// job of the node; keep it on loopback).
-    Push {
-        listen: String,
-        /// The Unix socket file's group (it is made 0660), so that its
-        /// members' processes may send; the source fails to start, naming
-        /// it, when no such group exists. Default: the sensor's own group.
-        #[serde(default)]
-        group: Option<String>,
-        /// Whether a process of no Slurm job may push a job's records on
-        /// the Unix socket. Default false: refused, counted `unattributed`.
-        #[serde(default)]
-        allow_unattributed: bool,
-    },
-    /// GPU readings from NVML (builds with the `nvml` feature).
-    Nvml {
-        #[serde(default = "second")]
-        interval_ms: u64,
-    },
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-fn second() -> u64 {
-    1000
-}
-
-fn scrape_timeout() -> u64 {
-    800
-}
-
-fn slash() -> PathBuf {
-    PathBuf::from("/")
-}
-
-impl SourceConfig {
-    /// A push source on `listen` with the default options.
-    pub fn push(listen: impl Into<String>) -> SourceConfig {
-        SourceConfig::Push {
-            listen: listen.into(),
-            group: None,
-            allow_unattributed: false,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            SourceConfig::Replay { path, speed, .. } => {
-                format!("replay {} at {speed}x", path.display())
-            }
-            SourceConfig::Prometheus { url, .. } => format!("prometheus {url}"),
-            SourceConfig::Linux { root, .. } => format!("linux counters under {}", root.display()),
-            SourceConfig::Push { listen, .. } => format!("push endpoint {listen}"),
-            SourceConfig::Nvml { .. } => "nvml".into(),
-        }
-    }
-}
+/// One `[[source]]` table of a sensor's config: the registry of sources
+/// and their config types lives in `keel_adapters::sources`.
+pub use keel_adapters::sources::SourceConfig;
 
 /// What a source actor is started with.
 pub struct SourceArgs {
     pub config: SourceConfig,
+    /// Its place among the sensor's sources (for its counters).
+    pub index: usize,
     pub node: Name,
     pub sensor: ActorRef<SensorMsg>,
     /// Records consumed so far, kept across restarts.
@@ -153,12 +60,12 @@ impl Actor for SourceActor {
         args: SourceArgs,
     ) -> Result<SourceState, ActorProcessingErr> {
         let state = match &args.config {
-            SourceConfig::Replay {
+            SourceConfig::Replay(ReplayConfig {
                 path,
                 speed,
                 start_at,
                 t0,
-            } => SourceState::Replay(Replay::open(
+            }) => SourceState::Replay(Replay::open(
                 path.clone(),
                 *speed,
                 *start_at,
@@ -167,11 +74,11 @@ impl Actor for SourceActor {
                 args.sensor.clone(),
                 args.progress.clone(),
             )?),
-            SourceConfig::Push {
+            SourceConfig::Push(PushConfig {
                 listen,
                 group,
                 allow_unattributed,
-            } => {
+            }) => {
                 let addr: PushAddr = listen
                     .parse()
                     .map_err(|e: String| anyhow::anyhow!("push source: {e}"))?;
@@ -234,6 +141,9 @@ impl Actor for SourceActor {
                 }
             }
             (SourceMsg::Poll, SourceState::Poller(p)) => {
+                if p.read.is_none() {
+                    return Err(anyhow::anyhow!("{}: the reader was lost", p.node).into());
+                }
                 p.poll().await;
                 myself.send_after(p.interval, || SourceMsg::Poll);
             }
@@ -396,112 +306,69 @@ async fn receive(
     }
 }
 
-/// A source read on a timer: a scrape, counters, NVML.
+/// A source read on a timer (`keel_adapters::Timed`): a scrape,
+/// counters, NVML, NCCL Inspector's dump files.
 pub struct Poller {
     interval: Duration,
-    read: Reader,
+    /// Lent to a blocking task during each reading.
+    read: Option<Box<dyn Timed>>,
+    index: usize,
     node: Name,
     sensor: ActorRef<SensorMsg>,
     failures: u64,
-}
-
-enum Reader {
-    Prometheus(ScrapeTarget),
-    Linux(Arc<LinuxSource>),
-    #[cfg(feature = "nvml")]
-    Nvml(Arc<keel_adapters::Nvml>),
+    counters: SourceCounters,
 }
 
 impl Poller {
     fn new(cfg: &SourceConfig, args: &SourceArgs) -> Result<Poller> {
-        let ms = |v: u64| Duration::from_millis(v.max(10));
-        let (interval, read) = match cfg {
-            SourceConfig::Prometheus {
-                url,
-                interval_ms,
-                timeout_ms,
-            } => (
-                ms(*interval_ms),
-                Reader::Prometheus(
-                    ScrapeTarget::new(url, &args.node)
-                        .map_err(|e| anyhow::anyhow!("prometheus source: {e}"))?
-                        .with_timeout(ms(*timeout_ms)),
-                ),
-            ),
-            SourceConfig::Linux {
-                root,
-                interval_ms,
-                interfaces,
-            } => {
-                let filter = match interfaces {
-                    Some(names) => keel_adapters::IfaceFilter::only(names.clone()),
-                    None => keel_adapters::IfaceFilter::without_loopback(),
-                };
-                let src = LinuxSource::new(&args.node)
-                    .with_root(root.clone())
-                    .with_interfaces(filter);
-                (ms(*interval_ms), Reader::Linux(Arc::new(src)))
-            }
-            #[cfg(feature = "nvml")]
-            SourceConfig::Nvml { interval_ms } => {
-                let nvml =
-                    keel_adapters::Nvml::load().map_err(|e| anyhow::anyhow!("nvml source: {e}"))?;
-                (ms(*interval_ms), Reader::Nvml(Arc::new(nvml)))
-            }
-            #[cfg(not(feature = "nvml"))]
-            SourceConfig::Nvml { .. } => anyhow::bail!(
-                "nvml source: this keel was built without NVML (cargo build --features nvml)"
-            ),
-            SourceConfig::Replay { .. } | SourceConfig::Push { .. } => {
-                anyhow::bail!("{} is not read on a timer", cfg.describe())
-            }
+        let (interval, read) = match cfg.timed(&args.node) {
+            Some(opened) => opened.map_err(|e| anyhow::anyhow!(e))?,
+            None => anyhow::bail!("{} is not read on a timer", cfg.describe()),
         };
         Ok(Poller {
             interval,
-            read,
+            read: Some(read),
+            index: args.index,
             node: args.node.clone(),
             sensor: args.sensor.clone(),
             failures: 0,
+            counters: SourceCounters::default(),
         })
     }
 
     /// One reading, off the actor's thread (a scrape blocks on the network).
     async fn poll(&mut self) {
         let now = unix_now();
-        let read: Result<Vec<keel_model::MetricSample>, String> = match &self.read {
-            Reader::Prometheus(t) => {
-                let t = t.clone();
-                blocking(move || scrape_samples(&t, now)).await
+        let Some(mut reader) = self.read.take() else {
+            return;
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            let read = reader.read(now);
+            (reader, read)
+        })
+        .await;
+        let read = match done {
+            Ok((reader, read)) => {
+                let counters = reader.counters();
+                self.read = Some(reader);
+                if counters != self.counters {
+                    self.counters = counters.clone();
+                    let _ = self
+                        .sensor
+                        .cast(SensorMsg::SourceCounters(self.index, counters));
+                }
+                read
             }
-            Reader::Linux(src) => {
-                let src = src.clone();
-                blocking(move || {
-                    let (samples, stats) = src.read(now);
-                    if samples.is_empty() && !stats.errors.is_empty() {
-                        Err(format!("{:?}", stats.errors))
-                    } else {
-                        Ok(samples)
-                    }
-                })
-                .await
-            }
-            #[cfg(feature = "nvml")]
-            Reader::Nvml(n) => {
-                let n = n.clone();
-                let node = self.node.clone();
-                blocking(move || {
-                    n.read(&node, now)
-                        .map(|(s, _)| s)
-                        .map_err(|e| e.to_string())
-                })
-                .await
-            }
+            // The reader is lost with its task: the source fails on its
+            // next poll and its supervisor opens it afresh.
+            Err(e) => Err(format!("reader panicked: {e}")),
         };
         match read {
-            Ok(samples) => {
+            Ok(records) => {
                 self.failures = 0;
-                let records = samples.into_iter().map(Record::Metric).collect();
-                let _ = self.sensor.cast(SensorMsg::Records(records, now));
+                if !records.is_empty() {
+                    let _ = self.sensor.cast(SensorMsg::Records(records, now));
+                }
             }
             Err(e) => {
                 self.failures += 1;
@@ -512,18 +379,4 @@ impl Poller {
             }
         }
     }
-}
-
-fn scrape_samples(t: &ScrapeTarget, now: f64) -> Result<Vec<keel_model::MetricSample>, String> {
-    keel_adapters::scrape(t, now)
-        .map(|(samples, _)| samples)
-        .map_err(|e| e.to_string())
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(format!("reader panicked: {e}")))
 }

@@ -359,7 +359,7 @@ async fn the_push_port_survives_hostile_datagrams_within_bounded_memory() {
     };
     // Random bytes (a xorshift, so that a failure replays).
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for _ in 0..10_000 {
+    for i in 0..10_000 {
         let mut d = Vec::with_capacity(200);
         for _ in 0..200 {
             x ^= x << 13;
@@ -368,7 +368,13 @@ async fn the_push_port_survives_hostile_datagrams_within_bounded_memory() {
             d.push(x as u8);
         }
         let _ = udp.send_to(&d, ("127.0.0.1", port));
+        if i % 1_000 == 999 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
+    // The crafted datagrams must not be lost behind the flood in a full
+    // socket buffer: let the sensor drain it first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     send(&coll("j", u64::from(u32::MAX), 0, t, "900"));
     send(&coll("j", u64::from(u32::MAX), 1, t, "900"));
     send(&coll("j", 1, 2, t, "NaN"));
@@ -378,6 +384,15 @@ async fn the_push_port_survives_hostile_datagrams_within_bounded_memory() {
     send(&coll("j", 1, u64::MAX, t, "900"));
     send(&coll("j", 1, u64::MAX - 1, t, "900"));
     send(&coll("j", 1, 6, t, "900").replace("\"n1\"", "\"n2\""));
+    for _ in 0..50 {
+        if sensor::stats(&sensor)
+            .await
+            .is_some_and(|s| s.foreign_dropped >= 1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for j in 0..100_000u32 {
         send(&coll(&format!("job-{j}"), 0, 0, t, "900"));
         if j % 5_000 == 0 {

@@ -9,6 +9,7 @@
 use keel_actors::client::ControllerAddr;
 use keel_actors::sensor::{self, SensorConfig};
 use keel_actors::sources::SourceConfig;
+use keel_adapters::sources::push::PushConfig;
 use keel_model::Role;
 use keel_transport::certs::{Ca, Validity};
 use std::io::{BufRead, BufReader};
@@ -65,10 +66,10 @@ impl Drop for Sender {
 }
 
 #[test]
-fn the_push_source_takes_a_group_and_allow_unattributed() {
+fn the_push_source_takes_a_group_and_allow_unattributed_named_by_type_or_kind() {
     let cfg: SensorConfig = toml::from_str(
         "node = \"n1\"\ncredentials = \"/c\"\ncontrollers = []\n\
-         [[source]]\nkind = \"push\"\nlisten = \"unix:///run/keel/push.sock\"\n\
+         [[source]]\ntype = \"push\"\nlisten = \"unix:///run/keel/push.sock\"\n\
          group = \"keel\"\nallow_unattributed = true\n\
          [[source]]\nkind = \"push\"\nlisten = \"udp://127.0.0.1:7600\"\n",
     )
@@ -76,16 +77,16 @@ fn the_push_source_takes_a_group_and_allow_unattributed() {
     assert_eq!(
         cfg.sources,
         [
-            SourceConfig::Push {
+            SourceConfig::Push(PushConfig {
                 listen: "unix:///run/keel/push.sock".into(),
                 group: Some("keel".into()),
                 allow_unattributed: true,
-            },
+            }),
             SourceConfig::push("udp://127.0.0.1:7600"),
         ]
     );
     let typo = "node = \"n1\"\ncredentials = \"/c\"\ncontrollers = []\n\
-                [[source]]\nkind = \"push\"\nlisten = \"/s\"\nallow_unattributed_jobs = true\n";
+                [[source]]\ntype = \"push\"\nlisten = \"/s\"\nallow_unattributed_jobs = true\n";
     let e = toml::from_str::<SensorConfig>(typo)
         .unwrap_err()
         .to_string();

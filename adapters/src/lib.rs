@@ -1,7 +1,8 @@
 //! keel's edge to the outside world.
 //!
 //! Sources turn what a cluster emits into `keel_model::Record`s for the
-//! detectors; executors carry planned actions out (`executors/`: Slurm,
+//! detectors (`sources::SourceConfig` is the registry a sensor config
+//! names them from, by `type`); executors carry planned actions out (`executors/`: Slurm,
 //! HAProxy, a webhook, the NIC, a GPU's leftover processes). Each source
 //! is one module under `sources/`:
 //! - `replay`: a tolerant, streaming reader of the JSON Lines format of
@@ -13,7 +14,9 @@
 //! - `push`: datagrams of trace records (JSON lines or MessagePack) that ranks
 //!   and agents send, such as collective timings; `push_peer` decides what
 //!   each sending process may report, by its Slurm job (`proc_job`);
-//! - `nvml`: GPU readings from the driver's NVML (the `nvml` feature).
+//! - `nvml`: GPU readings from the driver's NVML (the `nvml` feature);
+//! - `nccl_inspector`: NCCL's own per-rank collective records, tailed from
+//!   the NCCL Inspector profiler plugin's dump files.
 
 pub mod executors;
 pub mod proc_job;
@@ -29,6 +32,7 @@ pub use executors::{
 };
 
 pub use sources::linux::{IfaceFilter, LinuxError, LinuxSource, LinuxStats};
+pub use sources::nccl_inspector::{InspectorStats, InspectorTail, NcclInspectorConfig};
 pub use sources::nvml::{samples_of as nvml_samples_of, GpuReading, MemoryBytes};
 #[cfg(feature = "nvml")]
 pub use sources::nvml::{Nvml, NvmlError, NvmlStats};
@@ -38,3 +42,4 @@ pub use sources::push::{
 pub use sources::replay::{open_trace, read_all, ReadStats, TraceReader};
 pub use sources::scrape::{scrape, ScrapeError, ScrapeErrorKind, ScrapeTarget, Url};
 pub use sources::trace_line::{parse_line, LineError, Parsed};
+pub use sources::{Source, SourceConfig, SourceCounters, Timed};

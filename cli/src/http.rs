@@ -289,6 +289,16 @@ pub fn sensor_probe(actor: ActorRef<sensor::SensorMsg>) -> Probe {
                         "metric series dropped past METRICS_MAX in one flush",
                         s.metrics_dropped as f64,
                     ),
+                    (
+                        "source_bad_total",
+                        "input the timed sources refused (bad lines, values out of range)",
+                        s.source_bad as f64,
+                    ),
+                    (
+                        "source_dropped_total",
+                        "input the timed sources dropped at their bounds",
+                        s.source_dropped as f64,
+                    ),
                 ])
             })
         }),

@@ -14,6 +14,7 @@ use keel_actors::executor::ExecutorMsg;
 use keel_actors::ractor::ActorRef;
 use keel_actors::sensor::{self, SensorConfig};
 use keel_actors::sources::{unix_now, SourceConfig};
+use keel_adapters::sources::replay::ReplayConfig;
 use keel_chaos::{generate_to_dir, GenOptions};
 use keel_model::{Label, Role};
 use keel_transport::certs::{self, Validity};
@@ -205,12 +206,12 @@ async fn live(
             credentials: issue(dir, &ca, Role::Sensor, node)?,
             controllers: controllers.clone(),
             window_len: None,
-            sources: vec![SourceConfig::Replay {
+            sources: vec![SourceConfig::Replay(ReplayConfig {
                 path: dir.join("trace.jsonl"),
                 speed: opts.speed,
                 start_at: Some(start_at),
                 t0: Some(t0),
-            }],
+            })],
             executor: None,
         };
         sensor::start(cfg, None).await?;

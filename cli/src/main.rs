@@ -123,7 +123,7 @@ enum Command {
     },
     /// Run a sensor: its telemetry sources, edge aggregation, summaries to the correlators
     Sensor {
-        /// TOML: node, credentials, [[controllers]] addr/name, [[source]] kind=...
+        /// TOML: node, credentials, [[controllers]] addr/name, [[source]] type=...
         #[arg(long)]
         config: PathBuf,
     },

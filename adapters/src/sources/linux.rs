@@ -20,6 +20,60 @@ use keel_model::{MetricLabels, MetricName, MetricSample, Name, Timestamp};
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// `type = "linux"`: this node's counters from `/proc` and `/sys`.
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LinuxConfig {
+    /// Where `/proc` and `/sys` are found (default `/`).
+    #[serde(default = "slash")]
+    pub root: PathBuf,
+    /// Milliseconds between readings (default 1000).
+    #[serde(default = "second")]
+    pub interval_ms: u64,
+    /// Only these interfaces (default: all but loopback).
+    #[serde(default)]
+    pub interfaces: Option<Vec<String>>,
+}
+
+fn slash() -> PathBuf {
+    PathBuf::from("/")
+}
+
+fn second() -> u64 {
+    1000
+}
+
+impl super::Source for LinuxConfig {
+    fn describe(&self) -> String {
+        format!("linux counters under {}", self.root.display())
+    }
+
+    fn timed(&self, node: &Name) -> super::Opened {
+        let filter = match &self.interfaces {
+            Some(names) => IfaceFilter::only(names.clone()),
+            None => IfaceFilter::without_loopback(),
+        };
+        let src = LinuxSource::new(node)
+            .with_root(self.root.clone())
+            .with_interfaces(filter);
+        Some(Ok((super::interval(self.interval_ms), Box::new(src))))
+    }
+}
+
+impl super::Timed for LinuxSource {
+    /// One reading; an error only when nothing at all could be read.
+    fn read(&mut self, now: f64) -> Result<Vec<keel_model::Record>, String> {
+        let (samples, stats) = LinuxSource::read(self, now);
+        if samples.is_empty() && !stats.errors.is_empty() {
+            return Err(format!("{:?}", stats.errors));
+        }
+        Ok(samples
+            .into_iter()
+            .map(keel_model::Record::Metric)
+            .collect())
+    }
+}
+
 /// Which network interfaces to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IfaceFilter {

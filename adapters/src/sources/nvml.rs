@@ -18,6 +18,52 @@
 
 use keel_model::{MetricLabels, MetricName, MetricSample, Name, Timestamp};
 
+/// `type = "nvml"`: GPU readings from NVML (builds with the `nvml`
+/// feature; without it the source fails to start, saying so).
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NvmlConfig {
+    /// Milliseconds between readings (default 1000).
+    #[serde(default = "second")]
+    pub interval_ms: u64,
+}
+
+fn second() -> u64 {
+    1000
+}
+
+impl super::Source for NvmlConfig {
+    fn describe(&self) -> String {
+        "nvml".into()
+    }
+
+    #[cfg(feature = "nvml")]
+    fn timed(&self, node: &Name) -> super::Opened {
+        let opened = Nvml::load().map_err(|e| format!("nvml source: {e}"));
+        Some(opened.map(|n| {
+            let reader: Box<dyn super::Timed> = Box::new((n, node.clone()));
+            (super::interval(self.interval_ms), reader)
+        }))
+    }
+
+    #[cfg(not(feature = "nvml"))]
+    fn timed(&self, _node: &Name) -> super::Opened {
+        Some(Err(
+            "nvml source: this keel was built without NVML (cargo build --features nvml)".into(),
+        ))
+    }
+}
+
+#[cfg(feature = "nvml")]
+impl super::Timed for (Nvml, Name) {
+    fn read(&mut self, now: f64) -> Result<Vec<keel_model::Record>, String> {
+        self.0
+            .read(&self.1, now)
+            .map(|(s, _)| s.into_iter().map(keel_model::Record::Metric).collect())
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// NVML's memory info, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryBytes {

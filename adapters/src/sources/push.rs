@@ -25,6 +25,7 @@
 //! config names. On UDP (loopback) nothing tells the sender: any local user
 //! may report for any job of the node.
 
+pub use super::push_peer::PushOptions;
 use super::push_peer::{admit, claimed_job, Attribution, PeerCache, Refusal, Verdict};
 use super::push_unix::{self, Credentials};
 use super::trace_line::{build, parse_line, Fields, Parsed};
@@ -52,6 +53,40 @@ const REFUSAL_SUMMARY_EVERY: u64 = 1000;
 pub const SOCKET_MODE: u32 = 0o660;
 /// Where senders' jobs are read.
 const PROC: &str = "/proc";
+
+/// `type = "push"`: collective timings (any trace record) pushed by ranks
+/// or an NCCL profiler, as JSON lines or MessagePack, on `unix:///PATH` (a
+/// datagram socket: each record that names a job is taken only from a
+/// process of that Slurm job) or `udp://IP:PORT` (unauthenticated: any
+/// local user may report for any job of the node; keep it on loopback).
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    pub listen: String,
+    /// See [`PushOptions::group`].
+    #[serde(default)]
+    pub group: Option<String>,
+    /// See [`PushOptions::allow_unattributed`] (default false).
+    #[serde(default)]
+    pub allow_unattributed: bool,
+}
+
+impl PushConfig {
+    /// A push source on `listen` with the default options.
+    pub fn new(listen: impl Into<String>) -> PushConfig {
+        PushConfig {
+            listen: listen.into(),
+            group: None,
+            allow_unattributed: false,
+        }
+    }
+}
+
+impl super::Source for PushConfig {
+    fn describe(&self) -> String {
+        format!("push endpoint {}", self.listen)
+    }
+}
 
 /// Why a datagram was rejected, naming the record and field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -222,21 +257,6 @@ impl std::str::FromStr for PushAddr {
             .map(PushAddr::Udp)
             .map_err(|e| format!("push address {s:?}: {e} (want udp://IP:PORT or unix:///PATH)"))
     }
-}
-
-/// Who may send to a push endpoint, beyond its address.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PushOptions {
-    /// The group given the Unix socket file (which is made 0660), so that
-    /// its members' processes may send; binding fails, naming it, when the
-    /// system knows no such group. Default: the sensor's own group. Unix
-    /// sockets only.
-    pub group: Option<String>,
-    /// Whether a process of no Slurm job (or one whose job cannot be told:
-    /// it has exited, or its `/proc` entry is unreadable) may push records
-    /// that name a job. Default false: they are refused, counted
-    /// `unattributed`. Unix sockets only (UDP tells no sender).
-    pub allow_unattributed: bool,
 }
 
 /// What one `recv` took in.

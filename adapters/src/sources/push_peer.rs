@@ -17,6 +17,21 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+/// Who may send to a push endpoint, beyond its address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushOptions {
+    /// The group given the Unix socket file (which is made 0660), so that
+    /// its members' processes may send; binding fails, naming it, when the
+    /// system knows no such group. Default: the sensor's own group. Unix
+    /// sockets only.
+    pub group: Option<String>,
+    /// Whether a process of no Slurm job (or one whose job cannot be told:
+    /// it has exited, or its `/proc` entry is unreadable) may push records
+    /// that name a job. Default false: they are refused, counted
+    /// `unattributed`. Unix sockets only (UDP tells no sender).
+    pub allow_unattributed: bool,
+}
+
 /// Senders remembered at once; a new one beyond that evicts the oldest
 /// (counted in [`PeerCache::evicted`]), which is then read again from
 /// `/proc` when it next sends.

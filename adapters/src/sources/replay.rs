@@ -25,6 +25,34 @@ const KEPT_ERRORS: usize = 1000;
 /// Distinct unknown names remembered for the summary.
 const KEPT_NAMES: usize = 32;
 
+/// `type = "replay"`: a recorded trace (`spec/trace-format.md`), played in
+/// real time or faster; the sensor takes only its own node's records.
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    pub path: std::path::PathBuf,
+    /// Trace seconds per wall second (default 1).
+    #[serde(default = "one")]
+    pub speed: f64,
+    /// Unix time at which the trace's first moment is played (several
+    /// sensors replaying one trace share it); default: at start.
+    #[serde(default)]
+    pub start_at: Option<f64>,
+    /// The trace time played at `start_at`; default: the first record's.
+    #[serde(default)]
+    pub t0: Option<f64>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl super::Source for ReplayConfig {
+    fn describe(&self) -> String {
+        format!("replay {} at {}x", self.path.display(), self.speed)
+    }
+}
+
 /// What the reader saw, for the summary on stderr.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReadStats {

@@ -26,6 +26,58 @@ const MAX_HEAD: u64 = 64 << 10;
 const MAX_CHUNK_LINE: u64 = 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `type = "prometheus"`: a Prometheus text endpoint scraped on a timer
+/// (dcgm-exporter, vLLM, node-exporter).
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// `http://host:port/path`.
+    pub url: String,
+    /// Milliseconds between scrapes (default 1000).
+    #[serde(default = "second")]
+    pub interval_ms: u64,
+    /// Milliseconds a scrape may take (default 800).
+    #[serde(default = "scrape_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn second() -> u64 {
+    1000
+}
+
+fn scrape_timeout() -> u64 {
+    800
+}
+
+impl super::Source for PrometheusConfig {
+    fn describe(&self) -> String {
+        format!("prometheus {}", self.url)
+    }
+
+    fn timed(&self, node: &Name) -> super::Opened {
+        let target = ScrapeTarget::new(&self.url, node)
+            .map(|t| t.with_timeout(super::interval(self.timeout_ms)))
+            .map_err(|e| format!("prometheus source: {e}"));
+        Some(target.map(|t| {
+            let reader: Box<dyn super::Timed> = Box::new(t);
+            (super::interval(self.interval_ms), reader)
+        }))
+    }
+}
+
+impl super::Timed for ScrapeTarget {
+    fn read(&mut self, now: f64) -> Result<Vec<keel_model::Record>, String> {
+        scrape(self, now)
+            .map(|(samples, _)| {
+                samples
+                    .into_iter()
+                    .map(keel_model::Record::Metric)
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// A parsed `http://host:port/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
