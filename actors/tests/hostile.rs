@@ -174,6 +174,7 @@ fn squatter(node: &str, job: Option<&str>) -> Finding {
         evidence: Vec::new(),
         basis: None,
         gpu_instance: None,
+        related: Vec::new(),
     }
 }
 

@@ -62,6 +62,7 @@ async fn a_closed_finding_moves_to_the_history_and_is_still_read() {
         evidence: vec!["slow".into()],
         basis: None,
         gpu_instance: None,
+        related: Vec::new(),
     };
     let open = json!({"open_finding": {"finding": finding, "opened": now() - 20.0}});
     let opened = eventually(async || {

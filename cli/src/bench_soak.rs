@@ -183,6 +183,7 @@ fn straggler(k: usize, jobs: usize) -> Finding {
         evidence: vec![format!("soak straggler {k}")],
         basis: None,
         gpu_instance: None,
+        related: Vec::new(),
     }
 }
 

@@ -79,7 +79,15 @@ pub struct FindingEntry {
     #[serde(default)]
     pub opened: Timestamp,
     pub closed: Option<Timestamp>,
+    /// Ids of the findings of the same incident (`Finding::related`,
+    /// resolved against the findings open when this one was committed, and
+    /// added to theirs in turn), at most `RELATED_MAX`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<u64>,
 }
+
+/// Related finding ids one finding keeps.
+pub const RELATED_MAX: usize = 16;
 
 /// One version of a named policy document (the language comes later; the
 /// controller stores and versions the text).
@@ -475,6 +483,19 @@ impl State {
                 self.next_finding += 1;
                 let id = self.next_finding;
                 let opened = if opened > 0.0 { opened } else { finding.ts };
+                let related: Vec<u64> = self
+                    .open_findings()
+                    .filter(|e| finding.related.iter().any(|r| r.names(&e.finding)))
+                    .map(|e| e.id)
+                    .take(RELATED_MAX)
+                    .collect();
+                for r in &related {
+                    if let Some(e) = self.findings.get_mut(r) {
+                        if e.related.len() < RELATED_MAX {
+                            e.related.push(id);
+                        }
+                    }
+                }
                 self.findings.insert(
                     id,
                     FindingEntry {
@@ -483,6 +504,7 @@ impl State {
                         reported_by: client.to_string(),
                         opened,
                         closed: None,
+                        related,
                     },
                 );
                 Outcome::FindingOpened(id)

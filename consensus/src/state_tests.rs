@@ -477,3 +477,42 @@ fn brakes_are_committed_with_who_and_why_and_resume_clears_both() {
     s.apply(4, &p("approver/alice", 2, Command::Resume { ts: 8.0 }));
     assert_eq!(s.brakes, Brakes::default());
 }
+
+#[test]
+fn a_finding_naming_an_open_one_is_linked_to_it_both_ways() {
+    let mut s = State::default();
+    let nic = finding("n1");
+    let mut straggler: Finding = serde_json::from_value(serde_json::json!({
+        "kind": "tp_straggler", "ts": 2.0, "job": "j", "node": "n1", "rank": 3, "device": "eth0",
+        "cause": "network", "severity": "warning", "confidence": 0.9, "evidence": []
+    }))
+    .unwrap();
+    straggler.related = vec![keel_model::Related::to(&nic)];
+    let open = |f: Finding| Command::OpenFinding {
+        finding: f,
+        opened: 0.0,
+    };
+    assert_eq!(s.apply(1, &p("c", 1, open(nic))), Outcome::FindingOpened(1));
+    assert_eq!(
+        s.apply(2, &p("c", 2, open(straggler.clone()))),
+        Outcome::FindingOpened(2)
+    );
+    let by_id = |s: &State, id| {
+        s.open_findings()
+            .find(|e| e.id == id)
+            .unwrap()
+            .related
+            .clone()
+    };
+    assert_eq!(by_id(&s, 2), vec![1]);
+    assert_eq!(by_id(&s, 1), vec![2]);
+    // A name that matches no open finding links nothing.
+    let mut other = straggler;
+    other.rank = Some(4);
+    other.related[0].node = Some("n9".into());
+    assert_eq!(
+        s.apply(3, &p("c", 3, open(other))),
+        Outcome::FindingOpened(3)
+    );
+    assert!(by_id(&s, 3).is_empty());
+}

@@ -44,7 +44,8 @@ prop_compose! {
                  -> Finding {
         Finding { ts, kind: FindingKind::ALL[kind], cause: Cause::ALL[cause], severity: Severity::Warning,
             confidence: conf, job: job.map(|j| j.as_str().into()), node: node.map(|n| n.as_str().into()),
-            rank, gpu, device: None, evidence: vec![], basis: Some(Basis::JobEnded), gpu_instance: None }
+            rank, gpu, device: None, evidence: vec![], basis: Some(Basis::JobEnded), gpu_instance: None,
+            related: vec![] }
     }
 }
 

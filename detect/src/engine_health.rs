@@ -212,6 +212,7 @@ fn finding(
     let f = Finding {
         basis: None,
         gpu_instance: None,
+        related: Vec::new(),
         ts: now,
         kind,
         cause: Cause::Engine,

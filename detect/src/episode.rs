@@ -111,6 +111,7 @@ impl Reported {
             job: f.job.clone(),
             node: f.node.clone(),
             device: f.device.clone(),
+            related: Vec::new(),
             ..*f
         });
     }
@@ -180,6 +181,7 @@ mod tests {
         let f = Finding {
             basis: None,
             gpu_instance: None,
+            related: Vec::new(),
             ts: 10.0,
             kind: FindingKind::NicSaturation,
             cause: Cause::Network,

@@ -163,6 +163,7 @@ impl HangDetector {
                     ],
                     basis: None,
                     gpu_instance: None,
+                    related: Vec::new(),
                 };
                 let mut r = Reported::default();
                 r.set(&f);

@@ -14,6 +14,7 @@ pub mod edge;
 pub mod engine_health;
 pub mod episode;
 pub mod hang;
+pub mod incident;
 pub mod network;
 pub mod score;
 pub mod signals;
@@ -69,6 +70,7 @@ pub struct Engine {
     engine_health: engine_health::EngineHealthDetector,
     network: network::NetworkDetector,
     hang: hang::HangDetector,
+    incidents: incident::Incidents,
     scope: Scope,
     now: Timestamp,
     last_prune: Timestamp,
@@ -101,6 +103,7 @@ impl Engine {
             engine_health: engine_health::EngineHealthDetector::new(cfg.engine),
             network: network::NetworkDetector::new(cfg.network),
             hang: hang::HangDetector::new(cfg.hang),
+            incidents: incident::Incidents::default(),
             now: f64::NEG_INFINITY,
             last_prune: f64::NEG_INFINITY,
             records: 0,
@@ -123,6 +126,7 @@ impl Engine {
             self.now = self.now.max(ts);
         }
         let before = out.len();
+        let cleared_before = self.cleared.len();
         match record {
             Record::Job(job) => {
                 if self.topology.apply(job) {
@@ -170,6 +174,8 @@ impl Engine {
             self.signals.prune(self.now);
             self.last_prune = self.now;
         }
+        self.incidents.cleared(&self.cleared[cleared_before..]);
+        self.incidents.link(&mut out[before..]);
         self.findings += (out.len() - before) as u64;
     }
 
@@ -189,6 +195,7 @@ impl Engine {
             return;
         }
         let before = out.len();
+        let cleared_before = self.cleared.len();
         let inputs = Inputs {
             topology: &self.topology,
             signals: &self.signals,
@@ -197,6 +204,8 @@ impl Engine {
         self.windowed
             .push_window(s, ts, &inputs, out, &mut self.cleared);
         self.hang.arrived(&s.job, ts, &mut self.cleared);
+        self.incidents.cleared(&self.cleared[cleared_before..]);
+        self.incidents.link(&mut out[before..]);
         self.findings += (out.len() - before) as u64;
     }
 

@@ -98,6 +98,7 @@ impl NetworkDetector {
         let f = Finding {
             basis: None,
             gpu_instance: None,
+            related: Vec::new(),
             ts: now,
             kind: FindingKind::RetransmitStorm,
             cause: Cause::Network,
@@ -173,6 +174,7 @@ impl NetworkDetector {
         let f = Finding {
             basis: None,
             gpu_instance: None,
+            related: Vec::new(),
             ts: now,
             kind: FindingKind::NicSaturation,
             cause: Cause::Network,

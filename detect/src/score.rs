@@ -164,6 +164,7 @@ mod tests {
         Finding {
             basis: None,
             gpu_instance: None,
+            related: Vec::new(),
             ts,
             kind: FindingKind::TpStraggler,
             cause,

@@ -399,6 +399,7 @@ impl Ctx<'_> {
             evidence,
             basis: Some(j.basis),
             gpu_instance: self.instance,
+            related: Vec::new(),
         }
     }
 }

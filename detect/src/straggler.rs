@@ -594,6 +594,7 @@ fn report(
     let f = Finding {
         basis: None,
         gpu_instance: None,
+        related: Vec::new(),
         ts: inp.now,
         kind: FindingKind::TpStraggler,
         cause,

@@ -288,6 +288,51 @@ pub struct Finding {
     /// The MIG instance (DCGM's `GPU_I_ID`) of `gpu` the finding is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_instance: Option<u32>,
+    /// Open findings this one explains or is explained by (the NIC
+    /// saturation under a `network` straggler on that NIC): one incident.
+    /// The controller resolves each to the id of the open finding it names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<Related>,
+}
+
+/// Another finding, named by its kind and the fields its locus needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Related {
+    pub kind: FindingKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Name>,
+}
+
+impl Related {
+    /// The reference to `f`.
+    pub fn to(f: &Finding) -> Related {
+        Related {
+            kind: f.kind,
+            job: f.job.clone(),
+            node: f.node.clone(),
+            rank: f.rank,
+            gpu: f.gpu,
+            device: f.device.clone(),
+        }
+    }
+
+    /// Whether `f` is the finding this names (same kind, same locus).
+    pub fn names(&self, f: &Finding) -> bool {
+        f.kind == self.kind
+            && f.job == self.job
+            && f.node == self.node
+            && f.rank == self.rank
+            && f.gpu == self.gpu
+            && f.device == self.device
+    }
 }
 
 impl Finding {

@@ -19,7 +19,7 @@ pub use envelope::{
     Ack, Command, Envelope, Message, Query, QueryReply, RaftBytes, RaftChunk, Role, Summary,
     TelemetryBatch, WIRE_VERSION,
 };
-pub use finding::{Basis, Cause, Finding, FindingKind, Locus, LocusKind, Severity};
+pub use finding::{Basis, Cause, Finding, FindingKind, Locus, LocusKind, Related, Severity};
 pub use label::Label;
 pub use metric::{Dir, MetricKind, MetricLabels, MetricName};
 pub use record::{

@@ -313,6 +313,7 @@ fn sample_finding(full: bool) -> Finding {
     Finding {
         basis: None,
         gpu_instance: None,
+        related: Vec::new(),
         ts: 0.0,
         kind: keel_model::FindingKind::TpStraggler,
         cause: keel_model::Cause::Network,

@@ -49,6 +49,7 @@ fn finding(id: u64, kind: FindingKind, job: &str, node: &str) -> OpenFinding {
             // so that both rules act on jobs.
             basis: (kind == FindingKind::GpuSquatter).then_some(keel_model::Basis::EngineDead),
             gpu_instance: None,
+            related: Vec::new(),
         },
         opened: 100.0,
         closed: None,

@@ -28,6 +28,7 @@ fn finding(kind: FindingKind, cause: Cause) -> Finding {
     Finding {
         basis: None,
         gpu_instance: None,
+        related: Vec::new(),
         ts: 1000.0,
         kind,
         cause,

@@ -23,6 +23,7 @@ fn straggler(job: &str, node: &str, cause: Cause) -> Finding {
     Finding {
         basis: None,
         gpu_instance: None,
+        related: Vec::new(),
         ts: 100.0,
         kind: FindingKind::TpStraggler,
         cause,

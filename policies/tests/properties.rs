@@ -31,7 +31,8 @@ prop_compose! {
                  basis in 0..BASES.len(), instance in proptest::option::of(any::<u32>())) -> Finding {
         Finding { ts, kind: FindingKind::ALL[kind], cause: Cause::ALL[cause], severity: Severity::Critical,
             confidence: conf, job: job.map(|j| j.as_str().into()), node: node.map(|n| n.as_str().into()),
-            rank, gpu, device: None, evidence: vec![], basis: BASES[basis], gpu_instance: instance }
+            rank, gpu, device: None, evidence: vec![], basis: BASES[basis], gpu_instance: instance,
+            related: vec![] }
     }
 }
 

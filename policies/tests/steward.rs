@@ -48,6 +48,7 @@ fn finding(id: u64, kind: FindingKind, job: &str) -> OpenFinding {
         finding: Finding {
             basis: (kind == FindingKind::GpuSquatter).then_some(keel_model::Basis::JobEnded),
             gpu_instance: None,
+            related: Vec::new(),
             ts: 100.0,
             kind,
             cause: Cause::Host,
