@@ -50,6 +50,12 @@ pub enum SourceConfig {
         /// Only these interfaces (default: all but loopback).
         #[serde(default)]
         interfaces: Option<Vec<String>>,
+        /// The node's own cgroup directory (a container, a namespace node):
+        /// CPU pressure is read there (v2 `cpu.pressure`, v1 `cpu.stat`
+        /// `throttled_time`) instead of the host's `/proc/pressure/cpu`.
+        /// Default: none, the host's.
+        #[serde(default)]
+        cgroup: Option<PathBuf>,
     },
     /// Collective timings pushed by ranks or an NCCL profiler (JSON lines
     /// or MessagePack), on `unix:///PATH` (a datagram socket: each record
@@ -432,14 +438,18 @@ impl Poller {
                 root,
                 interval_ms,
                 interfaces,
+                cgroup,
             } => {
                 let filter = match interfaces {
                     Some(names) => keel_adapters::IfaceFilter::only(names.clone()),
                     None => keel_adapters::IfaceFilter::without_loopback(),
                 };
-                let src = LinuxSource::new(&args.node)
+                let mut src = LinuxSource::new(&args.node)
                     .with_root(root.clone())
                     .with_interfaces(filter);
+                if let Some(dir) = cgroup {
+                    src = src.with_cgroup(dir.clone());
+                }
                 (ms(*interval_ms), Reader::Linux(Arc::new(src)))
             }
             #[cfg(feature = "nvml")]
