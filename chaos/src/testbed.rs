@@ -1,0 +1,508 @@
+//! The machine side of `keel chaos run`: nodes as network namespaces, each
+//! with a data link and a management link (veth pairs to two bridges, in
+//! ranges only the harness uses), a CPU cgroup per node, and the real
+//! faults (`faults`). Everything it creates is named with the prefix
+//! `kc-` (nftables: table `kc_chaos`), so that `sweep` can remove what any
+//! earlier run left, and `leftovers` can prove nothing is left.
+//!
+//! A thin layer over `ip`, `tc`, `nft` and cgroupfs; the decisions live in
+//! `live`.
+
+use crate::live::Need;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Every name the harness creates starts with this.
+pub const PREFIX: &str = "kc-";
+/// The data network (the workload's traffic): `10.213.77.0/24`, the host
+/// side of the bridge at `.1`, node `i` at `.11 + i`.
+pub const DATA_NET: &str = "10.213.77";
+/// The management network (keel's own traffic): `10.213.78.0/24`.
+pub const MGMT_NET: &str = "10.213.78";
+/// The node-side names of the two links inside every namespace.
+pub const DATA_IF: &str = "kc0";
+pub const MGMT_IF: &str = "kcm";
+/// The nftables table a network fault adds in a node's namespace.
+pub const NFT_TABLE: &str = "kc_chaos";
+
+/// A command that failed, with what it said.
+#[derive(Debug, thiserror::Error)]
+#[error("{cmd}: {reason}")]
+pub struct SysError {
+    pub cmd: String,
+    pub reason: String,
+}
+
+/// Runs `program args`, its standard output when it succeeds.
+pub fn run(program: &str, args: &[&str]) -> Result<String, SysError> {
+    run_input(program, args, None)
+}
+
+/// `run`, with `input` on standard input.
+pub fn run_input(program: &str, args: &[&str], input: Option<&str>) -> Result<String, SysError> {
+    use std::io::Write;
+    let cmd = format!("{program} {}", args.join(" "));
+    let err = |reason: String| SysError {
+        cmd: cmd.clone(),
+        reason,
+    };
+    let mut c = Command::new(program);
+    c.args(args)
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().map_err(|e| err(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        if let Some(text) = input {
+            stdin
+                .write_all(text.as_bytes())
+                .map_err(|e| err(e.to_string()))?;
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    run("sh", &["-c", &format!("command -v {program}")]).is_ok()
+}
+
+/// The interpreter the workload runs under: Debian's, which has the
+/// python3-mpi4py and python3-numpy packages (another `python3` may come
+/// first on PATH).
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// The needs this machine does not meet, each with its remedy.
+pub fn missing(needs: &[Need]) -> Vec<String> {
+    let mut out = Vec::new();
+    for &n in needs {
+        let ok = match n {
+            Need::Root => std::fs::read_to_string("/proc/self/status")
+                .map(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("Uid:"))
+                        .and_then(|l| l.split_whitespace().nth(2))
+                        == Some("0")
+                })
+                .unwrap_or(false),
+            Need::Mpi => on_path("mpirun") && run(PYTHON, &["-c", "import mpi4py, numpy"]).is_ok(),
+            Need::Iproute => on_path("ip") && on_path("tc"),
+            Need::Nft => on_path("nft"),
+        };
+        if !ok {
+            out.push(format!("{n:?}: {}", n.remedy()));
+        }
+    }
+    out
+}
+
+/// How a node's CPU can be limited on this machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CpuControl {
+    /// cgroup v1's `cpu` hierarchy mounted here (`cpu.cfs_quota_us`).
+    V1(PathBuf),
+    /// cgroup v2 with the `cpu` controller (`cpu.max`) at this root.
+    V2(PathBuf),
+    /// Neither is writable: hog processes pinned to the rank's CPU.
+    Hog,
+}
+
+impl CpuControl {
+    /// What this machine offers, v2 first.
+    pub fn detect() -> CpuControl {
+        let v2 = Path::new("/sys/fs/cgroup");
+        if std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"))
+        {
+            return CpuControl::V2(v2.into());
+        }
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        if v1.join("cpu.cfs_quota_us").exists() {
+            return CpuControl::V1(v1.into());
+        }
+        CpuControl::Hog
+    }
+
+    /// The cgroup directory of `name` (none for `Hog`).
+    pub fn dir(&self, name: &str) -> Option<PathBuf> {
+        match self {
+            CpuControl::V1(root) | CpuControl::V2(root) => Some(root.join(name)),
+            CpuControl::Hog => None,
+        }
+    }
+
+    /// Limits the cgroup at `dir` to `share` of one CPU (0 < share),
+    /// over a 100 ms period; `None` lifts the limit.
+    pub fn set_quota(&self, dir: &Path, share: Option<f64>) -> Result<(), SysError> {
+        let write = |file: &str, text: String| {
+            std::fs::write(dir.join(file), &text).map_err(|e| SysError {
+                cmd: format!("echo {text} > {}", dir.join(file).display()),
+                reason: e.to_string(),
+            })
+        };
+        let quota = share.map(|s| ((s * 100_000.0) as u64).max(1000));
+        match self {
+            CpuControl::V1(_) => {
+                write("cpu.cfs_period_us", "100000".into())?;
+                write(
+                    "cpu.cfs_quota_us",
+                    quota.map_or("-1".into(), |q| q.to_string()),
+                )
+            }
+            CpuControl::V2(_) => write(
+                "cpu.max",
+                format!("{} 100000", quota.map_or("max".into(), |q| q.to_string())),
+            ),
+            CpuControl::Hog => Ok(()),
+        }
+    }
+}
+
+/// The test cluster's nodes, removed (with whatever is left in them) when
+/// dropped.
+#[derive(Debug)]
+pub struct Testbed {
+    pub nodes: usize,
+    pub cpu: CpuControl,
+}
+
+impl Testbed {
+    /// A namespace's name: `kc-n01`.
+    pub fn ns(i: usize) -> String {
+        format!("{PREFIX}{}", crate::live::node_name(i))
+    }
+
+    pub fn data_ip(i: usize) -> String {
+        format!("{DATA_NET}.{}", 11 + i)
+    }
+
+    pub fn mgmt_ip(i: usize) -> String {
+        format!("{MGMT_NET}.{}", 11 + i)
+    }
+
+    /// The host's end of the data network.
+    pub fn host_data_ip() -> String {
+        format!("{DATA_NET}.1")
+    }
+
+    /// The host's end of the management network (where controllers and the
+    /// correlator host listen).
+    pub fn host_mgmt_ip() -> String {
+        format!("{MGMT_NET}.1")
+    }
+
+    /// Node `i`'s CPU cgroup (the rank runs in it; its sensor reads it).
+    pub fn cgroup(&self, i: usize) -> Option<PathBuf> {
+        self.cpu.dir(&Testbed::ns(i))
+    }
+
+    /// The cgroup that holds every other process the harness starts, so
+    /// that `sweep` finds them even after the harness was killed.
+    pub fn roles_cgroup(&self) -> Option<PathBuf> {
+        self.cpu.dir(&format!("{PREFIX}roles"))
+    }
+
+    /// Removes what an earlier run left, then builds `nodes` namespace nodes.
+    pub fn build(nodes: usize) -> Result<Testbed, SysError> {
+        sweep();
+        let tb = Testbed {
+            nodes,
+            cpu: CpuControl::detect(),
+        };
+        for (br, net) in [("kc-brd", DATA_NET), ("kc-brm", MGMT_NET)] {
+            run("ip", &["link", "add", br, "type", "bridge"])?;
+            run("ip", &["addr", "add", &format!("{net}.1/24"), "dev", br])?;
+            run("ip", &["link", "set", br, "up"])?;
+        }
+        for i in 0..nodes {
+            let ns = Testbed::ns(i);
+            run("ip", &["netns", "add", &ns])?;
+            for (side, br, inner, ip) in [
+                ("d", "kc-brd", DATA_IF, Testbed::data_ip(i)),
+                ("m", "kc-brm", MGMT_IF, Testbed::mgmt_ip(i)),
+            ] {
+                let host = format!("{PREFIX}{}{side}", i + 1);
+                run(
+                    "ip",
+                    &[
+                        "link", "add", &host, "type", "veth", "peer", "name", inner, "netns", &ns,
+                    ],
+                )?;
+                run("ip", &["link", "set", &host, "master", br, "up"])?;
+                run(
+                    "ip",
+                    &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", inner],
+                )?;
+                run("ip", &["-n", &ns, "link", "set", inner, "up"])?;
+            }
+            run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        let mut dirs: Vec<PathBuf> = (0..nodes).filter_map(|i| tb.cgroup(i)).collect();
+        dirs.extend(tb.roles_cgroup());
+        for d in dirs {
+            std::fs::create_dir_all(&d).map_err(|e| SysError {
+                cmd: format!("mkdir {}", d.display()),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(tb)
+    }
+
+    /// Moves process `pid` into the cgroup at `dir`.
+    pub fn enter(dir: &Path, pid: u32) -> Result<(), SysError> {
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).map_err(|e| SysError {
+            cmd: format!("echo {pid} > {}/cgroup.procs", dir.display()),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The argv that starts `argv` as node `i`'s rank: in its cgroup (or
+    /// pinned to one CPU where only hogs can take it), in its namespace.
+    pub fn rank_argv(&self, i: usize, argv: &[String]) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        if let Some(dir) = self.cgroup(i) {
+            v.extend(["sh".into(), "-c".into()]);
+            v.push(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$@\"",
+                dir.display()
+            ));
+            v.push("kc-rank".into());
+        }
+        v.extend(["ip".into(), "netns".into(), "exec".into(), Testbed::ns(i)]);
+        if self.cpu == CpuControl::Hog {
+            v.extend(["taskset".into(), "-c".into(), hog_cpu(i).to_string()]);
+        }
+        v.extend(argv.iter().cloned());
+        v
+    }
+}
+
+/// The CPU that node `i`'s rank is pinned to when hogs take it.
+pub fn hog_cpu(i: usize) -> usize {
+    i % std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        sweep();
+    }
+}
+
+fn names_with_prefix(list: &str) -> Vec<String> {
+    list.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|n| {
+            n.trim_end_matches(':')
+                .split('@')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .filter(|n| n.starts_with(PREFIX))
+        .collect()
+}
+
+/// Our cgroup directories under each hierarchy root.
+fn our_cgroups() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for root in ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup"] {
+        if let Ok(rd) = std::fs::read_dir(root) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(PREFIX) && e.path().is_dir() {
+                    v.push(e.path());
+                }
+            }
+        }
+    }
+    v
+}
+
+fn pids_in(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Hog processes are started as `kc-hog` (their argv[0]).
+fn hog_pids() -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"kc-hog"))
+        })
+        .collect()
+}
+
+fn kill(pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let args: Vec<String> = std::iter::once("-KILL".to_string())
+        .chain(pids.iter().map(u32::to_string))
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _ = run("kill", &args);
+}
+
+/// Removes everything named with the prefix: the processes in our
+/// namespaces and cgroups and the hogs, the namespaces (with their links,
+/// qdiscs and nftables), the bridges, the cgroups. Returns what it found.
+pub fn sweep() -> Vec<String> {
+    let mut found = Vec::new();
+    let nss = names_with_prefix(&run("ip", &["netns", "list"]).unwrap_or_default());
+    let cgroups = our_cgroups();
+    for _ in 0..20 {
+        let mut pids: Vec<u32> = hog_pids();
+        for ns in &nss {
+            pids.extend(
+                run("ip", &["netns", "pids", ns])
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+        for d in &cgroups {
+            pids.extend(pids_in(d));
+        }
+        pids.retain(|p| *p != std::process::id());
+        if pids.is_empty() {
+            break;
+        }
+        found.push(format!("{} processes", pids.len()));
+        kill(&pids);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for ns in &nss {
+        found.push(format!("netns {ns}"));
+        let _ = run("ip", &["netns", "del", ns]);
+    }
+    for link in names_with_prefix(
+        &run("ip", &["-o", "link", "show"])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(": ").map(|x| x.1))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    ) {
+        found.push(format!("link {link}"));
+        let _ = run("ip", &["link", "del", &link]);
+    }
+    if run("nft", &["list", "table", "inet", NFT_TABLE]).is_ok() {
+        found.push(format!("nft table {NFT_TABLE}"));
+        let _ = run("nft", &["delete", "table", "inet", NFT_TABLE]);
+    }
+    for d in cgroups {
+        found.push(format!("cgroup {}", d.display()));
+        // A cgroup goes once its last task has.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&d).is_ok() || !d.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    found
+}
+
+/// What the harness may have left on this machine: namespaces, links,
+/// qdiscs and nftables tables of ours, cgroups, hog and workload processes.
+/// Empty when the machine is clean.
+pub fn leftovers() -> Vec<String> {
+    let mut v: Vec<String> = names_with_prefix(&run("ip", &["netns", "list"]).unwrap_or_default())
+        .into_iter()
+        .map(|n| format!("netns {n}"))
+        .collect();
+    let links = run("ip", &["-o", "link", "show"]).unwrap_or_default();
+    for l in links
+        .lines()
+        .filter_map(|l| l.split_once(": ").map(|x| x.1))
+    {
+        if l.starts_with(PREFIX) {
+            v.push(format!("link {}", l.split([':', '@']).next().unwrap_or(l)));
+        }
+    }
+    let qdiscs = run("tc", &["qdisc", "show"]).unwrap_or_default();
+    v.extend(
+        qdiscs
+            .lines()
+            .filter(|l| l.contains(" dev kc") || l.contains("tbf"))
+            .map(|l| format!("qdisc {l}")),
+    );
+    let tables = run("nft", &["list", "tables"]).unwrap_or_default();
+    v.extend(
+        tables
+            .lines()
+            .filter(|l| l.contains(NFT_TABLE))
+            .map(|l| format!("nft {l}")),
+    );
+    v.extend(
+        our_cgroups()
+            .into_iter()
+            .map(|d| format!("cgroup {}", d.display())),
+    );
+    v.extend(hog_pids().into_iter().map(|p| format!("hog process {p}")));
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(11).any(|w| w == b"keel_mpi.py"))
+            {
+                v.push(format!("workload process {pid}"));
+            }
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_names_are_swept() {
+        let list = "kc-n01 (id: 3)\nother\nkc-n02\n";
+        assert_eq!(names_with_prefix(list), vec!["kc-n01", "kc-n02"]);
+        assert_eq!(names_with_prefix("kc-1d@if5: <UP>\nlo: x\n"), vec!["kc-1d"]);
+    }
+
+    #[test]
+    fn a_rank_runs_in_its_cgroup_and_namespace() {
+        let tb = Testbed {
+            nodes: 2,
+            cpu: CpuControl::V1("/cg/cpu".into()),
+        };
+        let argv = tb.rank_argv(1, &["python3".into(), "w.py".into()]);
+        assert_eq!(argv[0], "sh");
+        assert!(argv[2].contains("/cg/cpu/kc-n02/cgroup.procs"), "{argv:?}");
+        assert_eq!(&argv[4..8], ["ip", "netns", "exec", "kc-n02"]);
+        assert_eq!(&argv[8..], ["python3", "w.py"]);
+        let hog = Testbed {
+            nodes: 2,
+            cpu: CpuControl::Hog,
+        };
+        let argv = hog.rank_argv(0, &["python3".into()]);
+        assert_eq!(
+            &argv[..6],
+            ["ip", "netns", "exec", "kc-n01", "taskset", "-c"]
+        );
+        std::mem::forget(tb);
+        std::mem::forget(hog);
+    }
+}

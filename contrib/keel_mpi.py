@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""A real collective workload under MPI (mpi4py) that reports each
+collective to its node's keel sensor, through the same push wire format as
+`keel_push.py` (whose `Sender` it uses).
+
+Each rank repeats a training-like step at a fixed cadence:
+
+1. compute: `--compute-ms` of numpy work on the CPU (what a CPU fault slows);
+2. upload: `--upload-bytes` sent over TCP to `--sink` and acknowledged
+   (a checkpoint shard or activations leaving the node: what a fault on
+   the node's link slows);
+3. `MPI.COMM_WORLD.Allreduce` of `--bytes`, timed: `arrive` when the rank
+   entered it, `ts` when it left, one `collective` record per call.
+
+Steps start on a shared schedule (every `--period-ms` from a common start),
+so a rank slowed by a fault arrives late at the all-reduce and its peers
+wait for it, as in real data-parallel training.
+
+    mpirun ... /usr/bin/python3 keel_mpi.py --push udp://127.0.0.1:7600 \\
+        --job 77 --node n01 --sink 10.0.0.1:7700 --seconds 60
+
+`--sink HOST:PORT --serve` runs the upload sink instead: it reads each
+upload (an 8-byte big-endian length, then that many bytes) and answers one
+byte. Stops on SIGTERM or after `--seconds`.
+"""
+
+import argparse
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keel_push  # noqa: E402
+
+
+def read_exact(conn, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = conn.recv(min(1 << 20, n - len(buf)))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def serve(addr, seconds):
+    host, port = addr
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, port))
+    srv.listen(64)
+
+    def client(conn):
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while True:
+                head = read_exact(conn, 8)
+                if head is None:
+                    return
+                (n,) = struct.unpack(">Q", head)
+                if n > (1 << 30) or read_exact(conn, n) is None:
+                    return
+                conn.sendall(b"k")
+
+    srv.settimeout(0.5)
+    until = time.time() + seconds
+    while time.time() < until:
+        try:
+            conn, _ = srv.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=client, args=(conn,), daemon=True).start()
+
+
+def parse_hostport(text):
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def work(args):
+    from mpi4py import MPI
+    import numpy as np
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    sender = keel_push.Sender(args.push, args.job, args.node, rank)
+    up = None
+    if args.sink and args.upload_bytes > 0:
+        up = socket.create_connection(parse_hostport(args.sink), timeout=30)
+        up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        payload = struct.pack(">Q", args.upload_bytes) + bytes(args.upload_bytes)
+    n = max(1, args.bytes // 8)
+    send, recv = np.ones(n), np.empty(n)
+    a = np.random.default_rng(rank).random((64, 64))
+    # A common start: rank 0's clock, shared (all ranks run on one host).
+    start = comm.bcast(time.time() + 0.5 if rank == 0 else None, root=0)
+    period = args.period_ms / 1000.0
+    end = start + args.seconds
+    seq = 0
+    while True:
+        slot = start + seq * period
+        if slot >= end:
+            break
+        delay = slot - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        t = time.perf_counter()
+        while (time.perf_counter() - t) * 1000.0 < args.compute_ms:
+            a = np.tanh(a @ a)
+        if up is not None:
+            up.sendall(payload)
+            if read_exact(up, 1) is None:
+                raise SystemExit("the upload sink went away")
+        seq += 1
+        arrive = time.time()
+        comm.Allreduce(send, recv)
+        sender.collective("allreduce", seq, args.bytes, arrive, time.time())
+    comm.Barrier()
+    if rank == 0:
+        print("steps=%d sent=%d dropped=%d" % (seq, sender.sent, sender.dropped), flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--push", help="the node's sensor: udp://HOST:PORT or unix:///PATH")
+    p.add_argument("--job", default=os.environ.get("KEEL_JOB", "0"))
+    p.add_argument("--node", default=os.environ.get("KEEL_NODE", socket.gethostname()))
+    p.add_argument("--sink", help="HOST:PORT of the upload sink")
+    p.add_argument("--serve", action="store_true", help="run the upload sink at --sink")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--period-ms", type=float, default=50.0)
+    p.add_argument("--compute-ms", type=float, default=5.0)
+    p.add_argument("--upload-bytes", type=int, default=65536)
+    p.add_argument("--bytes", type=int, default=65536, help="all-reduce size")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.serve:
+        if not args.sink:
+            p.error("--serve needs --sink HOST:PORT")
+        serve(parse_hostport(args.sink), args.seconds)
+        return
+    if not args.push:
+        p.error("--push is required")
+    work(args)
+
+
+if __name__ == "__main__":
+    main()
