@@ -98,9 +98,13 @@ def work(args):
     a = np.random.default_rng(rank).random((64, 64))
     # A common start: rank 0's clock, shared (all ranks run on one host).
     start = comm.bcast(time.time() + 0.5 if rank == 0 else None, root=0)
+    if rank == 0:
+        # The harness counts its fault schedule from here.
+        print("start=%.6f" % start, flush=True)
     period = args.period_ms / 1000.0
     end = start + args.seconds
     seq = 0
+    record = [] if args.record else None
     while True:
         slot = start + seq * period
         if slot >= end:
@@ -118,8 +122,16 @@ def work(args):
         seq += 1
         arrive = time.time()
         comm.Allreduce(send, recv)
-        sender.collective("allreduce", seq, args.bytes, arrive, time.time())
+        left = time.time()
+        sender.collective("allreduce", seq, args.bytes, arrive, left)
+        if record is not None:
+            record.append((seq, arrive, left))
     comm.Barrier()
+    if record is not None:
+        with open(os.path.join(args.record, "rank-%d.tsv" % rank), "w") as f:
+            f.write("seq\tarrive\tleft\n")
+            for r in record:
+                f.write("%d\t%.6f\t%.6f\n" % r)
     if rank == 0:
         print("steps=%d sent=%d dropped=%d" % (seq, sender.sent, sender.dropped), flush=True)
 
@@ -132,10 +144,11 @@ def main(argv=None):
     p.add_argument("--sink", help="HOST:PORT of the upload sink")
     p.add_argument("--serve", action="store_true", help="run the upload sink at --sink")
     p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--period-ms", type=float, default=50.0)
-    p.add_argument("--compute-ms", type=float, default=5.0)
-    p.add_argument("--upload-bytes", type=int, default=65536)
+    p.add_argument("--period-ms", type=float, default=100.0)
+    p.add_argument("--compute-ms", type=float, default=8.0)
+    p.add_argument("--upload-bytes", type=int, default=262144)
     p.add_argument("--bytes", type=int, default=65536, help="all-reduce size")
+    p.add_argument("--record", help="a folder: each rank writes rank-N.tsv (seq, arrive, left) at the end")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.serve:

@@ -19,7 +19,7 @@ pub const HOST_CPU_SHARE: f64 = 0.05;
 /// Busy processes per `host` fault where no cgroup can limit the CPU.
 pub const HOGS: usize = 3;
 /// A `network` fault's rate limit on the node's data link.
-pub const NET_RATE: &str = "20mbit";
+pub const NET_RATE: &str = "50mbit";
 /// The share of the node's outgoing TCP packets a `network` fault drops, %.
 pub const NET_DROP_PCT: u32 = 15;
 

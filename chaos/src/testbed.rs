@@ -22,6 +22,9 @@ pub const MGMT_NET: &str = "10.213.78";
 /// The node-side names of the two links inside every namespace.
 pub const DATA_IF: &str = "kc0";
 pub const MGMT_IF: &str = "kcm";
+/// Where the CPU cgroup hierarchy is bind-mounted for the sensors: `ip
+/// netns exec` gives its command a fresh `/sys`, without the cgroup mounts.
+pub const CGROUP_VIEW: &str = "/run/kc-cgroup";
 /// The nftables table a network fault adds in a node's namespace.
 pub const NFT_TABLE: &str = "kc_chaos";
 
@@ -205,6 +208,12 @@ impl Testbed {
         self.cpu.dir(&Testbed::ns(i))
     }
 
+    /// Node `i`'s CPU cgroup as its sensor, inside the namespace, sees it.
+    pub fn sensor_cgroup(&self, i: usize) -> Option<PathBuf> {
+        self.cgroup(i)
+            .map(|_| Path::new(CGROUP_VIEW).join(Testbed::ns(i)))
+    }
+
     /// The cgroup that holds every other process the harness starts, so
     /// that `sweep` finds them even after the harness was killed.
     pub fn roles_cgroup(&self) -> Option<PathBuf> {
@@ -253,6 +262,16 @@ impl Testbed {
                 cmd: format!("mkdir {}", d.display()),
                 reason: e.to_string(),
             })?;
+        }
+        if let CpuControl::V1(root) | CpuControl::V2(root) = &tb.cpu {
+            std::fs::create_dir_all(CGROUP_VIEW).map_err(|e| SysError {
+                cmd: format!("mkdir {CGROUP_VIEW}"),
+                reason: e.to_string(),
+            })?;
+            run(
+                "mount",
+                &["--bind", &root.display().to_string(), CGROUP_VIEW],
+            )?;
         }
         Ok(tb)
     }
@@ -387,6 +406,11 @@ pub fn sweep() -> Vec<String> {
         kill(&pids);
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    if mounted(CGROUP_VIEW) {
+        found.push(format!("mount {CGROUP_VIEW}"));
+        let _ = run("umount", &[CGROUP_VIEW]);
+    }
+    let _ = std::fs::remove_dir(CGROUP_VIEW);
     for ns in &nss {
         found.push(format!("netns {ns}"));
         let _ = run("ip", &["netns", "del", ns]);
@@ -417,6 +441,13 @@ pub fn sweep() -> Vec<String> {
         }
     }
     found
+}
+
+fn mounted(target: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(target))
+    })
 }
 
 /// What the harness may have left on this machine: namespaces, links,

@@ -8,6 +8,8 @@ mod bench_scale_detect;
 mod bench_scale_load;
 mod bench_soak;
 mod cert;
+mod chaos_roles;
+mod chaos_run;
 mod controller;
 mod demo;
 mod demo_act;
@@ -350,6 +352,23 @@ enum ChaosCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build a test cluster of namespace nodes here, run a real MPI job,
+    /// inject real faults and score what keel committed (root; see docs/chaos.md)
+    Run {
+        /// A live scenario (`keel chaos run --list`); default: mixed
+        scenario: Option<String>,
+        /// Print the scores as `keel eval --json` does
+        #[arg(long)]
+        json: bool,
+        /// Where configs, logs, labels and findings go
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// List the live scenarios and what each needs
+        #[arg(long)]
+        list: bool,
+    },
+    /// Remove what a killed `keel chaos run` left (namespaces, links, cgroups, processes)
+    Clean,
 }
 
 #[derive(Subcommand)]
@@ -484,6 +503,23 @@ fn run(cli: Cli) -> Result<()> {
             eval::run(cases, json, per_trace, verbose, edge)
         }
         Command::Chaos { command } => match command {
+            ChaosCommand::Run { list: true, .. } => {
+                for s in keel_chaos::live::live_scenarios() {
+                    println!("{:<10} {}", s.name, s.about);
+                }
+                Ok(())
+            }
+            ChaosCommand::Run {
+                scenario,
+                json,
+                dir,
+                ..
+            } => chaos_run::run(chaos_run::RunOpts {
+                scenario,
+                json,
+                dir,
+            }),
+            ChaosCommand::Clean => chaos_run::clean(),
             ChaosCommand::List => {
                 for s in keel_chaos::scenarios() {
                     println!("{:<22} {}", s.name, s.about);
