@@ -6,9 +6,13 @@
 //!   writable, `HOGS` busy processes pinned to the rank's CPU (named
 //!   `kc-hog`, and bounded by `timeout` so that even a killed harness
 //!   leaves none for long).
-//! - `network`: on the node's data link, egress, a `tbf` rate limit
-//!   (`NET_RATE`) and an nftables rule dropping `NET_DROP_PCT` % of its
-//!   TCP packets at random: its TCP really retransmits.
+//! - `network`: on the node's data link, a `tbf` rate limit (`NET_RATE`)
+//!   on its egress inside the node, and an nftables rule on the bridge
+//!   port the link plugs into (the switch, in the host's namespace)
+//!   dropping `NET_DROP_PCT` % of the TCP packets the node sends: lost on
+//!   the wire, so the node's TCP really retransmits (a drop in the node's
+//!   own output hook would not: the stack sees it and sends again, never
+//!   counting a retransmit).
 
 use crate::live::LiveCause;
 use crate::testbed::{hog_cpu, run, run_input, CpuControl, SysError, Testbed, DATA_IF, NFT_TABLE};
@@ -35,8 +39,14 @@ pub struct FaultGuard {
 enum Applied {
     Quota(CpuControl, std::path::PathBuf),
     Hogs(Vec<Child>),
-    Net(String),
+    /// The node's namespace and the bridge's nftables table.
+    Net(String, String),
     Reverted,
+}
+
+/// The nftables table (family `bridge`) of a network fault on node `i`.
+pub fn nft_table(i: usize) -> String {
+    format!("{NFT_TABLE}_{}", i + 1)
 }
 
 /// Injects `cause` into node `i` for at most `max_s` seconds (the bound
@@ -97,9 +107,9 @@ pub fn inject(
             let ns = Testbed::ns(i);
             let guard = FaultGuard {
                 description: format!(
-                    "{ns}: {DATA_IF} egress tbf {NET_RATE}, {NET_DROP_PCT}% of TCP dropped"
+                    "{ns}: {DATA_IF} egress tbf {NET_RATE}, {NET_DROP_PCT}% of its TCP dropped at the bridge"
                 ),
-                what: Applied::Net(ns.clone()),
+                what: Applied::Net(ns.clone(), nft_table(i)),
             };
             // The guard exists before the first change: a half-applied
             // fault is reverted too.
@@ -111,13 +121,11 @@ pub fn inject(
                 ],
             )?;
             let rules = format!(
-                "table inet {NFT_TABLE} {{\n chain out {{\n  type filter hook output priority 0;\n  oifname \"{DATA_IF}\" meta l4proto tcp numgen random mod 100 < {NET_DROP_PCT} drop\n }}\n}}\n"
+                "table bridge {} {{\n chain lossy {{\n  type filter hook forward priority 0;\n  iifname \"{}\" meta l4proto tcp numgen random mod 100 < {NET_DROP_PCT} drop\n }}\n}}\n",
+                nft_table(i),
+                Testbed::host_data_link(i)
             );
-            run_input(
-                "ip",
-                &["netns", "exec", &ns, "nft", "-f", "-"],
-                Some(&rules),
-            )?;
+            run_input("nft", &["-f", "-"], Some(&rules))?;
             Ok(guard)
         }
     }
@@ -137,30 +145,18 @@ impl FaultGuard {
                     let _ = h.wait();
                 }
             }
-            Applied::Net(ns) => {
+            Applied::Net(ns, table) => {
                 // Absent already (a half-applied fault) is fine.
+                let _ = run("nft", &["delete", "table", "bridge", &table]);
                 let _ = run(
                     "ip",
                     &[
                         "netns", "exec", &ns, "tc", "qdisc", "del", "dev", DATA_IF, "root",
                     ],
                 );
-                let _ = run(
-                    "ip",
-                    &[
-                        "netns", "exec", &ns, "nft", "delete", "table", "inet", NFT_TABLE,
-                    ],
-                );
-                if run(
-                    "ip",
-                    &[
-                        "netns", "exec", &ns, "nft", "list", "table", "inet", NFT_TABLE,
-                    ],
-                )
-                .is_ok()
-                {
+                if run("nft", &["list", "table", "bridge", &table]).is_ok() {
                     errors.push(SysError {
-                        cmd: format!("nft delete table inet {NFT_TABLE} in {ns}"),
+                        cmd: format!("nft delete table bridge {table}"),
                         reason: "the table is still there".into(),
                     });
                 }

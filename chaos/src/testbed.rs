@@ -25,7 +25,8 @@ pub const MGMT_IF: &str = "kcm";
 /// Where the CPU cgroup hierarchy is bind-mounted for the sensors: `ip
 /// netns exec` gives its command a fresh `/sys`, without the cgroup mounts.
 pub const CGROUP_VIEW: &str = "/run/kc-cgroup";
-/// The nftables table a network fault adds in a node's namespace.
+/// The nftables tables a network fault adds (family `bridge`, in the
+/// host's namespace) start with this.
 pub const NFT_TABLE: &str = "kc_chaos";
 
 /// A command that failed, with what it said.
@@ -190,6 +191,11 @@ impl Testbed {
 
     pub fn mgmt_ip(i: usize) -> String {
         format!("{MGMT_NET}.{}", 11 + i)
+    }
+
+    /// The host side of node `i`'s data link (a port of the data bridge).
+    pub fn host_data_link(i: usize) -> String {
+        format!("{PREFIX}{}d", i + 1)
     }
 
     /// The host's end of the data network.
@@ -426,9 +432,15 @@ pub fn sweep() -> Vec<String> {
         found.push(format!("link {link}"));
         let _ = run("ip", &["link", "del", &link]);
     }
-    if run("nft", &["list", "table", "inet", NFT_TABLE]).is_ok() {
-        found.push(format!("nft table {NFT_TABLE}"));
-        let _ = run("nft", &["delete", "table", "inet", NFT_TABLE]);
+    for line in run("nft", &["list", "tables"]).unwrap_or_default().lines() {
+        // `table FAMILY NAME`
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if let [_, family, name] = w[..] {
+            if name.starts_with(NFT_TABLE) {
+                found.push(format!("nft table {family} {name}"));
+                let _ = run("nft", &["delete", "table", family, name]);
+            }
+        }
     }
     for d in cgroups {
         found.push(format!("cgroup {}", d.display()));
