@@ -5,7 +5,9 @@ collective to its node's keel sensor, through the same push wire format as
 
 Each rank repeats a training-like step at a fixed cadence:
 
-1. compute: `--compute-ms` of numpy work on the CPU (what a CPU fault slows);
+1. compute: a fixed amount of numpy work on the CPU, calibrated at start to
+   take `--compute-ms` (the same amount on every rank, the median of their
+   calibrations): a rank that gets less CPU takes longer over it;
 2. upload: `--upload-bytes` sent over TCP to `--sink` and acknowledged
    (a checkpoint shard or activations leaving the node: what a fault on
    the node's link slows);
@@ -21,7 +23,8 @@ wait for it, as in real data-parallel training.
 
 `--sink HOST:PORT --serve` runs the upload sink instead: it reads each
 upload (an 8-byte big-endian length, then that many bytes) and answers one
-byte. Stops on SIGTERM or after `--seconds`.
+byte, one process per connection. Stops on SIGTERM or after `--seconds`
+(its connections' processes when their rank hangs up).
 """
 
 import argparse
@@ -30,7 +33,6 @@ import signal
 import socket
 import struct
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +68,9 @@ def serve(addr, seconds):
                     return
                 conn.sendall(b"k")
 
+    # A process per upload stream: threads would queue each rank's upload
+    # behind the others' on the interpreter lock.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     srv.settimeout(0.5)
     until = time.time() + seconds
     while time.time() < until:
@@ -73,7 +78,13 @@ def serve(addr, seconds):
             conn, _ = srv.accept()
         except socket.timeout:
             continue
-        threading.Thread(target=client, args=(conn,), daemon=True).start()
+        if os.fork() == 0:
+            srv.close()
+            try:
+                client(conn)
+            finally:
+                os._exit(0)
+        conn.close()
 
 
 def parse_hostport(text):
@@ -96,6 +107,14 @@ def work(args):
     n = max(1, args.bytes // 8)
     send, recv = np.ones(n), np.empty(n)
     a = np.random.default_rng(rank).random((64, 64))
+    # Calibrate: how many iterations take --compute-ms here.
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < 0.2:
+        a = np.tanh(a @ a)
+        n += 1
+    mine = max(1, int(n * args.compute_ms / 200.0))
+    counts = sorted(comm.allgather(mine))
+    iters = counts[len(counts) // 2]
     # A common start: rank 0's clock, shared (all ranks run on one host).
     start = comm.bcast(time.time() + 0.5 if rank == 0 else None, root=0)
     if rank == 0:
@@ -112,9 +131,10 @@ def work(args):
         delay = slot - time.time()
         if delay > 0:
             time.sleep(delay)
-        t = time.perf_counter()
-        while (time.perf_counter() - t) * 1000.0 < args.compute_ms:
+        woke = time.time()
+        for _ in range(iters):
             a = np.tanh(a @ a)
+        computed = time.time()
         if up is not None:
             up.sendall(payload)
             if read_exact(up, 1) is None:
@@ -125,13 +145,13 @@ def work(args):
         left = time.time()
         sender.collective("allreduce", seq, args.bytes, arrive, left)
         if record is not None:
-            record.append((seq, arrive, left))
+            record.append((seq, slot, woke, computed, arrive, left))
     comm.Barrier()
     if record is not None:
         with open(os.path.join(args.record, "rank-%d.tsv" % rank), "w") as f:
-            f.write("seq\tarrive\tleft\n")
+            f.write("seq\tslot\twoke\tcomputed\tarrive\tleft\n")
             for r in record:
-                f.write("%d\t%.6f\t%.6f\n" % r)
+                f.write("%d\t%.6f\t%.6f\t%.6f\t%.6f\t%.6f\n" % r)
     if rank == 0:
         print("steps=%d sent=%d dropped=%d" % (seq, sender.sent, sender.dropped), flush=True)
 
@@ -146,9 +166,9 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--period-ms", type=float, default=100.0)
     p.add_argument("--compute-ms", type=float, default=8.0)
-    p.add_argument("--upload-bytes", type=int, default=262144)
+    p.add_argument("--upload-bytes", type=int, default=524288)
     p.add_argument("--bytes", type=int, default=65536, help="all-reduce size")
-    p.add_argument("--record", help="a folder: each rank writes rank-N.tsv (seq, arrive, left) at the end")
+    p.add_argument("--record", help="a folder: each rank writes rank-N.tsv (seq; its slot, wake-up, end of compute, arrival at and exit from the all-reduce) at the end")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.serve:

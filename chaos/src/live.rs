@@ -112,7 +112,7 @@ pub fn live_scenarios() -> Vec<LiveScenario> {
     vec![
         LiveScenario {
             name: "mixed",
-            about: "4 nodes: a host straggler (CPU quota) on n02, then a network straggler (tbf + 15% drop, a retransmit storm) on n03",
+            about: "4 nodes: a host straggler (CPU quota) on n02, then a network straggler (tbf + 20% TCP loss, a retransmit storm) on n03",
             nodes: 4,
             seconds: 46.0,
             faults: vec![f(LiveCause::Host, 1, 10.0), f(LiveCause::Network, 2, 28.0)],
@@ -126,7 +126,7 @@ pub fn live_scenarios() -> Vec<LiveScenario> {
         },
         LiveScenario {
             name: "network",
-            about: "4 nodes: one network straggler (tbf + 15% drop, a retransmit storm) on n04",
+            about: "4 nodes: one network straggler (tbf + 20% TCP loss, a retransmit storm) on n04",
             nodes: 4,
             seconds: 28.0,
             faults: vec![f(LiveCause::Network, 3, 10.0)],

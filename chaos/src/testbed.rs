@@ -109,6 +109,19 @@ pub fn missing(needs: &[Need]) -> Vec<String> {
     out
 }
 
+/// The CPU quota's period (µs), 20 ms: far shorter than a training step (100 ms
+/// in the workload, more in real jobs), so that a throttled rank is slowed
+/// in every step, as by a neighbour taking its CPU; a period as long as
+/// the step throttles some steps fully and leaves others alone.
+pub const QUOTA_PERIOD_US: u64 = 20_000;
+
+/// How many times the default CPU weight the workload's cgroups (the ranks,
+/// the upload sink) get. On a real cluster the ranks own their cores and
+/// keel runs on the DPU or a spare core; on one small machine they share
+/// it with a dozen keel processes, and the weight is what keeps keel's own
+/// bursts from making a healthy rank late. A fault's quota still caps it.
+pub const WORKLOAD_WEIGHT: u64 = 8;
+
 /// How a node's CPU can be limited on this machine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CpuControl {
@@ -144,8 +157,22 @@ impl CpuControl {
         }
     }
 
-    /// Limits the cgroup at `dir` to `share` of one CPU (0 < share),
-    /// over a 100 ms period; `None` lifts the limit.
+    /// Gives the cgroup at `dir` `WORKLOAD_WEIGHT` times the default CPU
+    /// weight.
+    pub fn set_weight(&self, dir: &Path) -> Result<(), SysError> {
+        let (file, value) = match self {
+            CpuControl::V1(_) => ("cpu.shares", 1024 * WORKLOAD_WEIGHT),
+            CpuControl::V2(_) => ("cpu.weight", 100 * WORKLOAD_WEIGHT),
+            CpuControl::Hog => return Ok(()),
+        };
+        std::fs::write(dir.join(file), value.to_string()).map_err(|e| SysError {
+            cmd: format!("echo {value} > {}", dir.join(file).display()),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Limits the cgroup at `dir` to `share` of one CPU (0 < share), over
+    /// a `QUOTA_PERIOD_US` period; `None` lifts the limit.
     pub fn set_quota(&self, dir: &Path, share: Option<f64>) -> Result<(), SysError> {
         let write = |file: &str, text: String| {
             std::fs::write(dir.join(file), &text).map_err(|e| SysError {
@@ -153,10 +180,12 @@ impl CpuControl {
                 reason: e.to_string(),
             })
         };
-        let quota = share.map(|s| ((s * 100_000.0) as u64).max(1000));
+        let period = QUOTA_PERIOD_US;
+        // The kernel's least quota is 1 ms.
+        let quota = share.map(|s| ((s * period as f64) as u64).max(1000));
         match self {
             CpuControl::V1(_) => {
-                write("cpu.cfs_period_us", "100000".into())?;
+                write("cpu.cfs_period_us", period.to_string())?;
                 write(
                     "cpu.cfs_quota_us",
                     quota.map_or("-1".into(), |q| q.to_string()),
@@ -164,7 +193,7 @@ impl CpuControl {
             }
             CpuControl::V2(_) => write(
                 "cpu.max",
-                format!("{} 100000", quota.map_or("max".into(), |q| q.to_string())),
+                format!("{} {period}", quota.map_or("max".into(), |q| q.to_string())),
             ),
             CpuControl::Hog => Ok(()),
         }
@@ -226,6 +255,12 @@ impl Testbed {
         self.cpu.dir(&format!("{PREFIX}roles"))
     }
 
+    /// The upload sink's cgroup: on the workload's critical path, so it
+    /// weighs as the ranks do.
+    pub fn sink_cgroup(&self) -> Option<PathBuf> {
+        self.cpu.dir(&format!("{PREFIX}sink"))
+    }
+
     /// Removes what an earlier run left, then builds `nodes` namespace nodes.
     pub fn build(nodes: usize) -> Result<Testbed, SysError> {
         sweep();
@@ -261,13 +296,21 @@ impl Testbed {
             }
             run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
         }
-        let mut dirs: Vec<PathBuf> = (0..nodes).filter_map(|i| tb.cgroup(i)).collect();
-        dirs.extend(tb.roles_cgroup());
-        for d in dirs {
-            std::fs::create_dir_all(&d).map_err(|e| SysError {
+        if let CpuControl::V2(root) = &tb.cpu {
+            // Best effort: where it is already on, or cannot be, cpu.max
+            // says so below.
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu");
+        }
+        let mut workload: Vec<PathBuf> = (0..nodes).filter_map(|i| tb.cgroup(i)).collect();
+        workload.extend(tb.sink_cgroup());
+        for d in workload.iter().chain(tb.roles_cgroup().iter()) {
+            std::fs::create_dir_all(d).map_err(|e| SysError {
                 cmd: format!("mkdir {}", d.display()),
                 reason: e.to_string(),
             })?;
+        }
+        for d in &workload {
+            tb.cpu.set_weight(d)?;
         }
         if let CpuControl::V1(root) | CpuControl::V2(root) = &tb.cpu {
             std::fs::create_dir_all(CGROUP_VIEW).map_err(|e| SysError {

@@ -141,7 +141,11 @@ fn start_workload(tb: &Testbed, sc: &LiveScenario, roles: &mut Roles) -> Result<
         .stderr(std::fs::File::create(roles.dir.join("sink.log"))?)
         .spawn()
         .context("starting the upload sink")?;
+    let pid = child.id();
     roles.adopt("sink", child);
+    if let Some(dir) = tb.sink_cgroup() {
+        Testbed::enter(&dir, pid)?;
+    }
     let net = format!("{}.0/24", testbed::DATA_NET);
     let mut mpirun = Command::new("mpirun");
     mpirun.args([
