@@ -15,6 +15,11 @@ pub const PUSH_PORT: u16 = 7600;
 /// second, so that a fault shows within the 2 s the harness promises.
 pub const LINUX_INTERVAL_MS: u64 = 250;
 
+/// Collectives per edge summary. The default (2) is set for jobs that
+/// step at ~30 Hz; the test job steps at 10 Hz, and one collective per
+/// summary gives the correlator's window as many summaries per second.
+pub const WINDOW_LEN: u64 = 1;
+
 /// The running roles; dropping it stops them (SIGTERM, then SIGKILL).
 pub struct Roles {
     pub dir: PathBuf,
@@ -102,7 +107,7 @@ impl Roles {
                 .map(|d| format!("cgroup = \"{}\"\n", d.display()))
                 .unwrap_or_default();
             let cfg = format!(
-                "node = \"{node}\"\ncredentials = \"{}\"\n{}\n[[source]]\nkind = \"push\"\nlisten = \"udp://127.0.0.1:{PUSH_PORT}\"\n\n[[source]]\nkind = \"linux\"\ninterval_ms = {LINUX_INTERVAL_MS}\n{cgroup}",
+                "node = \"{node}\"\ncredentials = \"{}\"\nwindow_len = {WINDOW_LEN}\n{}\n[[source]]\nkind = \"push\"\nlisten = \"udp://127.0.0.1:{PUSH_PORT}\"\n\n[[source]]\nkind = \"linux\"\ninterval_ms = {LINUX_INTERVAL_MS}\n{cgroup}",
                 creds.display(),
                 self.controllers_toml()
             );
