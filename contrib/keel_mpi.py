@@ -6,8 +6,8 @@ collective to its node's keel sensor, through the same push wire format as
 Each rank repeats a training-like step at a fixed cadence:
 
 1. compute: a fixed amount of numpy work on the CPU, calibrated at start to
-   take `--compute-ms` (the same amount on every rank, the median of their
-   calibrations): a rank that gets less CPU takes longer over it;
+   take `--compute-ms` on an idle CPU (the same amount on every rank, the
+   median of their calibrations): a rank that gets less CPU takes longer;
 2. upload: `--upload-bytes` sent over TCP to `--sink` and acknowledged
    (a checkpoint shard or activations leaving the node: what a fault on
    the node's link slows);
@@ -107,12 +107,15 @@ def work(args):
     n = max(1, args.bytes // 8)
     send, recv = np.ones(n), np.empty(n)
     a = np.random.default_rng(rank).random((64, 64))
-    # Calibrate: how many iterations take --compute-ms here.
-    n, t = 0, time.perf_counter()
-    while time.perf_counter() - t < 0.2:
+    # Calibrate: how many iterations take --compute-ms of CPU here, from
+    # the fastest of many single iterations (a busy machine makes the
+    # others slower, not the work smaller).
+    best = float("inf")
+    for _ in range(200):
+        t = time.perf_counter()
         a = np.tanh(a @ a)
-        n += 1
-    mine = max(1, int(n * args.compute_ms / 200.0))
+        best = min(best, time.perf_counter() - t)
+    mine = max(1, int(args.compute_ms / 1000.0 / max(best, 1e-7)))
     counts = sorted(comm.allgather(mine))
     iters = counts[len(counts) // 2]
     # A common start: rank 0's clock, shared (all ranks run on one host).

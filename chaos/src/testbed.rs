@@ -25,6 +25,9 @@ pub const MGMT_IF: &str = "kcm";
 /// Where the CPU cgroup hierarchy is bind-mounted for the sensors: `ip
 /// netns exec` gives its command a fresh `/sys`, without the cgroup mounts.
 pub const CGROUP_VIEW: &str = "/run/kc-cgroup";
+/// The least TCP retransmission timeout on the data network, as
+/// datacenters set it (`ip route ... rto_min`).
+pub const RTO_MIN: &str = "10ms";
 /// The nftables tables a network fault adds (family `bridge`, in the
 /// host's namespace) start with this.
 pub const NFT_TABLE: &str = "kc_chaos";
@@ -109,11 +112,11 @@ pub fn missing(needs: &[Need]) -> Vec<String> {
     out
 }
 
-/// The CPU quota's period (µs), 20 ms: far shorter than a training step (100 ms
+/// The CPU quota's period (µs), 10 ms: far shorter than a training step (100 ms
 /// in the workload, more in real jobs), so that a throttled rank is slowed
 /// in every step, as by a neighbour taking its CPU; a period as long as
 /// the step throttles some steps fully and leaves others alone.
-pub const QUOTA_PERIOD_US: u64 = 20_000;
+pub const QUOTA_PERIOD_US: u64 = 10_000;
 
 /// How many times the default CPU weight the workload's cgroups (the ranks,
 /// the upload sink) get. On a real cluster the ranks own their cores and
@@ -295,6 +298,30 @@ impl Testbed {
                 run("ip", &["-n", &ns, "link", "set", inner, "up"])?;
             }
             run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+            // A datacenter fabric's TCP: a lost segment is sent again
+            // after RTO_MIN, not Linux's 200 ms default (made for the
+            // Internet's round trips, a thousand times these).
+            let data_ip = Testbed::data_ip(i);
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &ns,
+                    "route",
+                    "change",
+                    &format!("{DATA_NET}.0/24"),
+                    "dev",
+                    DATA_IF,
+                    "proto",
+                    "kernel",
+                    "scope",
+                    "link",
+                    "src",
+                    &data_ip,
+                    "rto_min",
+                    RTO_MIN,
+                ],
+            )?;
         }
         if let CpuControl::V2(root) = &tb.cpu {
             // Best effort: where it is already on, or cannot be, cpu.max
