@@ -25,6 +25,7 @@ mod plan;
 mod rng;
 mod scenarios;
 mod signals;
+mod sweep;
 pub mod testbed;
 mod vllm;
 mod writer;
