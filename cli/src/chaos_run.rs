@@ -422,3 +422,68 @@ pub fn clean() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_model::{Cause, FindingKind, Severity};
+
+    fn finding(kind: FindingKind, cause: Cause, rank: Option<u32>, ts: f64) -> Finding {
+        Finding {
+            basis: None,
+            gpu_instance: None,
+            ts,
+            kind,
+            cause,
+            severity: Severity::Warning,
+            confidence: 0.8,
+            job: rank.map(|_| JOB.into()),
+            node: Some("n03".into()),
+            rank,
+            gpu: None,
+            device: None,
+            evidence: vec!["e".into()],
+        }
+    }
+
+    #[test]
+    fn each_label_gets_its_first_matching_finding() {
+        let labels = live::labels(live::LiveCause::Network, JOB, "n03", 2, 100.0, 110.0);
+        let findings = vec![
+            // Before the onset: not this episode's.
+            finding(FindingKind::TpStraggler, Cause::Unknown, Some(2), 99.0),
+            finding(FindingKind::TpStraggler, Cause::Network, Some(2), 101.5),
+            finding(FindingKind::TpStraggler, Cause::Host, Some(2), 103.0),
+            // Another rank: no match.
+            finding(FindingKind::TpStraggler, Cause::Network, Some(1), 100.5),
+        ];
+        let d = detail(&labels, &findings);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0]["committed"], true);
+        assert_eq!(d[0]["latency_s"].as_f64(), Some(1.5));
+        assert_eq!(d[0]["cause"], "network");
+        // No retransmit_storm finding: the storm label is not committed.
+        assert_eq!(d[1]["committed"], false);
+        assert!(d[1]["latency_s"].is_null());
+        // The same scoring as `keel eval`: two false positives.
+        let card = keel_detect::score::score(&labels, &findings);
+        assert_eq!(card.overall().false_positives, 2);
+    }
+
+    #[test]
+    fn labels_are_written_one_line_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("labels.jsonl");
+        let eps = vec![Episode {
+            labels: live::labels(live::LiveCause::Host, JOB, "n02", 1, 5.0, 15.0),
+            guard: None,
+        }];
+        write_labels(&path, &eps).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let back: Vec<Label> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(back, eps[0].labels);
+    }
+}
