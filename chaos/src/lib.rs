@@ -7,17 +7,26 @@
 //! records) and faults' look-alikes that must not be flagged, so that keel's
 //! detectors can be scored on them. Output is a pure function of the scenario,
 //! the seed and the options.
+//!
+//! `live`, `testbed` and `faults` are the other half: `keel chaos run`
+//! builds a test cluster of network-namespace nodes on one machine, runs a
+//! real MPI workload across them and injects real faults (CPU quota,
+//! `tbf`, nftables drops) on a schedule, writing the labels as it goes.
 
 mod build;
 mod cluster;
 mod collectives;
+pub mod faults;
 mod gen;
 mod inject;
+pub mod live;
 mod netsig;
 mod plan;
 mod rng;
 mod scenarios;
 mod signals;
+mod sweep;
+pub mod testbed;
 mod vllm;
 mod writer;
 

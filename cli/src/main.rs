@@ -8,6 +8,9 @@ mod bench_scale_detect;
 mod bench_scale_load;
 mod bench_soak;
 mod cert;
+mod chaos_cmd;
+mod chaos_roles;
+mod chaos_run;
 mod controller;
 mod demo;
 mod demo_act;
@@ -107,10 +110,11 @@ enum Command {
         #[arg(long)]
         edge: bool,
     },
-    /// Generate scenarios: simulated clusters with injected faults and nuisances
+    /// Generate scenarios (simulated clusters with injected faults and nuisances),
+    /// or run live ones: real faults in a real job on namespace nodes here
     Chaos {
         #[command(subcommand)]
-        command: ChaosCommand,
+        command: chaos_cmd::ChaosCommand,
     },
     /// Run one replica of the Raft-replicated controller, or change its membership
     #[command(args_conflicts_with_subcommands = true)]
@@ -330,29 +334,6 @@ pub(crate) enum JobCommand {
 }
 
 #[derive(Subcommand)]
-enum ChaosCommand {
-    /// List the scenarios
-    List,
-    /// Write DIR/trace.jsonl and DIR/labels.jsonl for one scenario
-    Gen {
-        #[arg(long)]
-        scenario: String,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long)]
-        out: PathBuf,
-        /// Override the scenario's length in seconds of trace time
-        #[arg(long)]
-        duration: Option<f64>,
-    },
-    /// Write the evaluation corpus: one folder per (scenario, seed)
-    Corpus {
-        #[arg(long)]
-        out: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
 enum BenchCommand {
     /// Commits/s and commit latency of 3 local controller processes (fsync on), then failover time
     Controller {
@@ -483,55 +464,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             eval::run(cases, json, per_trace, verbose, edge)
         }
-        Command::Chaos { command } => match command {
-            ChaosCommand::List => {
-                for s in keel_chaos::scenarios() {
-                    println!("{:<22} {}", s.name, s.about);
-                }
-                Ok(())
-            }
-            ChaosCommand::Gen {
-                scenario,
-                seed,
-                out,
-                duration,
-            } => {
-                let s = keel_chaos::generate_to_dir(
-                    &scenario,
-                    seed,
-                    &keel_chaos::GenOptions {
-                        duration_s: duration,
-                    },
-                    &out,
-                )?;
-                eprintln!(
-                    "{}: {} records, {} labels, {:.0} s",
-                    out.display(),
-                    s.records,
-                    s.labels,
-                    s.end - s.start
-                );
-                Ok(())
-            }
-            ChaosCommand::Corpus { out } => {
-                for (scenario, seed) in keel_chaos::corpus() {
-                    let dir = out.join(format!("{scenario}-{seed}"));
-                    let s = keel_chaos::generate_to_dir(
-                        scenario,
-                        seed,
-                        &keel_chaos::GenOptions::default(),
-                        &dir,
-                    )?;
-                    eprintln!(
-                        "{}: {} records, {} labels",
-                        dir.display(),
-                        s.records,
-                        s.labels
-                    );
-                }
-                Ok(())
-            }
-        },
+        Command::Chaos { command } => chaos_cmd::run(command),
         Command::Controller { config, command } => match (config, command) {
             (Some(config), None) => controller::run(&config),
             (

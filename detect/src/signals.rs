@@ -13,6 +13,14 @@ pub const HISTORY_S: f64 = 150.0;
 /// At most this many points a series, whatever its rate: memory stays bounded
 /// even for a source sampling far faster than exporters do.
 pub const HISTORY_POINTS: usize = 600;
+/// A counter's rate is taken over the newest span of at least this long
+/// (s): a source read faster than exporters are scraped (the `linux`
+/// source at 4 Hz) then gives rates as steady as a 1 Hz scrape's instead of
+/// four times as noisy (retransmits come in bursts; a quarter-second with
+/// none would break every episode's `sustain_s`). Under a second, so that a
+/// 1 Hz exporter whose samples jitter still gets its rate from the last
+/// interval alone.
+pub const RATE_MIN_S: f64 = 0.75;
 /// How far back a baseline looks.
 pub const BASELINE_S: f64 = 60.0;
 /// Which quantile of that window is the baseline.
@@ -59,6 +67,9 @@ pub struct SeriesKey {
 pub struct Series {
     points: VecDeque<(Timestamp, f64)>,
     last_raw: Option<(Timestamp, f64)>,
+    /// Counters: (time, count since the first sample, resets added up),
+    /// back to the newest point at least `RATE_MIN_S` old.
+    counted: VecDeque<(Timestamp, f64)>,
 }
 
 /// Summary of a series over a span of time.
@@ -152,8 +163,11 @@ impl SignalStore {
             MetricKind::Counter => {
                 let prev = series.last_raw;
                 series.last_raw = Some((sample.ts, sample.value));
-                let (last_ts, last_v) = prev?;
-                let dt = sample.ts - last_ts;
+                let Some((last_ts, last_v)) = prev else {
+                    series.counted.clear();
+                    series.counted.push_back((sample.ts, 0.0));
+                    return None;
+                };
                 // A counter that goes down has restarted from zero: what it
                 // counted since then is its whole value (as Prometheus' rate()).
                 let increase = if sample.value < last_v {
@@ -162,7 +176,17 @@ impl SignalStore {
                 } else {
                     sample.value - last_v
                 };
-                increase / dt
+                let total = series.counted.back().map_or(0.0, |p| p.1) + increase;
+                series.counted.push_back((sample.ts, total));
+                while series.counted.len() > 2 && series.counted[1].0 <= sample.ts - RATE_MIN_S {
+                    series.counted.pop_front();
+                }
+                let (base_ts, base) = series
+                    .counted
+                    .front()
+                    .copied()
+                    .unwrap_or((last_ts, total - increase));
+                (total - base) / (sample.ts - base_ts)
             }
         };
         if sample.name.kind() == MetricKind::Gauge {
@@ -230,6 +254,29 @@ mod tests {
             labels: MetricLabels::default(),
             value,
         }
+    }
+
+    #[test]
+    fn a_fast_counters_rate_spans_most_of_a_second() {
+        let mut s = SignalStore::default();
+        let c = MetricName::TcpRetransSegs;
+        assert!(s.push(&sample(c, 100.0, 0.0)).is_none());
+        // Read at 4 Hz: bursts of 100 every other quarter-second.
+        let mut rates = Vec::new();
+        for (i, v) in [100.0, 100.0, 200.0, 200.0, 300.0, 300.0]
+            .iter()
+            .enumerate()
+        {
+            let ts = 100.0 + 0.25 * (i + 1) as f64;
+            rates.push(s.push(&sample(c, ts, *v)).unwrap().1);
+        }
+        // The first ones over what there is; then over 0.75 s, never 0.
+        assert_eq!(rates[0], 400.0);
+        assert_eq!(rates[1], 200.0);
+        assert!((rates[2] - 200.0 / 0.75).abs() < 1e-9, "{rates:?}");
+        assert!(rates[3..].iter().all(|r| *r > 100.0), "{rates:?}");
+        // A reset inside the window still counts what came after it.
+        assert!(s.push(&sample(c, 101.75, 50.0)).unwrap().1 > 0.0);
     }
 
     #[test]

@@ -10,6 +10,15 @@
 //! | `/sys/class/net/IF/statistics/{rx,tx}_dropped` | `node_network_{receive,transmit}_drop_total{device=IF}` |
 //! | `/proc/pressure/cpu`, `some ... total=` (µs) | `node_pressure_cpu_waiting_seconds_total` (s) |
 //!
+//! Where the node's work runs in a cgroup of its own (a container, a
+//! namespace node of `keel chaos run`, a share of a bigger host), the whole
+//! host's pressure says nothing about this node, so `cgroup` names that
+//! cgroup's directory and CPU pressure is read there instead:
+//! `cpu.pressure` (cgroup v2, the same `some ... total=` µs), else
+//! `cpu.stat`'s `throttled_time` (cgroup v1, ns: the time the group's
+//! runnable tasks waited for its `cpu.cfs_quota_us`, which is what v1 can
+//! say about tasks waiting for a CPU), both in seconds.
+//!
 //! The root is configurable so that tests (and a sensor reading a host's
 //! `/proc` mounted elsewhere) can point it at another tree. A file that is
 //! missing (no PSI in this kernel, an interface gone between listing and
@@ -33,6 +42,12 @@ pub struct LinuxConfig {
     /// Only these interfaces (default: all but loopback).
     #[serde(default)]
     pub interfaces: Option<Vec<String>>,
+    /// The node's own cgroup directory (a container, a namespace node):
+    /// CPU pressure is read there (v2 `cpu.pressure`, v1 `cpu.stat`
+    /// `throttled_time`) instead of the host's `/proc/pressure/cpu`.
+    /// Default: none, the host's.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 fn slash() -> PathBuf {
@@ -53,9 +68,12 @@ impl super::Source for LinuxConfig {
             Some(names) => IfaceFilter::only(names.clone()),
             None => IfaceFilter::without_loopback(),
         };
-        let src = LinuxSource::new(node)
+        let mut src = LinuxSource::new(node)
             .with_root(self.root.clone())
             .with_interfaces(filter);
+        if let Some(dir) = &self.cgroup {
+            src = src.with_cgroup(dir.clone());
+        }
         Some(Ok((super::interval(self.interval_ms), Box::new(src))))
     }
 }
@@ -135,6 +153,9 @@ pub struct LinuxSource {
     pub root: PathBuf,
     pub node: Name,
     pub interfaces: IfaceFilter,
+    /// The node's cgroup directory (absolute, not under `root`): CPU
+    /// pressure is read there instead of `/proc/pressure/cpu`.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// What a file's contents did wrong; the caller adds the path.
@@ -157,7 +178,15 @@ impl LinuxSource {
             root: PathBuf::from("/"),
             node: Name::from(node),
             interfaces: IfaceFilter::all(),
+            cgroup: None,
         }
+    }
+
+    /// Reads CPU pressure from this cgroup directory (v2 `cpu.pressure`,
+    /// else v1 `cpu.stat` `throttled_time`) instead of the host's.
+    pub fn with_cgroup(mut self, dir: impl Into<PathBuf>) -> LinuxSource {
+        self.cgroup = Some(dir.into());
+        self
     }
 
     pub fn with_root(mut self, root: impl Into<PathBuf>) -> LinuxSource {
@@ -185,19 +214,23 @@ impl LinuxSource {
             Ok(())
         });
         r.interfaces();
-        r.file("proc/pressure/cpu", |text, r| {
-            let us = parse_psi_some_total(text)?;
-            // Divided twice, as node-exporter does, so that both sources give
-            // the same float for the same counter (one division by 1e6
-            // rounds differently in the last bit).
-            let seconds = us as f64 / 1000.0 / 1000.0;
-            r.push(
-                MetricName::CpuPressureWaiting,
-                MetricLabels::default(),
-                seconds,
-            );
-            Ok(())
-        });
+        if let Some(dir) = &self.cgroup {
+            r.cgroup_pressure(dir);
+        } else {
+            r.file("proc/pressure/cpu", |text, r| {
+                let us = parse_psi_some_total(text)?;
+                // Divided twice, as node-exporter does, so that both sources give
+                // the same float for the same counter (one division by 1e6
+                // rounds differently in the last bit).
+                let seconds = us as f64 / 1000.0 / 1000.0;
+                r.push(
+                    MetricName::CpuPressureWaiting,
+                    MetricLabels::default(),
+                    seconds,
+                );
+                Ok(())
+            });
+        }
         r.stats.samples = r.samples.len() as u64;
         (r.samples, r.stats)
     }
@@ -252,11 +285,43 @@ impl Reading<'_> {
 
     fn file(&mut self, rel: &str, f: impl FnOnce(&str, &mut Self) -> Result<(), Bad>) {
         let path = self.src.root.join(rel);
-        if let Some(text) = self.text(&path) {
+        self.file_at(&path, f);
+    }
+
+    fn file_at(&mut self, path: &Path, f: impl FnOnce(&str, &mut Self) -> Result<(), Bad>) {
+        if let Some(text) = self.text(path) {
             if let Err(b) = f(&text, self) {
-                self.error(&path, b.line, b.reason);
+                self.error(path, b.line, b.reason);
             }
         }
+    }
+
+    /// The cgroup's CPU pressure: v2's `cpu.pressure` where the file
+    /// exists, else v1's `cpu.stat` `throttled_time`.
+    fn cgroup_pressure(&mut self, dir: &Path) {
+        let v2 = dir.join("cpu.pressure");
+        if v2.exists() {
+            return self.file_at(&v2, |text, r| {
+                let us = parse_psi_some_total(text)?;
+                let seconds = us as f64 / 1000.0 / 1000.0;
+                r.push(
+                    MetricName::CpuPressureWaiting,
+                    MetricLabels::default(),
+                    seconds,
+                );
+                Ok(())
+            });
+        }
+        self.file_at(&dir.join("cpu.stat"), |text, r| {
+            let ns = parse_cpu_stat_throttled_ns(text)?;
+            let seconds = ns as f64 / 1e9;
+            r.push(
+                MetricName::CpuPressureWaiting,
+                MetricLabels::default(),
+                seconds,
+            );
+            Ok(())
+        });
     }
 
     fn interfaces(&mut self) {
@@ -365,6 +430,23 @@ fn parse_snmp_tcp(text: &str) -> Result<Vec<(MetricName, u64)>, Bad> {
         out.push((metric, v));
     }
     Ok(out)
+}
+
+/// `throttled_time` (ns) of a cgroup v1 `cpu.stat`.
+fn parse_cpu_stat_throttled_ns(text: &str) -> Result<u64, Bad> {
+    for (i, line) in text.lines().enumerate() {
+        let mut kv = line.split_whitespace();
+        if kv.next() == Some("throttled_time") {
+            let v = kv.next().unwrap_or("");
+            return v
+                .parse()
+                .map_err(|_| bad(i + 1, format!("throttled_time {v:?} is not a counter")));
+        }
+    }
+    Err(Bad {
+        line: None,
+        reason: "no throttled_time line (neither cgroup v2 cpu.pressure nor v1 cpu.stat)".into(),
+    })
 }
 
 /// The `total=` (µs) of the `some` line of a PSI file.

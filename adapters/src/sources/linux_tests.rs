@@ -230,3 +230,45 @@ fn this_machines_proc_and_sys() {
         assert!(delta(MetricName::CpuPressureWaiting, None) >= 0.0);
     }
 }
+
+#[test]
+fn a_nodes_cgroup_gives_its_own_cpu_pressure_v2_then_v1() {
+    let t = Tree::new();
+    // cgroup v2: cpu.pressure, the same format as /proc/pressure/cpu.
+    t.put(
+        "cg2/cpu.pressure",
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=2500000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+    );
+    let (s, st) = t.source().with_cgroup(t.path("cg2")).read(1.0e9);
+    assert!(st.errors.is_empty(), "{:?}", st.errors);
+    assert_eq!(value(&s, MetricName::CpuPressureWaiting, None), Some(2.5));
+    // cgroup v1: cpu.stat's throttled_time in ns; the host's PSI is not read.
+    t.put(
+        "cg1/cpu.stat",
+        "nr_periods 40\nnr_throttled 31\nthrottled_time 1750000000\n",
+    );
+    let (s, st) = t.source().with_cgroup(t.path("cg1")).read(1.0e9);
+    assert!(st.errors.is_empty(), "{:?}", st.errors);
+    let p: Vec<f64> = s
+        .iter()
+        .filter(|x| x.name == MetricName::CpuPressureWaiting)
+        .map(|x| x.value)
+        .collect();
+    assert_eq!(p, vec![1.75]);
+}
+
+#[test]
+fn a_cgroup_without_cpu_counters_is_an_error_naming_it() {
+    let t = Tree::new();
+    t.put("cg/cpu.stat", "nr_periods 0\n");
+    let (s, st) = t.source().with_cgroup(t.path("cg")).read(1.0e9);
+    assert_eq!(value(&s, MetricName::CpuPressureWaiting, None), None);
+    assert_eq!(st.errors.len(), 1, "{:?}", st.errors);
+    assert_eq!(st.errors[0].path, t.path("cg/cpu.stat"));
+    t.put("cg/cpu.stat", "throttled_time lots\n");
+    let (_, st) = t.source().with_cgroup(t.path("cg")).read(1.0e9);
+    assert_eq!(st.errors[0].line, Some(1), "{:?}", st.errors);
+    // The other counters are still read.
+    let (s, _) = t.source().with_cgroup(t.path("cg")).read(1.0e9);
+    assert!(value(&s, MetricName::TcpRetransSegs, None).is_some());
+}
