@@ -99,6 +99,9 @@ pub struct StragglerConfig {
     /// episode: a rank whose delay doubles within seconds has met another
     /// bottleneck, or a worse one, and is reported again.
     pub lateness_jump: f64,
+    /// How long (s) after a report its lateness may still grow without a
+    /// jump counting: the time a fault takes to take hold.
+    pub review_settle_s: f64,
     /// How a concluded straggler is attributed to a cause.
     pub attribution: AttributionConfig,
 }
@@ -142,6 +145,7 @@ impl Default for StragglerConfig {
             review_every_s: 0.5,
             review_span_s: 2.0,
             lateness_jump: 2.0,
+            review_settle_s: 5.0,
             attribution: AttributionConfig::default(),
         }
     }

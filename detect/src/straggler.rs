@@ -64,6 +64,8 @@ struct RankTiming {
     /// and the onset it was attributed from.
     reported_decisive: bool,
     reported_since: Timestamp,
+    /// When the open finding was reported.
+    reported_at: Timestamp,
     /// Since when reviews have found the reported cause ruled out.
     cause_gone: Option<Timestamp>,
 }
@@ -86,6 +88,7 @@ impl RankTiming {
             reviewed_us: [0.0; 2],
             reported_decisive: false,
             reported_since: 0.0,
+            reported_at: 0.0,
             cause_gone: None,
         }
     }
@@ -470,7 +473,11 @@ fn review(
     // Against the higher of the last two reviews: a step up within a
     // second, not a rise from one review's dip.
     let before = rt.reviewed_us[0].max(rt.reviewed_us[1]);
-    let jumped = before > 0.0 && rt.median_us >= cfg.lateness_jump * before;
+    // A fault takes hold over a few seconds (a CPU quota, a queue filling):
+    // a finding concluded on its way up is not a new episode when it gets
+    // there, so jumps count only once the episode has settled.
+    let settled = inp.now - rt.reported_at >= cfg.review_settle_s;
+    let jumped = settled && before > 0.0 && rt.median_us >= cfg.lateness_jump * before;
     let was_decisive = rt.reported_decisive;
     let rt = timing.ranks.get_mut(&rank).expect("present");
     rt.reviewed_at = inp.now;
@@ -618,6 +625,7 @@ fn report(
     rt.reviewed_us = [rt.median_us; 2];
     rt.reported_decisive = decisive;
     rt.reported_since = since;
+    rt.reported_at = inp.now;
     rt.cause_gone = None;
     out.push(f);
 }
