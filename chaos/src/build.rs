@@ -216,6 +216,13 @@ impl Builder {
             lo,
             hi,
         )?;
+        self.push_straggler(job, rank, kind, onset, end);
+        Some((onset, end))
+    }
+
+    /// One straggler episode of `kind` on `rank` of `job`, a slowdown of
+    /// 5-50% of its step, from `onset` to `end` (absolute times).
+    fn push_straggler(&mut self, job: usize, rank: u32, kind: Kind, onset: f64, end: f64) {
         let symptom = self.symptom(kind);
         let slowdown = self.rng.uni(0.05, 0.5);
         self.episodes.push(Episode {
@@ -228,7 +235,6 @@ impl Builder {
             onset,
             end,
         });
-        Some((onset, end))
     }
 
     /// Two straggler episodes on one rank, the second of another cause and
@@ -259,18 +265,7 @@ impl Builder {
         let (start, end) = self.window(&[Res::Job(job), Res::Node(node)], len, lo, hi)?;
         let split = start + (end - start - gap_s) / 2.0;
         for (kind, onset, end) in [(kinds[0], start, split), (kinds[1], split + gap_s, end)] {
-            let symptom = self.symptom(kind);
-            let slowdown = self.rng.uni(0.05, 0.5);
-            self.episodes.push(Episode {
-                fault: Fault::Straggler {
-                    job,
-                    rank,
-                    slowdown,
-                    symptom,
-                },
-                onset,
-                end,
-            });
+            self.push_straggler(job, rank, kind, onset, end);
         }
         Some((start, end))
     }

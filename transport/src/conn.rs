@@ -284,6 +284,12 @@ impl Connection {
         );
     }
 
+    /// Close this connection at once as a refusal (the peer's error will
+    /// carry `reason`).
+    pub(crate) fn refuse_now(&self, reason: RefusalReason, detail: &str) {
+        Connection::refuse(&self.shared.conn, reason, detail);
+    }
+
     /// Raw access for tests of refusals: a stream to write arbitrary bytes on.
     #[doc(hidden)]
     pub async fn open_raw_bi(

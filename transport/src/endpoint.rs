@@ -193,23 +193,29 @@ async fn accept_loop(
                     return;
                 }
             };
-            let held = live.lock().map_or(0, |mut l| {
+            // Past the bound, the peer's oldest connection makes room: a
+            // client that exits without closing (a CLI run, a crash) leaves
+            // its connection open until the idle timeout, and its next run
+            // must still get in; a looping or stolen identity never holds
+            // more than the bound.
+            let oldest = live.lock().ok().and_then(|mut l| {
                 l.retain(|c| !c.is_closed());
-                l.iter()
+                let mine: Vec<&Connection> = l
+                    .iter()
                     .filter(|c| c.peer().role == peer.role && c.peer().name == peer.name)
-                    .count()
+                    .collect();
+                (mine.len() >= crate::CONNECTIONS_PER_PEER).then(|| mine[0].clone())
             });
-            if held >= crate::CONNECTIONS_PER_PEER {
+            if let Some(old) = oldest {
                 let detail = format!(
-                    "{}/{} already holds {held} connections (bound {})",
+                    "{}/{} opened more than {} connections; its oldest is closed",
                     peer.role,
                     peer.name,
                     crate::CONNECTIONS_PER_PEER
                 );
                 let reason = RefusalReason::TooManyConnections;
-                stats.refuse(&peer.to_string(), reason, &detail);
-                Connection::refuse(&conn, reason, &detail);
-                return;
+                stats.refuse(&old.peer().to_string(), reason, &detail);
+                old.refuse_now(reason, &detail);
             }
             stats.accepted.fetch_add(1, Ordering::Relaxed);
             tracing::info!(peer = %peer, "accepted");

@@ -40,13 +40,13 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// Connections one certificate identity (role and name) may hold open to one
-/// server at once; the next is refused as `too_many_connections`. A role
-/// process holds one or two (a [`Link`] and a reconnect not yet seen closed);
-/// the bound leaves room for reconnects within a QUIC idle timeout while a
-/// stolen or looping client cannot fill the server's memory with sessions.
-/// Checked when a connection is admitted: handshakes that complete at the
-/// same instant may each pass it.
-pub const CONNECTIONS_PER_PEER: usize = 16;
+/// server at once. A new one past the bound closes the identity's oldest,
+/// counted as `too_many_connections`: a client that exits without closing
+/// (a CLI run, a crash) holds its connection until the QUIC idle timeout, and
+/// its next run must still get in, while a stolen or looping identity never
+/// holds more than the bound. A role process holds one or two; an operator's
+/// scripts may run many commands within an idle timeout.
+pub const CONNECTIONS_PER_PEER: usize = 64;
 
 /// Knobs shared by a server's or a client's connections.
 #[derive(Debug, Clone)]

@@ -23,8 +23,8 @@ pub enum RefusalReason {
     OversizeFrame,
     /// A frame that was truncated or did not decode.
     BadFrame,
-    /// The certificate already holds [`CONNECTIONS_PER_PEER`] connections
-    /// to this endpoint.
+    /// The certificate opened more than [`CONNECTIONS_PER_PEER`]
+    /// connections to this endpoint: its oldest was closed.
     ///
     /// [`CONNECTIONS_PER_PEER`]: crate::CONNECTIONS_PER_PEER
     TooManyConnections,

@@ -248,42 +248,32 @@ async fn one_certificate_holds_at_most_connections_per_peer() {
         let c = client.connect(addr, "ctl-1").await.unwrap();
         held.push((c, server.accept().await.unwrap()));
     }
-    let refused = client.connect(addr, "ctl-1").await;
-    // The refusal lands as the connection's close: the client learns it at
-    // connect or at its first request.
-    let err = match refused {
-        Err(e) => e,
-        Ok((conn, _inbox)) => conn
-            .request(Message::Ping, GUARD)
-            .await
-            .expect_err("a connection past the bound was served"),
-    };
-    assert!(
-        err.to_string().contains("too_many_connections"),
-        "the client's error does not name the bound: {err}"
-    );
-    eventually("the refusal to be counted", || {
-        server.stats.refused(RefusalReason::TooManyConnections) == 1
+    // One more gets in; the identity's oldest connection is closed for it.
+    let (newest, _inbox) = client.connect(addr, "ctl-1").await.unwrap();
+    let _accepted = server.accept().await.unwrap();
+    eventually("the oldest to be closed and counted", || {
+        server.stats.refused(RefusalReason::TooManyConnections) == 1 && held[0].0 .0.is_closed()
     })
     .await;
+    let err = held[0]
+        .0
+         .0
+        .request(Message::Ping, GUARD)
+        .await
+        .expect_err("the oldest connection still served");
+    assert!(
+        err.to_string().contains("too_many_connections"),
+        "the closed connection's error does not name the bound: {err}"
+    );
+    assert!(
+        held[1..].iter().all(|h| !h.0 .0.is_closed()),
+        "only the oldest goes"
+    );
+    newest.request(Message::Ping, GUARD).await.unwrap();
     // Another certificate is not affected by this one's bound.
     let other = cluster.client(Role::Sensor, "s-other", Options::default());
-    other.connect(addr, "ctl-1").await.unwrap();
-    // Once one of its connections closes, the greedy peer may connect again.
-    let ((conn, _inbox), _) = held.pop().unwrap();
-    conn.close_gracefully(Duration::from_millis(100)).await;
-    let mut again = None;
-    for _ in 0..50 {
-        if let Ok(ok) = client.connect(addr, "ctl-1").await {
-            if ok.0.request(Message::Ping, GUARD).await.is_ok() {
-                again = Some(ok);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        again.is_some(),
-        "a closed connection still counted against the bound"
-    );
+    let (o, _) = other.connect(addr, "ctl-1").await.unwrap();
+    let _ = server.accept().await.unwrap();
+    o.request(Message::Ping, GUARD).await.unwrap();
+    assert_eq!(server.stats.refused(RefusalReason::TooManyConnections), 1);
 }
