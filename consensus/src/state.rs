@@ -471,6 +471,11 @@ impl State {
                 Outcome::Applied
             }
             Command::OpenFinding { finding, opened } => {
+                // Names of related findings come from the reporter: bounded
+                // where they enter the replicated state.
+                if finding.related.len() > RELATED_MAX {
+                    return Self::full("related findings one finding names", RELATED_MAX);
+                }
                 // The same condition reported again (a retry after a leader
                 // change, or a correlator that took the job over and
                 // concluded afresh) is the finding already open.

@@ -511,8 +511,15 @@ fn a_finding_naming_an_open_one_is_linked_to_it_both_ways() {
     other.rank = Some(4);
     other.related[0].node = Some("n9".into());
     assert_eq!(
-        s.apply(3, &p("c", 3, open(other))),
+        s.apply(3, &p("c", 3, open(other.clone()))),
         Outcome::FindingOpened(3)
     );
     assert!(by_id(&s, 3).is_empty());
+    // More names than RELATED_MAX are refused, not stored.
+    other.rank = Some(5);
+    other.related = vec![other.related[0].clone(); RELATED_MAX + 1];
+    assert!(matches!(
+        s.apply(4, &p("c", 4, open(other))),
+        Outcome::Rejected(Rejection::Full { .. })
+    ));
 }
