@@ -10,7 +10,7 @@
 //! controller until a replica has committed it, and later its close once
 //! the condition has cleared.
 
-use crate::client::{ControllerAddr, ControllerClient};
+use crate::client::ControllerClient;
 use crate::controller::routing::Delta;
 use crate::report::deliver;
 
@@ -25,10 +25,9 @@ use keel_model::{
 };
 use keel_transport::{Credentials, Options, Server};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,37 +41,7 @@ pub const TELEMETRY_QUEUE: usize = 1024;
 /// (`HostStats::correlator_dropped`).
 pub const CORRELATOR_QUEUE: usize = 256;
 
-/// `keel correlator --config FILE`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CorrelatorConfig {
-    /// Where sensors reach this host.
-    pub listen: SocketAddr,
-    /// The address announced to the controller when `listen` is a wildcard.
-    #[serde(default)]
-    pub advertise: Option<SocketAddr>,
-    /// `cert.pem`, `key.pem` and `ca.pem`; the role must be `correlator`.
-    pub credentials: PathBuf,
-    pub controllers: Vec<ControllerAddr>,
-    /// Whether a summary's time is checked against this host's clock
-    /// (within `keel_detect::edge::CLOCK_GAP_MAX_S`). Turn it off only
-    /// for hosts fed by replayed traces, whose time is not now (`keel
-    /// demo`, `keel live`).
-    #[serde(default = "yes")]
-    pub check_clock: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl CorrelatorConfig {
-    pub fn load(path: &Path) -> Result<CorrelatorConfig> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{}", path.display()))
-    }
-}
+pub use crate::correlator_config::CorrelatorConfig;
 
 pub enum HostMsg {
     /// What changed in the jobs the controller assigns to this host.
@@ -109,6 +78,10 @@ pub struct HostStats {
     /// Summaries refused because their rank is beyond the job's declared
     /// size.
     pub refused_undeclared: u64,
+    /// Seconds since the controller last answered this host's greeting
+    /// with its assignments (None: never): the host knows which jobs are
+    /// its own.
+    pub assigned_ago_s: Option<f64>,
 }
 
 /// What a host refused at intake, counted across connections.
@@ -142,8 +115,13 @@ pub fn admit(peer: &str, batch: &mut TelemetryBatch, now: Option<f64>, refused: 
         }
     });
     batch.metrics.retain(|m| m.node.as_str() == peer);
+    let requests = batch.requests.len();
+    batch
+        .requests
+        .retain(|r| r.node.as_ref().is_some_and(|n| n.as_str() == peer));
     let foreign = (before.0 - batch.summaries.len()) as u64 - implausible
-        + (before.1 - batch.metrics.len()) as u64;
+        + (before.1 - batch.metrics.len()) as u64
+        + (requests - batch.requests.len()) as u64;
     if foreign > 0 {
         tracing::warn!(%peer, refused = foreign, "telemetry about another node than the sensor's own refused");
         refused.foreign.fetch_add(foreign, Relaxed);
@@ -166,6 +144,8 @@ pub struct HostActor;
 
 pub struct HostState {
     name: String,
+    /// The thresholds every correlator of this host runs with.
+    detect: Arc<keel_detect::Config>,
     client: ControllerClient,
     correlators: HashMap<Name, (ActorRef<CorrelatorMsg>, JobRecord)>,
     /// Each correlator's input queue (see `CORRELATOR_QUEUE`).
@@ -184,6 +164,8 @@ pub struct HostState {
     /// Finding reports its correlators dropped at `report::REPORTS_MAX`.
     reports_dropped: Arc<std::sync::atomic::AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// When the controller last answered with assignments.
+    assigned_at: Option<std::time::Instant>,
 }
 
 /// What a started host gives back.
@@ -201,7 +183,14 @@ pub async fn start(cfg: CorrelatorConfig) -> Result<StartedHost> {
     let name = server.local_name.clone();
     let client = ControllerClient::new(&creds, &cfg.controllers)?;
     let advertise = cfg.advertise.unwrap_or(addr);
-    let args = (name, client, server, advertise, cfg.check_clock);
+    let args = (
+        name,
+        client,
+        server,
+        advertise,
+        cfg.check_clock,
+        Arc::new(cfg.detect),
+    );
     let (actor, join) = Actor::spawn(None, HostActor, args)
         .await
         .context("starting the correlator host")?;
@@ -211,12 +200,19 @@ pub async fn start(cfg: CorrelatorConfig) -> Result<StartedHost> {
 impl Actor for HostActor {
     type Msg = HostMsg;
     type State = HostState;
-    type Arguments = (String, ControllerClient, Server, SocketAddr, bool);
+    type Arguments = (
+        String,
+        ControllerClient,
+        Server,
+        SocketAddr,
+        bool,
+        Arc<keel_detect::Config>,
+    );
 
     async fn pre_start(
         &self,
         myself: ActorRef<HostMsg>,
-        (name, client, mut server, advertise, check_clock): Self::Arguments,
+        (name, client, mut server, advertise, check_clock, detect): Self::Arguments,
     ) -> Result<HostState, ActorProcessingErr> {
         tracing::info!(host = %name, addr = %advertise, "correlator host listening");
         // Every connection's batches go into one drop-oldest queue; one
@@ -257,6 +253,7 @@ impl Actor for HostActor {
         Ok(HostState {
             name,
             client,
+            detect,
             correlators: HashMap::new(),
             inputs: HashMap::new(),
             inputs_dropped: 0,
@@ -268,6 +265,7 @@ impl Actor for HostActor {
             reports_dropped: Arc::default(),
             intake,
             tasks: vec![accept, forwarder, hello],
+            assigned_at: None,
         })
     }
 
@@ -290,12 +288,18 @@ impl Actor for HostActor {
         state: &mut HostState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            HostMsg::Assigned(delta) => state.assigned(&myself, delta).await?,
+            HostMsg::Assigned(delta) => {
+                state.assigned_at = Some(std::time::Instant::now());
+                state.assigned(&myself, delta).await?
+            }
             HostMsg::Summaries(summaries) => state.summaries(summaries),
             HostMsg::Metrics(metrics) => state.metrics(&metrics),
             HostMsg::Telemetry(batch, done) => {
                 if !batch.metrics.is_empty() {
                     state.metrics(&batch.metrics);
+                }
+                if !batch.requests.is_empty() {
+                    state.requests(batch.requests);
                 }
                 state.summaries(batch.summaries);
                 let _ = done.send(());
@@ -318,6 +322,7 @@ impl Actor for HostActor {
                     state.inputs_dropped + state.inputs.values().map(|q| q.dropped()).sum::<u64>();
                 s.jobs = state.correlators.keys().cloned().collect();
                 s.jobs.sort();
+                s.assigned_ago_s = state.assigned_at.map(|t| t.elapsed().as_secs_f64());
                 let _ = reply.send(s);
             }
             HostMsg::Crash(job) => {
@@ -384,6 +389,22 @@ impl HostState {
         }
     }
 
+    /// Hands each job's correlator its serving events; events of a job no
+    /// correlator here holds are dropped.
+    fn requests(&self, requests: Vec<keel_model::RequestRecord>) {
+        let mut by_job: HashMap<Name, Vec<keel_model::RequestRecord>> = HashMap::new();
+        for r in requests {
+            if let Some(j) = r.job.clone().filter(|j| self.correlators.contains_key(j)) {
+                by_job.entry(j).or_default().push(r);
+            }
+        }
+        for (job, batch) in by_job {
+            if let Some(q) = self.inputs.get(&job) {
+                q.push(Input::Requests(batch));
+            }
+        }
+    }
+
     /// Hands each correlator the readings of its job's nodes.
     fn metrics(&self, metrics: &[MetricSample]) {
         for (name, (_, job)) in &self.correlators {
@@ -412,6 +433,7 @@ impl HostState {
             record: record.clone(),
             client: self.client.clone(),
             reports_dropped: self.reports_dropped.clone(),
+            detect: self.detect.clone(),
         };
         let (c, _) = Actor::spawn_linked(None, CorrelatorActor, args, myself.get_cell())
             .await
@@ -443,6 +465,7 @@ pub enum CorrelatorMsg {
 pub enum Input {
     Summaries(Vec<Summary>),
     Metrics(Vec<MetricSample>),
+    Requests(Vec<keel_model::RequestRecord>),
 }
 
 pub struct CorrelatorArgs {
@@ -450,6 +473,7 @@ pub struct CorrelatorArgs {
     pub client: ControllerClient,
     /// The host's count of reports dropped at [`crate::report::REPORTS_MAX`].
     pub reports_dropped: Arc<std::sync::atomic::AtomicU64>,
+    pub detect: Arc<keel_detect::Config>,
 }
 
 pub struct CorrelatorActor;
@@ -485,7 +509,7 @@ impl Actor for CorrelatorActor {
         let (reports, queue) = crate::report::channel(args.reports_dropped);
         tokio::spawn(deliver(args.client, queue));
         let mut state = CorrelatorState {
-            engine: Engine::with_scope(keel_detect::Config::default(), keel_detect::Scope::Job),
+            engine: Engine::with_scope((*args.detect).clone(), keel_detect::Scope::Job),
             found: Vec::new(),
             reports,
         };
@@ -518,6 +542,12 @@ impl Actor for CorrelatorActor {
             CorrelatorMsg::Metrics(batch) | CorrelatorMsg::Input(Input::Metrics(batch), _) => {
                 for m in batch {
                     state.engine.push(&Record::Metric(m), &mut state.found);
+                    state.queue_reports();
+                }
+            }
+            CorrelatorMsg::Input(Input::Requests(batch), _) => {
+                for r in batch {
+                    state.engine.push(&Record::Request(r), &mut state.found);
                     state.queue_reports();
                 }
             }

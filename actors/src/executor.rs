@@ -15,6 +15,7 @@
 //! action out and takes that form of target.
 
 use crate::client::ControllerAddr;
+pub use crate::executor_chaos::{ChaosConfig, ChaosNode};
 use anyhow::{bail, Context, Result};
 use keel_adapters::executors::{
     gpu_process::GpuProcessExecutor, haproxy::HaproxyExecutor, log::LogExecutor, nic::NicExecutor,
@@ -62,6 +63,9 @@ pub struct ExecutorConfig {
     /// `notify` as a line in this executor's log.
     #[serde(default)]
     pub log: Option<LogConfig>,
+    /// `inject_fault` (`keel chaos inject`) on the nodes it opens to chaos.
+    #[serde(default)]
+    pub chaos: Option<ChaosConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -111,11 +115,26 @@ pub struct HaproxyConfig {
     pub replicas: BTreeMap<String, String>,
 }
 
+/// `[webhook]`: the named actions POSTed to an HTTP endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// `http://` or `https://HOST[:PORT]/PATH`.
     pub url: String,
     pub actions: Vec<Action>,
+    /// The body: `keel` (default), `alertmanager` (its `/api/v2/alerts`)
+    /// or `slack` (an incoming webhook's `{"text"}`).
+    #[serde(default)]
+    pub format: keel_adapters::executors::webhook::Format,
+    /// A file holding a bearer token sent with each POST.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// `{ username, password_file }`: HTTP basic authentication.
+    #[serde(default)]
+    pub basic_auth: Option<keel_adapters::http_client::BasicAuth>,
+    /// `{ ca_file }`: a CA trusted besides the public roots.
+    #[serde(default)]
+    pub tls_config: Option<keel_adapters::http_client::TlsConfig>,
 }
 
 /// `retune_nic` on this node's interfaces.
@@ -188,10 +207,14 @@ impl ExecutorConfig {
             && self.nic.is_none()
             && self.gpu.is_none()
             && self.log.is_none()
+            && self.chaos.is_none()
         {
             bail!(
-                "no executor configured: add [slurm], [haproxy], [webhook], [nic], [gpu] or [log]"
+                "no executor configured: add [slurm], [haproxy], [webhook], [nic], [gpu], [log] or [chaos]"
             );
+        }
+        if let Some(c) = &self.chaos {
+            c.check()?;
         }
         for (section, on) in [("nic", self.nic.is_some()), ("gpu", self.gpu.is_some())] {
             if on && self.nodes.iter().any(|n| n == "*") {
@@ -216,6 +239,8 @@ enum Kind {
     Nic,
     /// This node's GPUs; the nodes this executor acts for.
     Gpu(Vec<String>),
+    /// Fault injections, on `node/N`.
+    Chaos,
 }
 
 impl Kind {
@@ -229,6 +254,7 @@ impl Kind {
             Kind::Nic => matches!(parts.as_slice(), ["node", _, _]),
             Kind::Gpu(_) => matches!(parts.as_slice(), ["node", _, "gpu", _]),
             Kind::AsIs => true,
+            Kind::Chaos => matches!(parts.as_slice(), ["node", _]),
         }
     }
 }
@@ -284,12 +310,30 @@ fn slots(cfg: &ExecutorConfig) -> Result<Vec<Slot>> {
             kind: Kind::AsIs,
         });
     }
+    if let Some(c) = &cfg.chaos {
+        if let Some(d) = dir {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        out.push(Slot {
+            exec: Box::new(crate::executor_chaos::ChaosExecutor::new(
+                c.clone(),
+                dir.as_deref(),
+            )),
+            kind: Kind::Chaos,
+        });
+    }
     if let Some(w) = &cfg.webhook {
         out.push(Slot {
-            exec: Box::new(WebhookExecutor::new(
+            exec: Box::new(WebhookExecutor::with(
                 &w.url,
                 &w.actions,
                 journal(dir, "webhook")?,
+                w.format,
+                &keel_adapters::http_client::Access {
+                    bearer_token_file: w.bearer_token_file.clone(),
+                    basic_auth: w.basic_auth.clone(),
+                    tls_config: w.tls_config.clone(),
+                },
             )?),
             kind: Kind::AsIs,
         });
@@ -382,7 +426,7 @@ fn translate(kind: &Kind, cmd: &Command) -> Result<ExecCommand, ExecError> {
                 _ => {}
             }
         }
-        (Kind::AsIs, _) | (Kind::Haproxy(_), [_, _]) => {}
+        (Kind::AsIs, _) | (Kind::Haproxy(_), [_, _]) | (Kind::Chaos, ["node", _]) => {}
         _ => {
             return Err(ExecError::invalid(
                 "target",
@@ -439,6 +483,9 @@ pub struct ExecutorStats {
     pub refused: u64,
     /// Commands waiting while paused.
     pub held: u64,
+    /// Seconds since a controller replica last answered this executor's
+    /// greeting (None: never): the leader knows it and sends it commands.
+    pub greeted_ago_s: Option<f64>,
 }
 
 pub struct ExecutorActor;
@@ -448,6 +495,10 @@ pub struct ExecutorState {
     held: Option<VecDeque<(Command, RpcReplyPort<Ack>)>>,
     stats: ExecutorStats,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// When a greeting was last answered (`std::time::Instant` as
+    /// milliseconds since `started`; 0: never).
+    greeted_ms: Arc<std::sync::atomic::AtomicU64>,
+    started: std::time::Instant,
 }
 
 /// Starts an executor actor and its links to the controllers.
@@ -490,6 +541,8 @@ impl Actor for ExecutorActor {
         );
         let mut tasks = Vec::new();
         let mut links = Vec::new();
+        let started = std::time::Instant::now();
+        let greeted_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         for c in &cfg.controllers {
             let client =
                 Client::new(&creds, Options::default())?.expecting(keel_model::Role::Controller);
@@ -503,6 +556,7 @@ impl Actor for ExecutorActor {
                 }
             }));
             let greeting = greeting.clone();
+            let greeted = greeted_ms.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
                     let q = Query {
@@ -510,8 +564,15 @@ impl Actor for ExecutorActor {
                         topic: "executor".into(),
                         params: greeting.clone(),
                     };
-                    if let Err(e) = link.request(Message::Query(q), ASK_TIMEOUT).await {
-                        tracing::debug!(error = %e, "greeting not answered");
+                    match link.request(Message::Query(q), ASK_TIMEOUT).await {
+                        // Taken: only the leader takes it (the others
+                        // refuse), and the leader is who sends commands.
+                        Ok(Message::QueryReply(r)) if r.ok => greeted.store(
+                            (started.elapsed().as_millis() as u64).max(1),
+                            std::sync::atomic::Ordering::Relaxed,
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, "greeting not answered"),
                     }
                     tokio::time::sleep(GREET_EVERY).await;
                 }
@@ -529,6 +590,8 @@ impl Actor for ExecutorActor {
             held: None,
             stats: ExecutorStats::default(),
             tasks,
+            greeted_ms,
+            started,
         })
     }
 
@@ -540,6 +603,12 @@ impl Actor for ExecutorActor {
         for t in state.tasks.drain(..) {
             t.abort();
         }
+        // Every section goes now: a fault injection still on is reverted.
+        state
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(())
     }
 
@@ -572,6 +641,9 @@ impl Actor for ExecutorActor {
             ExecutorMsg::Stats(reply) => {
                 let mut stats = state.stats.clone();
                 stats.held = state.held.as_ref().map_or(0, |q| q.len() as u64);
+                let at = state.greeted_ms.load(std::sync::atomic::Ordering::Relaxed);
+                stats.greeted_ago_s =
+                    (at > 0).then(|| state.started.elapsed().as_secs_f64() - at as f64 / 1000.0);
                 let _ = reply.send(stats);
             }
         }

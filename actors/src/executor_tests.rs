@@ -168,3 +168,26 @@ fn a_reclaim_goes_to_slurm_for_a_job_and_to_the_gpu_section_for_a_gpu() {
     assert_eq!(pick(&slots, Action::RetuneNic, "node/n1/eth0"), None);
     assert_eq!(pick(&slots, Action::DrainNode, "node/n1"), Some(0));
 }
+
+#[test]
+fn a_chaos_section_takes_inject_fault_on_the_nodes_it_opens() {
+    let cfg = config(
+        "",
+        "[chaos]\nmax_s = 120\n[chaos.nodes.n2]\ncgroup = \"/sys/fs/cgroup/n2\"\nlink = \"eth1\"\n",
+    );
+    cfg.check().unwrap();
+    let c = cfg.chaos.as_ref().unwrap();
+    assert_eq!(c.nodes["n2"].link.as_deref(), Some("eth1"));
+    assert_eq!(c.host_cpu_share, 0.1);
+    let e = config("", "[chaos]\nmax_s = 900\n").check().unwrap_err();
+    assert!(e.to_string().contains("max_s"), "{e}");
+    let slots = slots(&cfg).unwrap();
+    assert_eq!(pick(&slots, Action::InjectFault, "node/n2"), Some(0));
+    assert!(Kind::Chaos.accepts("node/n2") && !Kind::Chaos.accepts("job/7"));
+    let c = translate(
+        &Kind::Chaos,
+        &cmd(Action::InjectFault, "node/n2", &[("cause", "host")]),
+    )
+    .unwrap();
+    assert_eq!(c.target, "node/n2");
+}

@@ -17,8 +17,10 @@
 pub mod client;
 pub mod controller;
 pub mod correlator;
+mod correlator_config;
 pub mod discovery;
 pub mod executor;
+pub mod executor_chaos;
 pub mod mailbox;
 pub mod report;
 pub mod sensor;

@@ -57,40 +57,74 @@ impl Reports {
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a detector's host tells the controller.
+#[derive(Debug, PartialEq)]
 pub enum Report {
     Open(Finding),
     Close(Finding),
 }
 
 /// Queues what an engine's last input concluded (`found`, drained) and
-/// then what it cleared: a finding concluded and cleared by the same input
-/// must be open before it can be closed. Each is logged with its locus.
+/// what it cleared, each logged with its locus. The controller knows an
+/// open finding by its kind and place, so the order matters where both
+/// name one place:
+/// - a finding concluded and cleared by the same input (its job ended,
+///   say) must be open before it can be closed: its clearing goes after;
+/// - a finding open before this input and cleared by it, with a new one
+///   concluded at the same place (a straggler's review found a new cause
+///   or a jump in lateness: a new episode), must be closed first: opened
+///   first, the new finding would be taken for the open one and then
+///   closed with it, and its episode lost.
+///
+/// A clearing is of a finding of this input when that finding is in
+/// `found` with everything but the time, the evidence and the related
+/// findings alike.
 pub fn queue(engine: &mut keel_detect::Engine, found: &mut Vec<Finding>, reports: &Reports) {
-    for f in found.drain(..) {
-        tracing::info!(
-            kind = %f.kind.wire(),
-            cause = %f.cause,
-            job = ?f.job,
-            rank = ?f.rank,
-            node = ?f.node,
-            gpu = ?f.gpu,
-            basis = ?f.basis,
-            "finding concluded; reporting it"
-        );
-        reports.send(Report::Open(f));
+    for r in order(std::mem::take(found), engine.take_cleared()) {
+        match &r {
+            Report::Open(f) => tracing::info!(
+                kind = %f.kind.wire(),
+                cause = %f.cause,
+                job = ?f.job,
+                rank = ?f.rank,
+                node = ?f.node,
+                gpu = ?f.gpu,
+                basis = ?f.basis,
+                "finding concluded; reporting it"
+            ),
+            Report::Close(f) => tracing::info!(
+                kind = %f.kind.wire(),
+                job = ?f.job,
+                rank = ?f.rank,
+                node = ?f.node,
+                gpu = ?f.gpu,
+                evidence = ?f.evidence,
+                "finding cleared; reporting its close"
+            ),
+        }
+        reports.send(r);
     }
-    for f in engine.take_cleared() {
-        tracing::info!(
-            kind = %f.kind.wire(),
-            job = ?f.job,
-            rank = ?f.rank,
-            node = ?f.node,
-            gpu = ?f.gpu,
-            evidence = ?f.evidence,
-            "finding cleared; reporting its close"
-        );
-        reports.send(Report::Close(f));
-    }
+}
+
+/// The reports of one input in the order [`queue`] sends them: closes of
+/// findings open before it, the opens, then closes of its own findings.
+pub fn order(found: Vec<Finding>, cleared: Vec<Finding>) -> Vec<Report> {
+    // `related` too: the engine links a new finding to open ones after its
+    // detector kept the copy it clears.
+    let bare = |f: &Finding| Finding {
+        ts: 0.0,
+        evidence: Vec::new(),
+        related: Vec::new(),
+        ..f.clone()
+    };
+    let (after, before): (Vec<Finding>, Vec<Finding>) = cleared
+        .into_iter()
+        .partition(|c| found.iter().any(|f| bare(f) == bare(c)));
+    before
+        .into_iter()
+        .map(Report::Close)
+        .chain(found.into_iter().map(Report::Open))
+        .chain(after.into_iter().map(Report::Close))
+        .collect()
 }
 
 /// Delivers one reporter's reports one at a time, in the order they were
@@ -169,6 +203,46 @@ where
 mod tests {
     use super::*;
     use keel_model::Finding;
+
+    fn finding(cause: &str, confidence: f64, ts: f64) -> Finding {
+        serde_json::from_str(&format!(
+            r#"{{"ts":{ts},"kind":"tp_straggler","cause":"{cause}","severity":"warning","confidence":{confidence},"job":"j","node":"n","rank":1}}"#
+        ))
+        .unwrap()
+    }
+
+    fn cleared(mut f: Finding, now: f64) -> Finding {
+        f.ts = now;
+        f.evidence = vec!["tp_straggler cleared".into()];
+        f
+    }
+
+    /// A review that finds a new cause clears the open finding and
+    /// concludes a new one at the same place in one input: the close goes
+    /// first, or the controller would take the new finding for the open
+    /// one and close both.
+    #[test]
+    fn a_new_episode_at_an_open_place_is_opened_after_the_old_one_closes() {
+        let old = finding("gpu", 0.6, 10.0);
+        let new = finding("host", 0.9, 20.0);
+        let got = order(vec![new.clone()], vec![cleared(old.clone(), 20.0)]);
+        assert_eq!(
+            got,
+            vec![Report::Close(cleared(old, 20.0)), Report::Open(new)]
+        );
+    }
+
+    /// A finding concluded and cleared by the same input (its job ended)
+    /// is opened before it is closed.
+    #[test]
+    fn a_finding_concluded_and_cleared_at_once_is_opened_first() {
+        let f = finding("host", 0.9, 20.0);
+        let got = order(vec![f.clone()], vec![cleared(f.clone(), 20.0)]);
+        assert_eq!(
+            got,
+            vec![Report::Open(f.clone()), Report::Close(cleared(f, 20.0))]
+        );
+    }
 
     #[test]
     fn a_full_report_queue_drops_the_newest_and_counts_it() {

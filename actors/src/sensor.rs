@@ -1,7 +1,10 @@
 //! The sensor actor, one per node (or DPU): runs its sources as supervised
 //! children, summarises collectives at the edge (`detect::edge`), and sends
 //! each job's summaries, and the node's readings, to the correlator host
-//! that holds the job. Raw events never leave the sensor.
+//! that holds the job. Raw collectives never leave the sensor; serving
+//! events (`t:"request"`) go to their job's host as they are, bounded
+//! (`REQUESTS_MAX` a flush), for `tail_latency` and
+//! `ingress_burst_backlog`.
 //!
 //! It also watches its node's GPUs for the conditions that outlive jobs
 //! (`gpu_squatter`, `idle_gpu_reservation`): a node-level detection engine
@@ -41,6 +44,11 @@ const UNROUTED_MAX: usize = 50_000;
 /// rest dropped and counted in `metrics_dropped`. A full dcgm-exporter and
 /// node-exporter of an 8-GPU node export a few thousand.
 pub const METRICS_MAX: usize = 65_536;
+/// Serving events (`t:"request"`) one flush (`FLUSH`) carries at most, for
+/// the correlators of their jobs (tail latency, arrival bursts); past it
+/// the rest are dropped and counted in `requests_dropped`. Three events a
+/// request: a node serving a few thousand requests a second stays under it.
+pub const REQUESTS_MAX: usize = 16_384;
 /// Jobs whose last record the sensor remembers having told the controller.
 /// Past it, ended jobs are forgotten first, then all: telling a job again is
 /// harmless (the controller finds it unchanged).
@@ -125,6 +133,10 @@ pub struct SensorStats {
     pub push_dropped: u64,
     /// Metric series dropped at `METRICS_MAX` in one flush.
     pub metrics_dropped: u64,
+    /// Serving events dropped: past `REQUESTS_MAX` in one flush, or for a
+    /// job no correlator holds yet.
+    pub requests_dropped: u64,
+    pub requests_sent: u64,
     /// GPU finding reports dropped because `report::REPORTS_MAX` waited for
     /// the controller.
     pub reports_dropped: u64,
@@ -140,6 +152,11 @@ pub struct SensorStats {
     pub source_dropped: u64,
     /// The last input a source refused, named (`file:line: why`).
     pub source_last_error: Option<String>,
+    /// Seconds since the controller last answered with this node's routes
+    /// (None: never): the sensor knows each job's correlator.
+    pub routes_ago_s: Option<f64>,
+    /// Seconds since a source last failed and was restarted (None: never).
+    pub source_failed_ago_s: Option<f64>,
 }
 
 pub struct SensorActor;
@@ -152,7 +169,12 @@ pub struct SensorState {
     out: Vec<Summary>,
     unrouted: VecDeque<Summary>,
     metrics: BTreeMap<String, MetricSample>,
+    requests: Vec<keel_model::RequestRecord>,
     routes: HashMap<Name, Route>,
+    /// When the controller last answered with routes, and when a source
+    /// last failed.
+    routes_at: Option<std::time::Instant>,
+    source_failed_at: Option<std::time::Instant>,
     links: HashMap<String, Arc<Link>>,
     jobs_sent: HashMap<Name, JobRecord>,
     sources: HashMap<ActorId, (usize, Arc<AtomicU64>)>,
@@ -201,7 +223,10 @@ impl Actor for SensorActor {
             out: Vec::new(),
             unrouted: VecDeque::new(),
             metrics: BTreeMap::new(),
+            requests: Vec::new(),
             routes: HashMap::new(),
+            routes_at: None,
+            source_failed_at: None,
             links: HashMap::new(),
             jobs_sent: HashMap::new(),
             sources: HashMap::new(),
@@ -304,6 +329,7 @@ impl Actor for SensorActor {
                 state.stats.push_peers_evicted += r.peers_evicted;
             }
             SensorMsg::Routes(delta) => {
+                state.routes_at = Some(std::time::Instant::now());
                 if delta.reset {
                     state.routes.clear();
                 }
@@ -331,6 +357,8 @@ impl Actor for SensorActor {
                 }
                 s.events = state.edge.stats.events;
                 s.jobs_routed = state.routes.len() as u64;
+                s.routes_ago_s = state.routes_at.map(|t| t.elapsed().as_secs_f64());
+                s.source_failed_ago_s = state.source_failed_at.map(|t| t.elapsed().as_secs_f64());
                 s.edge_implausible = state.edge.stats.implausible;
                 s.edge_jobs_dropped = state.edge.stats.jobs_dropped;
                 s.edge_ranks_dropped = state.edge.stats.ranks_dropped;
@@ -354,6 +382,7 @@ impl Actor for SensorActor {
         if let SupervisionEvent::ActorFailed(cell, err) = evt {
             if let Some((i, progress)) = state.sources.remove(&cell.get_id()) {
                 state.stats.source_restarts += 1;
+                state.source_failed_at = Some(std::time::Instant::now());
                 tracing::warn!(
                     node = %state.cfg.node,
                     source = %state.cfg.sources[i].describe(),
@@ -397,7 +426,8 @@ impl SensorState {
         let node = match r {
             Record::Collective(c) => Some(&c.node),
             Record::Metric(m) => Some(&m.node),
-            Record::Job(_) | Record::Request(_) => None,
+            Record::Request(q) => q.node.as_ref(),
+            Record::Job(_) => None,
         };
         if node.is_some_and(|n| *n != self.cfg.node) {
             if self.stats.foreign_dropped == 0 {
@@ -425,7 +455,13 @@ impl SensorState {
                 self.job_seen(j);
                 self.watch(r);
             }
-            Record::Request(_) => {}
+            Record::Request(q) => {
+                if self.requests.len() >= REQUESTS_MAX || q.job.is_none() {
+                    self.stats.requests_dropped += 1;
+                } else {
+                    self.requests.push(q.clone());
+                }
+            }
         }
     }
 
@@ -523,6 +559,22 @@ impl SensorState {
                 }
             }
         }
+        // Serving events go to their job's host; none waits for a route.
+        let mut requests: HashMap<String, Vec<keel_model::RequestRecord>> = HashMap::new();
+        for q in self.requests.drain(..) {
+            let route = q.job.as_ref().and_then(|j| self.routes.get(j));
+            match route {
+                Some(Route {
+                    host: Some(h),
+                    addr: Some(a),
+                    ..
+                }) => {
+                    by_host.entry(h.clone()).or_insert((*a, Vec::new()));
+                    requests.entry(h.clone()).or_default().push(q);
+                }
+                _ => self.stats.requests_dropped += 1,
+            }
+        }
         for (host, (addr, summaries)) in by_host {
             let Some(link) = self.link(&host, addr) else {
                 continue;
@@ -532,6 +584,10 @@ impl SensorState {
             if !metrics.is_empty() {
                 self.stats.metrics_sent += metrics.len() as u64;
                 link.telemetry().send_metrics(metrics.iter().cloned());
+            }
+            if let Some(q) = requests.remove(&host) {
+                self.stats.requests_sent += q.len() as u64;
+                link.telemetry().send_requests(q);
             }
         }
         let live: std::collections::HashSet<&String> = self

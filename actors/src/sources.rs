@@ -216,7 +216,7 @@ impl Replay {
             Record::Collective(c) => c.node == self.node,
             Record::Metric(m) => m.node == self.node,
             Record::Job(j) => j.ranks.contains_key(&self.node) || j.nodes.contains(&self.node),
-            Record::Request(_) => false,
+            Record::Request(q) => q.node.as_ref() == Some(&self.node),
         }
     }
 

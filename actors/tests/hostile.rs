@@ -70,13 +70,28 @@ fn a_sensor_speaks_only_for_its_node_and_only_plausibly() {
             durs,
         ],
         metrics: vec![metric("n1"), metric("n2")],
+        // Serving events speak for their node too: one of n2's, one
+        // naming no node, are refused.
+        requests: ["n1", "n2", ""]
+            .iter()
+            .map(|n| keel_model::RequestRecord {
+                ts: t,
+                node: (!n.is_empty()).then(|| (*n).into()),
+                job: Some("j1".into()),
+                id: "r1".into(),
+                phase: keel_model::RequestPhase::Arrive,
+                prompt_tokens: None,
+                output_tokens: None,
+            })
+            .collect(),
     };
     let refused = Refused::default();
     admit("n1", &mut batch, Some(t), &refused);
     assert_eq!(batch.summaries.len(), 1);
     assert_eq!(batch.summaries[0].node.as_str(), "n1");
     assert_eq!(batch.metrics.len(), 1);
-    assert_eq!(refused.foreign.load(Ordering::Relaxed), 2);
+    assert_eq!(batch.requests.len(), 1);
+    assert_eq!(refused.foreign.load(Ordering::Relaxed), 4);
     assert_eq!(refused.implausible.load(Ordering::Relaxed), 5);
 }
 

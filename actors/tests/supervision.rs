@@ -61,6 +61,7 @@ async fn a_crashed_correlator_is_restarted_and_its_sibling_keeps_running() {
         credentials: issue(&dir.0, &ca, Role::Correlator, "corr-a"),
         controllers: controllers.clone(),
         check_clock: true,
+        detect: Default::default(),
     })
     .await
     .unwrap();

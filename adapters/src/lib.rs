@@ -19,6 +19,7 @@
 //!   the NCCL Inspector profiler plugin's dump files.
 
 pub mod executors;
+pub mod http_client;
 pub mod proc_job;
 pub mod sources;
 

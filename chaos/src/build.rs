@@ -32,7 +32,12 @@ pub enum Kind {
     Gpu,
     PcieSaturated,
     Launch,
+    /// One GPU fed thin by a late launch path (host).
+    Thin,
 }
+
+#[path = "build_bus.rs"]
+mod bus;
 
 /// How many nuisances a scenario carries (none of them labelled).
 #[derive(Clone, Debug)]
@@ -74,10 +79,12 @@ impl Mix {
 pub struct Builder {
     pub rng: Rng8,
     pub cluster: Cluster,
-    episodes: Vec<Episode>,
-    events: Vec<Event>,
+    pub(crate) episodes: Vec<Episode>,
+    pub(crate) events: Vec<Event>,
     noise: Noise,
     pub old_kv_name: bool,
+    /// Request records and the OOM counter are written.
+    pub serving: bool,
     /// Range of straggler episode lengths, seconds.
     pub straggler_len: (f64, f64),
     busy: Vec<(Res, f64, f64)>,
@@ -96,9 +103,15 @@ impl Builder {
             events: Vec::new(),
             noise: Noise::default(),
             old_kv_name: false,
+            serving: false,
             straggler_len: (20.0, 60.0),
             busy: Vec::new(),
         }
+    }
+
+    /// A fault episode placed by the caller (its window already reserved).
+    pub(crate) fn push_episode(&mut self, ep: Episode) {
+        self.episodes.push(ep);
     }
 
     pub fn duration(&self) -> f64 {
@@ -126,7 +139,7 @@ impl Builder {
         })
     }
 
-    fn reserve(&mut self, res: &[Res], from: f64, to: f64) {
+    pub(crate) fn reserve(&mut self, res: &[Res], from: f64, to: f64) {
         for r in res {
             self.busy.push((*r, from, to));
         }
@@ -181,6 +194,12 @@ impl Builder {
             },
             Kind::Launch => Symptom::Launch {
                 doorbell_mult: r.uni(5.0, 8.0),
+            },
+            // Launches late enough to thin the GPU's feed to a tenth to a
+            // third: as late as a starved host's (`Host`).
+            Kind::Thin => Symptom::Thin {
+                h2d_share: r.uni(0.1, 0.3),
+                doorbell_mult: r.uni(5.0, 10.0),
             },
         }
     }
@@ -388,7 +407,7 @@ impl Builder {
         });
     }
 
-    fn server_res(&self, job: usize) -> [Res; 2] {
+    pub(crate) fn server_res(&self, job: usize) -> [Res; 2] {
         [Res::Job(job), Res::Node(self.cluster.server_node(job))]
     }
 
@@ -579,12 +598,14 @@ impl Builder {
     }
 
     pub fn finish(self) -> Plan {
-        Plan::new(
+        let mut plan = Plan::new(
             self.cluster,
             self.episodes,
             self.events,
             self.noise,
             self.old_kv_name,
-        )
+        );
+        plan.serving = self.serving;
+        plan
     }
 }

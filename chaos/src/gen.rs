@@ -26,6 +26,10 @@ pub fn run(plan: &Plan, seed: u64, trace: &mut dyn Write) -> io::Result<Stats> {
     let mut servers: Vec<ServerSim> = (0..c.jobs.len())
         .filter_map(|j| ServerSim::new(plan, j, seed))
         .collect();
+    let mut requests: Vec<crate::serving::RequestSim> = (0..c.jobs.len())
+        .filter(|_| plan.serving)
+        .filter_map(|j| crate::serving::RequestSim::new(plan, j, seed))
+        .collect();
     let mut announce: Vec<f64> = c.jobs.iter().map(|j| j.start).collect();
     let mut ended = vec![false; c.jobs.len()];
     let windows = c.duration.ceil() as usize;
@@ -56,6 +60,9 @@ pub fn run(plan: &Plan, seed: u64, trace: &mut dyn Write) -> io::Result<Stats> {
             if t < b {
                 ns.sample(plan, t, &mut servers, &mut out);
             }
+        }
+        for r in &mut requests {
+            r.advance(plan, a, b, &mut out);
         }
         writer.push(out.lines.drain(..));
         // Nothing still to come can be shipped before this.

@@ -167,6 +167,11 @@ pub fn straggler_symptom(plan: &Plan, node: usize, gpu: u32, t: f64) -> Option<&
             let r = &plan.cluster.jobs[*job].ranks[*rank as usize];
             (r.node == node && r.gpu == gpu).then_some(symptom)
         }
+        Fault::BusSaturation {
+            node: n,
+            gpus,
+            symptom,
+        } if ep.active(t) && *n == node && gpus.contains(&gpu) => Some(symptom),
         _ => None,
     })
 }
@@ -212,6 +217,8 @@ pub struct NicFx {
     pub queue: [Option<f64>; 2],
     pub stall_rate: Option<f64>,
     pub rx_drop_rate: f64,
+    /// Transmit drops a second (none unless a fault sets it).
+    pub tx_drop_rate: f64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -272,7 +279,15 @@ pub fn node_fx(plan: &Plan, node: usize, t: f64) -> NodeFx {
                 let elapsed = t - ep.onset;
                 nic.queue[d] = Some((40.0 + elapsed * queue_peak / 6.0).min(*queue_peak));
             }
+            Fault::Fabric(f) => f.apply(node, t - ep.onset, dpu, &mut fx),
             _ => {}
+        }
+    }
+    for ev in plan.node_events(node) {
+        if let Event::CpuBurst { from, to, rate, .. } = ev {
+            if *from <= t && t < *to {
+                fx.cpu_rate = Some(fx.cpu_rate.unwrap_or(0.0).max(*rate));
+            }
         }
     }
     fx

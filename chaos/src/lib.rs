@@ -16,6 +16,7 @@
 mod build;
 mod cluster;
 mod collectives;
+mod fabric;
 pub mod faults;
 mod gen;
 mod inject;
@@ -24,6 +25,7 @@ mod netsig;
 mod plan;
 mod rng;
 mod scenarios;
+mod serving;
 mod signals;
 mod sweep;
 pub mod testbed;
@@ -150,11 +152,17 @@ pub fn corpus() -> Vec<(&'static str, u64)> {
             "large" => &[],
             "straggler-pcie" | "straggler-host" | "straggler-network" | "straggler-gpu"
             | "straggler-no-dpu" => &[1, 2, 3],
+            "pcie-saturation" | "host-cpu-bottleneck" | "intra-node-gpu-skew" => &[1, 2, 3, 4],
             "straggler-pcie-saturated"
             | "straggler-host-launch"
             | "straggler-back-to-back"
             | "straggler-habitual"
-            | "collective-hang" => &[1, 2],
+            | "collective-hang"
+            | "swap-thrashing"
+            | "oom-kill"
+            | "tail-latency"
+            | "ingress-burst" => &[1, 2],
+            "network-congestion" => &[1, 2, 3, 4],
             "straggler-tp2" | "straggler-cross-node" | "gpu-squatter" | "noisy" | "healthy" => {
                 &[1, 2]
             }

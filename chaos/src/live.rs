@@ -43,6 +43,10 @@ pub struct LiveFault {
     pub node: usize,
     pub start_s: f64,
     pub dur_s: f64,
+    /// Injected as an operator would on a real cluster: `keel chaos inject`
+    /// through the executor's `[chaos]` (a ledger action, reverted by the
+    /// controller at its end), not by the harness itself.
+    pub via_executor: bool,
 }
 
 /// What a scenario needs from the machine before it may start.
@@ -108,14 +112,22 @@ pub fn live_scenarios() -> Vec<LiveScenario> {
         node,
         start_s,
         dur_s: 10.0,
+        via_executor: false,
+    };
+    let injected = |cause, node, start_s| LiveFault {
+        via_executor: true,
+        ..f(cause, node, start_s)
     };
     vec![
         LiveScenario {
             name: "mixed",
-            about: "4 nodes: a host straggler (CPU quota) on n02, then a network straggler (tbf + 20% TCP loss, a retransmit storm) on n03",
+            about: "4 nodes: a host straggler (CPU quota, injected through the executor as `keel chaos inject` does) on n02, then a network straggler (tbf + 20% TCP loss, a retransmit storm) on n03",
             nodes: 4,
             seconds: 46.0,
-            faults: vec![f(LiveCause::Host, 1, 10.0), f(LiveCause::Network, 2, 28.0)],
+            faults: vec![
+                injected(LiveCause::Host, 1, 10.0),
+                f(LiveCause::Network, 2, 28.0),
+            ],
         },
         LiveScenario {
             name: "host",
@@ -271,12 +283,14 @@ mod tests {
                     node: 0,
                     start_s: 10.0,
                     dur_s: 30.0,
+                    via_executor: false,
                 },
                 LiveFault {
                     cause: LiveCause::Network,
                     node: 1,
                     start_s: 5.0,
                     dur_s: 5.0,
+                    via_executor: false,
                 },
             ],
         };

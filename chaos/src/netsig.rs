@@ -160,6 +160,10 @@ impl NetSig {
                 let drops = rng.uni(5.0, 40.0);
                 d.tx_drop += rng.poisson(drops);
             }
+            if fx.nic[dev].tx_drop_rate > 0.0 {
+                let drops = fx.nic[dev].tx_drop_rate * rng.uni(0.7, 1.3);
+                d.tx_drop += rng.poisson(drops);
+            }
         }
 
         let none = MetricLabels::default;

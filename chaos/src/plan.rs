@@ -37,13 +37,18 @@ pub enum Symptom {
     Thermal { clock: f64, temp: f64 },
     /// More device work per step with no telemetry to show for it.
     Silent,
+    /// The rank's GPU is fed thin: its host-to-GPU DMA falls to `h2d_share`
+    /// of its usual (irregular, in bursts and silences) because the
+    /// process feeding it launches late (doorbells `doorbell_mult` late),
+    /// while its peers on the node stay steady and the node's CPU is calm.
+    Thin { h2d_share: f64, doorbell_mult: f64 },
 }
 
 impl Symptom {
     pub fn cause(&self) -> Cause {
         match self {
             Symptom::Pcie { .. } | Symptom::PcieSaturated { .. } => Cause::Pcie,
-            Symptom::Host { .. } | Symptom::Launch { .. } => Cause::Host,
+            Symptom::Host { .. } | Symptom::Launch { .. } | Symptom::Thin { .. } => Cause::Host,
             Symptom::Network { .. } => Cause::Network,
             Symptom::Thermal { .. } | Symptom::Silent => Cause::Gpu,
         }
@@ -102,6 +107,21 @@ pub enum Fault {
         dir: Dir,
         queue_peak: f64,
     },
+    /// Competing transfers fill the node's shared PCIe: these GPUs' links
+    /// run at capacity (`symptom`, a `PcieSaturated`) and their compute
+    /// stalls now and then. A straggler's GPU may be among them.
+    BusSaturation {
+        node: usize,
+        gpus: Vec<u32>,
+        symptom: Symptom,
+    },
+    /// Serving faults (`serving.rs`): the engine preempting its running
+    /// requests many times a second, an OOM kill, a latency tail, an
+    /// arrival burst and its backlog.
+    Serving(crate::serving::ServingFault),
+    /// Fabric faults (`fabric.rs`): congestion across nodes, RDMA credit
+    /// starvation and a transmit backlog on one NIC.
+    Fabric(crate::fabric::FabricFault),
 }
 
 #[derive(Clone, Debug)]
@@ -148,6 +168,30 @@ impl Episode {
                         node: node_name(node),
                         ..base(FindingKind::RetransmitStorm, Cause::Network)
                     });
+                }
+                out.extend(
+                    bus_label(cluster, node, j.ranks[*rank as usize].gpu, symptom).map(
+                        |(kind, gpu)| Label {
+                            node: node_name(node),
+                            gpu,
+                            ..base(kind, symptom.cause())
+                        },
+                    ),
+                );
+                // With one, the rank's NIC is seen waiting for credits 5-50%
+                // of the time with hundreds of packets queued to send while
+                // its link has room: credit starvation and a transmit
+                // backlog, each labelled in its own right.
+                if matches!(symptom, Symptom::Network { .. }) && cluster.dpu {
+                    for kind in [
+                        FindingKind::RdmaCreditStarvation,
+                        FindingKind::EgressBacklog,
+                    ] {
+                        out.push(Label {
+                            node: node_name(node),
+                            ..base(kind, Cause::Network)
+                        });
+                    }
                 }
                 out
             }
@@ -196,7 +240,36 @@ impl Episode {
                 node: node_name(*node),
                 ..base(FindingKind::NicSaturation, Cause::Network)
             }],
+            Fault::BusSaturation { node, .. } => vec![Label {
+                node: node_name(*node),
+                ..base(FindingKind::PcieSaturation, Cause::Pcie)
+            }],
+            Fault::Serving(f) => vec![f.label(cluster, base(f.kind(), f.cause()))],
+            Fault::Fabric(f) => f.labels(cluster, self.onset, self.end),
         }
+    }
+}
+
+/// The bus finding a straggler's symptom is in its own right, where the
+/// telemetry can show it (seed 000 Table 3b): a starved CPU with late
+/// doorbells is a `host_cpu_bottleneck` (the doorbells only a DPU sees); a
+/// GPU fed thin among steady peers an `intra_node_gpu_skew`. Late
+/// doorbells with a calm CPU (`Launch`) are none of these, and one GPU's
+/// own link at capacity (`PcieSaturated`) is its rank's `pcie` cause, not
+/// its node's bus: that takes a `BusSaturation`.
+fn bus_label(
+    cluster: &Cluster,
+    node: usize,
+    gpu: u32,
+    symptom: &Symptom,
+) -> Option<(FindingKind, Option<u32>)> {
+    let dcgm = !cluster.no_dcgm.contains(&node);
+    match symptom {
+        Symptom::Host { .. } if cluster.dpu => Some((FindingKind::HostCpuBottleneck, None)),
+        Symptom::Thin { .. } if cluster.dpu || dcgm => {
+            Some((FindingKind::IntraNodeGpuSkew, Some(gpu)))
+        }
+        _ => None,
     }
 }
 
@@ -222,6 +295,14 @@ pub enum Event {
         at: f64,
         factor: f64,
     },
+    /// A host job (a compaction, a log compressor) loads the node's CPUs:
+    /// pressure at `rate` s/s while every GPU is fed on time.
+    CpuBurst {
+        node: usize,
+        from: f64,
+        to: f64,
+        rate: f64,
+    },
     /// Checkpoint or weight loads: a short PCIe burst on a healthy GPU.
     PcieBurst {
         node: usize,
@@ -230,6 +311,10 @@ pub enum Event {
         to: f64,
         rate: f64,
     },
+    /// A serving look-alike (`serving.rs`): a one-scrape preemption burst,
+    /// a one-second arrival spike, a whole service slowing, a few slow
+    /// requests, a job that fails without running out of memory.
+    Serving(crate::serving::ServingDecoy),
 }
 
 /// Per-line and per-scrape probabilities of dirt in the output.
@@ -284,6 +369,9 @@ pub struct Plan {
     pub noise: Noise,
     /// vLLM before the V1 engine names the KV-cache gauge differently.
     pub old_kv_name: bool,
+    /// Request records and `node_vmstat_oom_kill` are written (the
+    /// serving scenarios); other scenarios' traces stay as they were.
+    pub serving: bool,
     /// [node][gpu] -> (job, rank) that ever run there.
     pub occupants: Vec<Vec<Vec<(usize, u32)>>>,
     // Indexes into `episodes` and `events`, so that long traces with many
@@ -324,9 +412,11 @@ impl Plan {
                 Fault::KvSaturation { job, .. } | Fault::EngineStall { job, .. } => {
                     (Some(*job), vec![cluster.server_node(*job)])
                 }
-                Fault::RetransStorm { node, .. } | Fault::NicSaturation { node, .. } => {
-                    (None, vec![*node])
-                }
+                Fault::RetransStorm { node, .. }
+                | Fault::NicSaturation { node, .. }
+                | Fault::BusSaturation { node, .. } => (None, vec![*node]),
+                Fault::Serving(f) => f.place(&cluster),
+                Fault::Fabric(f) => (None, f.nodes()),
             };
             for n in nodes {
                 node_episodes[n].push(i);
@@ -341,10 +431,12 @@ impl Plan {
             match ev {
                 Event::Gap { node, .. }
                 | Event::CounterReset { node, .. }
-                | Event::PcieBurst { node, .. } => node_events[*node].push(i),
+                | Event::PcieBurst { node, .. }
+                | Event::CpuBurst { node, .. } => node_events[*node].push(i),
                 Event::JobSlowdown { job, .. } => job_events[*job].push(i),
-                // The step loop takes its spikes once, in order.
-                Event::Spike { .. } => {}
+                // The step loop takes its spikes once, in order; serving
+                // look-alikes are read by `serving.rs`, which scans them.
+                Event::Spike { .. } | Event::Serving(_) => {}
             }
         }
         Plan {
@@ -353,6 +445,7 @@ impl Plan {
             events,
             noise,
             old_kv_name,
+            serving: false,
             occupants,
             node_episodes,
             job_episodes,

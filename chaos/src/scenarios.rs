@@ -25,6 +25,9 @@ pub static SCENARIOS: &[ScenarioInfo] = &[
     ScenarioInfo { name: "straggler-cross-node", about: "TP=16 across 2 nodes with stragglers of mixed causes, with DPUs" },
     ScenarioInfo { name: "straggler-pcie-saturated", about: "every GPU streams from the host over a Gen4 x16 link; 2-3 stragglers whose link runs at 93-99% of capacity, doorbells 4-5x late, with DPUs" },
     ScenarioInfo { name: "straggler-host-launch", about: "the same streaming jobs; 2-3 stragglers whose doorbells come 5-8x late while the bus has room and CPU pressure stays calm, with DPUs" },
+    ScenarioInfo { name: "pcie-saturation", about: "Gen4 x16 links carrying streaming jobs; a node's bus saturated (2-4 GPUs' links at 93-99% of capacity: pcie_saturation), alone or under a pcie straggler; decoys: one straggler's own full link, 3-6 s transfers at full rate, GPU stragglers; DPUs on half the seeds" },
+    ScenarioInfo { name: "host-cpu-bottleneck", about: "stragglers whose node's CPU is starved while their doorbells come late (host_cpu_bottleneck); late doorbells with a calm CPU, host jobs raising CPU pressure while GPUs are fed on time, and full-rate bursts as decoys, with DPUs" },
+    ScenarioInfo { name: "intra-node-gpu-skew", about: "one GPU of a job fed thin and irregular DMA by a late launch path while its peers on the node are steady (intra_node_gpu_skew); heavy uneven copies, full-rate bursts and a host job's CPU pressure as decoys, with DPUs" },
     ScenarioInfo { name: "straggler-no-gpu-signal", about: "two nodes whose dcgm-exporter is not scraped, no DPU: their stragglers (PCIe or GPU) must be attributed `unknown`" },
     ScenarioInfo { name: "straggler-back-to-back", about: "TP=2 and TP=4 jobs on one node, no DPU: a straggler of one cause followed within a second, on the same rank, by one of another cause (each its own episode)" },
     ScenarioInfo { name: "straggler-habitual", about: "TP=2 jobs whose one rank is 1.5-2.4% of a step late from its first collective (a habit, not a straggler), then real stragglers on either rank" },
@@ -35,6 +38,11 @@ pub static SCENARIOS: &[ScenarioInfo] = &[
     ScenarioInfo { name: "engine-stall", about: "vLLM stops scheduling: running 0, cache full, requests piling up" },
     ScenarioInfo { name: "retransmit-storm", about: "TCP retransmit storms on nodes without cross-node jobs" },
     ScenarioInfo { name: "nic-saturation", about: "a serving node's NIC at line rate with its queue building, with DPUs" },
+    ScenarioInfo { name: "swap-thrashing", about: "vLLM preempting its running requests 15-40 times a second, cache pinned; one-scrape preemption bursts as decoys" },
+    ScenarioInfo { name: "oom-kill", about: "OOM kills: node_vmstat_oom_kill rising, jobs ended OUT_OF_MEMORY (one node not scraped); a job failing otherwise as a decoy" },
+    ScenarioInfo { name: "tail-latency", about: "3-8% of a job's requests far past the TTFT or inter-token objective while p50 holds; a whole service slowing and a few slow requests as decoys" },
+    ScenarioInfo { name: "ingress-burst", about: "arrivals 5-8x the usual for 6-12 s, the engine's queue growing and draining; one-second spikes as decoys" },
+    ScenarioInfo { name: "network-congestion", about: "8 nodes: the fabric congests across 3-6 nodes at once, twice; RDMA credit starvation and a transmit backlog on single NICs; one node's retransmit storm, a NIC at line rate and a cluster-wide microburst as decoys" },
     ScenarioInfo { name: "noisy", about: "heavy nuisances (gaps, resets, junk and late lines, NaN, unknown records) around a few faults" },
     ScenarioInfo { name: "mixed", about: "8 nodes, 4 jobs, one fault of every kind in about 180 s (keel demo)" },
     ScenarioInfo { name: "live", about: "16 nodes, 4 jobs, two stragglers 25 s apart, in 80 s (keel demo's live cluster)" },
@@ -49,6 +57,7 @@ fn default_duration(name: &str) -> f64 {
         "straggler-cross-node" => 170.0,
         "gpu-squatter" => 210.0,
         "mixed" => 180.0,
+        "network-congestion" => 240.0,
         "live" => 80.0,
         "quad" => 100.0,
         "large" => 300.0,
@@ -156,6 +165,9 @@ pub fn build(name: &str, seed: u64, opts: &GenOptions) -> Result<Plan, ChaosErro
             b.stragglers(&[j0, j1], n, &[kind]);
             b.nuisances(&Mix::low());
             b
+        }
+        "pcie-saturation" | "host-cpu-bottleneck" | "intra-node-gpu-skew" => {
+            bus(name, seed, salt, d, coin_dpu)
         }
         "straggler-no-gpu-signal" => {
             let mut b = Builder::new(seed, salt, d, 3, false);
@@ -277,6 +289,9 @@ pub fn build(name: &str, seed: u64, opts: &GenOptions) -> Result<Plan, ChaosErro
             b.nuisances(&Mix::low());
             b
         }
+        "swap-thrashing" | "oom-kill" | "tail-latency" | "ingress-burst" => {
+            serving_faults(name, seed, salt, d, coin_dpu)
+        }
         "noisy" => {
             let mut b = Builder::new(seed, salt, d, 4, true);
             let jobs = std_layout(&mut b);
@@ -291,6 +306,7 @@ pub fn build(name: &str, seed: u64, opts: &GenOptions) -> Result<Plan, ChaosErro
             b
         }
         "mixed" => mixed(seed, salt, d),
+        "network-congestion" => network_congestion(seed, salt, d, coin_dpu),
         "live" => live(seed, salt, d),
         "quad" => quad(seed, salt, d),
         _ => large(seed, salt, d),
@@ -332,6 +348,40 @@ fn std_stragglers(seed: u64, salt: u64, d: f64, kinds: &[Kind]) -> Builder {
     let jobs = std_layout(&mut b);
     let n = b.rng.int(2, 4) as usize;
     b.stragglers(&jobs, n, kinds);
+    b.nuisances(&Mix::low());
+    b
+}
+
+/// The bus detectors' scenarios: each kind's stragglers among the others
+/// that look like it, and unlabelled decoys (see `Builder::bus_decoys`).
+fn bus(name: &str, seed: u64, salt: u64, d: f64, coin_dpu: bool) -> Builder {
+    let (kinds, dpu, bursts, cpu): (&[Kind], bool, usize, usize) = match name {
+        "pcie-saturation" => (
+            &[Kind::PcieSaturated, Kind::PcieSaturated, Kind::Gpu],
+            coin_dpu,
+            4,
+            0,
+        ),
+        "host-cpu-bottleneck" => (&[Kind::Host, Kind::Host, Kind::Launch], true, 2, 3),
+        // Only the DPU's doorbells tell whose side a thin GPU's trouble is.
+        _ => (&[Kind::Thin, Kind::Thin, Kind::Pcie], true, 3, 1),
+    };
+    let mut b = Builder::new(seed, salt, d, 3, dpu);
+    b.cluster.pcie_link = Some((4, 16));
+    if name == "pcie-saturation" {
+        b.cluster.h2d_stream = Some(b.rng.uni(0.2, 0.35));
+    }
+    // Jobs of four and eight GPUs a node: a GPU has peers to be thin against.
+    let j0 = b.job(&[(0, LO4), (1, LO4)], running());
+    let j1 = b.job(&[(2, ALL8)], running());
+    b.job(&[(0, HI4), (1, HI4)], serving());
+    let n = b.rng.int(3, 4) as usize;
+    b.stragglers(&[j0, j1], n, kinds);
+    if name == "pcie-saturation" {
+        b.bus_companions(0.7);
+        b.bus_saturations(1);
+    }
+    b.bus_decoys(&[j0, j1], bursts, cpu);
     b.nuisances(&Mix::low());
     b
 }
@@ -390,6 +440,55 @@ fn squatter(seed: u64, salt: u64, d: f64) -> Builder {
     b
 }
 
+/// Three nodes, two vLLM servers and a job beside one of them, request
+/// records and the OOM counter written; the scenario's fault on one or both
+/// servers, each server's look-alikes where the faults are not.
+fn serving_faults(name: &str, seed: u64, salt: u64, d: f64, dpu: bool) -> Builder {
+    let mut b = Builder::new(seed, salt, d, 3, dpu);
+    b.serving = true;
+    let j0 = b.job(&[(0, ALL8)], serving());
+    let j1 = b.job(&[(1, LO4)], serving());
+    let j2 = b.job(&[(1, HI4)], running());
+    let j3 = b.job(&[(2, LO4)], running());
+    let mut servers = [j0, j1];
+    if b.rng.chance(0.5) {
+        servers.swap(0, 1);
+    }
+    let n = b.rng.int(1, 2) as usize;
+    match name {
+        "swap-thrashing" => {
+            for &job in &servers[..n] {
+                b.thrashing(job, 20.0, d);
+            }
+        }
+        "oom-kill" => {
+            b.oom_kill(2, Some(j3), true, 20.0, d);
+            b.oom_kill(0, None, true, 20.0, d);
+            if b.rng.chance(0.5) {
+                b.oom_kill(1, Some(j2), false, 20.0, d);
+            } else {
+                b.oom_kill(1, Some(j1), true, 20.0, d);
+            }
+        }
+        "tail-latency" => {
+            for &job in &servers[..n] {
+                let ttft = b.rng.chance(0.5);
+                b.tail(job, ttft, 20.0, d);
+            }
+        }
+        _ => {
+            for &job in &servers[..n] {
+                b.burst(job, 20.0, d);
+            }
+        }
+    }
+    for job in servers {
+        b.serving_decoys(job);
+    }
+    b.nuisances(&Mix::low());
+    b
+}
+
 fn mixed(seed: u64, salt: u64, d: f64) -> Builder {
     let mut b = Builder::new(seed, salt, d, 8, true);
     let j0 = b.job(&[(0, ALL8), (1, ALL8)], running());
@@ -404,6 +503,46 @@ fn mixed(seed: u64, salt: u64, d: f64) -> Builder {
     let fail_at = b.rng.uni(30.0, 45.0);
     b.squatter(j3, fail_at, 1);
     b.retrans_storm(5, 30.0, d);
+    b.nuisances(&Mix::low());
+    b
+}
+
+/// The fabric's own faults among the node-level ones that resemble them.
+fn network_congestion(seed: u64, salt: u64, d: f64, dpu: bool) -> Builder {
+    let mut b = Builder::new(seed, salt, d, 8, dpu);
+    b.job(&[(0, LO4), (1, LO4), (2, LO4), (3, LO4)], running());
+    b.job(&[(4, ALL8), (5, ALL8)], running());
+    b.job(&[(6, ALL8)], serving());
+    b.job(&[(7, LO4)], serving());
+    // Two congestions, each over 3-6 of the six nodes that carry
+    // cross-node traffic.
+    for half in 0..2 {
+        let n = b.rng.int(3, 6) as usize;
+        let mut nodes: Vec<usize> = (0..6).collect();
+        for i in (1..nodes.len()).rev() {
+            let j = b.rng.int(0, i as u32) as usize;
+            nodes.swap(i, j);
+        }
+        nodes.truncate(n);
+        nodes.sort_unstable();
+        let lo = half as f64 * d / 2.0;
+        b.congestion(nodes, lo, lo + d / 2.0);
+    }
+    // One node's storm and (seen only by a DPU) one NIC at line rate: node
+    // conditions, not the fabric's; the line rate's queue is not a backlog.
+    let storm = if b.rng.chance(0.5) { 6 } else { 7 };
+    b.retrans_storm(storm, 20.0, d);
+    if dpu {
+        b.nic_saturation(13 - storm, 20.0, d);
+        let node = b.rng.int(0, 7) as usize;
+        b.credit_starvation(node, 20.0, d);
+    }
+    let node = b.rng.int(0, 7) as usize;
+    b.egress_backlog(node, 20.0, d);
+    // Every node bursts for about a second, twice.
+    for _ in 0..2 {
+        b.microburst((0..8).collect(), 20.0, d);
+    }
     b.nuisances(&Mix::low());
     b
 }

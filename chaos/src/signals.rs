@@ -193,6 +193,19 @@ impl GpuSig {
                     r.util = rng.uni(84.0, 93.0).round();
                     r.doorbell *= doorbell_mult * rng.uni(0.9, 1.1);
                 }
+                Some(Symptom::Thin {
+                    h2d_share,
+                    doorbell_mult,
+                }) => {
+                    r.util = rng.uni(84.0, 93.0).round();
+                    // Fed in bursts and silences: thin on average.
+                    r.rx *= if rng.chance(0.3) {
+                        h2d_share * rng.uni(1.5, 2.5)
+                    } else {
+                        h2d_share * rng.uni(0.1, 0.6)
+                    };
+                    r.doorbell *= doorbell_mult * rng.uni(0.85, 1.15);
+                }
                 Some(Symptom::Thermal { clock, temp }) => {
                     r.clock = round_to(clock + rng.normal(0.0, 12.0), 15.0);
                     r.temp = *temp;
@@ -273,6 +286,10 @@ impl NodeSim {
         for s in servers.iter_mut().filter(|s| s.node == node) {
             out.muted = gap;
             s.sample(plan, t, ts, &name, out);
+        }
+        if plan.serving {
+            out.muted = gap || exporter_down(plan, node, t);
+            crate::serving::node_scrape(plan, node, ts, &name, out);
         }
         out.muted = gap;
         let (p_record, p_metric) = (out.noise().unknown_record, out.noise().unknown_metric);

@@ -119,6 +119,10 @@ fn lines_parse_except_deliberate_junk() {
                     assert!(m.value.is_finite());
                 }
                 "metric" => {}
+                "request" => {
+                    let q: keel_model::RequestRecord = serde_json::from_value(v).unwrap();
+                    assert!(q.job.is_some() && q.node.is_some(), "{q:?}");
+                }
                 _ => assert!(["kernel", "log"].contains(&t), "{name}: {t}"),
             }
         }

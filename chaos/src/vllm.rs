@@ -43,6 +43,18 @@ impl ServerSim {
 
     fn step(&mut self, plan: &Plan, t: f64) {
         let rng = &mut self.rng;
+        if plan.serving {
+            self.preempt += crate::serving::preempt_burst(plan, self.job, t - 1.0, t);
+            if let Some((rate, running)) = crate::serving::thrashing(plan, self.job, t) {
+                // Requests evicted and readmitted over and over: the cache
+                // pinned, a short queue, the running set churning.
+                self.kv = (rng.uni(0.97, 1.0) + rng.normal(0.0, 0.003)).clamp(0.96, 1.0);
+                self.waiting = rng.int(0, 4) as f64;
+                self.running = (running + rng.normal(0.0, 2.0)).clamp(10.0, 60.0);
+                self.preempt += rng.poisson(rate);
+                return;
+            }
+        }
         match server_fx(plan, self.job, t) {
             ServerFx::Normal => {
                 if self.kv > 0.82 {
@@ -64,6 +76,12 @@ impl ServerSim {
                     (self.running + 0.1 * (self.run_mu - self.running) + rng.normal(0.0, 2.0))
                         .clamp(10.0, 60.0);
                 self.preempt += rng.poisson(0.01);
+                if plan.serving {
+                    let q = crate::serving::backlog(plan, self.job, t);
+                    if q > 0.0 {
+                        self.waiting = (q * rng.uni(0.95, 1.05)).round();
+                    }
+                }
             }
             ServerFx::Saturated {
                 elapsed,

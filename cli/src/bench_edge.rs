@@ -166,6 +166,9 @@ pub fn live(scenario: &str, seeds: &[u64]) -> Result<()> {
             keep: None,
             quiet: true,
             duration: None,
+            http: None,
+            stay: false,
+            slurm: false,
         })?;
         println!(
             "seed {seed}: onset to commit {:?} s; missed {}, wrong cause {}, false alarms {}",

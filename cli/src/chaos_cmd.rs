@@ -1,7 +1,8 @@
 //! `keel chaos`: the scenario generator's commands (`list`, `gen`,
-//! `corpus`) and the live harness's (`run`, `clean`).
+//! `corpus`), the live harness's (`run`, `clean`), and one fault in a real
+//! cluster (`inject`).
 
-use crate::chaos_run;
+use crate::{chaos_inject, chaos_run, ControllerAt};
 use anyhow::Result;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -44,6 +45,28 @@ pub enum ChaosCommand {
     },
     /// Remove what a killed `keel chaos run` left (namespaces, links, cgroups, processes)
     Clean,
+    /// Inject one bounded fault into one node or rank, through the executor
+    /// whose [chaos] opens that node to chaos; a ledger action, reverted at
+    /// its end or on `keel action cancel` (see docs/chaos.md)
+    Inject {
+        /// host, network, pcie or gpu
+        #[arg(long)]
+        cause: String,
+        /// node/NODE, or job/JOB/rank/RANK (its node from the job's record)
+        #[arg(long)]
+        target: String,
+        /// How long: 30s, 2m (at most 600 s)
+        #[arg(long = "for", default_value = "30s")]
+        duration: String,
+        /// Wait for its end and say what keel found: the finding, its cause, how fast
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: the report as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: ControllerAt,
+    },
 }
 
 /// Runs one `keel chaos` command.
@@ -53,7 +76,11 @@ pub fn run(command: ChaosCommand) -> Result<()> {
             for s in keel_chaos::live::live_scenarios() {
                 println!("{:<10} {}", s.name, s.about);
             }
+            println!("{:<10} {}", "gpu", crate::chaos_gpu::ABOUT);
             Ok(())
+        }
+        ChaosCommand::Run { scenario, dir, .. } if scenario.as_deref() == Some("gpu") => {
+            crate::chaos_gpu::run(dir)
         }
         ChaosCommand::Run {
             scenario,
@@ -66,6 +93,23 @@ pub fn run(command: ChaosCommand) -> Result<()> {
             dir,
         }),
         ChaosCommand::Clean => chaos_run::clean(),
+        ChaosCommand::Inject {
+            cause,
+            target,
+            duration,
+            wait,
+            json,
+            at,
+        } => chaos_inject::run(
+            &at,
+            chaos_inject::InjectOpts {
+                cause,
+                target,
+                duration,
+                wait,
+                json,
+            },
+        ),
         ChaosCommand::List => {
             for s in keel_chaos::scenarios() {
                 println!("{:<22} {}", s.name, s.about);

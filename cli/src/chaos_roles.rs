@@ -86,10 +86,11 @@ impl Roles {
         r.spawn_role("corr-a", "correlator", &cfg, None)?;
         let creds = r.issue("executor", "exec-1")?;
         let cfg = format!(
-            "credentials = \"{}\"\nstate_dir = \"{}\"\n{}\n[log]\n",
+            "credentials = \"{}\"\nstate_dir = \"{}\"\n{}\n[log]\n\n{}",
             creds.display(),
             dir.join("executor-state").display(),
-            r.controllers_toml()
+            r.controllers_toml(),
+            chaos_toml(tb)
         );
         r.spawn_role("exec-1", "executor", &cfg, None)?;
         Ok(r)
@@ -217,6 +218,20 @@ impl Roles {
         ]
     }
 
+    /// Controller `i`, as the operator.
+    pub fn controller_at(&self, i: usize) -> crate::ControllerAt {
+        crate::ControllerAt::one(
+            std::net::SocketAddr::new(
+                Testbed::host_mgmt_ip()
+                    .parse()
+                    .unwrap_or([127, 0, 0, 1].into()),
+                self.ctl_ports[i],
+            ),
+            &format!("ctl-{}", i + 1),
+            self.dir.join("operator-op"),
+        )
+    }
+
     /// `keel ARGS` against the first controller that answers.
     pub fn ask(&self, args: &[&str]) -> Result<String> {
         let mut last = None;
@@ -255,6 +270,24 @@ impl Roles {
                 .map(|s| format!("{n} exited: {s} (see {n}.log)"))
         })
     }
+}
+
+/// The executor's `[chaos]`: every node of the test bed open to chaos,
+/// its CPU cgroup for `host` faults and its data link for `network` ones.
+fn chaos_toml(tb: &Testbed) -> String {
+    let mut out = "[chaos]\n".to_string();
+    for i in 0..tb.nodes {
+        out += &format!(
+            "[chaos.nodes.{}]\nnetns = \"{}\"\nlink = \"{}\"\n",
+            keel_chaos::live::node_name(i),
+            Testbed::ns(i),
+            keel_chaos::testbed::DATA_IF
+        );
+        if let Some(cg) = tb.cgroup(i) {
+            out += &format!("cgroup = \"{}\"\n", cg.display());
+        }
+    }
+    out
 }
 
 impl Drop for Roles {

@@ -9,6 +9,7 @@
 //! (SIGINT and SIGTERM stop it cleanly; after a SIGKILL, the next run or
 //! `keel chaos clean` sweeps what was left).
 
+use crate::chaos_inject;
 use crate::chaos_roles::{Roles, PUSH_PORT};
 use crate::eval;
 use anyhow::{bail, Context, Result};
@@ -108,6 +109,10 @@ fn wait_until(t: f64, stop: &AtomicBool, roles: &mut Roles) -> Result<()> {
 struct Episode {
     labels: Vec<Label>,
     guard: Option<FaultGuard>,
+    /// The ledger key of a fault injected through the executor.
+    key: Option<String>,
+    /// Its node's CPU control file after the revert, as read then.
+    after: Option<String>,
 }
 
 fn write_labels(path: &Path, episodes: &[Episode]) -> Result<()> {
@@ -227,7 +232,7 @@ fn episodes(
     tb: &Testbed,
     dir: &Path,
     stop: &AtomicBool,
-) -> Result<(Vec<Label>, Vec<Finding>)> {
+) -> Result<(Vec<Label>, Vec<Finding>, Vec<Value>)> {
     let mut roles = Roles::start(tb, dir)?;
     roles.sensors(tb)?;
     let ranks: Vec<String> = (0..tb.nodes)
@@ -250,11 +255,44 @@ fn episodes(
         .map(|_| Episode {
             labels: Vec::new(),
             guard: None,
+            key: None,
+            after: None,
         })
         .collect();
+    let at = roles.controller_at(0);
     for (offset, step) in live::schedule(sc) {
         wait_until(start + offset, stop, &mut roles)?;
         match step {
+            Step::Start(i) if sc.faults[i].via_executor => {
+                let f = sc.faults[i];
+                let (key, onset) = inject_via_executor(&roles, &at, f)?;
+                eprintln!(
+                    "chaos: +{:.1}s {} fault through the executor: {key}",
+                    onset - start,
+                    f.cause.wire()
+                );
+                let node = live::node_name(f.node);
+                eps[i].labels =
+                    live::labels(f.cause, JOB, &node, f.node as u32, onset, onset + f.dur_s);
+                eps[i].key = Some(key);
+            }
+            Step::Stop(i) if eps[i].key.is_some() => {
+                // The controller rolls it back when its time is up (and
+                // the executor at its own deadline): the ledger says when.
+                let key = eps[i].key.clone().unwrap_or_default();
+                let v =
+                    chaos_inject::wait_for(&at, &key, &["rolled_back"], Duration::from_secs(15))?;
+                let r = chaos_inject::report(&v, &[], &key);
+                if r["status"] != "rolled_back" {
+                    bail!("injection {key} not rolled back: {r}");
+                }
+                let end = r["end"].as_f64().unwrap_or_else(now);
+                eps[i].after = tb.cgroup(sc.faults[i].node).map(|d| cpu_control(&d));
+                eprintln!("chaos: +{:.1}s injection {key} rolled back", end - start);
+                for l in &mut eps[i].labels {
+                    l.end = end;
+                }
+            }
             Step::Start(i) => {
                 let f = sc.faults[i];
                 let guard = faults::inject(tb, f.cause, f.node, f.dur_s + 5.0)?;
@@ -286,8 +324,17 @@ fn episodes(
         write_labels(&labels_path, &eps)?;
     }
     wait_until(start + sc.seconds + SETTLE_S, stop, &mut roles)?;
-    let text = roles.ask_until(&["findings"], Duration::from_secs(20))?;
+    let text = roles.ask_until(&["findings", "--json"], Duration::from_secs(20))?;
     let entries: Vec<Value> = serde_json::from_str(&text).context("the controller's findings")?;
+    let (ledger, _) = chaos_inject::fetch(&at)?;
+    let injections: Vec<Value> = eps
+        .iter()
+        .filter_map(|e| {
+            let mut r = chaos_inject::report(&ledger, &entries, e.key.as_ref()?);
+            r["cpu_after_revert"] = json!(e.after);
+            Some(r)
+        })
+        .collect();
     let mut findings = Vec::new();
     let mut lines = String::new();
     for e in entries {
@@ -303,7 +350,51 @@ fn episodes(
     }
     std::fs::write(dir.join("findings.jsonl"), lines)?;
     let labels = eps.into_iter().flat_map(|e| e.labels).collect();
-    Ok((labels, findings))
+    Ok((labels, findings, injections))
+}
+
+/// `keel chaos inject` of fault `f` on its rank, as an operator runs it;
+/// returns the ledger key and the onset once the executor acknowledged.
+fn inject_via_executor(
+    roles: &Roles,
+    at: &crate::ControllerAt,
+    f: live::LiveFault,
+) -> Result<(String, f64)> {
+    let target = format!("job/{JOB}/rank/{}", f.node);
+    let dur = format!("{}s", f.dur_s);
+    let out = roles.ask(&[
+        "chaos",
+        "inject",
+        "--cause",
+        f.cause.wire(),
+        "--target",
+        &target,
+        "--for",
+        &dur,
+    ])?;
+    let key = out.trim().to_string();
+    let v = chaos_inject::wait_for(
+        at,
+        &key,
+        &["acknowledged", "failed", "rolled_back"],
+        Duration::from_secs(10),
+    )?;
+    let r = chaos_inject::report(&v, &[], &key);
+    if r["status"] != "acknowledged" {
+        bail!("injection {key} not acknowledged: {r}");
+    }
+    let onset = chaos_inject::onset(&v, &key).context("the injection's onset")?;
+    Ok((key, onset))
+}
+
+/// The CPU limit of the cgroup at `dir`: `cpu.max` (v2), else
+/// `cpu.cfs_quota_us` (v1, -1 for none).
+fn cpu_control(dir: &Path) -> String {
+    ["cpu.max", "cpu.cfs_quota_us"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Each label with the first finding that detected it: (label, latency, cause).
@@ -360,7 +451,7 @@ pub fn run(o: RunOpts) -> Result<()> {
         // The roles, the faults and then the test bed are gone here.
     };
     let left = testbed::leftovers();
-    let (labels, findings) = result?;
+    let (labels, findings, injections) = result?;
     let card = keel_detect::score::score(&labels, &findings);
     let episodes = detail(&labels, &findings);
     if o.json {
@@ -370,6 +461,7 @@ pub fn run(o: RunOpts) -> Result<()> {
             "dir": dir,
             "episodes": episodes,
             "findings": findings,
+            "injections": injections,
             "leftovers": left,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -392,6 +484,23 @@ pub fn run(o: RunOpts) -> Result<()> {
                         e["cause"].as_str().unwrap_or("?")
                     ),
                     None => "not committed".into(),
+                }
+            );
+        }
+        for r in &injections {
+            println!(
+                "  injection {}: {}, reverted ({}); found: {}",
+                r["key"].as_str().unwrap_or("?"),
+                r["status"].as_str().unwrap_or("?"),
+                r["cpu_after_revert"].as_str().unwrap_or("?"),
+                match &r["finding"] {
+                    Value::Null => "no".to_string(),
+                    f => format!(
+                        "{} cause {} after {:.2} s",
+                        f["kind"].as_str().unwrap_or("?"),
+                        f["cause"].as_str().unwrap_or("?"),
+                        f["latency_s"].as_f64().unwrap_or(f64::NAN)
+                    ),
                 }
             );
         }
@@ -478,6 +587,8 @@ mod tests {
         let eps = vec![Episode {
             labels: live::labels(live::LiveCause::Host, JOB, "n02", 1, 5.0, 15.0),
             guard: None,
+            key: None,
+            after: None,
         }];
         write_labels(&path, &eps).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();

@@ -2,6 +2,8 @@
 //! each an actor from `keel-actors` on its own runtime; and the operator's
 //! questions to a controller.
 
+use crate::context::{Replica, Target};
+use crate::failover;
 use anyhow::{bail, Context, Result};
 use keel_actors::controller::{self, Config};
 use keel_actors::correlator::{self, CorrelatorConfig};
@@ -9,7 +11,7 @@ use keel_actors::executor::{self, ExecutorConfig};
 use keel_actors::sensor::{self, SensorConfig};
 use keel_model::{Message, Query, QueryReply};
 use keel_transport::expiry::{OffsetDateTime, EXPIRY_CHECK_EVERY};
-use keel_transport::{reload, Client, Credentials, Options};
+use keel_transport::{reload, Client, Credentials, Options, TransportError};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -148,9 +150,10 @@ pub fn run(config: &Path) -> Result<()> {
         let id = cfg.id;
         let started = controller::start(cfg, None).await?;
         eprintln!("keel controller {id}: listening on {}", started.addr);
-        crate::http::serve(
+        crate::http::serve_with(
             "controller",
-            crate::http::controller_probe(started.actor.clone()),
+            crate::probes::controller_probe(started.actor.clone(), &started.applied),
+            Some(crate::dashboard::router(vec![started.actor.clone()])),
         )
         .await?;
         let what = format!("keel controller {id}");
@@ -186,7 +189,7 @@ pub fn run_sensor(config: &Path) -> Result<()> {
         };
         let (actor, join) = sensor::start(cfg, None).await?;
         eprintln!("keel sensor {node}: running");
-        crate::http::serve("sensor", crate::http::sensor_probe(actor.clone())).await?;
+        crate::http::serve("sensor", crate::probes::sensor_probe(actor.clone())).await?;
         until_stopped(&format!("keel sensor {node}"), join, || async move {
             let _ = actor.drain();
             if let Some((e, _)) = exec {
@@ -205,7 +208,7 @@ pub fn run_correlator(config: &Path) -> Result<()> {
         eprintln!("keel correlator: listening on {}", host.addr);
         crate::http::serve(
             "correlator",
-            crate::http::correlator_probe(host.actor.clone()),
+            crate::probes::correlator_probe(host.actor.clone()),
         )
         .await?;
         let actor = host.actor;
@@ -222,7 +225,7 @@ pub fn run_executor(config: &Path) -> Result<()> {
     runtime()?.block_on(async {
         let (actor, join) = executor::start(cfg).await?;
         eprintln!("keel executor: running (SIGUSR1 pauses it, SIGUSR2 resumes)");
-        crate::http::serve("executor", crate::http::executor_probe(actor.clone())).await?;
+        crate::http::serve("executor", crate::probes::executor_probe(actor.clone())).await?;
         // A paused executor keeps its links and greetings, and holds the
         // commands it receives unapplied until resumed: for maintenance
         // windows, when nothing may change under an operator's hands.
@@ -260,6 +263,7 @@ pub struct Operator {
     conn: keel_transport::Connection,
     _client: Client,
     who: String,
+    name: String,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -267,28 +271,69 @@ pub struct Operator {
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Operator {
-    pub fn connect(addr: SocketAddr, name: &str, creds: &Path) -> Result<Operator> {
+    /// Connects to the first replica of `replicas` that can be reached:
+    /// one that cannot (no connection, no handshake in time) is passed
+    /// over, one that refuses us is an error. With `verbose`, says on
+    /// standard error which one answered and which were passed over.
+    /// Returns the connection and the index of its replica.
+    pub fn connect_first(
+        replicas: &[Replica],
+        creds: &Path,
+        verbose: bool,
+    ) -> Result<(Operator, usize)> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (client, conn) = rt.block_on(async {
-            let creds = Credentials::from_dir(creds)
+        let client = rt.block_on(async {
+            let c = Credentials::from_dir(creds)
                 .with_context(|| format!("credentials in {}", creds.display()))?;
-            let client =
-                Client::new(&creds, Options::default())?.expecting(keel_model::Role::Controller);
-            let (conn, _inbox) = client
-                .connect(addr, name)
-                .await
-                .with_context(|| format!("connecting to {name} at {addr}"))?;
-            anyhow::Ok((client, conn))
+            anyhow::Ok(Client::new(&c, Options::default())?.expecting(keel_model::Role::Controller))
         })?;
-        Ok(Operator {
-            rt,
-            conn,
-            _client: client,
-            who: format!("{name} at {addr}"),
-            next_id: 1.into(),
-        })
+        let mut missed: Vec<String> = Vec::new();
+        for (i, r) in replicas.iter().enumerate() {
+            let at = format!("{} at {}", r.name, r.addr);
+            let tried = resolve_addr(&r.addr).and_then(|addr| {
+                rt.block_on(client.connect(addr, &r.name))
+                    .map(|(conn, _inbox)| (conn, addr))
+                    .map_err(anyhow::Error::new)
+            });
+            match tried {
+                Ok((conn, addr)) => {
+                    if verbose {
+                        eprintln!("keel: {} at {addr} answered", r.name);
+                    }
+                    return Ok((
+                        Operator {
+                            rt,
+                            conn,
+                            _client: client,
+                            who: format!("{} at {addr}", r.name),
+                            name: r.name.clone(),
+                            next_id: 1.into(),
+                        },
+                        i,
+                    ));
+                }
+                Err(e)
+                    if replicas.len() > 1 && failover::fails_over(failover::classify_any(&e)) =>
+                {
+                    if verbose {
+                        eprintln!("keel: {at} not reached ({e:#}); trying the next replica");
+                    }
+                    missed.push(format!("{at}: {e:#}"));
+                }
+                Err(e) => return Err(e.context(format!("connecting to {at}"))),
+            }
+        }
+        bail!(
+            "no controller replica could be reached:\n  {}",
+            missed.join("\n  ")
+        )
+    }
+
+    /// The name (in its certificate) of the replica this connection reaches.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The controller's answer, `ok` or not.
@@ -369,15 +414,48 @@ impl Operator {
     }
 }
 
-/// Asks one controller a question as an operator.
+/// `HOST:PORT` or `IP:PORT`, to its first address.
+fn resolve_addr(addr: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let mut all = addr
+        .to_socket_addrs()
+        .map_err(|e| TransportError::Connect {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            name: addr.to_string(),
+            detail: format!("not an address: {e}"),
+        })?;
+    all.next().with_context(|| format!("{addr}: no address"))
+}
+
+/// Asks the first replica of the context that can be reached a question,
+/// as an operator: the replica that answered (its name) and its answer,
+/// `ok` or not. A question that went unanswered (the replica died or timed
+/// out under it) is asked of the next replica; a proposal carries its own
+/// session and sequence number, so that one applied twice counts once.
 pub fn query(
-    addr: SocketAddr,
-    name: &str,
-    creds: &Path,
+    target: &Target,
+    verbose: bool,
     topic: &str,
     params: BTreeMap<String, String>,
-) -> Result<QueryReply> {
-    Operator::connect(addr, name, creds)?.query(topic, params)
+) -> Result<(String, QueryReply)> {
+    let mut start = 0;
+    loop {
+        let (op, i) =
+            Operator::connect_first(&target.replicas[start..], &target.credentials, verbose)?;
+        match op.query(topic, params.clone()) {
+            Ok(r) => return Ok((op.name, r)),
+            Err(e)
+                if start + i + 1 < target.replicas.len()
+                    && failover::fails_over(failover::classify_any(&e)) =>
+            {
+                if verbose {
+                    eprintln!("keel: {e:#}; trying the next replica");
+                }
+                start += i + 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

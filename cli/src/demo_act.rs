@@ -4,8 +4,11 @@
 //!
 //! The executor acts on real systems when this machine has them, and says
 //! so when it does not: a `haproxy` it starts (one server per job of the
-//! scenario, on loopback) for `remap_requests`, and a running Slurm for
-//! `reclaim_zombie`. With Slurm, the demo submits a real job, makes it a
+//! scenario, on loopback) for `remap_requests`, or, where none is
+//! installed, a webhook receiver of the demo's own that records what it is
+//! told (`demo_hook`: the loop closes through a real HTTP request, no traffic
+//! moves); and, only with `--slurm`, a running Slurm for `reclaim_zombie`.
+//! With Slurm, the demo submits a real job, makes it a
 //! squatter (a simulated GPU of an extra node reports its memory full at 0%
 //! utilisation for as long as the job is in `squeue`, after keel is told
 //! the job's engine crashed); keel plans the reclaim, and the executor checks
@@ -46,6 +49,8 @@ macro_rules! say {
 pub struct Acting {
     pub executor: ActorRef<ExecutorMsg>,
     haproxy: Option<(Child, PathBuf, Vec<TcpListener>)>,
+    /// The stand-in router where there is no haproxy.
+    hook: Option<crate::demo_hook::Receiver>,
     slurm_job: Option<u64>,
     stop: Arc<AtomicBool>,
     printed: u64,
@@ -78,7 +83,9 @@ pub async fn start(
     controllers: &[ControllerAddr],
     replicas: &BTreeMap<u64, ActorRef<ControllerMsg>>,
     jobs: &[String],
+    slurm: bool,
 ) -> Result<Acting> {
+    let mut hook = None;
     let haproxy = match start_haproxy(dir, jobs) {
         Ok(h) => {
             say!("  router: a real haproxy, backend `llm`, one server per job (weight 100); remap_requests sets weights through its runtime API");
@@ -86,18 +93,27 @@ pub async fn start(
             Some(h)
         }
         Err(why) => {
-            say!("  router: {why}: remap_requests has no executor here and fails, as the ledger will show");
+            let r = crate::demo_hook::start().await?;
+            say!("  router: {why}; remap_requests goes to a webhook receiver of the demo's own ({}), which records what keel tells it and moves no traffic", r.url);
+            hook = Some(r);
             None
         }
     };
-    let slurm_job = match submit_slurm_job() {
-        Ok(id) => {
-            say!("  Slurm: running here; submitted job {id} (sleep 600), which will squat a GPU");
-            Some(id)
-        }
-        Err(why) => {
-            say!("  Slurm: {why}: no squatter to reclaim in this run (tests/setup/slurm-one-node.sh starts a one-node Slurm)");
-            None
+    let slurm_job = if !slurm {
+        say!("  Slurm: not used (--slurm submits a real job to the Slurm this machine reaches, and makes it a GPU squatter keel must not cancel)");
+        None
+    } else {
+        match submit_slurm_job() {
+            Ok(id) => {
+                say!(
+                    "  Slurm: running here; submitted job {id} (sleep 600), which will squat a GPU"
+                );
+                Some(id)
+            }
+            Err(why) => {
+                say!("  Slurm: {why}: no squatter to reclaim in this run (tests/setup/slurm-one-node.sh starts a one-node Slurm)");
+                None
+            }
         }
     };
     let cfg = ExecutorConfig {
@@ -113,15 +129,24 @@ pub async fn start(
                 .map(|j| (j.clone(), format!("llm/job-{j}")))
                 .collect(),
         }),
-        webhook: None,
+        webhook: hook.as_ref().map(|r| keel_actors::executor::WebhookConfig {
+            url: r.url.clone(),
+            actions: vec![keel_model::Action::RemapRequests],
+            format: Default::default(),
+            bearer_token_file: None,
+            basic_auth: None,
+            tls_config: None,
+        }),
         nic: None,
         gpu: None,
         log: Some(LogConfig {}),
+        chaos: None,
     };
     let (executor, _) = executor::start(cfg).await?;
     let mut acting = Acting {
         executor,
         haproxy,
+        hook,
         slurm_job,
         stop: Arc::new(AtomicBool::new(false)),
         printed: 0,
@@ -296,6 +321,17 @@ impl Acting {
                     })
                     .collect();
                 say!("  haproxy says (show stat): {}", weights.join(", "));
+            }
+        }
+        if let Some(r) = &self.hook {
+            if let Ok(t) = r.told.lock() {
+                say!(
+                    "  webhook receiver (standing in for a router; no haproxy here, so no traffic moved) was told {} commands:",
+                    t.commands.len() as u64 + t.dropped
+                );
+                for l in crate::demo_hook::lines(&t) {
+                    say!("    {l}");
+                }
             }
         }
         if let Some(id) = self.slurm_job {

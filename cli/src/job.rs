@@ -98,7 +98,7 @@ fn register_file(file: &Path, at: &ControllerAt) -> Result<()> {
         bail!("{} line(s) are not job records; nothing sent", bad.len());
     }
     let op = crate::queries::connect(at)?;
-    let client = session(at);
+    let client = session(&at.target()?.credentials);
     let total = records.len();
     // Seqs past the records' own, for a record asked again after its first
     // seq fell out of the session's window (refused as stale).
@@ -140,12 +140,11 @@ fn register_file(file: &Path, at: &ControllerAt) -> Result<()> {
 }
 
 /// This run's session: the operator's name and a random number.
-fn session(at: &ControllerAt) -> String {
+fn session(credentials: &Path) -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
-    let who = at
-        .credentials
+    let who = credentials
         .file_name()
         .map_or_else(|| "operator".into(), |n| n.to_string_lossy().into_owned());
     format!("{who}/{:016x}", h.finish())

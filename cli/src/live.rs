@@ -53,7 +53,19 @@ pub struct LiveOptions {
     pub quiet: bool,
     /// Override the scenario's length (trace seconds).
     pub duration: Option<f64>,
+    /// Submit a real job to the Slurm this machine reaches, to make a GPU
+    /// squatter of it (`keel demo --slurm`).
+    pub slurm: bool,
+    /// Where to serve the dashboard, `/metrics`, `/healthz` and `/readyz`
+    /// of the first replica (`crate::dashboard::serve_demo`).
+    pub http: Option<SocketAddr>,
+    /// After the run, keep everything up until interrupted.
+    pub stay: bool,
 }
+
+/// Where `keel demo` serves its dashboard unless `--http` says otherwise.
+pub const DEMO_HTTP: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7480);
 
 /// One committed finding, with when it was committed on the trace's clock.
 pub struct Committed {
@@ -136,6 +148,9 @@ async fn live(
     nodes: &[String],
     jobs: &[String],
 ) -> Result<LiveReport> {
+    // Ctrl-C or SIGTERM ends the demo through its summary, so that what it
+    // started (haproxy, a Slurm job) is stopped too.
+    let stop = interrupted(!opts.quiet);
     // A kept folder from an earlier run: start its cluster afresh.
     for sub in std::fs::read_dir(dir)?.flatten() {
         if sub.path().is_dir() {
@@ -155,6 +170,8 @@ async fn live(
         .collect();
     let (tx, mut applied) = mpsc::unbounded_channel::<Applied>();
     let mut replicas: BTreeMap<u64, ActorRef<ControllerMsg>> = BTreeMap::new();
+    // What the dashboard's port reads: each replica and what it applies.
+    let mut served = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let cfg = controller::Config {
             id: *id,
@@ -185,6 +202,7 @@ async fn live(
                 }
             }
         });
+        served.push((started.actor.clone(), started.applied.clone()));
         replicas.insert(*id, started.actor);
     }
     let mut hosts = Vec::new();
@@ -196,6 +214,7 @@ async fn live(
             controllers: controllers.clone(),
             // The sensors replay recorded traces: their time is the trace's.
             check_clock: false,
+            detect: Default::default(),
         };
         hosts.push(correlator::start(cfg).await?.actor);
     }
@@ -230,6 +249,9 @@ async fn live(
         opts.seed,
         end - t0
     );
+    if let Some(addr) = opts.http {
+        crate::dashboard::serve_demo(addr, served).await;
+    }
     say!("injected (hidden from keel):");
     for l in labels {
         say!(
@@ -245,7 +267,9 @@ async fn live(
     let mut acting = None;
     if !opts.quiet {
         say!("acting:");
-        acting = Some(crate::demo_act::start(dir, &ca, &controllers, &replicas, jobs).await?);
+        acting = Some(
+            crate::demo_act::start(dir, &ca, &controllers, &replicas, jobs, opts.slurm).await?,
+        );
     }
     say!("\nlive:");
     let trace_now = |speed: f64| t0 + (unix_now() - start_at) * speed;
@@ -259,8 +283,15 @@ async fn live(
     // the command reaches it, then resumed once the leader is dead.
     let mut paused_at: Option<f64> = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    tokio::pin!(stop);
+    let mut stopped = false;
     loop {
         tokio::select! {
+            _ = &mut stop => {
+                say!("\n** interrupted: the demo stops **");
+                stopped = true;
+                break;
+            }
             Some(a) = applied.recv() => {
                 let Some(entry) = a.finding else { continue };
                 if !seen.insert(entry.id) {
@@ -333,7 +364,35 @@ async fn live(
             d.display()
         );
     }
+    if opts.stay && !stopped {
+        say!("\nthe cluster stays up (--stay): Ctrl-C ends the demo");
+        stop.await;
+    }
     Ok(result)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM; never when `listen` is false
+/// (`keel bench live` keeps the default: a signal ends the process). The
+/// signals are taken from the call on: one sent while the cluster starts
+/// ends the demo as soon as it runs.
+fn interrupted(listen: bool) -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let signals = listen.then(|| {
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    });
+    async move {
+        let Some((mut int, mut term)) = signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            Some(_) = async { int.as_mut()?.recv().await } => {}
+            Some(_) = async { term.as_mut()?.recv().await } => {}
+            else => std::future::pending().await,
+        }
+    }
 }
 
 /// Injects a panic into one correlator, to show its host restart it.

@@ -9,19 +9,33 @@ mod bench_scale_load;
 mod bench_soak;
 mod cert;
 mod chaos_cmd;
+mod chaos_gpu;
+mod chaos_inject;
 mod chaos_roles;
 mod chaos_run;
+mod context;
 mod controller;
+mod dashboard;
 mod demo;
 mod demo_act;
+mod demo_hook;
 mod eval;
+mod failover;
+mod filters;
 mod http;
 mod job;
 mod live;
+mod manual;
 mod policy;
+mod probes;
 mod queries;
 mod replay;
+mod scrape_cmd;
 mod slurm;
+mod tables;
+
+pub(crate) use context::ControllerAt;
+pub(crate) use queries::ask;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -31,19 +45,24 @@ use std::path::PathBuf;
 #[command(
     name = "keel",
     version,
-    about = "Finds skews in LLM inference on GPU clusters and names their cause"
+    about = "Finds skews in LLM inference on GPU clusters and names their cause",
+    after_long_help = context::ABOUT
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Worker threads of a role process's runtime (controller, sensor,
     /// correlator, executor); default 2
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
-    /// Serve /metrics, /healthz and /readyz of a role process on this
-    /// address (e.g. 127.0.0.1:7480); off by default
+    /// Serve /metrics, /healthz and /readyz of a role process (and a
+    /// controller's dashboard at /) on this address (e.g. 127.0.0.1:7480);
+    /// off by default, except for `keel demo` (127.0.0.1:7480)
     #[arg(long, global = true, env = "KEEL_HTTP")]
     http: Option<std::net::SocketAddr>,
+    /// Log lines as text, or as one JSON object each (fields and spans)
+    #[arg(long, global = true, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -66,6 +85,16 @@ enum Command {
         /// Keep the generated trace and labels in this folder
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Also act on the Slurm this machine reaches: submit a real job
+        /// (`sleep 600`), make it a GPU squatter, and show the executor
+        /// refusing its reclaim at Slurm's word (without this flag the demo
+        /// never calls Slurm)
+        #[arg(long)]
+        slurm: bool,
+        /// After the run, keep the cluster and its dashboard up until
+        /// interrupted (Ctrl-C)
+        #[arg(long)]
+        stay: bool,
     },
     /// Replay a trace (JSON Lines) and write findings as JSON Lines
     Replay {
@@ -151,8 +180,26 @@ enum Command {
     Routes {
         #[command(flatten)]
         at: ControllerAt,
+        /// Print the controller's JSON instead of a table
+        #[arg(long)]
+        json: bool,
     },
-    /// List the findings the controller committed (open and closed), as a JSON array
+    /// What keel reads from an exporter (a URL, a file of Prometheus text, or - for stdin): each sample as keel maps it to node, GPU, NIC and model, and every line it dropped with the reason
+    Scrape {
+        /// `http://HOST:PORT/metrics`, a file, or `-`
+        source: String,
+        /// The node the samples belong to (a sample's own `Hostname` label wins); default the URL's host, or `local`
+        #[arg(long)]
+        node: Option<String>,
+        /// Print JSON: the samples in the trace format's shape, the dropped lines, the counts
+        #[arg(long)]
+        json: bool,
+        /// Also list each sample of a metric keel does not use
+        #[arg(long)]
+        unknown: bool,
+    },
+    /// List the findings the controller committed (open and closed), as a
+    /// table, or a JSON array with --json
     Findings {
         #[command(flatten)]
         at: ControllerAt,
@@ -161,14 +208,33 @@ enum Command {
         /// time in seconds, or a UTC time (2026-11-30T10:00:00Z)
         #[arg(long)]
         since: Option<String>,
+        /// Only those not closed
+        #[arg(long)]
+        open: bool,
+        /// Only those of this job
+        #[arg(long)]
+        job: Option<String>,
+        /// Only those of this kind (its wire name, e.g. tp_straggler)
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only those on this node
+        #[arg(long)]
+        node: Option<String>,
+        /// Print the controller's JSON (an array of entries) instead of a table
+        #[arg(long)]
+        json: bool,
     },
-    /// List the job records the controller knows, as a JSON array
+    /// List the job records the controller knows, as a table, or a JSON
+    /// array with --json
     Jobs {
         #[command(flatten)]
         at: ControllerAt,
         /// Only this job (an error if the controller does not know it)
         #[arg(long)]
         job: Option<String>,
+        /// Print the controller's JSON instead of a table
+        #[arg(long)]
+        json: bool,
     },
     /// Ask a controller for its view: leader, term, commit and applied
     /// index, state digest, members, and counts of jobs, findings, actions
@@ -179,6 +245,9 @@ enum Command {
         /// cluster committed before the question (needs a leader)
         #[arg(long)]
         consistent: bool,
+        /// Print the controller's JSON instead of a table
+        #[arg(long)]
+        json: bool,
     },
     /// Check policy files, apply one to the controller, explain a finding's match
     Policy {
@@ -225,41 +294,26 @@ enum Command {
     /// Measure keel's speed
     Bench {
         #[command(subcommand)]
-        command: BenchCommand,
+        command: bench::BenchCommand,
     },
     /// Make the cluster's certificates: one CA, one certificate per process
     Cert {
         #[command(subcommand)]
         command: cert::CertCommand,
     },
-}
-
-/// Asks a controller and prints its answer; a refusal is an error.
-pub(crate) fn ask(
-    at: &ControllerAt,
-    topic: &str,
-    params: std::collections::BTreeMap<String, String>,
-) -> Result<()> {
-    let r = controller::query(at.controller, &at.name, &at.credentials, topic, params)?;
-    if !r.ok {
-        bail!("{}: {}", at.name, r.body);
-    }
-    println!("{}", r.body);
-    Ok(())
-}
-
-/// Which controller to ask, and as whom.
-#[derive(clap::Args)]
-pub(crate) struct ControllerAt {
-    /// The controller's address
-    #[arg(long)]
-    pub(crate) controller: std::net::SocketAddr,
-    /// The name in the controller's certificate
-    #[arg(long)]
-    pub(crate) name: String,
-    /// A folder with an operator certificate (`keel cert issue --role operator`)
-    #[arg(long)]
-    pub(crate) credentials: PathBuf,
+    /// Print a shell's completion script for keel, e.g.
+    /// `keel completions bash > ~/.local/share/bash-completion/completions/keel`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print keel's manual page (roff: `keel man | man -l -`), or write one
+    /// page per command into a folder
+    Man {
+        /// Write keel.1 and a page per command (keel-findings.1, ...) here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -333,43 +387,11 @@ pub(crate) enum JobCommand {
     },
 }
 
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Commits/s and commit latency of 3 local controller processes (fsync on), then failover time
-    Controller {
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-        /// Proposals in flight at once
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-    },
-    /// Onset-to-committed-finding latency in `keel demo`-like live runs (80 s each)
-    Live {
-        #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4, 5])]
-        seeds: Vec<u64>,
-        #[arg(long, default_value = "live")]
-        scenario: String,
-    },
-    /// Sensor edge aggregation rate (collective events/s on one core) and memory per tracked rank
-    Edge {
-        #[arg(long, default_value_t = 20_000_000)]
-        events: u64,
-        /// Collectives per window
-        #[arg(long, default_value_t = 2)]
-        window_len: u64,
-    },
-    /// Controller CPU, memory, routing and commit latency on a simulated cluster of N nodes
-    Scale(bench_scale::ScaleArgs),
-    /// Three controllers for an hour under steady findings, the leader killed every 2 minutes; RSS and state size into a CSV
-    Soak(bench_soak::SoakArgs),
-    /// Replay throughput (records/s on one core) and peak memory on traces of growing length
-    Replay {
-        /// Trace lengths to measure, in seconds of trace time
-        #[arg(long, value_delimiter = ',', default_values_t = [120.0, 480.0])]
-        durations: Vec<f64>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+/// How a process writes its log (standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() {
@@ -385,11 +407,22 @@ fn main() {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // One JSON object a line, with the fields and the spans it was
+        // logged in: `grep KEY` follows one action from planning through
+        // dispatch and acknowledgement to verification.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     // An actor that panics is restarted by its supervisor, which logs it;
     // the panic itself gets one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -417,6 +450,8 @@ fn run(cli: Cli) -> Result<()> {
             speed,
             offline,
             keep,
+            slurm,
+            stay,
         } => {
             if offline {
                 let scenario = scenario.unwrap_or_else(|| "mixed".into());
@@ -432,6 +467,10 @@ fn run(cli: Cli) -> Result<()> {
                     keep,
                     quiet: false,
                     duration: None,
+                    slurm,
+                    // The dashboard: `--http ADDR`, or the demo's own port.
+                    http: Some(cli.http.unwrap_or(live::DEMO_HTTP)),
+                    stay,
                 })
                 .map(|_| ())
             }
@@ -500,15 +539,31 @@ fn run(cli: Cli) -> Result<()> {
         Command::Correlator { config } => controller::run_correlator(&config),
         Command::Job { command } => job::run(command),
         Command::Slurm { command } => slurm::run(command),
-        Command::Findings { at, since } => queries::findings(&at, since.as_deref()),
-        Command::Jobs { at, job } => queries::jobs(&at, job.as_deref()),
-        Command::Routes { at } => ask(&at, "routes", Default::default()),
-        Command::Status { at, consistent } => {
-            let params = [("consistent".to_string(), consistent.to_string())]
-                .into_iter()
-                .collect();
-            ask(&at, "status", params)
+        Command::Scrape {
+            source,
+            node,
+            json,
+            unknown,
+        } => scrape_cmd::run(&source, node.as_deref(), json, unknown),
+        Command::Findings {
+            at,
+            since,
+            open,
+            job,
+            kind,
+            node,
+            json,
+        } => {
+            let filter = filters::FindingFilter::new(open, job, kind.as_deref(), node)?;
+            queries::findings(&at, since.as_deref(), &filter, json)
         }
+        Command::Jobs { at, job, json } => queries::jobs(&at, job.as_deref(), json),
+        Command::Routes { at, json } => queries::routes(&at, json),
+        Command::Status {
+            at,
+            consistent,
+            json,
+        } => queries::status(&at, consistent, json),
         Command::Policy { command } => policy::run(command),
         Command::Actions { at, json, since } => policy::actions(&at, json, since.as_deref()),
         Command::Action { command } => policy::approve(command),
@@ -516,16 +571,31 @@ fn run(cli: Cli) -> Result<()> {
         Command::Resume { at } => policy::brake(&at, None),
         Command::Executor { config } => controller::run_executor(&config),
         Command::Bench { command } => match command {
-            BenchCommand::Replay { durations, seed } => bench::run(&durations, seed),
-            BenchCommand::Edge { events, window_len } => bench_edge::run(events, window_len),
-            BenchCommand::Scale(args) => bench_scale::run(&args),
-            BenchCommand::Soak(args) => bench_soak::run(&args),
-            BenchCommand::Live { seeds, scenario } => bench_edge::live(&scenario, &seeds),
-            BenchCommand::Controller {
+            bench::BenchCommand::Replay {
+                durations,
+                seed,
+                mix,
+            } => bench::run(&durations, seed, mix),
+            bench::BenchCommand::Edge { events, window_len } => bench_edge::run(events, window_len),
+            bench::BenchCommand::Scale(args) => bench_scale::run(&args),
+            bench::BenchCommand::Soak(args) => bench_soak::run(&args),
+            bench::BenchCommand::Live { seeds, scenario } => bench_edge::live(&scenario, &seeds),
+            bench::BenchCommand::Controller {
                 seconds,
                 concurrency,
             } => bench_controller::run(seconds, concurrency),
         },
         Command::Cert { command } => cert::run(command),
+        Command::Completions { shell } => manual::completions(shell),
+        Command::Man { out } => manual::man(out.as_deref()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

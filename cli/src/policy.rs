@@ -1,6 +1,6 @@
 //! `keel policy check|apply|explain`, `keel actions`, `keel action approve`.
 
-use crate::{controller, ControllerAt};
+use crate::ControllerAt;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use std::collections::BTreeMap;
@@ -56,7 +56,8 @@ pub(crate) enum ActionCommand {
         #[command(flatten)]
         at: ControllerAt,
     },
-    /// Withdraw a planned or approved action before it is sent
+    /// Withdraw a planned or approved action before it is sent; a fault
+    /// injection (`keel chaos inject`) that acts already is reverted
     Cancel {
         /// The action's key, or a prefix of it that names only one action
         key: String,
@@ -151,11 +152,17 @@ pub(crate) fn approve(cmd: ActionCommand) -> Result<()> {
             ),
         };
     let v = crate::queries::actions(&crate::queries::connect(&at)?, None)?;
+    // An acting injection may be cancelled too: the ledger turns that into
+    // its revert.
+    let cancel = to == "cancelled";
     let keys: Vec<String> = v["ledger"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|e| from.iter().any(|s| e["status"] == *s))
+        .filter(|e| {
+            from.iter().any(|s| e["status"] == *s)
+                || (cancel && e["action"] == "inject_fault" && e["status"] == "acknowledged")
+        })
         .filter_map(|e| e["key"].as_str().map(String::from))
         .collect();
     let key = match keys
@@ -192,30 +199,8 @@ pub(crate) fn actions(at: &ControllerAt, json: bool, since: Option<&str>) -> Res
     let v = crate::queries::actions(&crate::queries::connect(at)?, since)?;
     if json {
         println!("{v}");
-        return Ok(());
-    }
-    println!("{:<13} {:<16} {:>4}  KEY", "STATUS", "ACTION", "SENT");
-    for e in v["ledger"].as_array().into_iter().flatten() {
-        println!(
-            "{:<13} {:<16} {:>4}  {}",
-            e["status"].as_str().unwrap_or("?"),
-            e["action"].as_str().unwrap_or("?"),
-            e["dispatches"],
-            e["key"].as_str().unwrap_or("?"),
-        );
-    }
-    println!("\naudit trail:");
-    for a in v["audit"].as_array().into_iter().flatten() {
-        println!(
-            "  #{:<6} {:>17.3} {:<12} -> {:<12} {}  ({}; by {})",
-            a["index"],
-            a["ts"].as_f64().unwrap_or(0.0),
-            a["from"].as_str().unwrap_or("-"),
-            a["to"].as_str().unwrap_or("?"),
-            a["key"].as_str().unwrap_or("?"),
-            a["detail"].as_str().unwrap_or(""),
-            a["by"].as_str().unwrap_or("?"),
-        );
+    } else {
+        println!("{}", crate::tables::actions(&v, now()));
     }
     Ok(())
 }
@@ -229,16 +214,12 @@ fn ask<const N: usize>(
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    let r = controller::query(at.controller, &at.name, &at.credentials, topic, params)?;
-    if !r.ok {
-        bail!("{}: {}", at.name, r.body);
-    }
-    Ok(r.body)
+    crate::queries::ask_body(at, topic, params)
 }
 
 /// Proposes one command under a client id of its own: a retry of this very
 /// call would reuse it with the same seq.
-fn propose(at: &ControllerAt, command: serde_json::Value) -> Result<String> {
+pub(crate) fn propose(at: &ControllerAt, command: serde_json::Value) -> Result<String> {
     let client = format!("operator-{}-{}", std::process::id(), (now() * 1e9) as u128);
     ask(
         at,

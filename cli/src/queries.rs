@@ -1,17 +1,71 @@
-//! The operator's questions that list things: `keel findings`, `keel
-//! actions`, `keel jobs`. The controller answers in pages; these fetch every
-//! page and print the whole list. `--since` also reaches into the on-disk
-//! history of what retention moved out of the replicated state.
+//! The operator's questions: `keel findings`, `keel actions`, `keel jobs`,
+//! `keel routes`, `keel status`, and the one-answer questions of the other
+//! commands. The controller answers lists in pages; these fetch every page
+//! and print the whole list, as a table or (`--json`) as the controller's
+//! JSON. `--since` also reaches into the on-disk history of what retention
+//! moved out of the replicated state.
 
 use crate::controller::Operator;
-use crate::ControllerAt;
-use anyhow::Result;
+use crate::filters::FindingFilter;
+use crate::{tables, ControllerAt};
+use anyhow::{bail, Context, Result};
 use keel_actors::controller::history::parse_since;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
+/// A connection to the first replica of the context that can be reached.
 pub(crate) fn connect(at: &ControllerAt) -> Result<Operator> {
-    Operator::connect(at.controller, &at.name, &at.credentials)
+    let t = at.target()?;
+    Ok(Operator::connect_first(&t.replicas, &t.credentials, at.verbose)?.0)
+}
+
+/// Asks the controller one question; the body of its answer. A refusal is
+/// an error naming the replica that refused.
+pub(crate) fn ask_body(
+    at: &ControllerAt,
+    topic: &str,
+    params: BTreeMap<String, String>,
+) -> Result<String> {
+    let (name, r) = crate::controller::query(&at.target()?, at.verbose, topic, params)?;
+    if !r.ok {
+        bail!("{name}: {}", r.body);
+    }
+    Ok(r.body)
+}
+
+/// Asks the controller and prints its answer; a refusal is an error.
+pub(crate) fn ask(at: &ControllerAt, topic: &str, params: BTreeMap<String, String>) -> Result<()> {
+    println!("{}", ask_body(at, topic, params)?);
+    Ok(())
+}
+
+/// `keel status [--consistent]`: the replica's view, one row per field.
+pub(crate) fn status(at: &ControllerAt, consistent: bool, json: bool) -> Result<()> {
+    let body = ask_body(
+        at,
+        "status",
+        params([("consistent", consistent.to_string())]),
+    )?;
+    if json {
+        println!("{body}");
+    } else {
+        let v: Value = serde_json::from_str(&body).context("the controller's status")?;
+        println!("{}", tables::status(&v, now()));
+    }
+    Ok(())
+}
+
+/// `keel routes`: which correlator host holds each job.
+pub(crate) fn routes(at: &ControllerAt, json: bool) -> Result<()> {
+    let body = ask_body(at, "routes", BTreeMap::new())?;
+    if json {
+        println!("{body}");
+    } else {
+        let v: Value = serde_json::from_str(&body).context("the controller's routes")?;
+        let items = v.as_array().cloned().unwrap_or_default();
+        println!("{}", tables::routes(&items));
+    }
+    Ok(())
 }
 
 fn params<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
@@ -39,10 +93,15 @@ fn history(op: &Operator, kind: &str, since: f64) -> Result<Vec<Value>> {
     Ok(items)
 }
 
-/// `keel findings [--since T]`: every committed finding (open and closed),
-/// as one JSON array; with `--since`, those open at or after T, from the
-/// history first.
-pub(crate) fn findings(at: &ControllerAt, since: Option<&str>) -> Result<()> {
+/// `keel findings [--since T] [filters]`: every committed finding (open and
+/// closed) that passes `filter`, as a table or one JSON array; with
+/// `--since`, those open at or after T, from the history first.
+pub(crate) fn findings(
+    at: &ControllerAt,
+    since: Option<&str>,
+    filter: &FindingFilter,
+    json: bool,
+) -> Result<()> {
     let op = connect(at)?;
     let (mut current, _) = op.all_pages("findings", BTreeMap::new(), "items", "offset", "next")?;
     let mut out = Vec::new();
@@ -52,7 +111,12 @@ pub(crate) fn findings(at: &ControllerAt, since: Option<&str>) -> Result<()> {
         current.retain(|f| f["closed"].as_f64().is_none_or(|c| c >= t));
     }
     out.extend(current);
-    println!("{}", Value::Array(out));
+    let out = filter.apply(out);
+    if json {
+        println!("{}", Value::Array(out));
+    } else {
+        println!("{}", tables::findings(&out, now()));
+    }
     Ok(())
 }
 
@@ -109,9 +173,9 @@ pub(crate) fn actions(op: &Operator, since: Option<&str>) -> Result<Value> {
 }
 
 /// `keel jobs [--job NAME]`: the job records the controller knows (running
-/// and recently ended), as one JSON array; with `--job`, that one (an error
-/// if unknown).
-pub(crate) fn jobs(at: &ControllerAt, job: Option<&str>) -> Result<()> {
+/// and recently ended), as a table or one JSON array; with `--job`, that
+/// one (an error if unknown).
+pub(crate) fn jobs(at: &ControllerAt, job: Option<&str>, json: bool) -> Result<()> {
     let op = connect(at)?;
     let p = match job {
         Some(j) => params([("job", j.to_string())]),
@@ -119,8 +183,12 @@ pub(crate) fn jobs(at: &ControllerAt, job: Option<&str>) -> Result<()> {
     };
     let (items, _) = op.all_pages("jobs", p, "items", "offset", "next")?;
     if let (Some(j), true) = (job, items.is_empty()) {
-        anyhow::bail!("{}: no job {j:?} known", at.name);
+        bail!("{}: no job {j:?} known", op.name());
     }
-    println!("{}", Value::Array(items));
+    if json {
+        println!("{}", Value::Array(items));
+    } else {
+        println!("{}", tables::jobs(&items, now()));
+    }
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! it: four network-namespace nodes, each with its `keel sensor`, three
 //! controllers, a correlator host and an executor as real processes, a real
 //! MPI job (Debian's OpenMPI and mpi4py) with one rank per node, and real
-//! faults: a CPU quota on one rank's cgroup, then `tbf` and random TCP loss
-//! on another node's link. Every episode must be committed by the
+//! faults: a CPU quota on one rank's cgroup, injected as an operator would
+//! with `keel chaos inject` (a ledger action carried out by the executor's
+//! `[chaos]`, rolled back by the controller at its end), then `tbf` and
+//! random TCP loss on another node's link. Every episode must be committed by the
 //! controller while it lasts, with the right cause, half of them within
 //! 2 s of the onset, nothing else committed, and nothing left on the
 //! machine afterwards (namespaces, links, qdiscs, nftables tables, cgroups,
@@ -72,6 +74,53 @@ fn the_default_scenario_commits_every_real_fault_live_with_its_cause_and_leaves_
     let p50 = overall["latency_p50"].as_f64().expect("latency p50");
     assert!(p50 <= 2.0, "onset -> committed p50 {p50:.2} s: {v:#}");
 
+    // The host fault went through the ledger: committed under the
+    // operator's certificate, acknowledged by the executor, rolled back at
+    // its end (the CPU quota really gone), and found by keel: a
+    // tp_straggler of that rank, cause host, committed while it acted.
+    let inj = v["chaos"]["injections"].as_array().expect("injections");
+    assert_eq!(inj.len(), 1, "{inj:?}");
+    let r = &inj[0];
+    assert_eq!(r["status"], "rolled_back", "{r:#}");
+    assert_eq!(r["params"]["cause"], "host", "{r:#}");
+    // (A new leader may dispatch it again under the same key.)
+    let mut steps: Vec<&str> = r["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["to"].as_str())
+        .collect();
+    steps.dedup();
+    assert_eq!(
+        steps,
+        ["planned", "dispatched", "acknowledged", "rolled_back"],
+        "{r:#}"
+    );
+    assert!(
+        r["audit"][0]["by"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("operator:op/"),
+        "{r:#}"
+    );
+    let after = r["cpu_after_revert"].as_str().unwrap_or("");
+    assert!(
+        after.starts_with("max") || after == "-1",
+        "quota left: {r:#}"
+    );
+    let f = &r["finding"];
+    assert_eq!(f["kind"], "tp_straggler", "{r:#}");
+    assert_eq!(f["cause"], "host", "{r:#}");
+    assert_eq!(
+        f["rank"].as_u64(),
+        r["params"]["rank"].as_str().and_then(|x| x.parse().ok())
+    );
+    let opened = f["opened"].as_f64().unwrap();
+    assert!(
+        opened <= r["end"].as_f64().unwrap(),
+        "found after its end: {r:#}"
+    );
+
     // Nothing left: the harness checked, and so does the test.
     assert_eq!(v["chaos"]["leftovers"], Value::Array(vec![]), "{v:#}");
     let left = keel_chaos::testbed::leftovers();
@@ -102,4 +151,30 @@ fn the_default_scenario_commits_every_real_fault_live_with_its_cause_and_leaves_
     if std::env::var_os("KEEL_KEEP_TEST_DIR").is_none() {
         std::fs::remove_dir_all(&dir).ok();
     }
+}
+
+/// Where the machine lacks them, the GPU run names each missing piece and
+/// starts nothing.
+#[test]
+fn the_gpu_scenario_refuses_naming_what_the_machine_lacks() {
+    let has_gpu = std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if has_gpu {
+        eprintln!("a GPU is here: the refusal is not what happens");
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["chaos", "run", "gpu"])
+        .env("KEEL_PYTHON", "python3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("scenario gpu cannot run on this machine"),
+        "{err}"
+    );
+    assert!(err.contains("GPUs: 0 found"), "{err}");
 }

@@ -127,7 +127,11 @@ impl Cluster {
     }
 
     fn status(&self, i: usize) -> Option<Value> {
-        let out = keel().arg("status").args(self.at(i)).output().ok()?;
+        let out = keel()
+            .args(["status", "--json"])
+            .args(self.at(i))
+            .output()
+            .ok()?;
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).ok())?
@@ -265,7 +269,9 @@ fn a_killed_leader_loses_nothing_and_its_restart_catches_up() {
     }
     // A linearizable read from any replica sees every committed write at once.
     for i in [1usize, 2, 3] {
-        let out = ok(keel().args(["status", "--consistent"]).args(c.at(i)));
+        let out = ok(keel()
+            .args(["status", "--consistent", "--json"])
+            .args(c.at(i)));
         let s: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(versions(&s), 12, "replica {}: {s}", i + 1);
     }
@@ -342,11 +348,16 @@ fn a_large_state_reaches_a_joining_replica_in_chunks() {
         c.wait(i, "applied every job", |s| s["jobs"] == n as u64 + 1);
     }
     let one = ok(keel()
-        .args(["jobs", "--job", "a-job-with-a-rather-long-name-000017"])
+        .args([
+            "jobs",
+            "--json",
+            "--job",
+            "a-job-with-a-rather-long-name-000017",
+        ])
         .args(c.at(0)));
     let one: Value = serde_json::from_str(&one).unwrap();
     assert_eq!(one[0]["ranks"].as_object().unwrap().len(), 8, "{one}");
-    let all = ok(keel().arg("jobs").args(c.at(1)));
+    let all = ok(keel().args(["jobs", "--json"]).args(c.at(1)));
     let all: Value = serde_json::from_str(&all).unwrap();
     assert_eq!(all.as_array().unwrap().len(), n + 1, "every page fetched");
 
@@ -388,7 +399,7 @@ fn a_large_state_reaches_a_joining_replica_in_chunks() {
     assert!(sent, "no snapshot was sent in chunks");
     let got = std::fs::read_to_string(c.log(3)).unwrap();
     assert!(got.contains("large raft message received whole"), "{got}");
-    let findings = ok(keel().arg("findings").args(c.at(3)));
+    let findings = ok(keel().args(["findings", "--json"]).args(c.at(3)));
     assert_eq!(findings.trim(), "[]");
     let actions = ok(keel()
         .args(["actions", "--json", "--since", "1h"])

@@ -52,6 +52,13 @@ fn the_corpus_meets_the_detection_bar() {
         "engine_stall",
         "retransmit_storm",
         "nic_saturation",
+        "pcie_saturation",
+        "host_cpu_bottleneck",
+        "intra_node_gpu_skew",
+        "swap_thrashing",
+        "oom_kill",
+        "tail_latency",
+        "ingress_burst_backlog",
     ];
     for kind in kinds {
         let k = &v["kinds"][kind];
@@ -63,6 +70,15 @@ fn the_corpus_meets_the_detection_bar() {
         let precision = k["precision"].as_f64().unwrap_or(0.0);
         assert!(recall >= 0.95, "{kind}: recall {recall}: {k}");
         assert!(precision >= 0.95, "{kind}: precision {precision}: {k}");
+    }
+    for kind in FABRIC {
+        let k = &v["kinds"][kind];
+        assert!(k["labels"].as_u64().unwrap_or(0) > 0, "{kind}: no labels");
+        assert!(k["recall"].as_f64().unwrap() >= 0.97, "{kind}: {k}");
+        assert!(
+            k["precision"].as_f64().unwrap_or(0.0) >= 0.97,
+            "{kind}: {k}"
+        );
     }
     let straggler = &v["kinds"]["tp_straggler"];
     let cause = straggler["cause_accuracy"].as_f64().unwrap();
@@ -141,6 +157,13 @@ fn eval(args: &[&str], paths: &[&std::path::Path]) -> Value {
 /// The live path (collectives summarised per window at each node's edge,
 /// as sensors do) held to the bar of docs/detection.md on the corpus, the
 /// real H200 trace and every case of `shared/data/cases`.
+/// The fabric's kinds (`detect/src/fabric.rs`), held to 0.97 on both paths.
+const FABRIC: [&str; 3] = [
+    "network_congestion",
+    "rdma_credit_starvation",
+    "egress_backlog",
+];
+
 #[test]
 fn the_live_path_meets_the_bar_everywhere() {
     let dir = tmp("corpus-edge");
@@ -159,8 +182,37 @@ fn the_live_path_meets_the_bar_everywhere() {
         assert!(recall >= 0.97, "{kind}: recall {recall}: {k}");
         assert!(precision >= 0.97, "{kind}: precision {precision}: {k}");
     }
+    // The bus detectors' kinds are in the corpus and held to the bar above.
+    for kind in [
+        "pcie_saturation",
+        "host_cpu_bottleneck",
+        "intra_node_gpu_skew",
+    ] {
+        let k = &v["kinds"][kind];
+        assert!(k["labels"].as_u64().unwrap_or(0) > 0, "{kind}: no labels");
+        assert_eq!(k["cause_accuracy"], 1.0, "{kind}: {k}");
+    }
+    for kind in FABRIC {
+        let k = &v["kinds"][kind];
+        assert!(k["labels"].as_u64().unwrap_or(0) > 0, "{kind}: no labels");
+    }
     let s = &v["kinds"]["tp_straggler"];
     assert!(s["cause_accuracy"].as_f64().unwrap() >= 0.95, "{s}");
+    // The serving kinds are in the corpus and found through the live path.
+    for kind in [
+        "swap_thrashing",
+        "oom_kill",
+        "tail_latency",
+        "ingress_burst_backlog",
+    ] {
+        let k = &v["kinds"][kind];
+        assert!(k["labels"].as_u64().unwrap_or(0) > 0, "{kind}: no labels");
+        assert!(k["recall"].as_f64().unwrap_or(0.0) >= 0.97, "{kind}: {k}");
+        assert!(
+            k["precision"].as_f64().unwrap_or(0.0) >= 0.97,
+            "{kind}: {k}"
+        );
+    }
     // The generator scrapes vLLM once a second and labels the moment the
     // cache pins: concluded within two scrapes of it.
     let kv = &v["kinds"]["kv_cache_saturation"];

@@ -130,7 +130,7 @@ impl Test {
     }
 
     fn status(&self, i: usize) -> Option<Value> {
-        self.c.ask(i, &["status"])
+        self.c.ask(i, &["status", "--json"])
     }
 
     /// A leader among `alive` that one of them names.
@@ -171,7 +171,7 @@ impl Test {
 
     /// Every acknowledged job, by name, in what replica `i` lists (`keel jobs`).
     fn all_listed(&self, i: usize) {
-        let (ok, out, err) = self.c.run_at(i, &["jobs"]);
+        let (ok, out, err) = self.c.run_at(i, &["jobs", "--json"]);
         assert!(ok, "keel jobs on ctl-{}: {err}", i + 1);
         let jobs: Vec<Value> = serde_json::from_str(&out).expect("keel jobs prints a JSON array");
         let listed: BTreeSet<String> = jobs
@@ -369,7 +369,7 @@ fn every_acknowledged_entry_survives_kills_restarts_and_a_join() {
 
     // The operator's other questions still answer, on the newcomer too.
     for i in [joiner, l] {
-        for args in [&["findings"][..], &["actions", "--json"][..]] {
+        for args in [&["findings", "--json"][..], &["actions", "--json"][..]] {
             let (ok, out, err) = t.c.run_at(i, args);
             assert!(ok, "keel {} on ctl-{}: {err}", args.join(" "), i + 1);
             assert!(

@@ -91,7 +91,7 @@ fn play(root: PathBuf, onset: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHa
 }
 
 fn findings(c: &Cluster) -> Option<Vec<Value>> {
-    match c.ask(0, &["findings"])? {
+    match c.ask(0, &["findings", "--json"])? {
         Value::Array(all) => Some(
             all.into_iter()
                 .map(|f| f["finding"].clone())

@@ -296,7 +296,7 @@ fn kill_leader_between_dispatch_and_ack(
     signal(c, "executor", "-USR1");
     let trigger = std::thread::spawn(trigger);
     // Sent by the leader and received, never acknowledged.
-    let held = format!("action={action}");
+    let held = format!("\"action\":\"{action}\"");
     wait_for(within, || {
         let log = std::fs::read_to_string(c.dir.join("executor.log")).ok()?;
         log.lines()
@@ -318,6 +318,9 @@ fn kill_leader_between_dispatch_and_ack(
 
 #[test]
 fn findings_are_mitigated_through_real_haproxy_and_slurm_once_across_leader_kills() {
+    // Every process of this test logs JSON lines (the only test of this
+    // binary: no other thread reads the environment).
+    std::env::set_var("KEEL_LOG_FORMAT", "json");
     let dir = std::env::temp_dir().join(format!("keel-mitigation-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -509,7 +512,7 @@ fn findings_are_mitigated_through_real_haproxy_and_slurm_once_across_leader_kill
         let job = squatter.to_string();
         let s = alive
             .iter()
-            .find_map(|&i| c.ask(i, &["jobs", "--job", &job]))?;
+            .find_map(|&i| c.ask(i, &["jobs", "--json", "--job", &job]))?;
         let state = s.as_array()?.first()?["state"].as_str()?.to_string();
         matches!(
             state.as_str(),
@@ -532,7 +535,9 @@ fn findings_are_mitigated_through_real_haproxy_and_slurm_once_across_leader_kill
     // and its correlator: the finding was reported by n02's sensor, and it
     // closes once the memory is released.
     let closed = wait_for(Duration::from_secs(60), || {
-        let all = alive.iter().find_map(|&i| c.ask(i, &["findings"]))?;
+        let all = alive
+            .iter()
+            .find_map(|&i| c.ask(i, &["findings", "--json"]))?;
         let f = all
             .as_array()?
             .iter()
@@ -564,7 +569,7 @@ fn findings_are_mitigated_through_real_haproxy_and_slurm_once_across_leader_kill
         .collect();
     assert!(!deliveries.is_empty());
     assert!(
-        deliveries.iter().all(|l| l.contains("ok=false")),
+        deliveries.iter().all(|l| l.contains("\"ok\":false")),
         "{deliveries:#?}"
     );
     let key = remap[0]["key"].as_str().unwrap();
@@ -578,6 +583,46 @@ fn findings_are_mitigated_through_real_haproxy_and_slurm_once_across_leader_kill
         .count();
     assert_eq!(fresh, 1, "{key} carried out {fresh} times: {carried:#?}");
     assert!(carried.len() >= 2, "{key}: {carried:#?}");
+    // One grep for the action's key in every process's log follows it from
+    // the finding's plan through dispatch and acknowledgement to
+    // verification, whichever replica led each step.
+    let mut steps: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+            if !line.contains(key) {
+                continue;
+            }
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!("{}: not a JSON log line ({e}): {line}", path.display())
+            });
+            let f = &v["fields"];
+            let step = match f["message"].as_str().unwrap_or_default() {
+                "ledger" => format!("ledger {}", f["to"].as_str().unwrap_or("?")),
+                m => m.to_string(),
+            };
+            if step == "planning" {
+                assert!(f["finding"].as_u64().is_some(), "{line}");
+            }
+            steps.push(step);
+        }
+    }
+    for want in [
+        "planning",
+        "ledger dispatched",
+        "sending command",
+        "command carried out",
+        "ledger acknowledged",
+        "ledger verified",
+    ] {
+        assert!(
+            steps.iter().any(|s| s == want),
+            "grep {key}: no {want:?} among {steps:?}"
+        );
+    }
     // Every transition is in the audit trail, ending verified.
     let audit = alive
         .iter()

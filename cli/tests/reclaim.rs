@@ -101,7 +101,7 @@ fn reclaim_entry(c: &Cluster, target: &str, done: impl Fn(&Value) -> bool) -> Va
     })
     .unwrap_or_else(|| {
         let v = (0..3).find_map(|i| c.ask(i, &["actions", "--json"]));
-        let f = (0..3).find_map(|i| c.ask(i, &["findings"]));
+        let f = (0..3).find_map(|i| c.ask(i, &["findings", "--json"]));
         panic!(
             "no settled reclaim of {target}\nactions: {v:#?}\nfindings: {f:#?}\n{}",
             c.logs()
@@ -212,7 +212,9 @@ fn a_leftover_is_reclaimed_on_the_right_gpu_and_a_wrong_target_is_refused_at_the
     assert!(!alive(lp), "the leftover {lp} still runs");
     assert!(alive(bp), "B's process {bp} was killed");
     assert_eq!(job_state(&g, b), "RUNNING");
-    let findings = (0..3).find_map(|i| c.ask(i, &["findings"])).unwrap();
+    let findings = (0..3)
+        .find_map(|i| c.ask(i, &["findings", "--json"]))
+        .unwrap();
     let squat: Vec<&Value> = findings
         .as_array()
         .unwrap()

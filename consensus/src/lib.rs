@@ -10,6 +10,7 @@
 
 pub mod assign;
 pub mod history;
+mod inject;
 pub mod memstore;
 pub mod node;
 pub mod retention;

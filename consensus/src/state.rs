@@ -273,6 +273,9 @@ pub enum Rejection {
         bytes: u64,
         max: u64,
     },
+    /// The command is not one the ledger takes (an `inject_fault` that is
+    /// not bounded, or names a target the state does not place), and why.
+    Refused(String),
 }
 
 /// What applying a proposal did.
@@ -597,6 +600,11 @@ impl State {
                         return Outcome::Rejected(Rejection::UnknownFinding(id));
                     }
                 }
+                if action == Action::InjectFault {
+                    if let Err(why) = self.injection_refused(&target, &params) {
+                        return Outcome::Rejected(Rejection::Refused(why));
+                    }
+                }
                 if self.ledger.len() >= LEDGER_MAX {
                     return Self::full("ledger", LEDGER_MAX);
                 }
@@ -625,6 +633,11 @@ impl State {
                 ts,
                 detail,
             } => {
+                // Cancelling an injection that acts already reverts it.
+                let (to, detail) = match self.cancel_as_revert(&key, to) {
+                    Some(revert) => (revert, format!("cancelled while acting: revert ({detail})")),
+                    None => (to, detail),
+                };
                 let Some(entry) = self.ledger.get_mut(&key) else {
                     return Outcome::Rejected(Rejection::UnknownAction(key));
                 };

@@ -1,7 +1,10 @@
 //! Findings that belong to one incident: a `network` straggler and the
 //! saturation, retransmit storm or credit starvation of its own node's NIC;
 //! a `pcie` straggler and its GPU's bus findings; a `host` straggler and its
-//! node's CPU findings. A finding concluded while a related one is open
+//! node's CPU findings (and its GPU's skew, fed late by the host); a
+//! `network_congestion` and the node-level network findings open with it
+//! (and the `network` stragglers), which are its symptoms on the nodes the
+//! engine sees. A finding concluded while a related one is open
 //! names it (`Finding::related`); the controller resolves the name to the
 //! open finding's id, so an operator sees one incident, not two alarms.
 
@@ -9,6 +12,9 @@ use keel_model::{Cause, Finding, FindingKind, Related};
 
 /// Open findings remembered for linking, at most (oldest forgotten first).
 pub const OPEN_MAX: usize = 4096;
+/// Related findings one finding names, at most: the controller refuses a
+/// finding that names more (`keel_consensus`'s `RELATED_MAX`).
+pub const RELATED_MAX: usize = 16;
 
 const NETWORK: &[FindingKind] = &[
     FindingKind::NicSaturation,
@@ -28,7 +34,23 @@ const HOST: &[FindingKind] = &[FindingKind::HostCpuBottleneck, FindingKind::Nois
 
 /// Whether `a` (a straggler) is explained by `b`, or `b` by `a`.
 fn related(a: &Finding, b: &Finding) -> bool {
-    explains(a, b) || explains(b, a)
+    explains(a, b) || explains(b, a) || congested(a, b) || congested(b, a)
+}
+
+/// Whether `other` is a symptom of the fabric's `congestion`: a network
+/// finding on one of the nodes its evidence names as strained (one line
+/// `"{node}: ..."` each, `fabric.rs`).
+fn congested(congestion: &Finding, other: &Finding) -> bool {
+    let symptom = NETWORK.contains(&other.kind)
+        || (other.kind == FindingKind::TpStraggler && other.cause == Cause::Network);
+    congestion.kind == FindingKind::NetworkCongestion
+        && symptom
+        && other.node.as_ref().is_some_and(|n| {
+            congestion.evidence.iter().any(|e| {
+                e.strip_prefix(n.as_str())
+                    .is_some_and(|r| r.starts_with(": "))
+            })
+        })
 }
 
 fn explains(straggler: &Finding, other: &Finding) -> bool {
@@ -38,7 +60,11 @@ fn explains(straggler: &Finding, other: &Finding) -> bool {
     match straggler.cause {
         Cause::Network => NETWORK.contains(&other.kind) && agree(&straggler.device, &other.device),
         Cause::Pcie => PCIE.contains(&other.kind) && agree(&straggler.gpu, &other.gpu),
-        Cause::Host => HOST.contains(&other.kind),
+        Cause::Host => {
+            HOST.contains(&other.kind)
+                || (other.kind == FindingKind::IntraNodeGpuSkew
+                    && agree(&straggler.gpu, &other.gpu))
+        }
         _ => false,
     }
 }
@@ -60,7 +86,10 @@ impl Incidents {
     pub fn link(&mut self, new: &mut [Finding]) {
         for f in new.iter_mut() {
             for g in &self.open {
-                if related(f, g) && !f.related.iter().any(|r| r.names(g)) {
+                if f.related.len() < RELATED_MAX
+                    && related(f, g)
+                    && !f.related.iter().any(|r| r.names(g))
+                {
                     f.related.push(Related::to(g));
                 }
             }
@@ -69,8 +98,14 @@ impl Incidents {
             if self.open.len() >= OPEN_MAX {
                 self.open.remove(0);
             }
+            // A congestion keeps the lines that name its nodes.
+            let evidence = if f.kind == FindingKind::NetworkCongestion {
+                f.evidence.clone()
+            } else {
+                Vec::new()
+            };
             self.open.push(Finding {
-                evidence: Vec::new(),
+                evidence,
                 related: Vec::new(),
                 ..f.clone()
             });

@@ -9,14 +9,18 @@
 //! runs one over a whole trace.
 
 pub mod attribute;
+pub mod bus;
 pub mod config;
 pub mod edge;
 pub mod engine_health;
 pub mod episode;
+pub mod fabric;
 pub mod hang;
 pub mod incident;
 pub mod network;
 pub mod score;
+pub mod serving;
+pub mod serving_requests;
 pub mod signals;
 pub mod squatter;
 pub mod stats;
@@ -69,7 +73,10 @@ pub struct Engine {
     squatter: squatter::SquatterDetector,
     engine_health: engine_health::EngineHealthDetector,
     network: network::NetworkDetector,
+    bus: bus::BusDetector,
+    fabric: fabric::FabricDetector,
     hang: hang::HangDetector,
+    serving: serving::ServingDetector,
     incidents: incident::Incidents,
     scope: Scope,
     now: Timestamp,
@@ -102,7 +109,10 @@ impl Engine {
             squatter: squatter::SquatterDetector::new(cfg.squatter),
             engine_health: engine_health::EngineHealthDetector::new(cfg.engine),
             network: network::NetworkDetector::new(cfg.network),
+            bus: bus::BusDetector::new(cfg.bus),
+            fabric: fabric::FabricDetector::new(cfg.fabric),
             hang: hang::HangDetector::new(cfg.hang),
+            serving: serving::ServingDetector::new(cfg.serving),
             incidents: incident::Incidents::default(),
             now: f64::NEG_INFINITY,
             last_prune: f64::NEG_INFINITY,
@@ -135,6 +145,9 @@ impl Engine {
                     self.windowed.end_job(&job.job, self.now, cleared);
                     self.hang.end_job(&job.job, self.now, cleared);
                 }
+                if self.scope != Scope::Node {
+                    self.serving.job(job, self.now, out);
+                }
             }
             Record::Collective(c) => {
                 if c.ts.is_finite() {
@@ -165,10 +178,27 @@ impl Engine {
                         self.engine_health.push(m, self.now, out, cleared);
                         self.network
                             .push(m, derived, &self.signals, self.now, out, cleared);
+                        let inputs = Inputs {
+                            topology: &self.topology,
+                            signals: &self.signals,
+                            now: self.now,
+                        };
+                        self.bus.push(m, derived, &inputs, out, cleared);
+                        self.serving
+                            .push(m, derived, &self.signals, self.now, out, cleared);
+                        self.fabric
+                            .push(m, derived, &self.signals, self.now, out, cleared);
                     }
                 }
             }
-            Record::Request(_) => {}
+            Record::Request(r) => {
+                if self.scope != Scope::Node {
+                    let cleared = &mut self.cleared;
+                    self.serving
+                        .requests
+                        .push(r, &self.signals, self.now, out, cleared);
+                }
+            }
         }
         if self.now - self.last_prune >= PRUNE_EVERY_S {
             self.signals.prune(self.now);

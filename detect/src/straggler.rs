@@ -38,10 +38,19 @@ struct Pending {
     entries: Vec<(u32, f64, Timestamp)>,
 }
 
+/// Quiet entries a rank's healthy spread is the median of.
+const SPREAD_SAMPLES: usize = 64;
+/// Entries between two refreshes of the spread.
+const SPREAD_REFRESH: u32 = 16;
+/// Entries needed before the spread counts.
+const SPREAD_MIN: usize = 32;
+
 #[derive(Debug)]
 struct RankTiming {
     node: Name,
     lateness: Ring<f64>,
+    /// The last `weak_window` entries' lateness (us), for a small one.
+    recent: Ring<f64>,
     last: Ring<bool>,
     prev: Option<(u64, Timestamp)>,
     episode: Episode,
@@ -51,6 +60,14 @@ struct RankTiming {
     habit: Option<f64>,
     /// Collectives the habit was learned from (saturating).
     learned: u32,
+    /// The rank's healthy spread around its habit (us): the median absolute
+    /// deviation of its last `SPREAD_SAMPLES` quiet entries (a median, so
+    /// one-off spikes do not inflate it), taken every `SPREAD_REFRESH` of
+    /// them and averaged as slowly as the habit.
+    spread: Option<f64>,
+    deviations: Ring<f64>,
+    since_spread: u32,
+    spread_learned: u32,
     /// Concluded but not yet reported: waiting for attribution.
     unreported: Option<Timestamp>,
     reported: Reported,
@@ -71,15 +88,20 @@ struct RankTiming {
 }
 
 impl RankTiming {
-    fn new(node: Name, window: usize) -> Self {
+    fn new(node: Name, window: usize, weak_window: usize) -> Self {
         RankTiming {
             node,
             lateness: Ring::new(window),
+            recent: Ring::new(weak_window),
             last: Ring::new(window),
             prev: None,
             episode: Episode::Idle,
             habit: None,
             learned: 0,
+            spread: None,
+            deviations: Ring::new(SPREAD_SAMPLES),
+            since_spread: 0,
+            spread_learned: 0,
             unreported: None,
             reported: Reported::default(),
             median_us: 0.0,
@@ -223,7 +245,7 @@ impl StragglerDetector {
         out: &mut Vec<Finding>,
         cleared: &mut Vec<Finding>,
     ) {
-        let window = self.cfg.window;
+        let (window, weak_window) = (self.cfg.window, self.cfg.weak_window);
         if !self.jobs.contains_key(rec.job) {
             self.jobs.insert(rec.job.clone(), JobTiming::default());
         }
@@ -242,7 +264,7 @@ impl StragglerDetector {
         timing
             .ranks
             .entry(rec.rank)
-            .or_insert_with(|| RankTiming::new(rec.node.clone(), window));
+            .or_insert_with(|| RankTiming::new(rec.node.clone(), window, weak_window));
         let pending = timing.pending.entry(rec.seq).or_insert_with(|| Pending {
             first_ts: rec.ts,
             step_s: None,
@@ -361,6 +383,7 @@ fn judge(
         };
         let late = median_without(&sorted, pos) - dur;
         rt.lateness.push(late);
+        rt.recent.push(late);
         if quiet {
             // A plain mean of the first collectives, then the slow average:
             // a habit is known within the job's first seconds, not only
@@ -368,17 +391,46 @@ fn judge(
             let n = pending.collectives;
             rt.learned = rt.learned.saturating_add(n);
             let w = weight.max(f64::from(n) / f64::from(rt.learned));
-            rt.habit = Some(match rt.habit {
+            let h = match rt.habit {
                 Some(h) => h + (late - h) * w,
                 None => late,
+            };
+            rt.habit = Some(h);
+            // A rank already late past the plain threshold is not healthy:
+            // its lateness must not teach it that it is noisy.
+            // (Half its window past the threshold: its median is.)
+            let suspect = period.is_some_and(|p| {
+                let habit = h.clamp(0.0, cfg.habit_cap_share * p * 1e6);
+                let base = cfg.late_floor_us.max(cfg.late_share * p * 1e6);
+                let values = rt.lateness.values();
+                values.iter().filter(|&&v| v - habit >= base).count() * 2 >= values.len()
             });
+            if !suspect {
+                rt.deviations.push((late - h).abs());
+                rt.since_spread += 1;
+            }
+            if rt.since_spread >= SPREAD_REFRESH && rt.deviations.len() >= SPREAD_MIN {
+                rt.since_spread = 0;
+                let mut d = rt.deviations.values().to_vec();
+                if let Some(m) = median_in_place(&mut d) {
+                    // Each refresh weighs as its entries would in the
+                    // habit: the spread moves as slowly, so the onset of a
+                    // slow straggler does not raise its own bar.
+                    rt.spread_learned = rt.spread_learned.saturating_add(1);
+                    let w = (f64::from(SPREAD_REFRESH) * cfg.habit_weight)
+                        .max(1.0 / f64::from(rt.spread_learned))
+                        .min(1.0);
+                    rt.spread = Some(rt.spread.map_or(m, |s| s + (m - s) * w));
+                }
+            }
         }
         rt.last.push(rank == last_rank);
         rt.prev = Some((seq, ts));
     }
 
     let Some(period) = period else { return };
-    let threshold = cfg.late_floor_us.max(cfg.late_share * period * 1e6);
+    let base = cfg.late_floor_us.max(cfg.late_share * period * 1e6);
+    let noise_cap = cfg.noise_cap_share * period * 1e6;
     // Capped, so that a rank late from the job's first step is still caught.
     let habit_cap = cfg.habit_cap_share * period * 1e6;
     let ranks: Vec<u32> = timing
@@ -396,6 +448,17 @@ fn judge(
         // for an idle rank, counting is enough to rule that out, and it
         // spares a selection per collective on the hot path.
         let habit = rt.habit.unwrap_or(0.0).clamp(0.0, habit_cap);
+        // Above the rank's own healthy noise too: where lateness jitters by
+        // milliseconds (a busy host), a median a few milliseconds late is
+        // still healthy; capped, so that noise never hides a slowdown
+        // operators care about.
+        // Until the rank's noise is known (its first few seconds), only a
+        // lateness past the cap is concluded: a job's start is its noisiest
+        // moment, and its habit is not known yet either.
+        let noise = rt.spread.map_or(noise_cap, |spread| {
+            (cfg.noise_ratio * spread).min(noise_cap)
+        });
+        let threshold = base.max(noise);
         if rt.episode == Episode::Idle {
             let above = rt
                 .lateness
@@ -415,7 +478,9 @@ fn judge(
         let holds = if rt.episode.is_open() {
             excess >= cfg.clear_ratio * threshold
         } else {
-            excess >= threshold && last_share >= cfg.last_share
+            excess >= threshold
+                && last_share >= cfg.last_share
+                && (excess >= noise_cap || held_long(rt, cfg, habit, threshold))
         };
         rt.median_us = med;
         rt.period_s = period;
@@ -444,6 +509,17 @@ fn judge(
             review(cfg, job, rank, timing, inp, out, cleared);
         }
     }
+}
+
+/// Whether a lateness within the noise cap holds over the rank's last
+/// `weak_window` entries too (their median past the threshold), not only
+/// over the short window a burst of jitter can carry.
+fn held_long(rt: &RankTiming, cfg: &StragglerConfig, habit: f64, threshold: f64) -> bool {
+    if rt.recent.len() < cfg.weak_window.max(1) {
+        return false;
+    }
+    let mut v = rt.recent.values().to_vec();
+    median_in_place(&mut v).is_some_and(|m| m - habit >= threshold)
 }
 
 /// Looks again at an open, reported straggler (every `review_every_s`): a

@@ -321,3 +321,92 @@ fn the_episode_is_reported_once_and_a_new_one_after_it_clears() {
         assert!(c.ts > f.ts);
     }
 }
+
+#[test]
+fn a_rank_whose_lateness_jitters_by_milliseconds_is_judged_against_its_own_noise() {
+    // Every rank's arrival jitters over 8% of a step (a busy host: a median
+    // absolute deviation of ~2% of the step). From step 1500 rank 2 is
+    // 3.5% later for 60 steps: past the plain 2.5% threshold, yet within
+    // two of its own deviations. From step 2500 it is 12% later: a
+    // straggler however noisy the host.
+    let jitter = |s: u64, r: u32| {
+        let mut x =
+            s.wrapping_mul(6364136223846793005) ^ u64::from(r).wrapping_mul(1442695040888963407);
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xbf58476d1ce4e5b9);
+        x ^= x >> 32;
+        (x % 1000) as f64 / 1000.0 * 0.08 * STEP
+    };
+    let delay = move |s: u64, r: u32| {
+        let extra = match (r, s) {
+            (2, 1500..1560) => 0.035 * STEP,
+            (2, 2500..) => 0.12 * STEP,
+            _ => 0.0,
+        };
+        jitter(s, r) + extra
+    };
+    let f = run(4, 3000, delay, none);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].rank, Some(2));
+    assert!(f[0].ts > T0 + 1.0 + 2500.0 * STEP, "{f:?}");
+
+    // Judged against the plain threshold alone, the same noise is an alarm.
+    let mut cfg = Config::default();
+    cfg.straggler.noise_ratio = 0.0;
+    let plain = run_in(Engine::new(cfg), 4, 3000, delay, none);
+    assert!(
+        plain
+            .findings
+            .iter()
+            .any(|f| f.ts < T0 + 1.0 + 2500.0 * STEP),
+        "{:?}",
+        plain.findings
+    );
+}
+
+#[test]
+fn a_small_lateness_is_concluded_when_it_lasts_not_when_a_burst_carries_it() {
+    // Every rank jitters over 3% of a step (a median absolute deviation
+    // under 1%: the 2.5% threshold decides). Three times rank 2 is 4% later
+    // for 15 steps (a burst of a busy host: past the threshold, within the
+    // 5% noise cap, long enough to carry the short window's median); from
+    // step 2500 it is 4% later for good: a small straggler, and a real one.
+    let jitter = |s: u64, r: u32| {
+        let mut x =
+            s.wrapping_mul(6364136223846793005) ^ u64::from(r).wrapping_mul(1442695040888963407);
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xbf58476d1ce4e5b9);
+        x ^= x >> 32;
+        (x % 1000) as f64 / 1000.0 * 0.03 * STEP
+    };
+    let delay = move |s: u64, r: u32| {
+        let extra = match (r, s) {
+            (2, 1500..1515 | 1800..1815 | 2100..2115) => 0.04 * STEP,
+            (2, 2500..) => 0.04 * STEP,
+            _ => 0.0,
+        };
+        jitter(s, r) + extra
+    };
+    // A short window, as over the sensors' summaries (9 entries of two
+    // collectives): a burst carries its median sooner.
+    let mut cfg = Config::default();
+    cfg.straggler.window = 8;
+    cfg.straggler.min_window = 4;
+    let f = run_in(Engine::new(cfg.clone()), 4, 3000, delay, none).findings;
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].rank, Some(2));
+    // When step 2500 begins (as `run_in` lays steps out).
+    let onset = (0..2500).fold(T0 + 1.0, |t, s| {
+        let slowest = (0..4).map(|r| delay(s, r)).fold(0.0, f64::max);
+        t + STEP + slowest + 3e-5 + 0.0003
+    });
+    // Half the long window late (16 steps, 0.7 s), the confirmation (0.4 s)
+    // and the wait for telemetry to attribute it (1.5 s).
+    assert!(f[0].ts > onset && f[0].ts < onset + 3.5, "{onset} {f:?}");
+
+    // Judged over the short window alone, each burst is an alarm.
+    cfg.straggler.weak_window = cfg.straggler.window;
+    let short = run_in(Engine::new(cfg), 4, 3000, delay, none);
+    let early = short.findings.iter().filter(|f| f.ts < onset).count();
+    assert!(early >= 1, "{:?}", short.findings);
+}

@@ -20,6 +20,10 @@ pub enum Action {
     ResumeNode,
     /// Tell a person; change nothing.
     Notify,
+    /// Chaos testing only: a bounded, self-reverting fault (`host`,
+    /// `network`, `pcie`, `gpu`) in one node open to chaos, asked for by an
+    /// operator (`keel chaos inject`), never planned by a rule.
+    InjectFault,
 }
 
 impl Action {
@@ -31,6 +35,7 @@ impl Action {
         Action::DrainNode,
         Action::ResumeNode,
         Action::Notify,
+        Action::InjectFault,
     ];
 
     pub fn wire(self) -> &'static str {
@@ -42,9 +47,16 @@ impl Action {
             Action::DrainNode => "drain_node",
             Action::ResumeNode => "resume_node",
             Action::Notify => "notify",
+            Action::InjectFault => "inject_fault",
         }
     }
 }
+
+/// The longest fault injection the ledger accepts, seconds.
+pub const INJECT_MAX_S: f64 = 600.0;
+
+/// The faults `inject_fault` knows (its `cause` parameter).
+pub const INJECT_CAUSES: &[&str] = &["host", "network", "pcie", "gpu"];
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -73,7 +85,9 @@ pub enum ActionStatus {
 }
 
 impl ActionStatus {
-    /// The transitions the ledger allows. Re-dispatching a dispatched action
+    /// The transitions the ledger allows (an acknowledged fault injection
+    /// is rolled back straight from `Acknowledged` when its time is up).
+    /// Re-dispatching a dispatched action
     /// (a new leader re-sending it under the same key) is allowed; going
     /// back is not.
     pub fn may_become(self, next: ActionStatus) -> bool {
@@ -91,6 +105,7 @@ impl ActionStatus {
                 | (Dispatched, Failed)
                 | (Acknowledged, Verified)
                 | (Acknowledged, Failed)
+                | (Acknowledged, RolledBack)
                 | (Verified, RolledBack)
                 | (Failed, RolledBack)
                 | (Planned, Rejected)

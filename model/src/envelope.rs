@@ -8,7 +8,7 @@
 //! `from` is informative only: the transport takes a peer's role and name from
 //! its verified certificate.
 
-use crate::{Action, Finding, MetricSample, Name, Timestamp};
+use crate::{Action, Finding, MetricSample, Name, RequestRecord, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -168,6 +168,10 @@ pub struct TelemetryBatch {
     /// flush (the latest): a few dozen series a node, at exporter rates.
     #[serde(default, rename = "m", skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<MetricSample>,
+    /// The node's serving events (`t:"request"`), for the job's
+    /// correlator: at most `REQUESTS_MAX` a sensor flush (see `actors`).
+    #[serde(default, rename = "q", skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<RequestRecord>,
 }
 
 /// One rank's view of one window of collectives, as a sensor sends it to the

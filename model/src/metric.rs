@@ -68,6 +68,7 @@ metric_names! {
     NetRxDrop => "node_network_receive_drop_total", Counter;
     NetTxDrop => "node_network_transmit_drop_total", Counter;
     CpuPressureWaiting => "node_pressure_cpu_waiting_seconds_total", Counter;
+    VmstatOomKill => "node_vmstat_oom_kill", Counter;
     DpuNicLinkUtil => "dpu_nic_link_util", Gauge;
     DpuNicQueueDepth => "dpu_nic_queue_depth", Gauge;
     DpuPcieH2dBytes => "dpu_pcie_h2d_bytes_total", Counter;

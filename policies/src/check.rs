@@ -304,6 +304,14 @@ impl Checker<'_, '_> {
     fn action(&mut self, node: &Node) -> Option<Action> {
         let s = self.string(node, "action")?;
         let found = Action::ALL.iter().copied().find(|a| a.wire() == s);
+        if found == Some(Action::InjectFault) {
+            self.rep.error(
+                &node.span,
+                "`inject_fault` is not a rule's action: an operator asks for one fault at a time with `keel chaos inject`".to_string(),
+                None,
+            );
+            return None;
+        }
         if found.is_none() {
             self.rep.error(
                 &node.span,

@@ -33,5 +33,7 @@ pub use plan::{
 pub use rule::{
     BlastRadius, Match, Mode, OnFailure, Pattern, PolicyBrakes, PolicySet, RateLimit, Rule,
 };
-pub use steward::{steward, Brakes, Breaker, Entry, OpenFinding, Step, World, DEFAULT_VERIFY_S};
+pub use steward::{
+    injection_s, steward, Brakes, Breaker, Entry, OpenFinding, Step, World, DEFAULT_VERIFY_S,
+};
 pub use when::{When, FINDING_FIELDS, VARIABLES};

@@ -100,6 +100,13 @@ fn spec(action: Action) -> Spec {
             need: Need::Nothing,
             example: "message = \"look at this\"",
         },
+        // An operator's action (`keel chaos inject`); a rule naming it is
+        // refused before its parameters are read.
+        Action::InjectFault => Spec {
+            params: &[],
+            need: Need::Nothing,
+            example: "",
+        },
     }
 }
 

@@ -251,6 +251,12 @@ pub fn target_for(
                 }
             }
         }
+        Action::InjectFault => {
+            return Err(
+                "inject_fault is an operator's chaos test (`keel chaos inject`), never a rule's"
+                    .into(),
+            )
+        }
         Action::DrainNode | Action::ResumeNode => match &f.node {
             Some(n) => format!("node/{n}"),
             None => return Err("the finding names no node".into()),

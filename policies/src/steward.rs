@@ -344,10 +344,24 @@ fn advance(
                 | ActionStatus::Failed
         )
         && !(e.status == ActionStatus::Planned && e.mode == Mode::DryRun)
+        // The revert of a fault injection is never held back.
+        && !(e.action == Action::InjectFault && e.status == ActionStatus::Failed)
     {
         return;
     }
     match e.status {
+        // A fault injection acts for its `duration_s` from its
+        // acknowledgement (the ledger's time, not this replica's memory),
+        // then is rolled back; one that failed, or that a person cancelled
+        // while it acted, is rolled back at once (its executor reverts
+        // whatever part of it was applied, and its own deadline holds even
+        // if no rollback ever comes).
+        ActionStatus::Acknowledged if e.action == Action::InjectFault => {
+            if w.now - e.since >= injection_s(e) {
+                out.push(Step::Rollback { key })
+            }
+        }
+        ActionStatus::Failed if e.action == Action::InjectFault => out.push(Step::Rollback { key }),
         ActionStatus::Planned => match e.mode {
             Mode::Auto if turn.tripped => {}
             Mode::Auto => match turn.admit(e, findings) {
@@ -455,6 +469,16 @@ fn advance(
         | ActionStatus::Rejected
         | ActionStatus::Cancelled => {}
     }
+}
+
+/// How long an injection acts: its `duration_s`, 0 when unreadable (the
+/// ledger refuses such an injection; one that got in anyway is reverted).
+pub fn injection_s(e: &Entry) -> f64 {
+    e.params
+        .get("duration_s")
+        .and_then(|d| d.parse::<f64>().ok())
+        .filter(|d| d.is_finite() && *d > 0.0)
+        .unwrap_or(0.0)
 }
 
 fn params_text(p: &BTreeMap<String, String>) -> String {

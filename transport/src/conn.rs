@@ -516,18 +516,20 @@ async fn pump_telemetry(s: Arc<Shared>, queue: TelemetrySender) {
     loop {
         let batch = queue.take(s.opts.batch_max);
         let metrics = queue.take_metrics(s.opts.batch_max);
-        if batch.is_empty() && metrics.is_empty() {
+        let requests = queue.take_requests(s.opts.batch_max);
+        if batch.is_empty() && metrics.is_empty() && requests.is_empty() {
             tokio::select! {
                 _ = queue.ready.notified() => continue,
                 _ = s.conn.closed() => return,
             }
         }
-        let n = (batch.len() + metrics.len()) as u64;
+        let n = (batch.len() + metrics.len() + requests.len()) as u64;
         let env = Envelope::new(
             s.local.name.clone(),
             Message::Telemetry(TelemetryBatch {
                 summaries: batch,
                 metrics,
+                requests,
             }),
         );
         let bytes = match frame::encode_envelope(&env, s.opts.max_frame) {

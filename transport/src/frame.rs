@@ -263,6 +263,7 @@ mod tests {
         let batch = Message::Telemetry(TelemetryBatch {
             summaries: (0..n).map(summary).collect(),
             metrics: Vec::new(),
+            requests: Vec::new(),
         });
         let frame = encode_envelope(&Envelope::new("s1", batch.clone()), MAX_FRAME).unwrap();
         let per = frame.len() / n as usize;

@@ -4,7 +4,7 @@
 //! since a fresher window says more than a stale one, and every drop is counted.
 
 use crate::Stats;
-use keel_model::{MetricSample, Summary};
+use keel_model::{MetricSample, RequestRecord, Summary};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,8 @@ use tokio::sync::Notify;
 pub const QUEUE_CAPACITY: usize = 100_000;
 /// Queue bound for readings: a few thousand series a node.
 pub const METRICS_CAPACITY: usize = 10_000;
+/// Queue bound for serving events: seconds of a busy server's requests.
+pub const REQUESTS_CAPACITY: usize = 50_000;
 /// Default summaries per batch: about 64 KB on the wire.
 pub const BATCH_MAX: usize = 1024;
 
@@ -77,6 +79,8 @@ pub struct TelemetrySender {
     /// The node's readings ride the same stream, in their own bounded
     /// queue, so that a flood of summaries never pushes them out.
     pub(crate) metrics: Arc<Mutex<DropOldest<MetricSample>>>,
+    /// Serving events, in a bounded queue of their own.
+    pub(crate) requests: Arc<Mutex<DropOldest<RequestRecord>>>,
     pub(crate) ready: Arc<Notify>,
     pub(crate) stats: Arc<Stats>,
 }
@@ -86,6 +90,7 @@ impl TelemetrySender {
         TelemetrySender {
             queue: Arc::new(Mutex::new(DropOldest::new(capacity))),
             metrics: Arc::new(Mutex::new(DropOldest::new(METRICS_CAPACITY))),
+            requests: Arc::new(Mutex::new(DropOldest::new(REQUESTS_CAPACITY))),
             ready: Arc::new(Notify::new()),
             stats,
         }
@@ -144,6 +149,33 @@ impl TelemetrySender {
                 .fetch_add(dropped, Ordering::Relaxed);
         }
         self.ready.notify_one();
+    }
+
+    /// Queue serving events; never waits.
+    pub fn send_requests(&self, records: impl IntoIterator<Item = RequestRecord>) {
+        let mut dropped = 0;
+        {
+            let mut q = match self.requests.lock() {
+                Ok(q) => q,
+                Err(p) => p.into_inner(),
+            };
+            for r in records {
+                dropped += q.push(r);
+            }
+        }
+        if dropped > 0 {
+            self.stats
+                .telemetry_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        self.ready.notify_one();
+    }
+
+    pub(crate) fn take_requests(&self, max: usize) -> Vec<RequestRecord> {
+        match self.requests.lock() {
+            Ok(mut q) => q.take(max),
+            Err(p) => p.into_inner().take(max),
+        }
     }
 
     pub(crate) fn take_metrics(&self, max: usize) -> Vec<MetricSample> {

@@ -65,6 +65,39 @@ pub fn status_with<S: LogStore + Clone>(node: &Node<S>, digest: &str) -> String 
     let s = &node.state;
     let running = s.jobs.values().filter(|j| !j.state.is_finished()).count();
     let policies: BTreeMap<&String, usize> = s.policies.iter().map(|(k, v)| (k, v.len())).collect();
+    let failed = s
+        .ledger
+        .values()
+        .filter(|e| e.status == keel_model::ActionStatus::Failed)
+        .count();
+    // Counts by label, for /metrics: kinds x causes x open/closed, and
+    // actions x statuses x the policy's rules (bounded by the policy).
+    let mut findings_by: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for f in s.findings.values() {
+        let state = if f.closed.is_some() { "closed" } else { "open" };
+        *findings_by
+            .entry((f.finding.kind.wire(), f.finding.cause.wire(), state))
+            .or_default() += 1;
+    }
+    let mut actions_by: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for e in s.ledger.values() {
+        *actions_by
+            .entry((e.action.wire(), e.status.wire(), e.handling.rule.as_str()))
+            .or_default() += 1;
+    }
+    let findings_by: Vec<_> = findings_by
+        .into_iter()
+        .map(|((kind, cause, state), n)| json!({"kind": kind, "cause": cause, "state": state, "n": n}))
+        .collect();
+    let actions_by: Vec<_> = actions_by
+        .into_iter()
+        .map(|((action, status, rule), n)| json!({"action": action, "status": status, "rule": rule, "n": n}))
+        .collect();
+    let oldest_open = s
+        .open_findings()
+        .map(|f| f.opened)
+        .filter(|t| t.is_finite())
+        .min_by(f64::total_cmp);
     json!({
         "id": node.id(),
         "leader": node.leader_id(),
@@ -78,11 +111,15 @@ pub fn status_with<S: LogStore + Clone>(node: &Node<S>, digest: &str) -> String 
         "findings": s.findings.len(),
         "open_findings": s.open_findings().count(),
         "ledger": s.ledger.len(),
+        "actions_failed": failed,
+        "oldest_open_finding_opened": oldest_open,
         "audit": s.audit.len(),
         "policies": policies,
         "sessions": s.sessions(),
         "paused": s.brakes.paused,
         "breaker_tripped": s.brakes.tripped,
+        "findings_by": findings_by,
+        "actions_by": actions_by,
     })
     .to_string()
 }

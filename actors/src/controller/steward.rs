@@ -93,9 +93,17 @@ impl Steward {
         self.dispatch.executors(clock())
     }
 
-    /// The active policy, parsed once per version.
+    /// The active policy, parsed once per version; with none applied, a
+    /// policy of no rules (the ledger's own entries, operators' fault
+    /// injections, still go their way).
     pub fn planner(&mut self, state: &State) -> Option<&Planner> {
-        let latest = state.policies.get(ACTIVE_POLICY)?.last()?;
+        let Some(latest) = state.policies.get(ACTIVE_POLICY).and_then(|v| v.last()) else {
+            if self.planner.as_ref().map(|(v, _)| *v) != Some(0) {
+                let none = check("(no policy)", "").ok()?;
+                self.planner = Some((0, Planner::new(none)));
+            }
+            return self.planner.as_ref().map(|(_, p)| p);
+        };
         if self.planner.as_ref().map(|(v, _)| *v) != Some(latest.version) {
             match check(
                 &format!("policy {ACTIVE_POLICY} v{}", latest.version),
@@ -159,7 +167,7 @@ pub fn turn(state: &mut ControllerState, me: &ActorRef<ControllerMsg>) {
                 if state.steward.busy(&key) {
                     continue;
                 }
-                tracing::info!(key, action = %plan.action, target = plan.target, mode = %plan.mode, "planning");
+                tracing::info!(key, finding = plan.finding_id, rule = plan.rule, action = %plan.action, target = plan.target, mode = %plan.mode, "planning");
                 let cmd = Command::PlanAction {
                     key: key.clone(),
                     action: plan.action,
@@ -188,6 +196,8 @@ pub fn turn(state: &mut ControllerState, me: &ActorRef<ControllerMsg>) {
                 transition(state, key, to, detail);
             }
             Step::Send { key } => send(state, me, key, false),
+            // Not while the answer to the last one is being committed.
+            Step::Rollback { key } if state.steward.busy(&key) => {}
             Step::Rollback { key } => send(state, me, key, true),
             Step::Trip { why } => {
                 let key = "brakes/trip".to_string();
@@ -415,7 +425,7 @@ pub fn explain(state: &mut ControllerState, id: u64) -> anyhow::Result<String> {
         .get(ACTIVE_POLICY)
         .and_then(|v| v.last())
         .map(|v| v.version);
-    let Some(planner) = state.steward.planner(&state.node.state) else {
+    let Some(planner) = version.and(state.steward.planner(&state.node.state)) else {
         anyhow::bail!("no policy `{ACTIVE_POLICY}` applied (keel policy apply FILE)");
     };
     let ctx = keel_policies::Context {

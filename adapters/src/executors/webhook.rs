@@ -14,23 +14,38 @@ use super::{
     seen_before, to_roll_back, validate, Applied, Change, ExecCommand, ExecError, Executor,
     Journal, Outcome,
 };
+use crate::http_client::{snippet, Access, Client, HttpError};
 use crate::sources::scrape::Url;
 use keel_model::Action;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of an answer read; only its status and the start of its body matter.
-const MAX_ANSWER: u64 = 1 << 20;
-/// How much of the answer's body goes into details and errors.
-const SNIPPET: usize = 300;
+const MAX_ANSWER: usize = 1 << 20;
+
+/// What the POSTed body looks like.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// keel's own: `{"phase", "action", "target", "params",
+    /// "idempotency_key"}`, for a router or script that acts on it.
+    #[default]
+    Keel,
+    /// Alertmanager's API (`POST /api/v2/alerts`): one alert named
+    /// `keel_ACTION`, labelled with the target, annotated with the
+    /// parameters; a rollback resolves it (`endsAt` now).
+    Alertmanager,
+    /// A Slack-style incoming webhook: `{"text": "..."}`.
+    Slack,
+}
 
 pub struct WebhookExecutor {
     pub url: Url,
     actions: Vec<Action>,
     pub timeout: Duration,
     journal: Journal,
+    format: Format,
+    client: Client,
 }
 
 /// What the endpoint answered.
@@ -44,15 +59,33 @@ pub struct Answer {
 }
 
 impl WebhookExecutor {
-    /// Posts the given `actions` to `url` (`http://HOST[:PORT]/PATH`).
+    /// Posts the given `actions` to `url` (`http://` or `https://HOST[:PORT]/PATH`)
+    /// in keel's own format, without credentials.
     pub fn new(url: &str, actions: &[Action], journal: Journal) -> Result<Self, ExecError> {
-        let url =
+        Self::with(url, actions, journal, Format::Keel, &Access::default())
+    }
+
+    /// [`new`](Self::new) with a body `format` and `access` (a bearer token
+    /// or basic authentication, an extra CA). Errors: a bad URL, a CA file
+    /// that cannot be used.
+    pub fn with(
+        url: &str,
+        actions: &[Action],
+        journal: Journal,
+        format: Format,
+        access: &Access,
+    ) -> Result<Self, ExecError> {
+        let parsed =
             Url::parse(url).map_err(|e| ExecError::invalid("url", url, e.kind.to_string()))?;
+        let client = Client::new(access, DEFAULT_TIMEOUT)
+            .map_err(|e| ExecError::invalid("webhook", url, e.to_string()))?;
         Ok(WebhookExecutor {
-            url,
+            url: parsed,
             actions: actions.to_vec(),
             timeout: DEFAULT_TIMEOUT,
             journal,
+            format,
+            client,
         })
     }
 
@@ -87,13 +120,84 @@ impl WebhookExecutor {
         Ok(())
     }
 
+    /// The body in this executor's format, at `now` (Unix seconds).
+    pub fn body_as(format: Format, cmd: &ExecCommand, phase: &str, now: f64) -> Vec<u8> {
+        match format {
+            Format::Keel => Self::body(cmd, phase),
+            Format::Alertmanager => {
+                let at = rfc3339(now);
+                let mut alert = serde_json::json!({
+                    "labels": {
+                        "alertname": format!("keel_{}", cmd.action.wire()),
+                        "action": cmd.action.wire(),
+                        "target": cmd.target,
+                        "source": "keel",
+                    },
+                    "annotations": {
+                        "summary": format!("keel: {} {} {}", phase, cmd.action.wire(), cmd.target),
+                        "params": serde_json::to_string(&cmd.params).unwrap_or_default(),
+                        "idempotency_key": cmd.idempotency_key,
+                    },
+                    "startsAt": at,
+                });
+                if phase == "rollback" {
+                    alert["endsAt"] = serde_json::Value::String(at);
+                }
+                serde_json::Value::Array(vec![alert])
+                    .to_string()
+                    .into_bytes()
+            }
+            Format::Slack => {
+                let params: Vec<String> =
+                    cmd.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                serde_json::json!({
+                    "text": format!(
+                        "keel: {phase} {} on {}{} (key {})",
+                        cmd.action.wire(),
+                        cmd.target,
+                        if params.is_empty() { String::new() } else { format!(" ({})", params.join(", ")) },
+                        cmd.idempotency_key
+                    )
+                })
+                .to_string()
+                .into_bytes()
+            }
+        }
+    }
+
     fn send(&self, cmd: &ExecCommand, phase: &str) -> Result<Answer, ExecError> {
-        let answer = post(
-            &self.url,
-            &Self::body(cmd, phase),
-            &cmd.idempotency_key,
-            self.timeout,
-        )?;
+        validate::key(&cmd.idempotency_key)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let body = Self::body_as(self.format, cmd, phase, now);
+        let url = self.url.to_string();
+        let reply = self
+            .client
+            .post_json(
+                &url,
+                &body,
+                &[("Idempotency-Key", &cmd.idempotency_key)],
+                MAX_ANSWER,
+            )
+            .map_err(|e| match e {
+                HttpError::TimedOut(_) | HttpError::Connect(_) | HttpError::Protocol(_) => {
+                    ExecError::Io {
+                        what: format!("POST {url}"),
+                        error: std::io::Error::other(e.to_string()),
+                    }
+                }
+                e => ExecError::Failed {
+                    argv: format!("POST {url}"),
+                    status: e.to_string(),
+                    stderr: String::new(),
+                },
+            })?;
+        let answer = Answer {
+            status: reply.status,
+            status_line: reply.status_line,
+            body: snippet(&reply.body),
+        };
         if (200..300).contains(&answer.status) {
             Ok(answer)
         } else {
@@ -157,119 +261,15 @@ impl Executor for WebhookExecutor {
     }
 }
 
-/// POSTs `body` as JSON and returns the status and the start of the answer.
-pub fn post(url: &Url, body: &[u8], key: &str, timeout: Duration) -> Result<Answer, ExecError> {
-    validate::key(key)?;
-    let io = |what: &str, error: std::io::Error| ExecError::Io {
-        what: format!("{what} {url}"),
-        error,
-    };
-    let deadline = Instant::now() + timeout;
-    let left = || {
-        let d = deadline.saturating_duration_since(Instant::now());
-        if d.is_zero() {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("timed out after {timeout:?}"),
-            ))
-        } else {
-            Ok(d)
-        }
-    };
-    // Name resolution has no timeout in std; webhook hosts are addressed by
-    // IP or by names that resolve locally.
-    let addrs: Vec<_> = (url.host.as_str(), url.port)
-        .to_socket_addrs()
-        .map_err(|e| io("resolving", e))?
-        .collect();
-    let mut stream = None;
-    let mut last = None;
-    for addr in addrs {
-        match left().and_then(|d| TcpStream::connect_timeout(&addr, d)) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let mut s = match (stream, last) {
-        (Some(s), _) => s,
-        (None, Some(e)) => return Err(io("connecting to", e)),
-        (None, None) => {
-            return Err(io(
-                "resolving",
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
-            ))
-        }
-    };
-    let host = if url.host.contains(':') {
-        format!("[{}]:{}", url.host, url.port)
-    } else {
-        format!("{}:{}", url.host, url.port)
-    };
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: keel\r\nContent-Type: application/json\r\nContent-Length: {}\r\nIdempotency-Key: {key}\r\nConnection: close\r\n\r\n",
-        url.path,
-        body.len()
-    );
-    let mut request = head.into_bytes();
-    request.extend_from_slice(body);
-    left()
-        .and_then(|d| s.set_write_timeout(Some(d)))
-        .and_then(|_| s.write_all(&request))
-        .map_err(|e| io("sending to", e))?;
-    // Read to the end (the request asked the server to close), each read
-    // bounded by what is left of the deadline.
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        left()
-            .and_then(|d| s.set_read_timeout(Some(d)))
-            .map_err(|e| io("reading from", e))?;
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                answer.extend_from_slice(&buf[..n]);
-                if answer.len() as u64 >= MAX_ANSWER {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io("reading from", e)),
-        }
-    }
-    parse_answer(&answer).ok_or_else(|| ExecError::Parse {
-        what: format!("POST {url}"),
-        why: format!(
-            "not an HTTP/1.x answer: {:?}",
-            String::from_utf8_lossy(&answer[..answer.len().min(80)])
-        ),
-    })
-}
-
-/// The status and the start of the body of a raw HTTP/1.x answer.
-pub fn parse_answer(raw: &[u8]) -> Option<Answer> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .or_else(|| text.split_once("\n\n"))
-        .unwrap_or((&text, ""));
-    let status_line = head.lines().next()?.trim().to_string();
-    let mut parts = status_line.splitn(3, ' ');
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
-    }
-    let status = parts.next()?.parse().ok()?;
-    let mut body: String = body.chars().take(SNIPPET).collect();
-    if body.len() < text.len() - head.len() && body.chars().count() == SNIPPET {
-        body.push_str("...");
-    }
-    Some(Answer {
-        status,
-        status_line,
-        body,
-    })
+/// `now` (Unix seconds) as RFC 3339 in UTC, as Alertmanager wants it.
+fn rfc3339(now: f64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(now as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
 #[cfg(test)]
@@ -277,24 +277,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn answers_are_read() {
-        let a = parse_answer(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok").unwrap();
+    fn alertmanager_and_slack_bodies() {
+        let cmd = ExecCommand::new(Action::DrainNode, "node/n3", "k9").param("reason", "ecc");
+        let v: serde_json::Value = serde_json::from_slice(&WebhookExecutor::body_as(
+            Format::Alertmanager,
+            &cmd,
+            "apply",
+            1_796_000_000.0,
+        ))
+        .unwrap();
+        assert_eq!(v[0]["labels"]["alertname"], "keel_drain_node");
+        assert_eq!(v[0]["labels"]["target"], "node/n3");
+        assert_eq!(v[0]["startsAt"], "2026-11-30T00:53:20Z");
+        assert!(v[0].get("endsAt").is_none());
+        let v: serde_json::Value = serde_json::from_slice(&WebhookExecutor::body_as(
+            Format::Alertmanager,
+            &cmd,
+            "rollback",
+            1_796_000_000.0,
+        ))
+        .unwrap();
+        assert_eq!(v[0]["endsAt"], "2026-11-30T00:53:20Z");
+        let v: serde_json::Value =
+            serde_json::from_slice(&WebhookExecutor::body_as(Format::Slack, &cmd, "apply", 0.0))
+                .unwrap();
         assert_eq!(
-            (a.status, a.status_line.as_str(), a.body.as_str()),
-            (202, "HTTP/1.1 202 Accepted", "ok")
+            v["text"],
+            "keel: apply drain_node on node/n3 (reason=ecc) (key k9)"
         );
-        assert_eq!(
-            parse_answer(b"HTTP/1.0 500 Oops\r\n\r\n").unwrap().status,
-            500
-        );
-        assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n").is_none());
-        assert!(parse_answer(b"").is_none());
     }
 
     #[test]
     fn bad_urls_and_targets_are_refused() {
         assert!(
-            WebhookExecutor::new("https://x/y", &[Action::Notify], Journal::in_memory()).is_err()
+            WebhookExecutor::new("ftp://x/y", &[Action::Notify], Journal::in_memory()).is_err()
         );
         let mut e = WebhookExecutor::new(
             "http://127.0.0.1:9/hook",

@@ -116,10 +116,36 @@ fn labels_for(raw: &BTreeMap<String, String>) -> Option<MetricLabels> {
     Some(l)
 }
 
+/// Why a line of a scrape gave no sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped<'a> {
+    /// A metric keel does not use (named).
+    Unknown(&'a str),
+    /// `NaN` or `±Inf`.
+    NonFinite,
+    /// No reading: a dcgm-exporter sentinel, or node-exporter's -1 for a
+    /// link speed the kernel does not know.
+    Blank,
+    /// Not valid exposition format; the reason is the last entry of
+    /// `ScrapeStats::malformed`.
+    Malformed,
+}
+
 /// Parses one scrape of `node` taken at `ts`. The node is the scrape
 /// target's; a sample's own `Hostname`/`hostname` label (dcgm-exporter)
 /// overrides it, since one exporter may front several hosts.
 pub fn parse_scrape(body: &str, node: &str, ts: Timestamp) -> (Vec<MetricSample>, ScrapeStats) {
+    parse_scrape_with(body, node, ts, |_, _| {})
+}
+
+/// [`parse_scrape`], telling `dropped` of every line that gave no sample
+/// (its 1-based number and why), for `keel scrape`.
+pub fn parse_scrape_with(
+    body: &str,
+    node: &str,
+    ts: Timestamp,
+    mut dropped: impl FnMut(usize, Dropped<'_>),
+) -> (Vec<MetricSample>, ScrapeStats) {
     let mut samples = Vec::new();
     let mut stats = ScrapeStats::default();
     for (i, line) in body.lines().enumerate() {
@@ -132,18 +158,21 @@ pub fn parse_scrape(body: &str, node: &str, ts: Timestamp) -> (Vec<MetricSample>
                 Some(close) => (&line[..p], &line[p + 1..p + close], &line[p + close + 1..]),
                 None => {
                     stats.malformed.push((i + 1, "label set not closed".into()));
+                    dropped(i + 1, Dropped::Malformed);
                     continue;
                 }
             },
             Some(p) => (&line[..p], "", &line[p..]),
             None => {
                 stats.malformed.push((i + 1, "no value".into()));
+                dropped(i + 1, Dropped::Malformed);
                 continue;
             }
         };
         let mut fields = rest.split_whitespace();
         let Some(raw_value) = fields.next() else {
             stats.malformed.push((i + 1, format!("{name}: no value")));
+            dropped(i + 1, Dropped::Malformed);
             continue;
         };
         let Ok(value) = raw_value.parse::<f64>() else {
@@ -151,30 +180,38 @@ pub fn parse_scrape(body: &str, node: &str, ts: Timestamp) -> (Vec<MetricSample>
                 i + 1,
                 format!("{name}: value {raw_value:?} is not a number"),
             ));
+            dropped(i + 1, Dropped::Malformed);
             continue;
         };
         let Some(metric) = MetricName::from_wire(name) else {
             stats.unknown += 1;
+            dropped(i + 1, Dropped::Unknown(name));
             continue;
         };
         if !value.is_finite() {
             stats.non_finite += 1;
+            dropped(i + 1, Dropped::NonFinite);
             continue;
         }
-        if is_dcgm_blank(name, value) {
+        // node-exporter writes -1 Mb/s (-125000 bytes/s) for a link whose
+        // speed the kernel does not know: no reading either.
+        if is_dcgm_blank(name, value) || (metric == MetricName::NetSpeedBytes && value <= 0.0) {
             stats.blank += 1;
+            dropped(i + 1, Dropped::Blank);
             continue;
         }
         let Some(raw_labels) = parse_labels(labels) else {
             stats
                 .malformed
                 .push((i + 1, format!("{name}: bad label set {{{labels}}}")));
+            dropped(i + 1, Dropped::Malformed);
             continue;
         };
         let Some(metric_labels) = labels_for(&raw_labels) else {
             stats
                 .malformed
                 .push((i + 1, format!("{name}: gpu label is not an index")));
+            dropped(i + 1, Dropped::Malformed);
             continue;
         };
         let host = raw_labels

@@ -9,6 +9,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// One plain HTTP/1.0 GET on loopback with an `Accept` header: the status
+/// code and the body (None: no answer).
+pub fn http_get(port: u16, path: &str, accept: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: {accept}\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|b| b.1.to_string())?;
+    Some((code, body))
+}
+
 pub fn keel() -> Command {
     Command::new(env!("CARGO_BIN_EXE_keel"))
 }
@@ -158,7 +176,7 @@ impl Cluster {
     /// The leader's id, as the first replica that answers says.
     pub fn leader(&self, alive: &[usize]) -> Option<u64> {
         alive.iter().find_map(|&i| {
-            let s = self.ask(i, &["status"])?;
+            let s = self.ask(i, &["status", "--json"])?;
             s["leader"].as_u64().filter(|l| *l > 0)
         })
     }

@@ -32,6 +32,7 @@ use keel_model::{Cause, Name, Timestamp};
 use level::{Ctx, Family};
 
 pub use level::fmt_bytes_rate;
+pub(crate) use pcie::lane_bytes_per_s;
 
 /// The place a rank runs, as attribution needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]

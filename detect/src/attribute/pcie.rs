@@ -14,7 +14,7 @@ use keel_model::MetricName;
 /// Gen3-5, 242/256-byte FLITs for Gen6), as the PCI-SIG base specifications
 /// give them. Packet headers take a further share of this, which the busy
 /// bar (`AttributionConfig::pcie_busy_share`) allows for.
-pub(super) fn lane_bytes_per_s(gen: u32) -> Option<f64> {
+pub(crate) fn lane_bytes_per_s(gen: u32) -> Option<f64> {
     let (gt_per_s, code) = match gen {
         1 => (2.5e9, 8.0 / 10.0),
         2 => (5.0e9, 8.0 / 10.0),
