@@ -2,7 +2,7 @@
 //! keeping faults apart so that each label describes one thing.
 
 use crate::cluster::{Cluster, JobOpts};
-use crate::plan::{Episode, Event, Fault, Noise, Plan, Symptom};
+use crate::plan::{Episode, Event, Fault, Noise, Plan, Symptom, Tenant};
 use crate::rng::{round_dec, stream, streams, Rng8, RngExt};
 use keel_model::{Dir, JobState};
 
@@ -34,6 +34,8 @@ pub enum Kind {
     Launch,
     /// One GPU fed thin by a late launch path (host).
     Thin,
+    /// A host straggler whose CPUs a co-located tenant's cgroup takes.
+    Neighbor,
 }
 
 #[path = "build_bus.rs"]
@@ -173,6 +175,16 @@ impl Builder {
             Kind::Host => Symptom::Host {
                 cpu_rate: r.uni(0.2, 1.5),
                 doorbell_mult: r.uni(5.0, 10.0),
+                tenant: None,
+            },
+            // A tenant taking 3-12 CPUs of a node whose ranks need one each.
+            Kind::Neighbor => Symptom::Host {
+                cpu_rate: r.uni(0.2, 1.5),
+                doorbell_mult: r.uni(5.0, 10.0),
+                tenant: Some(Tenant {
+                    cpus: r.uni(3.0, 12.0),
+                    arrives: r.chance(0.5),
+                }),
             },
             Kind::Network => Symptom::Network {
                 queue: r.uni(500.0, 5000.0),

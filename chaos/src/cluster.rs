@@ -161,6 +161,9 @@ pub struct Cluster {
     pub h2d_stream: Option<f64>,
     /// Nodes whose dcgm-exporter is not scraped: no GPU metrics at all.
     pub no_dcgm: Vec<usize>,
+    /// Whether each node reports every Slurm job's cgroup CPU use
+    /// (`cgroup_cpu_total_seconds`, `cgroups.rs`).
+    pub cgroups: bool,
     pub nodes: Vec<Node>,
     pub jobs: Vec<Job>,
     next_job_id: u32,
@@ -183,6 +186,7 @@ impl Cluster {
             pcie_link: None,
             h2d_stream: None,
             no_dcgm: Vec::new(),
+            cgroups: false,
             nodes,
             jobs: Vec::new(),
             next_job_id: rng.int(1000, 8999),

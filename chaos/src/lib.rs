@@ -14,6 +14,7 @@
 //! `tbf`, nftables drops) on a schedule, writing the labels as it goes.
 
 mod build;
+mod cgroups;
 mod cluster;
 mod collectives;
 mod fabric;

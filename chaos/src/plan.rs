@@ -19,8 +19,13 @@ pub enum Symptom {
     /// switch, a narrowed link): host-to-GPU copies fill it and, queued
     /// behind them, the doorbell writes come late.
     PcieSaturated { share: f64, doorbell_mult: f64 },
-    /// The rank's CPU is starved: runnable tasks wait, kernel launches lag.
-    Host { cpu_rate: f64, doorbell_mult: f64 },
+    /// The rank's CPU is starved: runnable tasks wait, kernel launches lag;
+    /// with a `tenant`, another job on the node took the CPUs.
+    Host {
+        cpu_rate: f64,
+        doorbell_mult: f64,
+        tenant: Option<Tenant>,
+    },
     /// The runtime's launch path is slow (IRQs on the wrong cores, polling
     /// off) with no CPU pressure to show for it: doorbells come late while
     /// the bus has room.
@@ -53,6 +58,16 @@ impl Symptom {
             Symptom::Thermal { .. } | Symptom::Silent => Cause::Gpu,
         }
     }
+}
+
+/// A co-located tenant (another Slurm job's cgroup) taking a node's CPUs.
+#[derive(Clone, Copy, Debug)]
+pub struct Tenant {
+    /// CPUs it takes (cores' worth of time per second).
+    pub cpus: f64,
+    /// Whether it starts at the onset (a job just placed there) rather
+    /// than idling there before.
+    pub arrives: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -161,6 +176,20 @@ impl Episode {
                     rank: Some(*rank),
                     ..base(FindingKind::TpStraggler, symptom.cause())
                 }];
+                // A tenant's cgroup seen taking the CPUs: a noisy neighbour.
+                if matches!(
+                    symptom,
+                    Symptom::Host {
+                        tenant: Some(_),
+                        ..
+                    }
+                ) && cluster.cgroups
+                {
+                    out.push(Label {
+                        node: node_name(node),
+                        ..base(FindingKind::NoisyNeighbor, Cause::Host)
+                    });
+                }
                 // Without a DPU the congestion shows as TCP retransmits on the
                 // node: a real storm, so it is labelled in its own right.
                 if matches!(symptom, Symptom::Network { .. }) && !cluster.dpu {

@@ -27,6 +27,7 @@ pub static SCENARIOS: &[ScenarioInfo] = &[
     ScenarioInfo { name: "straggler-host-launch", about: "the same streaming jobs; 2-3 stragglers whose doorbells come 5-8x late while the bus has room and CPU pressure stays calm, with DPUs" },
     ScenarioInfo { name: "pcie-saturation", about: "Gen4 x16 links carrying streaming jobs; a node's bus saturated (2-4 GPUs' links at 93-99% of capacity: pcie_saturation), alone or under a pcie straggler; decoys: one straggler's own full link, 3-6 s transfers at full rate, GPU stragglers; DPUs on half the seeds" },
     ScenarioInfo { name: "host-cpu-bottleneck", about: "stragglers whose node's CPU is starved while their doorbells come late (host_cpu_bottleneck); late doorbells with a calm CPU, host jobs raising CPU pressure while GPUs are fed on time, and full-rate bursts as decoys, with DPUs" },
+    ScenarioInfo { name: "noisy-neighbor", about: "nodes reporting each Slurm job's cgroup CPU use: host stragglers whose CPUs another job's cgroup takes (noisy_neighbor; the tenant idle there before or arriving at the onset), host stragglers starved with no tenant to blame, and tenants taking CPUs while no rank lacks them as decoys; DPUs on half the seeds" },
     ScenarioInfo { name: "intra-node-gpu-skew", about: "one GPU of a job fed thin and irregular DMA by a late launch path while its peers on the node are steady (intra_node_gpu_skew); heavy uneven copies, full-rate bursts and a host job's CPU pressure as decoys, with DPUs" },
     ScenarioInfo { name: "straggler-no-gpu-signal", about: "two nodes whose dcgm-exporter is not scraped, no DPU: their stragglers (PCIe or GPU) must be attributed `unknown`" },
     ScenarioInfo { name: "straggler-back-to-back", about: "TP=2 and TP=4 jobs on one node, no DPU: a straggler of one cause followed within a second, on the same rank, by one of another cause (each its own episode)" },
@@ -137,6 +138,16 @@ pub fn build(name: &str, seed: u64, opts: &GenOptions) -> Result<Plan, ChaosErro
         }
         "straggler-pcie" => std_stragglers(seed, salt, d, &[Kind::Pcie]),
         "straggler-host" => std_stragglers(seed, salt, d, &[Kind::Host]),
+        "noisy-neighbor" => {
+            let mut b = Builder::new(seed, salt, d, 4, coin_dpu);
+            b.cluster.cgroups = true;
+            let jobs = std_layout(&mut b);
+            let n = b.rng.int(3, 4) as usize;
+            b.stragglers(&jobs, n, &[Kind::Neighbor, Kind::Neighbor, Kind::Host]);
+            b.bus_decoys(&jobs, 0, 2);
+            b.nuisances(&Mix::low());
+            b
+        }
         "straggler-gpu" => std_stragglers(seed, salt, d, &[Kind::Gpu]),
         "straggler-network" => {
             let mut b = Builder::new(seed, salt, d, 4, true);

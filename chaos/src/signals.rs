@@ -242,6 +242,7 @@ pub struct NodeSim {
     rng: Rng8,
     gpus: Vec<GpuSig>,
     net: NetSig,
+    cgroups: crate::cgroups::CgroupSig,
     last_t: f64,
 }
 
@@ -255,6 +256,7 @@ impl NodeSim {
             rng,
             gpus,
             net,
+            cgroups: crate::cgroups::CgroupSig::new(seed, node),
             last_t: plan.cluster.ts0 - 1.0,
         }
     }
@@ -279,6 +281,9 @@ impl NodeSim {
         out.muted = gap || exporter_down(plan, node, t);
         self.net
             .node_exporter(&mut self.rng, &fx, reset, ts, &name, out);
+        if plan.cluster.cgroups {
+            self.cgroups.sample(plan, node, t, ts, &name, out);
+        }
         out.muted = gap;
         if plan.cluster.dpu {
             self.net.dpu_nics(&mut self.rng, &fx, ts, &name, out);

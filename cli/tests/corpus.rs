@@ -187,6 +187,7 @@ fn the_live_path_meets_the_bar_everywhere() {
         "pcie_saturation",
         "host_cpu_bottleneck",
         "intra_node_gpu_skew",
+        "noisy_neighbor",
     ] {
         let k = &v["kinds"][kind];
         assert!(k["labels"].as_u64().unwrap_or(0) > 0, "{kind}: no labels");

@@ -15,6 +15,8 @@ pub struct Config {
     pub bus: crate::bus::BusConfig,
     pub serving: crate::serving::ServingConfig,
     pub fabric: crate::fabric::FabricConfig,
+    /// `noisy_neighbor`.
+    pub neighbor: crate::neighbor::NeighborConfig,
 }
 
 /// When a job's silence is a `collective_hang` (`hang.rs`).

@@ -17,6 +17,7 @@ pub mod episode;
 pub mod fabric;
 pub mod hang;
 pub mod incident;
+pub mod neighbor;
 pub mod network;
 pub mod score;
 pub mod serving;
@@ -77,6 +78,7 @@ pub struct Engine {
     fabric: fabric::FabricDetector,
     hang: hang::HangDetector,
     serving: serving::ServingDetector,
+    neighbor: neighbor::NeighborDetector,
     incidents: incident::Incidents,
     scope: Scope,
     now: Timestamp,
@@ -113,6 +115,7 @@ impl Engine {
             fabric: fabric::FabricDetector::new(cfg.fabric),
             hang: hang::HangDetector::new(cfg.hang),
             serving: serving::ServingDetector::new(cfg.serving),
+            neighbor: neighbor::NeighborDetector::new(cfg.neighbor),
             incidents: incident::Incidents::default(),
             now: f64::NEG_INFINITY,
             last_prune: f64::NEG_INFINITY,
@@ -188,6 +191,7 @@ impl Engine {
                             .push(m, derived, &self.signals, self.now, out, cleared);
                         self.fabric
                             .push(m, derived, &self.signals, self.now, out, cleared);
+                        self.neighbor.push(m, &self.signals, self.now, out, cleared);
                     }
                 }
             }
@@ -204,6 +208,7 @@ impl Engine {
             self.signals.prune(self.now);
             self.last_prune = self.now;
         }
+        self.starvations(before, cleared_before, out);
         self.incidents.cleared(&self.cleared[cleared_before..]);
         self.incidents.link(&mut out[before..]);
         self.findings += (out.len() - before) as u64;
@@ -234,9 +239,33 @@ impl Engine {
         self.windowed
             .push_window(s, ts, &inputs, out, &mut self.cleared);
         self.hang.arrived(&s.job, ts, &mut self.cleared);
+        self.starvations(before, cleared_before, out);
         self.incidents.cleared(&self.cleared[cleared_before..]);
         self.incidents.link(&mut out[before..]);
         self.findings += (out.len() - before) as u64;
+    }
+
+    /// Hands the findings this record opened and cleared to the
+    /// `noisy_neighbor` watch, which looks for a tenant on each node they
+    /// say is short of CPU.
+    fn starvations(&mut self, before: usize, cleared_before: usize, out: &mut Vec<Finding>) {
+        if self.scope == Scope::Node
+            || (out.len() == before && self.cleared.len() == cleared_before)
+        {
+            return;
+        }
+        let mut found = Vec::new();
+        let mut closed = Vec::new();
+        self.neighbor.findings(
+            &out[before..],
+            &self.cleared[cleared_before..],
+            &self.signals,
+            self.now,
+            &mut found,
+            &mut closed,
+        );
+        out.extend(found);
+        self.cleared.extend(closed);
     }
 
     /// Findings whose condition has cleared since the last call, oldest

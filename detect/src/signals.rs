@@ -36,6 +36,8 @@ pub enum Sub {
     MigInstance(u32, u32),
     Device(Name, Option<Dir>),
     Model(Name),
+    /// A cgroup (`MetricLabels::cgroup`): a job's or a tenant's CPU use.
+    Cgroup(Name),
 }
 
 impl Sub {
@@ -49,6 +51,8 @@ impl Sub {
             Sub::Device(d.clone(), l.dir)
         } else if let Some(m) = &l.model_name {
             Sub::Model(m.clone())
+        } else if let Some(c) = &l.cgroup {
+            Sub::Cgroup(c.clone())
         } else {
             Sub::Node
         }
@@ -84,6 +88,16 @@ pub struct Span {
 impl Series {
     pub fn latest(&self) -> Option<(Timestamp, f64)> {
         self.points.back().copied()
+    }
+
+    /// The time of the oldest point kept.
+    pub fn first(&self) -> Option<Timestamp> {
+        self.points.front().map(|p| p.0)
+    }
+
+    /// The newest `n` points, newest first.
+    pub fn recent(&self, n: usize) -> impl Iterator<Item = (Timestamp, f64)> + '_ {
+        self.points.iter().rev().take(n).copied()
     }
 
     /// Points with `from <= ts <= to`.

@@ -76,6 +76,7 @@ metric_names! {
     DpuPcieLinkUtil => "dpu_pcie_link_util", Gauge;
     DpuPcieDoorbellGap => "dpu_pcie_doorbell_gap_us", Gauge;
     DpuRdmaCreditStall => "dpu_rdma_credit_stall_us_total", Counter;
+    CgroupCpuSeconds => "cgroup_cpu_total_seconds", Counter;
 }
 
 impl Serialize for MetricName {
@@ -118,6 +119,23 @@ pub struct MetricLabels {
     /// A MIG instance of `gpu` (dcgm-exporter's `GPU_I_ID`): a GPU of its own.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_index")]
     pub gpu_instance: Option<u32>,
+    /// The cgroup a per-cgroup metric is about, as its path under the
+    /// cgroup root (the `cgroup` label of the cgroup exporter:
+    /// `/system.slice/slurmstepd.scope/job_12` on cgroup v2,
+    /// `/slurm/uid_20821/job_12` on v1). Slurm's job id is the `job_<id>`
+    /// component ([`slurm_job_of_cgroup`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<Name>,
+}
+
+/// The Slurm job id a cgroup path names (its last `job_<id>` component:
+/// `/system.slice/slurmstepd.scope/job_12/step_0` gives `12`), or `None`
+/// when the cgroup is not a Slurm job's (a user slice, a service).
+pub fn slurm_job_of_cgroup(path: &str) -> Option<&str> {
+    path.split('/')
+        .rev()
+        .filter_map(|c| c.strip_prefix("job_"))
+        .find(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
 }
 
 mod opt_index {

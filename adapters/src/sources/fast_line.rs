@@ -116,7 +116,7 @@ impl<'a> Scan<'a> {
             return Some(l);
         }
         // serde refuses a repeated known label; leave those lines to it.
-        let mut seen = [false; 4];
+        let mut seen = [false; 6];
         loop {
             let key = self.string()?;
             self.eat(b':')?;
@@ -126,6 +126,8 @@ impl<'a> Scan<'a> {
                 "device" => 1,
                 "dir" => 2,
                 "model_name" => 3,
+                "gpu_instance" => 4,
+                "cgroup" => 5,
                 _ => usize::MAX,
             };
             if slot < seen.len() {
@@ -145,6 +147,8 @@ impl<'a> Scan<'a> {
                     })
                 }
                 "model_name" => l.model_name = Some(Name::from(val)),
+                "gpu_instance" => l.gpu_instance = Some(val.trim().parse().ok()?),
+                "cgroup" => l.cgroup = Some(Name::from(val)),
                 _ => {}
             }
             match self.peek()? {

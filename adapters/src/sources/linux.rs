@@ -19,6 +19,15 @@
 //! runnable tasks waited for its `cpu.cfs_quota_us`, which is what v1 can
 //! say about tasks waiting for a CPU), both in seconds.
 //!
+//! Each Slurm job's CPU use is read from its cgroup, as the cgroup exporter
+//! reports it, for the `noisy_neighbor` watch: cgroup v2
+//! `/sys/fs/cgroup/system.slice/slurmstepd.scope/job_<id>/cpu.stat`
+//! `usage_usec`, else cgroup v1
+//! `/sys/fs/cgroup/cpuacct/slurm/uid_<uid>/job_<id>/cpuacct.usage` (ns),
+//! both as `cgroup_cpu_total_seconds{cgroup="/system.slice/slurmstepd.scope/job_<id>"}`
+//! (v1: `cgroup="/slurm/uid_<uid>/job_<id>"`), at most `SLURM_JOBS_MAX` a
+//! reading.
+//!
 //! The root is configurable so that tests (and a sensor reading a host's
 //! `/proc` mounted elsewhere) can point it at another tree. A file that is
 //! missing (no PSI in this kernel, an interface gone between listing and
@@ -48,6 +57,14 @@ pub struct LinuxConfig {
     /// Default: none, the host's.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// Whether to read each Slurm job's cgroup CPU use (default true; a
+    /// node without Slurm's cgroups has nothing there to read).
+    #[serde(default = "yes")]
+    pub slurm_jobs: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn slash() -> PathBuf {
@@ -74,6 +91,7 @@ impl super::Source for LinuxConfig {
         if let Some(dir) = &self.cgroup {
             src = src.with_cgroup(dir.clone());
         }
+        src.slurm_jobs = self.slurm_jobs;
         Some(Ok((super::interval(self.interval_ms), Box::new(src))))
     }
 }
@@ -145,7 +163,13 @@ pub struct LinuxStats {
     /// Files that do not exist here (or that the kernel does not support).
     pub missing: Vec<PathBuf>,
     pub errors: Vec<LinuxError>,
+    /// Slurm job cgroups past `SLURM_JOBS_MAX` in this reading, not read.
+    pub jobs_dropped: u64,
 }
+
+/// Slurm job cgroups read at most per reading (a node runs a few jobs; a
+/// few hundred is a node shared by many small ones).
+pub const SLURM_JOBS_MAX: usize = 512;
 
 /// Reads this node's counters from `/proc` and `/sys` under a root.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +180,8 @@ pub struct LinuxSource {
     /// The node's cgroup directory (absolute, not under `root`): CPU
     /// pressure is read there instead of `/proc/pressure/cpu`.
     pub cgroup: Option<PathBuf>,
+    /// Whether each Slurm job's cgroup CPU use is read.
+    pub slurm_jobs: bool,
 }
 
 /// What a file's contents did wrong; the caller adds the path.
@@ -179,6 +205,7 @@ impl LinuxSource {
             node: Name::from(node),
             interfaces: IfaceFilter::all(),
             cgroup: None,
+            slurm_jobs: true,
         }
     }
 
@@ -230,6 +257,9 @@ impl LinuxSource {
                 );
                 Ok(())
             });
+        }
+        if self.slurm_jobs {
+            r.slurm_jobs();
         }
         r.stats.samples = r.samples.len() as u64;
         (r.samples, r.stats)
@@ -322,6 +352,47 @@ impl Reading<'_> {
             );
             Ok(())
         });
+    }
+
+    /// Each Slurm job cgroup's CPU seconds: v2 where Slurm's scope exists,
+    /// else v1's `cpuacct` hierarchy; nothing (and nothing noted) where
+    /// neither does.
+    fn slurm_jobs(&mut self) {
+        let cg = self.src.root.join("sys/fs/cgroup");
+        let v2 = cg.join("system.slice/slurmstepd.scope");
+        let mut jobs: Vec<(String, PathBuf, bool)> = Vec::new();
+        if v2.is_dir() {
+            for (name, dir) in job_dirs(&v2) {
+                jobs.push((format!("/system.slice/slurmstepd.scope/{name}"), dir, true));
+            }
+        } else {
+            let v1 = cg.join("cpuacct/slurm");
+            for (uid, udir) in subdirs(&v1).filter(|(n, _)| n.starts_with("uid_")) {
+                for (name, dir) in job_dirs(&udir) {
+                    jobs.push((format!("/slurm/{uid}/{name}"), dir, false));
+                }
+            }
+        }
+        jobs.sort();
+        if jobs.len() > SLURM_JOBS_MAX {
+            self.stats.jobs_dropped += (jobs.len() - SLURM_JOBS_MAX) as u64;
+            jobs.truncate(SLURM_JOBS_MAX);
+        }
+        for (label, dir, v2) in jobs {
+            let labels = MetricLabels {
+                cgroup: Some(Name::from(label)),
+                ..MetricLabels::default()
+            };
+            if v2 {
+                self.file_at(&dir.join("cpu.stat"), |text, r| {
+                    let us = parse_cpu_stat_usage_us(text)?;
+                    r.push(MetricName::CgroupCpuSeconds, labels, us as f64 / 1e6);
+                    Ok(())
+                });
+            } else if let Some(ns) = self.counter(&dir.join("cpuacct.usage")) {
+                self.push(MetricName::CgroupCpuSeconds, labels, ns as f64 / 1e9);
+            }
+        }
     }
 
     fn interfaces(&mut self) {
@@ -430,6 +501,38 @@ fn parse_snmp_tcp(text: &str) -> Result<Vec<(MetricName, u64)>, Bad> {
         out.push((metric, v));
     }
     Ok(out)
+}
+
+/// The subdirectories of `dir` (none when it cannot be listed).
+fn subdirs(dir: &Path) -> impl Iterator<Item = (String, PathBuf)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+}
+
+/// The `job_<id>` subdirectories of `dir`.
+fn job_dirs(dir: &Path) -> impl Iterator<Item = (String, PathBuf)> {
+    subdirs(dir).filter(|(n, _)| keel_model::slurm_job_of_cgroup(n).is_some())
+}
+
+/// `usage_usec` (µs of CPU time) of a cgroup v2 `cpu.stat`.
+fn parse_cpu_stat_usage_us(text: &str) -> Result<u64, Bad> {
+    for (i, line) in text.lines().enumerate() {
+        let mut kv = line.split_whitespace();
+        if kv.next() == Some("usage_usec") {
+            let v = kv.next().unwrap_or("");
+            return v
+                .parse()
+                .map_err(|_| bad(i + 1, format!("usage_usec {v:?} is not a counter")));
+        }
+    }
+    Err(Bad {
+        line: None,
+        reason: "no usage_usec line".into(),
+    })
 }
 
 /// `throttled_time` (ns) of a cgroup v1 `cpu.stat`.

@@ -272,3 +272,107 @@ fn a_cgroup_without_cpu_counters_is_an_error_naming_it() {
     let (s, _) = t.source().with_cgroup(t.path("cg")).read(1.0e9);
     assert!(value(&s, MetricName::TcpRetransSegs, None).is_some());
 }
+
+fn cgroup_cpu(s: &[MetricSample]) -> Vec<(String, f64)> {
+    s.iter()
+        .filter(|x| x.name == MetricName::CgroupCpuSeconds)
+        .map(|x| (x.labels.cgroup.clone().unwrap().to_string(), x.value))
+        .collect()
+}
+
+#[test]
+fn each_slurm_jobs_cgroup_cpu_v2_then_v1() {
+    let t = Tree::new();
+    // No Slurm cgroups: nothing read, nothing noted.
+    let (s, st) = t.source().read(1.0e9);
+    assert!(cgroup_cpu(&s).is_empty());
+    assert!(st.errors.is_empty() && st.missing.is_empty(), "{st:?}");
+    // cgroup v1's cpuacct hierarchy (ns).
+    let v1 = "sys/fs/cgroup/cpuacct/slurm";
+    t.put(
+        &format!("{v1}/uid_1000/job_12/cpuacct.usage"),
+        "2500000000\n",
+    );
+    t.put(&format!("{v1}/uid_1000/job_12/step_0/cpuacct.usage"), "1\n");
+    t.put(&format!("{v1}/uid_1000/cpuacct.usage"), "9\n");
+    let (s, st) = t.source().read(1.0e9);
+    assert!(st.errors.is_empty(), "{:?}", st.errors);
+    assert_eq!(cgroup_cpu(&s), vec![("/slurm/uid_1000/job_12".into(), 2.5)]);
+    // cgroup v2's Slurm scope (cpu.stat usage_usec), read in its place.
+    let v2 = "sys/fs/cgroup/system.slice/slurmstepd.scope";
+    let stat = "usage_usec 7250000\nuser_usec 7000000\nsystem_usec 250000\n";
+    t.put(&format!("{v2}/job_4242/cpu.stat"), stat);
+    t.put(
+        &format!("{v2}/job_77/cpu.stat"),
+        "user_usec 1\nusage_usec 500000\n",
+    );
+    t.put(&format!("{v2}/system/cpu.stat"), stat);
+    let (s, st) = t.source().read(1.0e9);
+    assert!(st.errors.is_empty(), "{:?}", st.errors);
+    assert_eq!(
+        cgroup_cpu(&s),
+        vec![
+            ("/system.slice/slurmstepd.scope/job_4242".into(), 7.25),
+            ("/system.slice/slurmstepd.scope/job_77".into(), 0.5),
+        ]
+    );
+    // A malformed one is named with its line; the others are still read.
+    t.put(&format!("{v2}/job_77/cpu.stat"), "usage_usec many\n");
+    let (s, st) = t.source().read(1.0e9);
+    assert_eq!(st.errors.len(), 1, "{:?}", st.errors);
+    assert_eq!(st.errors[0].path, t.path(&format!("{v2}/job_77/cpu.stat")));
+    assert_eq!(st.errors[0].line, Some(1));
+    assert_eq!(cgroup_cpu(&s).len(), 1);
+    // Off when asked.
+    let mut src = t.source();
+    src.slurm_jobs = false;
+    assert!(cgroup_cpu(&src.read(1.0e9).0).is_empty());
+}
+
+#[test]
+fn slurm_job_cgroups_past_the_bound_are_counted_not_read() {
+    let t = Tree::new();
+    let v2 = "sys/fs/cgroup/system.slice/slurmstepd.scope";
+    for j in 0..SLURM_JOBS_MAX + 3 {
+        t.put(&format!("{v2}/job_{j}/cpu.stat"), "usage_usec 1\n");
+    }
+    let (s, st) = t.source().read(1.0e9);
+    assert_eq!(cgroup_cpu(&s).len(), SLURM_JOBS_MAX);
+    assert_eq!(st.jobs_dropped, 3);
+}
+
+/// A real cgroup v1 `cpuacct` hierarchy, where this kernel mounts one and
+/// we are root: a busy process in `slurm/uid_0/job_4242` is seen taking
+/// CPU time.
+#[test]
+fn a_real_cpuacct_cgroup_counts_a_busy_process() {
+    let real = Path::new("/sys/fs/cgroup/cpuacct");
+    let base = real.join(format!("keel-test-{}", std::process::id()));
+    if !real.join("cpuacct.usage").exists() || fs::create_dir(&base).is_err() {
+        eprintln!("skipped: no writable cgroup v1 cpuacct hierarchy here");
+        return;
+    }
+    let job = base.join("slurm/uid_0/job_4242");
+    fs::create_dir_all(&job).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    fs::create_dir_all(t.path().join("sys/fs/cgroup")).unwrap();
+    std::os::unix::fs::symlink(&base, t.path().join("sys/fs/cgroup/cpuacct")).unwrap();
+    let mut busy = std::process::Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .unwrap();
+    fs::write(job.join("tasks"), busy.id().to_string()).unwrap();
+    let src = LinuxSource::new("n1").with_root(t.path());
+    let first = cgroup_cpu(&src.read(1.0).0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = cgroup_cpu(&src.read(2.0).0);
+    busy.kill().unwrap();
+    busy.wait().unwrap();
+    for d in ["slurm/uid_0/job_4242", "slurm/uid_0", "slurm", ""] {
+        let _ = fs::remove_dir(base.join(d));
+    }
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].0, "/slurm/uid_0/job_4242");
+    let used = second[0].1 - first[0].1;
+    assert!(used > 0.05, "the busy process's CPU time: {used} s");
+}

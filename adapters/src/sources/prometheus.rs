@@ -113,6 +113,7 @@ fn labels_for(raw: &BTreeMap<String, String>) -> Option<MetricLabels> {
     if let Some(i) = raw.get("GPU_I_ID").filter(|i| !i.trim().is_empty()) {
         l.gpu_instance = Some(i.trim().parse().ok()?);
     }
+    l.cgroup = raw.get("cgroup").map(|c| Name::from(c.as_str()));
     Some(l)
 }
 
@@ -253,6 +254,30 @@ DCGM_FI_DEV_MEM_COPY_UTIL{gpu="0"} 12
         assert_eq!(s[0].labels.gpu, Some(0));
         assert_eq!(s[0].labels.device, None, "dcgm's device label is not a NIC");
         assert_eq!(s[2].value, 138045.0);
+    }
+
+    /// The cgroup exporter's CPU counter, as its README shows it for Slurm's
+    /// cgroups (v1 and v2 paths): the `cgroup` label is kept.
+    #[test]
+    fn the_cgroup_exporters_cpu_counter_keeps_its_cgroup() {
+        let body = "# HELP cgroup_cpu_total_seconds Cumulative CPU usage in seconds\n\
+# TYPE cgroup_cpu_total_seconds gauge\n\
+cgroup_cpu_total_seconds{cgroup=\"/slurm/uid_20821/job_12\"} 0.007840451\n\
+cgroup_cpu_total_seconds{cgroup=\"/system.slice/slurmstepd.scope/job_13\"} 939.568245515\n\
+cgroup_cpus{cgroup=\"/slurm/uid_20821/job_12\"} 2\n";
+        let (s, st) = parse_scrape(body, "n5", 1_763_800_000.0);
+        assert!(st.malformed.is_empty(), "{:?}", st.malformed);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!(s[0].name, MetricName::CgroupCpuSeconds);
+        assert_eq!(
+            s[0].labels.cgroup.as_deref(),
+            Some("/slurm/uid_20821/job_12")
+        );
+        assert_eq!(
+            keel_model::slurm_job_of_cgroup(s[1].labels.cgroup.as_deref().unwrap()),
+            Some("13")
+        );
+        assert_eq!(s[1].value, 939.568245515);
     }
 
     #[test]
