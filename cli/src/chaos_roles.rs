@@ -77,8 +77,11 @@ impl Roles {
             r.spawn_role(&format!("ctl-{}", i + 1), "controller", &cfg, None)?;
         }
         let creds = r.issue("correlator", "corr-a")?;
+        // Four ranks share this machine's cores: a small lateness must
+        // outlast a burst of scheduling jitter (`weak_window`,
+        // detect/src/config.rs) before it is a straggler.
         let cfg = format!(
-            "listen = \"{host}:{}\"\ncredentials = \"{}\"\n{}",
+            "listen = \"{host}:{}\"\ncredentials = \"{}\"\n{}\n[detect.straggler]\nweak_window = 32\n",
             free_port(&host)?,
             creds.display(),
             r.controllers_toml()

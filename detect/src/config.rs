@@ -100,18 +100,22 @@ pub struct StragglerConfig {
     /// How long the condition must hold before it is concluded.
     pub confirm_s: f64,
     /// Entries whose median must also be past the threshold when the
-    /// lateness is within `noise_cap_share` of the step. One that small is
-    /// what a busy host's jitter reaches in bursts: on the chaos cluster
-    /// (four ranks on two cores) healthy window medians stay at 1.5-2x the
-    /// rank's spread for up to 15 collectives in a row, and a CI run
-    /// concluded such a burst (4.95 ms, 3.3% of a 150 ms step). A fault's
-    /// lateness lasts as long as the fault (the real H200 trace's
-    /// CPU-starved rank, ~3% of its step, for 25 s), so a small lateness is
-    /// concluded once it holds over this longer run too, which a burst
-    /// cannot carry; past the cap the short `window` decides alone. On that
-    /// trace, 32 entries delay the small straggler's finding from 1.4 s to
-    /// 2.3 s over single collectives (unchanged over summaries), and leave
-    /// every other score of the corpus as it was.
+    /// lateness is within `noise_cap_share` of the step; 0 (the default)
+    /// judges it over `window` alone. For hosts whose ranks share too few
+    /// cores: there jitter reaches a small lateness in bursts. On the chaos
+    /// cluster (four ranks on two cores) healthy window medians stay at
+    /// 1.5-2x the rank's spread for up to 15 collectives in a row, and a CI
+    /// run concluded such a burst (4.95 ms, 3.3% of a 150 ms step), so
+    /// `keel chaos run` sets 32: a fault's lateness lasts as long as the
+    /// fault, and a burst cannot carry a 32-entry median. Off by default
+    /// because on a GPU node's own cores the cost is larger than the burst:
+    /// a small lateness needs 16 late collectives more, which on the
+    /// PCIe case of `data/cases` (a 3% lateness on 97 ms steps) puts its
+    /// finding 2.5 s after the onset over summaries instead of under 2 s,
+    /// and the real H200 trace's CPU-starved rank (3% of its 35 ms step)
+    /// 2.3 s after over single collectives instead of 1.4 s. Once the
+    /// longer median holds, the lateness is concluded without `confirm_s`
+    /// (it has held longer than that already).
     pub weak_window: usize,
     /// The episode closes once the lateness stays below
     /// `clear_ratio * threshold` this long (hysteresis against flapping).
@@ -157,8 +161,8 @@ impl StragglerConfig {
         StragglerConfig {
             window: 9,
             min_window: 5,
-            // Entries of two collectives: the same 32 collectives.
-            weak_window: 16,
+            // Entries of two collectives: as many collectives.
+            weak_window: self.weak_window / 2,
             incomplete_after_s: 1.0,
             attribution_grace_s: 0.3,
             ..self.clone()
@@ -179,7 +183,7 @@ impl Default for StragglerConfig {
             noise_cap_share: 0.05,
             last_share: 0.6,
             confirm_s: 0.4,
-            weak_window: 32,
+            weak_window: 0,
             clear_s: 3.0,
             clear_ratio: 0.5,
             attribution_grace_s: 1.5,

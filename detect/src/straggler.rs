@@ -482,12 +482,16 @@ fn judge(
                 && last_share >= cfg.last_share
                 && (excess >= noise_cap || held_long(rt, cfg, habit, threshold))
         };
+        // A small lateness that had to hold over `weak_window` entries has
+        // held longer than `confirm_s` confirms anything: concluded now.
+        let confirm = if excess < noise_cap && cfg.weak_window > 0 {
+            0.0
+        } else {
+            cfg.confirm_s
+        };
         rt.median_us = med;
         rt.period_s = period;
-        match rt
-            .episode
-            .observe(holds, inp.now, cfg.confirm_s, cfg.clear_s)
-        {
+        match rt.episode.observe(holds, inp.now, confirm, cfg.clear_s) {
             Step::Concluded { since } => rt.unreported = Some(since),
             Step::Closed => {
                 // Cleared before attribution settled: still report it, since
@@ -515,7 +519,10 @@ fn judge(
 /// `weak_window` entries too (their median past the threshold), not only
 /// over the short window a burst of jitter can carry.
 fn held_long(rt: &RankTiming, cfg: &StragglerConfig, habit: f64, threshold: f64) -> bool {
-    if rt.recent.len() < cfg.weak_window.max(1) {
+    if cfg.weak_window == 0 {
+        return true;
+    }
+    if rt.recent.len() < cfg.weak_window {
         return false;
     }
     let mut v = rt.recent.values().to_vec();
