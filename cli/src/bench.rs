@@ -118,14 +118,36 @@ fn metric_heavy(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run(durations: &[f64], seed: u64, mix: Mix) -> Result<()> {
+/// What `keel bench replay` measures.
+pub struct ReplayArgs<'a> {
+    pub durations: &'a [f64],
+    pub seed: u64,
+    pub mix: Mix,
+    /// Measure this trace instead of generated ones.
+    pub trace: Option<&'a std::path::Path>,
+    /// Keep the generated traces in this folder.
+    pub keep: Option<&'a std::path::Path>,
+}
+
+pub fn run(a: &ReplayArgs) -> Result<()> {
     let tmp = TempDir::new("keel-bench")?;
+    let dir = match a.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.to_path_buf()
+        }
+        None => tmp.0.clone(),
+    };
     println!(
         "{:>10} {:>12} {:>12} {:>10} {:>14} {:>12} {:>10}",
         "trace_s", "lines", "used", "MiB", "lines/s", "MB/s", "peak_RSS"
     );
-    for &d in durations {
-        let path = tmp.0.join(format!("large-{d}.jsonl"));
+    if let Some(path) = a.trace {
+        return measure(path, f64::NAN);
+    }
+    let (seed, mix) = (a.seed, a.mix);
+    for &d in a.durations {
+        let path = dir.join(format!("large-{d}.jsonl"));
         {
             let mut trace = std::io::BufWriter::new(
                 std::fs::File::create(&path)
@@ -143,14 +165,27 @@ pub fn run(durations: &[f64], seed: u64, mix: Mix) -> Result<()> {
             )?;
         }
         if mix == Mix::MetricHeavy {
-            let heavy = tmp.0.join(format!("heavy-{d}.jsonl"));
+            let heavy = dir.join(format!("heavy-{d}.jsonl"));
             metric_heavy(&path, &heavy)?;
             std::fs::rename(&heavy, &path)?;
         }
-        let bytes = std::fs::metadata(&path)?.len();
+        measure(&path, d)?;
+        if a.keep.is_none() {
+            std::fs::remove_file(&path).ok();
+        }
+    }
+    Ok(())
+}
+
+/// Replays `path` once through a fresh engine and prints one row.
+fn measure(path: &std::path::Path, d: f64) -> Result<()> {
+    {
+        let bytes = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
         reset_peak_rss();
         let start = Instant::now();
-        let mut reader = open_trace(&path)?;
+        let mut reader = open_trace(path)?;
         let mut engine = Engine::default();
         let mut out = Vec::new();
         let mut n = 0u64;
@@ -175,7 +210,6 @@ pub fn run(durations: &[f64], seed: u64, mix: Mix) -> Result<()> {
             bytes as f64 / 1e6 / secs,
             peak
         );
-        std::fs::remove_file(&path).ok();
     }
     Ok(())
 }
@@ -221,5 +255,11 @@ pub(crate) enum BenchCommand {
         /// dcgm-exporter's own labels, as a real scrape writes them)
         #[arg(long, value_enum, default_value_t = Mix::Large)]
         mix: Mix,
+        /// Measure this trace (spec/trace-format.md) instead of generated ones
+        #[arg(long)]
+        trace: Option<std::path::PathBuf>,
+        /// Keep the generated traces in this folder
+        #[arg(long)]
+        keep: Option<std::path::PathBuf>,
     },
 }

@@ -167,7 +167,7 @@ impl Engine {
                 }
             }
             Record::Metric(m) => {
-                if let Some((_, derived)) = self.signals.push(m) {
+                if let Some(derived) = self.signals.push(m) {
                     let cleared = &mut self.cleared;
                     if self.scope != Scope::Job {
                         self.squatter

@@ -156,16 +156,20 @@ pub struct SignalStore {
 }
 
 impl SignalStore {
-    /// Records a sample. Returns the key and the derived value (the gauge, or
-    /// the counter's rate) when the sample produced a new point.
-    pub fn push(&mut self, sample: &MetricSample) -> Option<(SeriesKey, f64)> {
+    /// Records a sample. Returns the derived value (the gauge, or the
+    /// counter's rate) when the sample produced a new point.
+    pub fn push(&mut self, sample: &MetricSample) -> Option<f64> {
         self.stats.samples += 1;
         let key = SeriesKey {
             node: sample.node.clone(),
             name: sample.name,
             sub: Sub::of(sample),
         };
-        let series = self.series.entry(key.clone()).or_default();
+        // Looked up first: the key is cloned only for a new series.
+        let series = match self.series.get_mut(&key) {
+            Some(s) => s,
+            None => self.series.entry(key).or_default(),
+        };
         if let Some((last_ts, _)) = series.last_raw {
             if sample.ts <= last_ts {
                 self.stats.stale += 1;
@@ -215,7 +219,7 @@ impl SignalStore {
         {
             series.points.pop_front();
         }
-        Some((key, value))
+        Some(value)
     }
 
     pub fn get(&self, node: &Name, name: MetricName, sub: &Sub) -> Option<&Series> {
@@ -282,7 +286,7 @@ mod tests {
             .enumerate()
         {
             let ts = 100.0 + 0.25 * (i + 1) as f64;
-            rates.push(s.push(&sample(c, ts, *v)).unwrap().1);
+            rates.push(s.push(&sample(c, ts, *v)).unwrap());
         }
         // The first ones over what there is; then over 0.75 s, never 0.
         assert_eq!(rates[0], 400.0);
@@ -290,7 +294,7 @@ mod tests {
         assert!((rates[2] - 200.0 / 0.75).abs() < 1e-9, "{rates:?}");
         assert!(rates[3..].iter().all(|r| *r > 100.0), "{rates:?}");
         // A reset inside the window still counts what came after it.
-        assert!(s.push(&sample(c, 101.75, 50.0)).unwrap().1 > 0.0);
+        assert!(s.push(&sample(c, 101.75, 50.0)).unwrap() > 0.0);
     }
 
     #[test]
@@ -298,10 +302,10 @@ mod tests {
         let mut s = SignalStore::default();
         let c = MetricName::TcpRetransSegs;
         assert!(s.push(&sample(c, 100.0, 1000.0)).is_none());
-        assert_eq!(s.push(&sample(c, 101.0, 1010.0)).unwrap().1, 10.0);
+        assert_eq!(s.push(&sample(c, 101.0, 1010.0)).unwrap(), 10.0);
         // restart: the counter starts again from zero
-        assert_eq!(s.push(&sample(c, 102.0, 4.0)).unwrap().1, 4.0);
-        assert_eq!(s.push(&sample(c, 103.0, 9.0)).unwrap().1, 5.0);
+        assert_eq!(s.push(&sample(c, 102.0, 4.0)).unwrap(), 4.0);
+        assert_eq!(s.push(&sample(c, 103.0, 9.0)).unwrap(), 5.0);
         assert_eq!(s.stats.counter_resets, 1);
     }
 

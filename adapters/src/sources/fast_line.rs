@@ -34,16 +34,24 @@ impl<'a> Scan<'a> {
         self.b.get(self.i).copied()
     }
 
-    /// A string without escapes or control characters.
+    /// A string without escapes or control characters. One scalar pass:
+    /// a trace's strings are short (keys, names, label values), too short
+    /// for a vectorised search to pay for its setup.
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
-        let end = start + memchr::memchr2(b'"', b'\\', &self.b[start..])?;
-        if self.b[end] != b'"' || self.b[start..end].iter().any(|&c| c < 0x20) {
-            return None;
+        let b = self.b;
+        let mut i = start;
+        loop {
+            match *b.get(i)? {
+                b'"' => break,
+                b'\\' => return None,
+                c if c < 0x20 => return None,
+                _ => i += 1,
+            }
         }
-        self.i = end + 1;
-        Some(&self.s[start..end])
+        self.i = i + 1;
+        Some(&self.s[start..i])
     }
 
     /// A number token, checked against JSON's grammar so that it parses here
@@ -176,14 +184,14 @@ impl<'a> Scan<'a> {
     }
 }
 
-/// Scans `text` (the whole line) or gives up with `None`.
-pub(crate) fn scan(text: &str) -> Option<Fields<'_>> {
+/// Scans `text` (the whole line) into `f`, or gives up with `None` (`f`
+/// then holds whatever was read before the point it gave up at).
+pub(crate) fn scan<'a>(text: &'a str, f: &mut Fields<'a>) -> Option<()> {
     let mut s = Scan {
         b: text.as_bytes(),
         s: text,
         i: 0,
     };
-    let mut f = Fields::default();
     s.eat(b'{')?;
     if s.peek()? != b'}' {
         loop {
@@ -225,5 +233,5 @@ pub(crate) fn scan(text: &str) -> Option<Fields<'_>> {
     }
     s.i += 1;
     s.ws();
-    (s.i == s.b.len()).then_some(f)
+    (s.i == s.b.len()).then_some(())
 }

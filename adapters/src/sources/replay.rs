@@ -79,15 +79,36 @@ impl ReadStats {
         }
     }
 
-    fn note_name(map: &mut BTreeMap<String, u64>, name: String) {
+    /// Counts `name`; allocates only for a name not seen before.
+    fn note_name(map: &mut BTreeMap<String, u64>, name: &str) {
         let full = map.len() >= KEPT_NAMES;
-        match map.get_mut(&name) {
+        match map.get_mut(name) {
             Some(n) => *n += 1,
             None if !full => {
-                map.insert(name, 1);
+                map.insert(name.to_string(), 1);
             }
             None => *map.entry("(others)".into()).or_insert(0) += 1,
         }
+    }
+
+    /// Counts one parsed line; its record, if it is one.
+    fn take(&mut self, parsed: Result<Parsed<'_>, LineError>) -> Option<Record> {
+        match parsed {
+            Ok(Parsed::Record {
+                record,
+                unknown_fields,
+            }) => {
+                self.unknown_fields += u64::from(unknown_fields);
+                self.records += 1;
+                return Some(record);
+            }
+            Ok(Parsed::UnknownType(t)) => ReadStats::note_name(&mut self.unknown_types, &t),
+            Ok(Parsed::UnknownMetric(m)) => ReadStats::note_name(&mut self.unknown_metrics, &m),
+            Ok(Parsed::NonFinite) => self.non_finite += 1,
+            Ok(Parsed::Blank) => {}
+            Err(e) => self.note_error(e),
+        }
+        None
     }
 
     pub fn unknown_type_count(&self) -> u64 {
@@ -241,6 +262,21 @@ impl<R: BufRead> TraceReader<R> {
     /// the input and are reported as an error on the line where they happened.
     fn pull(&mut self) -> Option<Record> {
         loop {
+            // Most lines lie whole in the reader's buffer: parsed there, not
+            // copied out first.
+            if let Ok(buf) = self.src.fill_buf() {
+                if let Some(i) = memchr_newline(buf).filter(|&i| i <= MAX_LINE_BYTES) {
+                    self.stats.lines += 1;
+                    let parsed = parse_line(&buf[..i], self.stats.lines);
+                    let record = self.stats.take(parsed);
+                    self.stats.bytes += i as u64 + 1;
+                    self.src.consume(i + 1);
+                    match record {
+                        Some(r) => return Some(r),
+                        None => continue,
+                    }
+                }
+            }
             let mut oversize = false;
             match self.read_line(&mut oversize) {
                 Ok(false) => return None,
@@ -263,24 +299,9 @@ impl<R: BufRead> TraceReader<R> {
                 });
                 continue;
             }
-            match parse_line(&self.line, line) {
-                Ok(Parsed::Record {
-                    record,
-                    unknown_fields,
-                }) => {
-                    self.stats.unknown_fields += u64::from(unknown_fields);
-                    self.stats.records += 1;
-                    return Some(record);
-                }
-                Ok(Parsed::UnknownType(t)) => {
-                    ReadStats::note_name(&mut self.stats.unknown_types, t)
-                }
-                Ok(Parsed::UnknownMetric(m)) => {
-                    ReadStats::note_name(&mut self.stats.unknown_metrics, m)
-                }
-                Ok(Parsed::NonFinite) => self.stats.non_finite += 1,
-                Ok(Parsed::Blank) => {}
-                Err(e) => self.stats.note_error(e),
+            let parsed = parse_line(&self.line, line);
+            if let Some(r) = self.stats.take(parsed) {
+                return Some(r);
             }
         }
     }
@@ -317,12 +338,12 @@ impl<R: BufRead> Iterator for TraceReader<R> {
                 return Some(record);
             }
             self.newest = self.newest.max(ts);
-            let at = if self.window.back().is_none_or(|b| b.ts <= ts) {
-                self.window.len()
+            if self.window.back().is_none_or(|b| b.ts <= ts) {
+                self.window.push_back(Pending { ts, record });
             } else {
-                self.window.partition_point(|p| p.ts <= ts)
-            };
-            self.window.insert(at, Pending { ts, record });
+                let at = self.window.partition_point(|p| p.ts <= ts);
+                self.window.insert(at, Pending { ts, record });
+            }
         }
         self.release()
     }

@@ -22,16 +22,17 @@ pub const TS_MAX: f64 = 1.0e10;
 
 /// What one line turned out to be.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Parsed {
+pub enum Parsed<'a> {
     Record {
         record: Record,
         /// Fields the spec does not define for this record type.
         unknown_fields: u32,
     },
     /// A record type keel does not know (`t` names it); ignored and counted.
-    UnknownType(String),
-    /// A metric keel does not use; ignored and counted.
-    UnknownMetric(String),
+    UnknownType(Cow<'a, str>),
+    /// A metric keel does not use; ignored and counted. Borrowed from the
+    /// line where it can be: exporters write many metrics keel skips.
+    UnknownMetric(Cow<'a, str>),
     /// A sample whose value is `"NaN"`, `"+Inf"` or `"-Inf"`; skipped and counted.
     NonFinite,
     /// Nothing on the line.
@@ -224,24 +225,20 @@ fn finite(x: f64, name: &str) -> Result<f64, String> {
 }
 
 /// Parses one line (without its newline). `line` numbers the error.
-pub fn parse_line(bytes: &[u8], line: u64) -> Result<Parsed, LineError> {
+pub fn parse_line(bytes: &[u8], line: u64) -> Result<Parsed<'_>, LineError> {
     parse(bytes, true).map_err(|reason| LineError { line, reason })
 }
 
-fn parse(bytes: &[u8], fast: bool) -> Result<Parsed, String> {
+fn parse(bytes: &[u8], fast: bool) -> Result<Parsed<'_>, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Parsed::Blank);
     }
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 ({e})"))?;
-    let scanned = if fast {
-        super::fast_line::scan(text)
-    } else {
-        None
-    };
-    let f: Fields = match scanned {
-        Some(f) => f,
-        None => serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?,
-    };
+    // Filled in place: the fields are large enough for moves to cost.
+    let mut f = Fields::default();
+    if !fast || super::fast_line::scan(text, &mut f).is_none() {
+        f = serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?;
+    }
     build(f, || {
         serde_json::from_str(text).map_err(|e| format!("job record: {e}"))
     })
@@ -250,10 +247,10 @@ fn parse(bytes: &[u8], fast: bool) -> Result<Parsed, String> {
 /// Turns the fields of one record into a `Parsed`, whatever encoding they
 /// came in. Job records are rare and nested, so `job` parses the whole
 /// record again, from the same bytes, only when `t` says "job".
-pub(crate) fn build(
-    f: Fields,
+pub(crate) fn build<'a>(
+    f: Fields<'a>,
     job: impl FnOnce() -> Result<JobRecord, String>,
-) -> Result<Parsed, String> {
+) -> Result<Parsed<'a>, String> {
     let t = f.t.as_deref().ok_or("missing field `t`")?;
     let ts = finite(need(f.ts, t, "ts")?, "ts")?;
     if !(TS_MIN..=TS_MAX).contains(&ts) {
@@ -285,7 +282,7 @@ pub(crate) fn build(
         "metric" => {
             let raw_name = need(f.name, t, "name")?;
             let Some(name) = MetricName::from_wire(&raw_name) else {
-                return Ok(Parsed::UnknownMetric(raw_name.into_owned()));
+                return Ok(Parsed::UnknownMetric(raw_name));
             };
             let value = match need(f.value, t, "value")? {
                 Value::Finite(v) => v,
@@ -309,7 +306,7 @@ pub(crate) fn build(
             prompt_tokens: f.prompt_tokens,
             output_tokens: f.output_tokens,
         }),
-        other => return Ok(Parsed::UnknownType(other.to_string())),
+        other => return Ok(Parsed::UnknownType(Cow::Owned(other.to_string()))),
     };
     let unknown_fields = if matches!(record, Record::Job(_)) {
         unknown
