@@ -599,7 +599,23 @@ fn review(
         // as pageable copies come in bursts, and one quiet span is no end.
         let onset = timing.ranks[&rank].reported_since;
         let b = span(onset - crate::attribute::BASELINE_GAP_S);
-        let gone = b.cause != open_cause && b.cause != keel_model::Cause::Unknown;
+        // Gone means gone from the rank's own signals: a cause that no
+        // longer stands out only because a peer's signal rose too (another
+        // tenant's CPU pressure on a peer node) still holds here.
+        let own = || {
+            attribute_span(
+                inp.signals,
+                &who,
+                &[],
+                from,
+                onset - crate::attribute::BASELINE_GAP_S,
+                inp.now,
+                &cfg.attribution,
+            )
+            .cause
+        };
+        let gone =
+            b.cause != open_cause && b.cause != keel_model::Cause::Unknown && own() != open_cause;
         let rt = timing.ranks.get_mut(&rank).expect("present");
         rt.cause_gone = if gone {
             rt.cause_gone.or(Some(inp.now))

@@ -144,10 +144,14 @@ fn decide(
         evidence.extend(fam.positive.iter().take(3).map(|r| r.text.clone()));
         let conf = (0.55 + 0.4 * top_s * (1.0 - 0.5 * second_s)) * (0.7 + 0.3 * coverage);
         (top, conf, top_s >= cfg.decisive)
-    } else if present(Cause::Pcie) && (present(Cause::Gpu) || busy.is_some()) {
-        // Nothing around the GPU is wrong, yet the rank is late, and both
-        // the GPU's own telemetry and its bus were seen: the GPU itself is
-        // slower (more work, or a slower device).
+    } else if present(Cause::Pcie)
+        && present(Cause::Host)
+        && (present(Cause::Gpu) || busy.is_some())
+    {
+        // Nothing around the GPU is wrong, yet the rank is late, and the
+        // GPU's own telemetry, its bus and its host's CPU were all seen:
+        // the GPU itself is slower (more work, or a slower device). A host
+        // not seen (its exporter down) is not a healthy one.
         match busy {
             Some(u) => evidence.push(format!(
                 "{place} stays busy ({u:.0}% utilisation) while bus, host and network look healthy"
@@ -158,7 +162,7 @@ fn decide(
     } else {
         // Elimination would need the bus and the GPU seen healthy; without
         // them a slow GPU cannot be told from a starved one.
-        let lacking: Vec<&str> = [Cause::Pcie, Cause::Gpu]
+        let lacking: Vec<&str> = [Cause::Pcie, Cause::Host, Cause::Gpu]
             .into_iter()
             .filter(|c| !(present(*c) || (*c == Cause::Gpu && busy.is_some())))
             .map(family_name)
