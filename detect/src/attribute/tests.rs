@@ -230,6 +230,14 @@ fn a_busy_gpu_with_a_healthy_bus_is_the_gpu_by_elimination() {
         t.healthy_gpu(node, gpu);
         t.gauge(node, Some(gpu), M::PcieRxBytes, 15e6, 15e6);
     }
+    // A host not seen (no CPU pressure: its exporter down) is not a
+    // healthy one: nothing is eliminated.
+    let a = t.attribute();
+    assert_eq!(a.cause, Cause::Unknown, "{:#?}", a.evidence);
+    assert!(a.evidence[0].contains("no host signals"), "{:#?}", a.evidence);
+    for node in ["gpu-502", "gpu-503"] {
+        t.gauge(node, None, M::CpuPressureWaiting, 0.01, 0.01);
+    }
     let a = t.attribute();
     assert_eq!(a.cause, Cause::Gpu, "{:#?}", a.evidence);
     assert!(!a.decisive);
