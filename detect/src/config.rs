@@ -113,9 +113,7 @@ pub struct StragglerConfig {
     /// PCIe case of `data/cases` (a 3% lateness on 97 ms steps) puts its
     /// finding 2.5 s after the onset over summaries instead of under 2 s,
     /// and the real H200 trace's CPU-starved rank (3% of its 35 ms step)
-    /// 2.3 s after over single collectives instead of 1.4 s. Once the
-    /// longer median holds, the lateness is concluded without `confirm_s`
-    /// (it has held longer than that already).
+    /// 2.3 s after over single collectives instead of 1.4 s.
     pub weak_window: usize,
     /// The episode closes once the lateness stays below
     /// `clear_ratio * threshold` this long (hysteresis against flapping).

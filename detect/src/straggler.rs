@@ -482,16 +482,12 @@ fn judge(
                 && last_share >= cfg.last_share
                 && (excess >= noise_cap || held_long(rt, cfg, habit, threshold))
         };
-        // A small lateness that had to hold over `weak_window` entries has
-        // held longer than `confirm_s` confirms anything: concluded now.
-        let confirm = if excess < noise_cap && cfg.weak_window > 0 {
-            0.0
-        } else {
-            cfg.confirm_s
-        };
         rt.median_us = med;
         rt.period_s = period;
-        match rt.episode.observe(holds, inp.now, confirm, cfg.clear_s) {
+        match rt
+            .episode
+            .observe(holds, inp.now, cfg.confirm_s, cfg.clear_s)
+        {
             Step::Concluded { since } => rt.unreported = Some(since),
             Step::Closed => {
                 // Cleared before attribution settled: still report it, since

@@ -402,8 +402,8 @@ fn a_small_lateness_is_concluded_when_it_lasts_not_when_a_burst_carries_it() {
         let slowest = (0..4).map(|r| delay(s, r)).fold(0.0, f64::max);
         t + STEP + slowest + 3e-5 + 0.0003
     });
-    // Half the long window late (16 steps, 0.7 s) and the wait for
-    // telemetry to attribute it (1.5 s).
+    // Half the long window late (16 steps, 0.7 s), the confirmation (0.4 s)
+    // and the wait for telemetry to attribute it (1.5 s).
     assert!(f[0].ts > onset && f[0].ts < onset + 3.5, "{onset} {f:?}");
 
     // Judged over the short window alone (the default), each burst is an alarm.

@@ -437,7 +437,7 @@ mod tests {
         }
     }
 
-    fn ok(line: &str) -> Parsed {
+    fn ok(line: &str) -> Parsed<'_> {
         parse_line(line.as_bytes(), 1).expect("parses")
     }
 

@@ -234,7 +234,11 @@ fn a_busy_gpu_with_a_healthy_bus_is_the_gpu_by_elimination() {
     // healthy one: nothing is eliminated.
     let a = t.attribute();
     assert_eq!(a.cause, Cause::Unknown, "{:#?}", a.evidence);
-    assert!(a.evidence[0].contains("no host signals"), "{:#?}", a.evidence);
+    assert!(
+        a.evidence[0].contains("no host signals"),
+        "{:#?}",
+        a.evidence
+    );
     for node in ["gpu-502", "gpu-503"] {
         t.gauge(node, None, M::CpuPressureWaiting, 0.01, 0.01);
     }
