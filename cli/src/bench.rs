@@ -127,6 +127,8 @@ pub struct ReplayArgs<'a> {
     pub trace: Option<&'a std::path::Path>,
     /// Keep the generated traces in this folder.
     pub keep: Option<&'a std::path::Path>,
+    /// Also time reading and detecting apart.
+    pub split: bool,
 }
 
 pub fn run(a: &ReplayArgs) -> Result<()> {
@@ -143,7 +145,7 @@ pub fn run(a: &ReplayArgs) -> Result<()> {
         "trace_s", "lines", "used", "MiB", "lines/s", "MB/s", "peak_RSS"
     );
     if let Some(path) = a.trace {
-        return measure(path, f64::NAN);
+        return measure(path, f64::NAN, a.split);
     }
     let (seed, mix) = (a.seed, a.mix);
     for &d in a.durations {
@@ -169,7 +171,7 @@ pub fn run(a: &ReplayArgs) -> Result<()> {
             metric_heavy(&path, &heavy)?;
             std::fs::rename(&heavy, &path)?;
         }
-        measure(&path, d)?;
+        measure(&path, d, a.split)?;
         if a.keep.is_none() {
             std::fs::remove_file(&path).ok();
         }
@@ -178,7 +180,7 @@ pub fn run(a: &ReplayArgs) -> Result<()> {
 }
 
 /// Replays `path` once through a fresh engine and prints one row.
-fn measure(path: &std::path::Path, d: f64) -> Result<()> {
+fn measure(path: &std::path::Path, d: f64, split: bool) -> Result<()> {
     {
         let bytes = std::fs::metadata(path)
             .with_context(|| format!("reading {}", path.display()))?
@@ -210,7 +212,36 @@ fn measure(path: &std::path::Path, d: f64) -> Result<()> {
             bytes as f64 / 1e6 / secs,
             peak
         );
+        if split {
+            split_times(path)?;
+        }
     }
+    Ok(())
+}
+
+/// The same trace timed in two halves: reading and parsing every record
+/// into memory, then the detectors alone over them. Holds the whole trace's
+/// records in memory (about 150 bytes each).
+fn split_times(path: &std::path::Path) -> Result<()> {
+    let start = Instant::now();
+    let mut reader = open_trace(path)?;
+    let records: Vec<_> = reader.by_ref().collect();
+    let read_s = start.elapsed().as_secs_f64();
+    let lines = reader.stats().lines;
+    let start = Instant::now();
+    let mut engine = Engine::default();
+    let mut out = Vec::new();
+    for record in &records {
+        engine.push(record, &mut out);
+        out.clear();
+    }
+    let detect_s = start.elapsed().as_secs_f64();
+    println!(
+        "  read+parse alone: {:.0} lines/s; detectors alone: {:.0} records/s ({} records)",
+        lines as f64 / read_s,
+        records.len() as f64 / detect_s,
+        records.len()
+    );
     Ok(())
 }
 
@@ -261,5 +292,8 @@ pub(crate) enum BenchCommand {
         /// Keep the generated traces in this folder
         #[arg(long)]
         keep: Option<std::path::PathBuf>,
+        /// Also time reading+parsing and the detectors apart (holds the trace's records in memory)
+        #[arg(long)]
+        split: bool,
     },
 }
