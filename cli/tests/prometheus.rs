@@ -98,7 +98,18 @@ fn prometheus_fires_keel_down_for_a_killed_leader_and_for_no_other_replica() {
         all_up.is_some(),
         "targets never all up: {:?}\n{}",
         api(web, "/api/v1/targets"),
-        std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+        (1..=3)
+            .map(|i| {
+                let log = std::fs::read_to_string(dir.join(format!("ctl-{i}b.log")));
+                let log = log.unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!(
+                    "ctl-{i}b.log (last lines, newest first):\n{}",
+                    tail.join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let leader = wait_for(Duration::from_secs(30), || c.leader(&[0, 1, 2])).expect("a leader");
     let led = format!("127.0.0.1:{}", ports[leader as usize - 1]);

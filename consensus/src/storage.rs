@@ -64,11 +64,40 @@ fn fatal(what: &str, e: impl std::fmt::Display) -> ! {
     panic!("raft store: {what} failed, refusing to go on without durable state: {e}")
 }
 
+/// Creates an empty store at `path` so that it appears whole or not at all:
+/// written beside it (`<path>.new`), synced, then renamed into place. A
+/// process killed while redb writes a new file's header leaves a file that
+/// redb refuses ("not a redb database") and the controller could never
+/// start again on its data folder; a leftover `.new` is only ever that
+/// unfinished creation, and is replaced.
+fn create_whole(path: &Path) -> Result<(), redb::Error> {
+    let mut new = path.as_os_str().to_owned();
+    new.push(".new");
+    let new = std::path::PathBuf::from(new);
+    let _ = std::fs::remove_file(&new);
+    drop(Database::create(&new)?);
+    std::fs::File::open(&new)
+        .and_then(|f| f.sync_all())
+        .map_err(redb::StorageError::from)?;
+    std::fs::rename(&new, path).map_err(redb::StorageError::from)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(redb::StorageError::from)?;
+    Ok(())
+}
+
 impl DiskStorage {
     /// Opens (or creates) the store at `path`. A new store starts with
     /// `voters` as its configuration; an existing one keeps its own.
     pub fn open(path: &Path, voters: &[u64]) -> Result<DiskStorage, StorageError> {
         let p = path.display().to_string();
+        if !path.exists() {
+            create_whole(path).map_err(|e| db_err(&p, e))?;
+        }
         let db = Database::create(path).map_err(|e| db_err(&p, e))?;
         let mem = MemStorage::new();
         let mut latest = None;
@@ -356,6 +385,29 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d.join("raft.redb")
+    }
+
+    /// A controller killed while its store was first created leaves at
+    /// most the unfinished `.new` file (redb's header half written), never
+    /// a `raft.redb` that redb refuses: the next start creates it afresh.
+    #[test]
+    fn a_creation_cut_short_leaves_nothing_that_stops_the_next_start() {
+        let path = tmp("cut");
+        let new = path.with_file_name("raft.redb.new");
+        std::fs::write(&new, b"redb\x1a\x0a\xa9\x0d\x0a").unwrap();
+        assert!(Database::create(&new).is_err(), "a half-written header");
+        let s = DiskStorage::open(&path, &[1, 2, 3]).unwrap();
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        assert!(!new.exists());
+        drop(s);
+        // Reopened, it is the same store.
+        let s = DiskStorage::open(&path, &[9]).unwrap();
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        // A store that redb refuses is still refused, never replaced: it
+        // may hold the only copy of what this replica promised.
+        drop(s);
+        std::fs::write(&path, b"not a database").unwrap();
+        assert!(DiskStorage::open(&path, &[1]).is_err());
     }
 
     #[test]

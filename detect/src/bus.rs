@@ -28,9 +28,7 @@ use crate::episode::{Episode, Reported, Step};
 use crate::signals::{SignalStore, Span, Sub};
 use crate::straggler::Inputs;
 use crate::topology::Topology;
-use keel_model::{
-    Cause, Finding, FindingKind, MetricName, MetricSample, Name, Severity, Timestamp,
-};
+use keel_model::{Cause, Finding, FindingKind, MetricName, MetricSample, Name, Timestamp};
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::BTreeMap;
 
@@ -244,22 +242,7 @@ impl Load {
 }
 
 fn finding(kind: FindingKind, cause: Cause, now: Timestamp, node: &Name) -> Finding {
-    Finding {
-        basis: None,
-        gpu_instance: None,
-        related: Vec::new(),
-        ts: now,
-        kind,
-        cause,
-        severity: Severity::Warning,
-        confidence: 0.8,
-        job: None,
-        node: Some(node.clone()),
-        rank: None,
-        gpu: None,
-        device: None,
-        evidence: Vec::new(),
-    }
+    Finding::on_node(kind, cause, now, node)
 }
 
 impl BusDetector {

@@ -210,20 +210,10 @@ fn finding(
     evidence: Vec<String>,
 ) -> Finding {
     let f = Finding {
-        basis: None,
-        gpu_instance: None,
-        related: Vec::new(),
-        ts: now,
-        kind,
-        cause: Cause::Engine,
         severity,
         confidence: 0.9,
-        job: None,
-        node: Some(node.clone()),
-        rank: None,
-        gpu: None,
-        device: None,
         evidence,
+        ..Finding::on_node(kind, Cause::Engine, now, node)
     };
     reported.set(&f);
     f

@@ -500,20 +500,11 @@ fn finding(
     evidence: Vec<String>,
 ) -> Finding {
     Finding {
-        basis: None,
-        gpu_instance: None,
-        related: Vec::new(),
-        ts: now,
-        kind,
-        cause: Cause::Network,
         severity,
         confidence,
-        job: None,
-        node: Some(node.clone()),
-        rank: None,
-        gpu: None,
         device: Some(device),
         evidence,
+        ..Finding::on_node(kind, Cause::Network, now, node)
     }
 }
 

@@ -24,8 +24,7 @@
 
 use crate::signals::{SignalStore, Sub};
 use keel_model::{
-    slurm_job_of_cgroup, Cause, Finding, FindingKind, MetricName, MetricSample, Name, Severity,
-    Timestamp,
+    slurm_job_of_cgroup, Cause, Finding, FindingKind, MetricName, MetricSample, Name, Timestamp,
 };
 use rustc_hash::FxHashMap as HashMap;
 
@@ -275,20 +274,9 @@ impl NeighborDetector {
             (None, Some((_, path, taken, calm))) => {
                 let job = slurm_job_of_cgroup(&path).map(Name::from);
                 let mut f = Finding {
-                    ts: now,
-                    kind: FindingKind::NoisyNeighbor,
-                    cause: Cause::Host,
-                    severity: Severity::Warning,
                     confidence: if calm.is_some() { 0.85 } else { 0.7 },
                     job: job.clone(),
-                    node: Some(node.clone()),
-                    rank: None,
-                    gpu: None,
-                    device: None,
-                    evidence: Vec::new(),
-                    basis: None,
-                    gpu_instance: None,
-                    related: Vec::new(),
+                    ..Finding::on_node(FindingKind::NoisyNeighbor, Cause::Host, now, node)
                 };
                 let who = match &job {
                     Some(j) => format!("cgroup {path} (Slurm job {j})"),

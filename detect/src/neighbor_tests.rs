@@ -1,5 +1,5 @@
 use super::*;
-use keel_model::MetricLabels;
+use keel_model::{MetricLabels, Severity};
 
 const NODE: &str = "n03";
 const VICTIM: &str = "/system.slice/slurmstepd.scope/job_4242";

@@ -5,9 +5,7 @@
 use crate::config::NetworkConfig;
 use crate::episode::{Episode, Reported, Step};
 use crate::signals::{SignalStore, Sub};
-use keel_model::{
-    Cause, Dir, Finding, FindingKind, MetricName, MetricSample, Name, Severity, Timestamp,
-};
+use keel_model::{Cause, Dir, Finding, FindingKind, MetricName, MetricSample, Name, Timestamp};
 use rustc_hash::FxHashMap as HashMap;
 
 #[derive(Debug)]
@@ -96,24 +94,13 @@ impl NetworkDetector {
             evidence.push(format!("node's usual rate {b:.1}/s"));
         }
         let f = Finding {
-            basis: None,
-            gpu_instance: None,
-            related: Vec::new(),
-            ts: now,
-            kind: FindingKind::RetransmitStorm,
-            cause: Cause::Network,
-            severity: Severity::Warning,
             confidence: if out_rate.is_some() && baseline.is_some() {
                 0.9
             } else {
                 0.7
             },
-            job: None,
-            node: Some(s.node.clone()),
-            rank: None,
-            gpu: None,
-            device: None,
             evidence,
+            ..Finding::on_node(FindingKind::RetransmitStorm, Cause::Network, now, &s.node)
         };
         reported.set(&f);
         out.push(f);
@@ -172,20 +159,10 @@ impl NetworkDetector {
             evidence.push(format!("queue depth {q:.0} packets"));
         }
         let f = Finding {
-            basis: None,
-            gpu_instance: None,
-            related: Vec::new(),
-            ts: now,
-            kind: FindingKind::NicSaturation,
-            cause: Cause::Network,
-            severity: Severity::Warning,
             confidence: if queue.is_some() { 0.9 } else { 0.7 },
-            job: None,
-            node: Some(s.node.clone()),
-            rank: None,
-            gpu: None,
             device: Some(device),
             evidence,
+            ..Finding::on_node(FindingKind::NicSaturation, Cause::Network, now, &s.node)
         };
         reported.set(&f);
         out.push(f);

@@ -211,20 +211,9 @@ impl ServingDetector {
             evidence.push(format!("KV cache {:.1}% full", u * 100.0));
         }
         let f = Finding {
-            basis: None,
-            gpu_instance: None,
-            related: Vec::new(),
-            ts: now,
-            kind: FindingKind::SwapThrashing,
-            cause: Cause::Engine,
-            severity: Severity::Warning,
             confidence: if running.is_some() { 0.9 } else { 0.7 },
-            job: None,
-            node: Some(s.node.clone()),
-            rank: None,
-            gpu: None,
-            device: None,
             evidence,
+            ..Finding::on_node(FindingKind::SwapThrashing, Cause::Engine, now, &s.node)
         };
         reported.set(&f);
         out.push(f);
@@ -274,20 +263,11 @@ impl ServingDetector {
             return;
         }
         let f = Finding {
-            basis: None,
-            gpu_instance: None,
-            related: Vec::new(),
-            ts: now,
-            kind: FindingKind::OomKill,
-            cause: Cause::Host,
             severity: Severity::Critical,
             confidence: 0.95,
             job,
-            node: Some(node.clone()),
-            rank: None,
-            gpu: None,
-            device: None,
             evidence: vec![line],
+            ..Finding::on_node(FindingKind::OomKill, Cause::Host, now, node)
         };
         st.reported.set(&f);
         out.push(f);

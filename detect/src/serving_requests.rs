@@ -484,20 +484,9 @@ impl RequestsDetector {
                     evidence.push(format!("RX queue depth {q:.0} packets"));
                 }
                 let f = Finding {
-                    basis: None,
-                    gpu_instance: None,
-                    related: Vec::new(),
-                    ts: now,
-                    kind: FindingKind::IngressBurstBacklog,
-                    cause: Cause::Workload,
-                    severity: Severity::Warning,
                     confidence: if waiting.is_some() { 0.85 } else { 0.7 },
-                    job: None,
-                    node: Some(node.clone()),
-                    rank: None,
-                    gpu: None,
-                    device: None,
                     evidence,
+                    ..Finding::on_node(FindingKind::IngressBurstBacklog, Cause::Workload, now, node)
                 };
                 n.reported.set(&f);
                 out.push(f);

@@ -336,6 +336,28 @@ impl Related {
 }
 
 impl Finding {
+    /// A finding about `node`, concluded at `ts` (trace time): severity
+    /// warning, confidence 0.8, no job, rank, GPU or device, no evidence
+    /// yet. Detectors of node-level kinds start from it and set the rest.
+    pub fn on_node(kind: FindingKind, cause: Cause, ts: Timestamp, node: &Name) -> Finding {
+        Finding {
+            ts,
+            kind,
+            cause,
+            severity: Severity::Warning,
+            confidence: 0.8,
+            job: None,
+            node: Some(node.clone()),
+            rank: None,
+            gpu: None,
+            device: None,
+            evidence: Vec::new(),
+            basis: None,
+            gpu_instance: None,
+            related: Vec::new(),
+        }
+    }
+
     pub fn locus(&self) -> Option<Locus> {
         let mut locus = Locus::for_kind(
             self.kind,

@@ -31,9 +31,10 @@ pub fn keel() -> Command {
     Command::new(env!("CARGO_BIN_EXE_keel"))
 }
 
-/// A free UDP port below Linux's ephemeral range (32768-60999): a server
-/// restarted on it does not find it taken by some client's socket, as an
-/// ephemeral port freed by a stopped server can be.
+/// A port free for both UDP and TCP (QUIC listens on one, HTTP on the
+/// other) below Linux's ephemeral range (32768-60999): a server restarted
+/// on it does not find it taken by some client's socket, as an ephemeral
+/// port freed by a stopped server can be.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -47,7 +48,9 @@ pub fn free_port() -> u16 {
         x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         let port = 20_000 + ((x ^ (x >> 31)) % 12_000) as u16;
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
             return port;
         }
     }
