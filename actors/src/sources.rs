@@ -9,7 +9,7 @@ use keel_adapters::sources::replay::ReplayConfig;
 use keel_adapters::{PushAddr, PushEndpoint, PushOptions, SourceCounters, Timed, TraceReader};
 use keel_model::{Name, Record};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use std::io::BufRead;
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -162,7 +162,7 @@ pub fn unix_now() -> f64 {
 
 /// Plays a trace against the wall clock.
 pub struct Replay {
-    reader: TraceReader<Box<dyn BufRead + Send>>,
+    reader: TraceReader<Box<dyn Read + Send>>,
     speed: f64,
     start_at: f64,
     t0: Option<f64>,
@@ -190,7 +190,7 @@ impl Replay {
         }
         let file = std::fs::File::open(&path)
             .with_context(|| format!("replay source: opening {}", path.display()))?;
-        let src: Box<dyn BufRead + Send> = Box::new(std::io::BufReader::new(file));
+        let src: Box<dyn Read + Send> = Box::new(file);
         let skip = progress.load(Ordering::Relaxed);
         Ok(Replay {
             reader: TraceReader::new(src),

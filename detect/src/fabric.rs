@@ -135,8 +135,28 @@ struct Reading {
     dir: Option<Dir>,
     ts: Timestamp,
     strained: bool,
-    /// What the evidence says about it.
-    what: String,
+    /// The reading: a credit stall's share of time (0..1), a queue's depth
+    /// (packets) or retransmits per second.
+    value: f64,
+    /// Retransmits' share of segments sent, where known.
+    share: Option<f64>,
+}
+
+impl Reading {
+    /// What the evidence says about it (made only for a finding: readings
+    /// come at every scrape).
+    fn what(&self) -> String {
+        let dev = self.device.as_deref().unwrap_or("?");
+        let v = self.value;
+        match (self.name, self.share) {
+            (MetricName::DpuRdmaCreditStall, _) => format!("{dev} credit stall {:.2}%", 100.0 * v),
+            (MetricName::DpuNicQueueDepth, _) => {
+                format!("{dev}{} queue {v:.0} packets", dir(self.dir))
+            }
+            (_, Some(sh)) => format!("{v:.0} retransmits/s, {:.2}% of segments", 100.0 * sh),
+            (_, None) => format!("{v:.0} retransmits/s"),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -154,7 +174,7 @@ impl NodeStrain {
             .find(|r| r.strained && r.ts >= now - fresh)
     }
 
-    fn note(&mut self, s: &MetricSample, strained: bool, what: String) {
+    fn note(&mut self, s: &MetricSample, strained: bool, value: f64, share: Option<f64>) {
         let (device, dir) = (s.labels.device.as_ref(), s.labels.dir);
         self.seen = self.seen.max(s.ts);
         let slot = self
@@ -166,7 +186,8 @@ impl NodeStrain {
                 let r = &mut self.readings[i];
                 r.ts = s.ts;
                 r.strained = strained;
-                r.what = what;
+                r.value = value;
+                r.share = share;
             }
             None if self.readings.len() < READINGS_PER_NODE_MAX => self.readings.push(Reading {
                 name: s.name,
@@ -174,7 +195,8 @@ impl NodeStrain {
                 dir,
                 ts: s.ts,
                 strained,
-                what,
+                value,
+                share,
             }),
             None => {}
         }
@@ -221,14 +243,12 @@ impl FabricDetector {
             MetricName::DpuRdmaCreditStall => {
                 let share = derived / 1e6;
                 let strained = share >= self.cfg.strain_credit_share;
-                let what = format!("{} credit stall {:.2}%", dev(s), 100.0 * share);
-                self.note(s, strained, what);
+                self.note(s, strained, share, None);
                 self.credit_stall(s, share, signals, now, out, cleared);
             }
             MetricName::DpuNicQueueDepth => {
                 let strained = derived >= self.cfg.strain_queue;
-                let what = format!("{}{} queue {derived:.0} packets", dev(s), dir(s.labels.dir));
-                self.note(s, strained, what);
+                self.note(s, strained, derived, None);
                 if s.labels.dir == Some(Dir::Tx) {
                     self.backlog(s, signals, now, out, cleared);
                 }
@@ -255,9 +275,9 @@ impl FabricDetector {
         Some(self.nodes.entry(node.clone()).or_default())
     }
 
-    fn note(&mut self, s: &MetricSample, strained: bool, what: String) {
+    fn note(&mut self, s: &MetricSample, strained: bool, value: f64, share: Option<f64>) {
         if let Some(n) = self.node(&s.node) {
-            n.note(s, strained, what);
+            n.note(s, strained, value, share);
         }
     }
 
@@ -284,11 +304,7 @@ impl FabricDetector {
         } else {
             None
         };
-        let what = match share {
-            Some(sh) => format!("{rate:.0} retransmits/s, {:.2}% of segments", 100.0 * sh),
-            None => format!("{rate:.0} retransmits/s"),
-        };
-        n.note(s, strained, what);
+        n.note(s, strained, rate, share);
     }
 
     fn credit_stall(
@@ -460,7 +476,7 @@ impl FabricDetector {
             strained
                 .iter()
                 .take(NODES_NAMED)
-                .map(|(node, r)| format!("{node}: {}", r.what)),
+                .map(|(node, r)| format!("{node}: {}", r.what())),
         );
         if strained.len() > NODES_NAMED {
             evidence.push(format!("and {} more", strained.len() - NODES_NAMED));
@@ -539,10 +555,6 @@ fn tx_util(signals: &SignalStore, s: &MetricSample, device: &Name) -> Option<f64
         let bytes = latest(signals, s, MetricName::NetTxBytes, device, None)?;
         (speed > 0.0).then(|| bytes / speed)
     })
-}
-
-fn dev(s: &MetricSample) -> &str {
-    s.labels.device.as_deref().unwrap_or("?")
 }
 
 fn dir(d: Option<Dir>) -> &'static str {

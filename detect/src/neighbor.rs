@@ -226,7 +226,7 @@ impl NeighborDetector {
             .on_node(node, MetricName::CgroupCpuSeconds)
             .take(CGROUPS_MAX)
         {
-            let Sub::Cgroup(path) = &key.sub else {
+            let Sub::Cgroup(path) = key else {
                 continue;
             };
             if is_own(path, &own) {

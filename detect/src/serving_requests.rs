@@ -442,7 +442,7 @@ impl RequestsDetector {
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
         let rx_queue = signals
             .on_node(node, MetricName::DpuNicQueueDepth)
-            .filter(|(k, _)| matches!(&k.sub, crate::signals::Sub::Device(_, Some(Dir::Rx))))
+            .filter(|(k, _)| matches!(k, crate::signals::Sub::Device(_, Some(Dir::Rx))))
             .filter_map(|(_, s)| s.latest())
             .filter(|(t, _)| (ts - t).abs() <= cfg.stale_s)
             .map(|p| p.1)

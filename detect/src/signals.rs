@@ -59,13 +59,6 @@ impl Sub {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SeriesKey {
-    pub node: Name,
-    pub name: MetricName,
-    pub sub: Sub,
-}
-
 /// A series' recent points: gauge values, or rates for counters.
 #[derive(Debug, Clone, Default)]
 pub struct Series {
@@ -149,9 +142,15 @@ pub struct SignalStats {
     pub stale: u64,
 }
 
+/// One node's series, by metric and what each is about.
+type NodeSeries = HashMap<(MetricName, Sub), Series>;
+
 #[derive(Debug, Default)]
 pub struct SignalStore {
-    series: HashMap<SeriesKey, Series>,
+    /// By node first: a node's series are read together (every device of
+    /// one metric on one node), and a node's map is a few hundred series
+    /// where the whole store is thousands.
+    nodes: HashMap<Name, NodeSeries>,
     pub stats: SignalStats,
 }
 
@@ -160,15 +159,15 @@ impl SignalStore {
     /// counter's rate) when the sample produced a new point.
     pub fn push(&mut self, sample: &MetricSample) -> Option<f64> {
         self.stats.samples += 1;
-        let key = SeriesKey {
-            node: sample.node.clone(),
-            name: sample.name,
-            sub: Sub::of(sample),
+        // Looked up first: keys are cloned only for a new node or series.
+        let node = match self.nodes.get_mut(&sample.node) {
+            Some(n) => n,
+            None => self.nodes.entry(sample.node.clone()).or_default(),
         };
-        // Looked up first: the key is cloned only for a new series.
-        let series = match self.series.get_mut(&key) {
+        let key = (sample.name, Sub::of(sample));
+        let series = match node.get_mut(&key) {
             Some(s) => s,
-            None => self.series.entry(key).or_default(),
+            None => node.entry(key).or_default(),
         };
         if let Some((last_ts, _)) = series.last_raw {
             if sample.ts <= last_ts {
@@ -223,39 +222,42 @@ impl SignalStore {
     }
 
     pub fn get(&self, node: &Name, name: MetricName, sub: &Sub) -> Option<&Series> {
-        // A borrowed lookup would need a key type of references; series keys
-        // are small (inline strings), so building one is cheap.
-        self.series.get(&SeriesKey {
-            node: node.clone(),
-            name,
-            sub: sub.clone(),
-        })
+        // A borrowed lookup would need a key type of references; a `Sub`
+        // is small (an inline string at most), so building one is cheap.
+        self.nodes.get(node)?.get(&(name, sub.clone()))
     }
 
-    /// Every series of one metric on one node (all devices, all GPUs).
+    /// Every series of one metric on one node (all devices, all GPUs), with
+    /// what each is about.
     pub fn on_node<'a>(
         &'a self,
         node: &'a Name,
         name: MetricName,
-    ) -> impl Iterator<Item = (&'a SeriesKey, &'a Series)> + 'a {
-        self.series
-            .iter()
-            .filter(move |(k, _)| k.name == name && k.node == *node)
+    ) -> impl Iterator<Item = (&'a Sub, &'a Series)> + 'a {
+        self.nodes
+            .get(node)
+            .into_iter()
+            .flat_map(|n| n.iter())
+            .filter(move |((n, _), _)| *n == name)
+            .map(|((_, sub), s)| (sub, s))
     }
 
     /// Drops series that have said nothing for `HISTORY_S`: hosts leave
     /// clusters and GPUs get renumbered, and their history must not pile up.
     pub fn prune(&mut self, now: Timestamp) {
-        self.series
-            .retain(|_, s| s.last_raw.is_some_and(|(ts, _)| ts >= now - HISTORY_S));
+        for series in self.nodes.values_mut() {
+            series.retain(|_, s| s.last_raw.is_some_and(|(ts, _)| ts >= now - HISTORY_S));
+        }
+        self.nodes.retain(|_, series| !series.is_empty());
     }
 
+    /// How many series are kept.
     pub fn len(&self) -> usize {
-        self.series.len()
+        self.nodes.values().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
+        self.nodes.is_empty()
     }
 }
 

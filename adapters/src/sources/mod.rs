@@ -23,8 +23,10 @@ pub mod prometheus;
 pub mod push;
 pub mod push_peer;
 mod push_unix;
+mod reorder;
 pub mod replay;
 pub mod scrape;
+pub mod series_cache;
 pub mod trace_line;
 
 use keel_model::{Name, Record};

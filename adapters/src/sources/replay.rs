@@ -6,12 +6,14 @@
 //! that far out of order come out in time order. Bad lines are counted and
 //! reported by line number; the replay always goes on.
 
+use super::reorder::Reorder;
+use super::series_cache::{Hit, SeriesCache};
 use super::trace_line::{parse_line, LineError, Parsed};
 use keel_model::Record;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::path::Path;
 
 /// The spec lets records arrive up to 5 s out of order.
@@ -69,6 +71,9 @@ pub struct ReadStats {
     pub late: u64,
     /// Malformed lines, with their numbers and reasons (the first `KEPT_ERRORS`).
     pub errors: Vec<LineError>,
+    /// Times the cache of metric series was emptied for holding
+    /// `SERIES_CACHED_MAX` (a trace of ever new series; costs speed only).
+    pub series_cache_resets: u64,
 }
 
 impl ReadStats {
@@ -152,6 +157,14 @@ impl fmt::Display for ReadStats {
         if self.unknown_fields > 0 {
             writeln!(f, "ignored {} unknown fields", self.unknown_fields)?;
         }
+        if self.series_cache_resets > 0 {
+            writeln!(
+                f,
+                "the cache of metric series filled up {} times (more than {} series; slower, nothing lost)",
+                self.series_cache_resets,
+                super::series_cache::SERIES_CACHED_MAX
+            )?;
+        }
         for e in &self.errors {
             writeln!(f, "  {e}")?;
         }
@@ -166,47 +179,56 @@ impl fmt::Display for ReadStats {
     }
 }
 
-/// A record waiting in the reorder window.
-struct Pending {
-    ts: f64,
-    record: Record,
-}
+/// Bytes asked of the source at a time.
+const CHUNK: usize = 1 << 20;
 
 /// Streams time-ordered records out of a JSON Lines trace.
+///
+/// Reads the source in `CHUNK`s into a buffer of its own and parses each
+/// line where it lies there (a line is copied only when the buffer is
+/// compacted under it). The buffer holds at most one chunk more than the
+/// longest line accepted, `MAX_LINE_BYTES`.
 pub struct TraceReader<R> {
     src: R,
-    line: Vec<u8>,
+    buf: Vec<u8>,
+    /// Unread bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// The source has ended (or failed).
+    src_done: bool,
+    /// Inside an oversize line, already counted: its bytes are dropped up
+    /// to its newline.
+    skipping: bool,
     stats: ReadStats,
-    /// Sorted by `ts`, file order among equals. Records mostly arrive in
-    /// order, so most go on the back in O(1); a binary heap would pay
-    /// log n moves of a whole record for every one.
-    window: VecDeque<Pending>,
-    newest: f64,
-    released: f64,
+    window: Reorder<Record>,
+    cache: SeriesCache,
     eof: bool,
 }
 
 /// Opens a trace file, or standard input for `-`.
-pub fn open_trace(path: &Path) -> io::Result<TraceReader<Box<dyn BufRead>>> {
-    let src: Box<dyn BufRead> = if path.as_os_str() == "-" {
-        Box::new(BufReader::with_capacity(1 << 16, io::stdin()))
+pub fn open_trace(path: &Path) -> io::Result<TraceReader<Box<dyn Read>>> {
+    let src: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(io::stdin())
     } else {
         let file = File::open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        Box::new(BufReader::with_capacity(1 << 16, file))
+        Box::new(file)
     };
     Ok(TraceReader::new(src))
 }
 
-impl<R: BufRead> TraceReader<R> {
+impl<R: Read> TraceReader<R> {
     pub fn new(src: R) -> Self {
         TraceReader {
             src,
-            line: Vec::with_capacity(512),
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            src_done: false,
+            skipping: false,
             stats: ReadStats::default(),
-            window: VecDeque::new(),
-            newest: f64::NEG_INFINITY,
-            released: f64::NEG_INFINITY,
+            window: Reorder::new(REORDER_WINDOW_S),
+            cache: SeriesCache::default(),
             eof: false,
         }
     }
@@ -220,138 +242,132 @@ impl<R: BufRead> TraceReader<R> {
         self.stats.bytes
     }
 
-    /// Reads one line into `self.line`, at most `MAX_LINE_BYTES` of it.
-    /// Returns `Ok(false)` at end of input, `Ok(true)` with `oversize` set when
-    /// the line was too long and has been skipped.
-    fn read_line(&mut self, oversize: &mut bool) -> io::Result<bool> {
-        self.line.clear();
-        *oversize = false;
-        let mut any = false;
+    /// Reads more of the source into the buffer, after moving what is left
+    /// unread to its front. An I/O error ends the input and is reported on
+    /// the line where it happened.
+    fn fill(&mut self) {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < self.end + CHUNK {
+            self.buf.resize(self.end + CHUNK, 0);
+        }
         loop {
-            let buf = match self.src.fill_buf() {
-                Ok(b) => b,
+            match self.src.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.src_done = true,
+                Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if buf.is_empty() {
-                return Ok(any);
-            }
-            any = true;
-            let (chunk, done) = match memchr_newline(buf) {
-                Some(i) => (&buf[..i], i + 1),
-                None => (buf, buf.len()),
-            };
-            if !*oversize {
-                if self.line.len() + chunk.len() > MAX_LINE_BYTES {
-                    *oversize = true;
-                    self.line.clear();
-                } else {
-                    self.line.extend_from_slice(chunk);
+                Err(e) => {
+                    self.stats.note_error(LineError {
+                        line: self.stats.lines + 1,
+                        reason: format!("read error, input ends here: {e}"),
+                    });
+                    self.src_done = true;
                 }
             }
-            let found_newline = done > chunk.len();
-            self.stats.bytes += done as u64;
-            self.src.consume(done);
-            if found_newline {
-                return Ok(true);
-            }
+            return;
         }
     }
 
-    /// Reads lines until one yields a record (or input ends). I/O errors end
-    /// the input and are reported as an error on the line where they happened.
+    /// Reads lines until one yields a record (or input ends).
     fn pull(&mut self) -> Option<Record> {
         loop {
-            // Most lines lie whole in the reader's buffer: parsed there, not
-            // copied out first.
-            if let Ok(buf) = self.src.fill_buf() {
-                if let Some(i) = memchr_newline(buf).filter(|&i| i <= MAX_LINE_BYTES) {
-                    self.stats.lines += 1;
-                    let parsed = parse_line(&buf[..i], self.stats.lines);
-                    let record = self.stats.take(parsed);
-                    self.stats.bytes += i as u64 + 1;
-                    self.src.consume(i + 1);
-                    match record {
-                        Some(r) => return Some(r),
-                        None => continue,
+            let unread = &self.buf[self.start..self.end];
+            let (len, used) = match memchr::memchr(b'\n', unread) {
+                Some(i) => (i, i + 1),
+                None if self.src_done && !unread.is_empty() => (unread.len(), unread.len()),
+                None if self.src_done => return None,
+                None => {
+                    let n = unread.len();
+                    if n > MAX_LINE_BYTES {
+                        self.oversize();
+                        self.stats.bytes += n as u64;
+                        self.start = self.end;
                     }
+                    self.fill();
+                    continue;
                 }
-            }
-            let mut oversize = false;
-            match self.read_line(&mut oversize) {
-                Ok(false) => return None,
-                Ok(true) => {}
-                Err(e) => {
-                    let line = self.stats.lines + 1;
-                    self.stats.note_error(LineError {
-                        line,
-                        reason: format!("read error, input ends here: {e}"),
-                    });
-                    return None;
-                }
-            }
-            self.stats.lines += 1;
-            let line = self.stats.lines;
-            if oversize {
-                self.stats.note_error(LineError {
-                    line,
-                    reason: format!("line longer than {MAX_LINE_BYTES} bytes"),
-                });
+            };
+            let at = self.start;
+            self.start += used;
+            self.stats.bytes += used as u64;
+            if std::mem::take(&mut self.skipping) {
                 continue;
             }
-            let parsed = parse_line(&self.line, line);
+            if len > MAX_LINE_BYTES {
+                self.oversize();
+                self.skipping = false;
+                continue;
+            }
+            self.stats.lines += 1;
+            let line = &self.buf[at..at + len];
+            match self.cache.read(line) {
+                Some(Hit::Sample {
+                    record,
+                    unknown_fields,
+                }) => {
+                    self.stats.unknown_fields += u64::from(unknown_fields);
+                    self.stats.records += 1;
+                    return Some(record);
+                }
+                Some(Hit::UnknownMetric(name)) => {
+                    ReadStats::note_name(&mut self.stats.unknown_metrics, name);
+                    continue;
+                }
+                None => {}
+            }
+            let parsed = parse_line(line, self.stats.lines);
+            if let Ok(p) = &parsed {
+                self.cache.learn(line, p);
+                self.stats.series_cache_resets = self.cache.resets;
+            }
             if let Some(r) = self.stats.take(parsed) {
                 return Some(r);
             }
         }
     }
 
-    fn release(&mut self) -> Option<Record> {
-        let p = self.window.pop_front()?;
-        self.released = self.released.max(p.ts);
-        Some(p.record)
+    /// Counts the line being read as too long, and skips the rest of it.
+    fn oversize(&mut self) {
+        if self.skipping {
+            return;
+        }
+        self.stats.lines += 1;
+        self.stats.note_error(LineError {
+            line: self.stats.lines,
+            reason: format!("line longer than {MAX_LINE_BYTES} bytes"),
+        });
+        self.skipping = true;
     }
 }
 
-fn memchr_newline(buf: &[u8]) -> Option<usize> {
-    memchr::memchr(b'\n', buf)
-}
-
-impl<R: BufRead> Iterator for TraceReader<R> {
+impl<R: Read> Iterator for TraceReader<R> {
     type Item = Record;
 
     fn next(&mut self) -> Option<Record> {
         while !self.eof {
-            if let Some(top) = self.window.front() {
-                if top.ts <= self.newest - REORDER_WINDOW_S {
-                    return self.release();
-                }
+            if let Some(r) = self.window.ready() {
+                return Some(r);
             }
             let Some(record) = self.pull() else {
                 self.eof = true;
                 break;
             };
-            let ts = record.ts();
-            if ts < self.released {
+            if let Err(record) = self.window.push(record.ts(), record) {
                 // Beyond the window: the records it belongs among are gone.
                 self.stats.late += 1;
                 return Some(record);
             }
-            self.newest = self.newest.max(ts);
-            if self.window.back().is_none_or(|b| b.ts <= ts) {
-                self.window.push_back(Pending { ts, record });
-            } else {
-                let at = self.window.partition_point(|p| p.ts <= ts);
-                self.window.insert(at, Pending { ts, record });
-            }
         }
-        self.release()
+        self.window.drain()
     }
 }
 
 /// Reads everything from `r`: convenient for tests and small traces.
 pub fn read_all<R: Read>(r: R) -> (Vec<Record>, ReadStats) {
-    let mut reader = TraceReader::new(BufReader::new(r));
+    let mut reader = TraceReader::new(r);
     let records: Vec<Record> = reader.by_ref().collect();
     (records, reader.stats)
 }

@@ -233,14 +233,15 @@ fn parse(bytes: &[u8], fast: bool) -> Result<Parsed<'_>, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Parsed::Blank);
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 ({e})"))?;
-    // Filled in place: the fields are large enough for moves to cost.
+    // Filled in place: the fields are large enough for moves to cost. A
+    // line the fast scanner accepts is valid UTF-8 (it checks as it goes).
     let mut f = Fields::default();
-    if !fast || super::fast_line::scan(text, &mut f).is_none() {
+    if !fast || super::fast_line::scan(bytes, &mut f).is_none() {
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 ({e})"))?;
         f = serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?;
     }
     build(f, || {
-        serde_json::from_str(text).map_err(|e| format!("job record: {e}"))
+        serde_json::from_slice(bytes).map_err(|e| format!("job record: {e}"))
     })
 }
 

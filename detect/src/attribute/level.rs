@@ -184,7 +184,7 @@ impl Ctx<'_> {
         let worst = |node: &Name, nic: Option<&Name>| -> Option<(f64, Option<f64>)> {
             let mut best: Option<(f64, Option<f64>)> = None;
             for (key, series) in self.signals.on_node(node, name) {
-                if let (Some(nic), Sub::Device(dev, _)) = (nic, &key.sub) {
+                if let (Some(nic), Sub::Device(dev, _)) = (nic, key) {
                     if dev != nic {
                         continue;
                     }
