@@ -78,7 +78,7 @@ pub fn replay_all(trace: &Path, edge: bool) -> Result<(Vec<Finding>, ReplayRepor
 /// The summary printed on stderr after a replay.
 pub fn summary(report: &ReplayReport) -> String {
     let e = &report.engine;
-    format!(
+    let mut s = format!(
         "{}detector: {} records, {} findings, {} collectives judged ({} with missing ranks, {} dropped), {} counter resets, {} stale samples ignored",
         report.read,
         e.records,
@@ -88,7 +88,15 @@ pub fn summary(report: &ReplayReport) -> String {
         e.straggler.dropped_incomplete,
         e.counter_resets,
         e.stale_samples
-    )
+    );
+    let n = &e.neighbor;
+    if n.nodes_dropped + n.starvers_dropped + n.cgroups_skipped > 0 {
+        s.push_str(&format!(
+            "\nnoisy_neighbor bounds: {} starved nodes, {} starving findings and {} cgroups left out",
+            n.nodes_dropped, n.starvers_dropped, n.cgroups_skipped
+        ));
+    }
+    s
 }
 
 pub fn run(trace: &Path, out: Option<&Path>, quiet: bool, edge: bool) -> Result<()> {

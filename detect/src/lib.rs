@@ -46,6 +46,8 @@ pub struct EngineStats {
     pub counter_resets: u64,
     pub stale_samples: u64,
     pub straggler: StragglerStats,
+    /// What `noisy_neighbor` left out at its bounds.
+    pub neighbor: neighbor::NeighborStats,
 }
 
 /// Which detectors an [`Engine`] runs.
@@ -283,6 +285,7 @@ impl Engine {
             counter_resets: self.signals.stats.counter_resets,
             stale_samples: self.signals.stats.stale,
             straggler: self.straggler.stats,
+            neighbor: self.neighbor.stats,
         }
     }
 }

@@ -35,7 +35,8 @@ pub const NODES_MAX: usize = 4096;
 /// bottleneck); past it the node stays starved until one clears.
 pub const STARVERS_MAX: usize = 64;
 /// Cgroups of one node compared at most (in the store's order); a node
-/// reporting more (every user slice of a login node) is judged on these.
+/// reporting more (every user slice of a login node) is judged on these
+/// (`NeighborStats::cgroups_skipped` counts the rest).
 pub const CGROUPS_MAX: usize = 1024;
 
 /// How much later than the node's other cgroups (s) a cgroup must first be
@@ -79,6 +80,9 @@ impl Default for NeighborConfig {
 pub struct NeighborStats {
     pub nodes_dropped: u64,
     pub starvers_dropped: u64,
+    /// Cgroups left out of a judgement for being past `CGROUPS_MAX` on
+    /// their node (counted at each judgement).
+    pub cgroups_skipped: u64,
 }
 
 /// One finding that keeps a node starved.
@@ -201,6 +205,8 @@ impl NeighborDetector {
         let Some(state) = self.nodes.get_mut(node) else {
             return;
         };
+        let cgroups = signals.on_node(node, MetricName::CgroupCpuSeconds).count();
+        self.stats.cgroups_skipped += cgroups.saturating_sub(CGROUPS_MAX) as u64;
         let Some(onset) = state.starvers.iter().map(|s| s.onset).reduce(f64::min) else {
             return;
         };

@@ -212,3 +212,22 @@ fn slurm_job_ids_come_from_the_job_component() {
     assert!(is_below("/slurm/uid_1/job_9", "/slurm/uid_1"));
     assert!(!is_below("/slurm/uid_10", "/slurm/uid_1"));
 }
+
+#[test]
+fn cgroups_past_the_bound_are_counted_not_judged_in_silence() {
+    let mut n = Node::new();
+    let idle: Vec<String> = (0..CGROUPS_MAX + 5)
+        .map(|i| format!("/user.slice/user-{i}.slice"))
+        .collect();
+    for t in 0..3 {
+        let mut use_: Vec<(&str, f64)> = idle.iter().map(|p| (p.as_str(), 0.0)).collect();
+        use_.push((VICTIM, 7.8));
+        n.second(t as f64, &use_);
+    }
+    assert_eq!(n.det.stats.cgroups_skipped, 0, "nothing judged yet");
+    n.finding(straggler(3.0, Cause::Host), 3.0);
+    assert_eq!(
+        n.det.stats.cgroups_skipped, 6,
+        "1,030 cgroups, 1,024 judged"
+    );
+}

@@ -21,7 +21,7 @@ pub use envelope::{
 };
 pub use finding::{Basis, Cause, Finding, FindingKind, Locus, LocusKind, Related, Severity};
 pub use label::Label;
-pub use metric::{slurm_job_of_cgroup, Dir, MetricKind, MetricLabels, MetricName};
+pub use metric::{slurm_job_of_cgroup, Dir, MetricKind, MetricLabels, MetricName, LABEL_VALUE_MAX};
 pub use record::{
     CollectiveRecord, JobRecord, JobState, MetricSample, Record, RequestPhase, RequestRecord,
 };

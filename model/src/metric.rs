@@ -128,6 +128,34 @@ pub struct MetricLabels {
     pub cgroup: Option<Name>,
 }
 
+/// The longest label value keel keeps (bytes). Each kept value is part of
+/// a series key held for the series' life; real values are short (a NIC's
+/// name, a served model, a cgroup path of a few components), and a longer
+/// one is refused where it enters, with the label named.
+pub const LABEL_VALUE_MAX: usize = 512;
+
+impl MetricLabels {
+    /// Checks the kept values' lengths against [`LABEL_VALUE_MAX`].
+    ///
+    /// # Errors
+    /// Names the first label that is too long, and its length.
+    pub fn check(&self) -> Result<(), String> {
+        for (label, value) in [
+            ("device", &self.device),
+            ("model_name", &self.model_name),
+            ("cgroup", &self.cgroup),
+        ] {
+            if let Some(v) = value.as_deref().filter(|v| v.len() > LABEL_VALUE_MAX) {
+                return Err(format!(
+                    "label `{label}` is {} bytes, more than {LABEL_VALUE_MAX}",
+                    v.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The Slurm job id a cgroup path names (its last `job_<id>` component:
 /// `/system.slice/slurmstepd.scope/job_12/step_0` gives `12`), or `None`
 /// when the cgroup is not a Slurm job's (a user slice, a service).

@@ -94,10 +94,14 @@ fn parse_labels(s: &str) -> Option<BTreeMap<String, String>> {
     Some(out)
 }
 
-fn labels_for(raw: &BTreeMap<String, String>) -> Option<MetricLabels> {
+fn labels_for(raw: &BTreeMap<String, String>) -> Result<MetricLabels, String> {
     let mut l = MetricLabels::default();
     if let Some(g) = raw.get("gpu") {
-        l.gpu = Some(g.trim().parse().ok()?);
+        l.gpu = Some(
+            g.trim()
+                .parse()
+                .map_err(|_| "gpu label is not an index".to_string())?,
+        );
     }
     // dcgm-exporter's `device` is the GPU's device node (nvidia0), not a NIC.
     if l.gpu.is_none() {
@@ -111,10 +115,15 @@ fn labels_for(raw: &BTreeMap<String, String>) -> Option<MetricLabels> {
     l.model_name = raw.get("model_name").map(|m| Name::from(m.as_str()));
     // A MIG instance carries its parent's `gpu` and its own `GPU_I_ID`.
     if let Some(i) = raw.get("GPU_I_ID").filter(|i| !i.trim().is_empty()) {
-        l.gpu_instance = Some(i.trim().parse().ok()?);
+        l.gpu_instance = Some(
+            i.trim()
+                .parse()
+                .map_err(|_| "GPU_I_ID label is not an index".to_string())?,
+        );
     }
     l.cgroup = raw.get("cgroup").map(|c| Name::from(c.as_str()));
-    Some(l)
+    l.check()?;
+    Ok(l)
 }
 
 /// Why a line of a scrape gave no sample.
@@ -208,12 +217,13 @@ pub fn parse_scrape_with(
             dropped(i + 1, Dropped::Malformed);
             continue;
         };
-        let Some(metric_labels) = labels_for(&raw_labels) else {
-            stats
-                .malformed
-                .push((i + 1, format!("{name}: gpu label is not an index")));
-            dropped(i + 1, Dropped::Malformed);
-            continue;
+        let metric_labels = match labels_for(&raw_labels) {
+            Ok(l) => l,
+            Err(why) => {
+                stats.malformed.push((i + 1, format!("{name}: {why}")));
+                dropped(i + 1, Dropped::Malformed);
+                continue;
+            }
         };
         let host = raw_labels
             .get("Hostname")
@@ -278,6 +288,19 @@ cgroup_cpus{cgroup=\"/slurm/uid_20821/job_12\"} 2\n";
             Some("13")
         );
         assert_eq!(s[1].value, 939.568245515);
+    }
+
+    #[test]
+    fn an_overlong_cgroup_label_is_refused_and_the_line_named() {
+        let long = "a".repeat(keel_model::LABEL_VALUE_MAX);
+        let body = format!(
+            "cgroup_cpu_total_seconds{{cgroup=\"/{long}\"}} 1\ncgroup_cpu_total_seconds{{cgroup=\"/job_1\"}} 2\n"
+        );
+        let (s, st) = parse_scrape(&body, "n", 1.0);
+        assert_eq!(s.len(), 1, "the good line is kept");
+        assert_eq!(st.malformed.len(), 1);
+        assert_eq!(st.malformed[0].0, 1);
+        assert!(st.malformed[0].1.contains("`cgroup`"), "{:?}", st.malformed);
     }
 
     #[test]

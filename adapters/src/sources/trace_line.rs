@@ -289,11 +289,13 @@ pub(crate) fn build<'a>(
                 Value::Finite(v) => v,
                 Value::NonFinite => return Ok(Parsed::NonFinite),
             };
+            let labels = f.labels.unwrap_or_default();
+            labels.check()?;
             Record::Metric(MetricSample {
                 ts,
                 node: need(node, t, "node")?,
                 name,
-                labels: f.labels.unwrap_or_default(),
+                labels,
                 value,
             })
         }
@@ -520,6 +522,17 @@ mod tests {
         assert!(e.reason.contains("ts"), "{e}");
         let e = parse_line(b"\xff\xfe", 3).unwrap_err();
         assert!(e.reason.contains("UTF-8"));
+    }
+
+    #[test]
+    fn an_overlong_label_value_is_refused_with_its_name() {
+        let long = "x".repeat(keel_model::LABEL_VALUE_MAX + 1);
+        let line = format!(
+            r#"{{"t":"metric","ts":1763800001.0,"node":"n","name":"cgroup_cpu_total_seconds","labels":{{"cgroup":"/{long}"}},"value":1}}"#
+        );
+        let e = parse_line(line.as_bytes(), 9).unwrap_err();
+        assert!(e.reason.contains("`cgroup`"), "{e}");
+        assert_eq!(e.line, 9);
     }
 
     #[test]
