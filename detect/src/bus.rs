@@ -254,10 +254,14 @@ impl BusDetector {
     }
 
     fn node(&mut self, node: &Name) -> Option<&mut NodeState> {
-        if !self.nodes.contains_key(node) && self.nodes.len() >= NODES_MAX {
-            return None;
+        // The name is cloned only for a new node: this runs for every sample.
+        if !self.nodes.contains_key(node) {
+            if self.nodes.len() >= NODES_MAX {
+                return None;
+            }
+            self.nodes.insert(node.clone(), NodeState::default());
         }
-        Some(self.nodes.entry(node.clone()).or_default())
+        self.nodes.get_mut(node)
     }
 
     /// Called after `signals` took the sample, with the rate or value it

@@ -269,10 +269,14 @@ impl FabricDetector {
     }
 
     fn node(&mut self, node: &Name) -> Option<&mut NodeStrain> {
-        if !self.nodes.contains_key(node) && self.nodes.len() >= NODES_MAX {
-            return None;
+        // The name is cloned only for a new node: this runs for every sample.
+        if !self.nodes.contains_key(node) {
+            if self.nodes.len() >= NODES_MAX {
+                return None;
+            }
+            self.nodes.insert(node.clone(), NodeStrain::default());
         }
-        Some(self.nodes.entry(node.clone()).or_default())
+        self.nodes.get_mut(node)
     }
 
     fn note(&mut self, s: &MetricSample, strained: bool, value: f64, share: Option<f64>) {

@@ -52,13 +52,13 @@ impl HangDetector {
         if !ts.is_finite() {
             return;
         }
-        if !self.jobs.contains_key(job) {
-            if self.jobs.len() >= crate::edge::JOBS_MAX {
-                return;
-            }
-            self.jobs.insert(job.clone(), JobSilence::default());
-        }
-        let j = self.jobs.get_mut(job).expect("inserted above");
+        // Looked up once: this runs for every collective record.
+        let full = self.jobs.len() >= crate::edge::JOBS_MAX;
+        let j = match self.jobs.get_mut(job) {
+            Some(j) => j,
+            None if full => return,
+            None => self.jobs.entry(job.clone()).or_default(),
+        };
         if let Some(last) = j.last {
             let gap = ts - last;
             if gap > 0.0 {

@@ -246,10 +246,11 @@ impl StragglerDetector {
         cleared: &mut Vec<Finding>,
     ) {
         let (window, weak_window) = (self.cfg.window, self.cfg.weak_window);
-        if !self.jobs.contains_key(rec.job) {
-            self.jobs.insert(rec.job.clone(), JobTiming::default());
-        }
-        let timing = self.jobs.get_mut(rec.job).expect("inserted above");
+        // Looked up once: this runs for every collective record.
+        let timing = match self.jobs.get_mut(rec.job) {
+            Some(t) => t,
+            None => self.jobs.entry(rec.job.clone()).or_default(),
+        };
         if timing.judged_up_to.is_some_and(|s| rec.seq <= s) {
             self.stats.late_records += 1;
             return;

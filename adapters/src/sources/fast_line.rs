@@ -264,11 +264,54 @@ impl<'a> Scan<'a> {
         })
     }
 
+    /// A number written the common way, `123` or `123.456` (no sign, no
+    /// exponent, no leading zero, at most 19 digits), read in one pass:
+    /// its value as digits, how many follow the point, where it ends.
+    /// `None` for any other form, which `number` then reads in full.
+    #[inline]
+    fn plain(&self) -> Option<(u64, usize, usize)> {
+        let b = self.b;
+        let start = self.i;
+        let mut i = start;
+        let mut m = 0u64;
+        i = digits(b, i, &mut m);
+        let whole = i - start;
+        if whole == 0 || (whole > 1 && b[start] == b'0') {
+            return None;
+        }
+        let mut fraction = 0;
+        if b.get(i) == Some(&b'.') {
+            let d = i + 1;
+            i = digits(b, d, &mut m);
+            fraction = i - d;
+            if fraction == 0 {
+                return None;
+            }
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) || whole + fraction > 19 {
+            return None;
+        }
+        Some((m, fraction, i))
+    }
+
     fn float(&mut self) -> Option<f64> {
+        self.ws();
+        if let Some((m, fraction, end)) = self.plain() {
+            if m <= 1 << 53 && fraction < POW10.len() {
+                self.i = end;
+                // Both exact, so the one division rounds correctly.
+                return Some(m as f64 / POW10[fraction]);
+            }
+        }
         self.number()?.float()
     }
 
     fn uint<T: TryFrom<u64>>(&mut self) -> Option<T> {
+        self.ws();
+        if let Some((m, 0, end)) = self.plain() {
+            self.i = end;
+            return T::try_from(m).ok();
+        }
         self.number()?.uint()
     }
 
