@@ -113,54 +113,30 @@ impl TelemetrySender {
 
     /// Queue many at once, taking the lock once.
     pub fn send_all(&self, summaries: impl IntoIterator<Item = Summary>) {
-        let mut dropped = 0;
-        {
-            let mut q = match self.queue.lock() {
-                Ok(q) => q,
-                Err(p) => p.into_inner(),
-            };
-            for s in summaries {
-                dropped += q.push(s);
-            }
-        }
-        if dropped > 0 {
-            self.stats
-                .telemetry_dropped
-                .fetch_add(dropped, Ordering::Relaxed);
-        }
-        self.ready.notify_one();
+        self.enqueue(&self.queue, summaries);
     }
 
     /// Queue readings (exporter samples, counters); never waits.
     pub fn send_metrics(&self, samples: impl IntoIterator<Item = MetricSample>) {
-        let mut dropped = 0;
-        {
-            let mut q = match self.metrics.lock() {
-                Ok(q) => q,
-                Err(p) => p.into_inner(),
-            };
-            for s in samples {
-                dropped += q.push(s);
-            }
-        }
-        if dropped > 0 {
-            self.stats
-                .telemetry_dropped
-                .fetch_add(dropped, Ordering::Relaxed);
-        }
-        self.ready.notify_one();
+        self.enqueue(&self.metrics, samples);
     }
 
     /// Queue serving events; never waits.
     pub fn send_requests(&self, records: impl IntoIterator<Item = RequestRecord>) {
+        self.enqueue(&self.requests, records);
+    }
+
+    /// Puts `items` on `queue` under one lock, counts what the bound
+    /// pushed out (`telemetry_dropped`) and wakes the sender.
+    fn enqueue<T>(&self, queue: &Mutex<DropOldest<T>>, items: impl IntoIterator<Item = T>) {
         let mut dropped = 0;
         {
-            let mut q = match self.requests.lock() {
+            let mut q = match queue.lock() {
                 Ok(q) => q,
                 Err(p) => p.into_inner(),
             };
-            for r in records {
-                dropped += q.push(r);
+            for item in items {
+                dropped += q.push(item);
             }
         }
         if dropped > 0 {
