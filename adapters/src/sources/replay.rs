@@ -436,4 +436,73 @@ mod tests {
         assert_eq!(stats.malformed, 1);
         assert!(stats.errors[0].reason.contains("longer than"));
     }
+
+    /// A source that hands out at most `step` bytes a read (a pipe, a slow
+    /// disk), so that lines and numbers straddle the reader's refills.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_oversize_line_read_a_little_at_a_time_is_skipped_once() {
+        let base = 1_763_800_000.0;
+        let huge = "y".repeat(3 * MAX_LINE_BYTES);
+        let text = format!("{}\n{huge}\n{}\n", metric(base), metric(base + 1.0));
+        let mut reader = TraceReader::new(Trickle {
+            data: text.as_bytes(),
+            step: 100_003,
+        });
+        let records: Vec<Record> = reader.by_ref().collect();
+        assert_eq!(records.len(), 2);
+        let stats = reader.stats();
+        assert_eq!((stats.lines, stats.malformed), (3, 1));
+        assert_eq!(stats.errors[0].line, 2);
+        assert_eq!(stats.bytes, text.len() as u64);
+    }
+
+    proptest::proptest! {
+        /// However the input is cut into reads, the same records come out
+        /// and the same lines are counted and reported.
+        #[test]
+        fn the_same_records_whatever_the_reads(
+            kinds in proptest::collection::vec(0u8..5, 0..60),
+            step in 1usize..300,
+            newline_at_end in proptest::prelude::any::<bool>(),
+        ) {
+            let base = 1_763_800_000.0;
+            let lines: Vec<String> = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| match k {
+                    0 | 1 => metric(base + (i % 7) as f64),
+                    2 => String::new(),
+                    3 => "{\"t\":\"metric\",\"ts\":17".into(),
+                    _ => format!(
+                        r#"{{"t":"collective","ts":{},"node":"n","job":"1","rank":0,"op":"allreduce","seq":{i},"bytes":1,"arrive":{},"dur_us":5.5}}"#,
+                        base + i as f64 * 0.1,
+                        base + i as f64 * 0.1
+                    ),
+                })
+                .collect();
+            let mut text = lines.join("\n");
+            if newline_at_end {
+                text.push('\n');
+            }
+            let (whole, whole_stats) = read_all(text.as_bytes());
+            let mut reader = TraceReader::new(Trickle { data: text.as_bytes(), step });
+            let pieces: Vec<Record> = reader.by_ref().collect();
+            proptest::prop_assert_eq!(&pieces, &whole);
+            proptest::prop_assert_eq!(reader.stats(), &whole_stats);
+        }
+    }
 }
