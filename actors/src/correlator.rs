@@ -551,7 +551,9 @@ impl Actor for CorrelatorActor {
                     state.queue_reports();
                 }
             }
-            CorrelatorMsg::Crash => panic!("correlator crash injected"),
+            CorrelatorMsg::Crash => panic!(
+                "correlator crash injected on purpose (a supervision test): its host restarts it"
+            ),
         }
         Ok(())
     }

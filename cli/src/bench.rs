@@ -145,7 +145,7 @@ pub fn run(a: &ReplayArgs) -> Result<()> {
         "trace_s", "lines", "used", "MiB", "lines/s", "MB/s", "peak_RSS"
     );
     if let Some(path) = a.trace {
-        return measure(path, f64::NAN, a.split);
+        return measure(path, None, a.split);
     }
     let (seed, mix) = (a.seed, a.mix);
     for &d in a.durations {
@@ -171,7 +171,7 @@ pub fn run(a: &ReplayArgs) -> Result<()> {
             metric_heavy(&path, &heavy)?;
             std::fs::rename(&heavy, &path)?;
         }
-        measure(&path, d, a.split)?;
+        measure(&path, Some(d), a.split)?;
         if a.keep.is_none() {
             std::fs::remove_file(&path).ok();
         }
@@ -180,7 +180,8 @@ pub fn run(a: &ReplayArgs) -> Result<()> {
 }
 
 /// Replays `path` once through a fresh engine and prints one row.
-fn measure(path: &std::path::Path, d: f64, split: bool) -> Result<()> {
+/// `d`: the trace's length (s) when generated; a given trace shows `-`.
+fn measure(path: &std::path::Path, d: Option<f64>, split: bool) -> Result<()> {
     {
         let bytes = std::fs::metadata(path)
             .with_context(|| format!("reading {}", path.display()))?
@@ -203,8 +204,8 @@ fn measure(path: &std::path::Path, d: f64, split: bool) -> Result<()> {
         // counted and skipped, as a real scrape's are.
         let lines = reader.stats().lines;
         println!(
-            "{:>10.0} {:>12} {:>12} {:>10.1} {:>14.0} {:>12.1} {:>10}",
-            d,
+            "{:>10} {:>12} {:>12} {:>10.1} {:>14.0} {:>12.1} {:>10}",
+            d.map_or_else(|| "-".into(), |d| format!("{d:.0}")),
             lines,
             n,
             bytes as f64 / (1 << 20) as f64,
@@ -275,7 +276,7 @@ pub(crate) enum BenchCommand {
     Scale(crate::bench_scale::ScaleArgs),
     /// Three controllers for an hour under steady findings, the leader killed every 2 minutes; RSS and state size into a CSV
     Soak(crate::bench_soak::SoakArgs),
-    /// Replay throughput (records/s on one core) and peak memory on traces of growing length
+    /// Replay throughput (trace lines/s on one core) and peak memory on traces of growing length
     Replay {
         /// Trace lengths to measure, in seconds of trace time
         #[arg(long, value_delimiter = ',', default_values_t = [120.0, 480.0])]

@@ -81,6 +81,13 @@ pub fn evaluate(
                 let (findings, report) = replay_all(&case.trace, edge)?;
                 if verbose {
                     eprintln!("{}:\n{}", case.name, summary(&report));
+                } else if let Some(e) = report.read.errors.first() {
+                    // Scores over a trace that was partly unreadable say
+                    // less than they seem to: always said.
+                    eprintln!(
+                        "{}: {} of {} lines malformed and skipped (first: {e}); --verbose lists them",
+                        case.name, report.read.malformed, report.read.lines
+                    );
                 }
                 findings
             }

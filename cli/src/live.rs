@@ -134,7 +134,9 @@ fn free_port() -> Result<SocketAddr> {
 
 pub(crate) fn issue(dir: &Path, ca: &certs::Ca, role: Role, name: &str) -> Result<PathBuf> {
     let out = dir.join(format!("{role}-{name}"));
-    let pem = ca.issue(role, name, Validity::days(1))?;
+    // A throwaway cluster's certificates, but long-lived enough that the
+    // 30-day expiry warning does not show on a healthy demo's dashboard.
+    let pem = ca.issue(role, name, Validity::days(365))?;
     certs::write_credentials(&out, &ca.pem.cert, &pem)?;
     Ok(out)
 }

@@ -24,8 +24,7 @@ pub fn replay(
     edge: bool,
     mut sink: impl FnMut(&Finding) -> Result<()>,
 ) -> Result<ReplayReport> {
-    let mut reader =
-        open_trace(trace).with_context(|| format!("opening trace {}", trace.display()))?;
+    let mut reader = open_trace(trace).context("opening the trace")?;
     let total = std::fs::metadata(trace).map(|m| m.len()).unwrap_or(0);
     let bar = (std::io::stderr().is_terminal() && total > 16 << 20).then(|| {
         let b = ProgressBar::new(total);
@@ -59,8 +58,22 @@ pub fn replay(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let read = reader.stats().clone();
+    if read.records == 0 && read.malformed > 0 {
+        // Not a trace at all (compressed, binary, another format): saying
+        // "0 findings" and succeeding would read as a clean bill of health.
+        let first = read
+            .errors
+            .first()
+            .map_or_else(String::new, |e| format!(" (first: {e})"));
+        anyhow::bail!(
+            "{}: no record could be read: all {} non-blank lines are malformed{first}; is it an uncompressed JSON Lines trace?",
+            trace.display(),
+            read.malformed
+        );
+    }
     Ok(ReplayReport {
-        read: reader.stats().clone(),
+        read,
         engine: pipeline.engine.stats(),
     })
 }

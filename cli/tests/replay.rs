@@ -143,6 +143,27 @@ fn reads_stdin_and_reports_bad_lines_by_number_without_stopping() {
 }
 
 #[test]
+fn a_file_that_is_no_trace_at_all_fails_instead_of_finding_nothing() {
+    let mut child = keel()
+        .args(["replay", "--quiet", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // What a gzip-compressed trace starts with, and more bytes like it.
+    let input: Vec<u8> = [0x1f, 0x8b, 0x08, 0x00, b'\n', 0xff, 0x00, b'x', b'\n'].repeat(50);
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(!out.status.success(), "nothing readable is a failure");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no record could be read"), "{err}");
+    assert!(err.contains("line 1"), "{err}");
+}
+
+#[test]
 fn a_missing_trace_is_a_clear_error() {
     let out = keel()
         .args(["replay", "/nonexistent/trace.jsonl"])
@@ -150,7 +171,7 @@ fn a_missing_trace_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/trace.jsonl"), "{err}");
+    assert_eq!(err.matches("/nonexistent/trace.jsonl").count(), 1, "{err}");
 }
 
 #[test]

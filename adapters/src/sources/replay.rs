@@ -302,7 +302,12 @@ impl<R: Read> TraceReader<R> {
                 continue;
             }
             self.stats.lines += 1;
-            let line = &self.buf[at..at + len];
+            let mut line = &self.buf[at..at + len];
+            if self.stats.lines == 1 {
+                // A byte-order mark some editors write first (RFC 8259
+                // lets a reader ignore it).
+                line = line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line);
+            }
             match self.cache.read(line) {
                 Some(Hit::Sample {
                     record,
@@ -424,6 +429,17 @@ mod tests {
         let lines: Vec<u64> = stats.errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![2, 3, 6]);
         assert!(stats.to_string().contains("line 2: bad JSON"));
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_ignored() {
+        let text = format!(
+            "\u{feff}{}\n{}\n",
+            metric(1_763_800_000.0),
+            metric(1_763_800_001.0)
+        );
+        let (records, stats) = read_all(text.as_bytes());
+        assert_eq!((records.len(), stats.malformed), (2, 0), "{stats}");
     }
 
     #[test]

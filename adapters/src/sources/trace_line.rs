@@ -171,7 +171,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
         impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
             type Value = Fields<'a>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object (a JSON object or a MessagePack map)")
+                f.write_str("an object")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'a>, M::Error> {
                 let mut f = Fields::default();
@@ -212,6 +212,28 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
     }
 }
 
+/// serde_json's message, placed by column alone: the reader names the
+/// file's line, and serde's own "line 1" would be a second, different one.
+fn bad_json(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let what = msg
+        .rsplit_once(" at line ")
+        .map_or(msg.as_str(), |(m, _)| m);
+    format!("bad JSON at column {}: {what}", e.column())
+}
+
+/// A name longer than this is no node's or job's: refused where it enters.
+fn name_ok(name: Option<&str>, field: &str) -> Result<(), String> {
+    match name {
+        Some(n) if n.len() > keel_model::LABEL_VALUE_MAX => Err(format!(
+            "field `{field}` is {} bytes, more than {}",
+            n.len(),
+            keel_model::LABEL_VALUE_MAX
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn need<T>(field: Option<T>, t: &str, name: &str) -> Result<T, String> {
     field.ok_or_else(|| format!("{t} record: missing field `{name}`"))
 }
@@ -238,7 +260,7 @@ fn parse(bytes: &[u8], fast: bool) -> Result<Parsed<'_>, String> {
     let mut f = Fields::default();
     if !fast || super::fast_line::scan(bytes, &mut f).is_none() {
         let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 ({e})"))?;
-        f = serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?;
+        f = serde_json::from_str(text).map_err(|e| bad_json(&e))?;
     }
     build(f, || {
         serde_json::from_slice(bytes).map_err(|e| format!("job record: {e}"))
@@ -260,6 +282,8 @@ pub(crate) fn build<'a>(
         ));
     }
     let unknown = f.unknown;
+    name_ok(f.node.as_deref(), "node")?;
+    name_ok(f.job.as_deref(), "job")?;
     let node = f.node.as_deref().map(Name::from);
     let record = match t {
         "collective" => {
@@ -513,7 +537,11 @@ mod tests {
         assert_eq!(e.line, 42);
         assert!(e.reason.contains("dur_us"), "{e}");
         let e = parse_line(br#"{"t":"metric","ts":17638"#, 7).unwrap_err();
-        assert!(e.to_string().starts_with("line 7: bad JSON"), "{e}");
+        assert!(
+            e.to_string().starts_with("line 7: bad JSON at column"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("line 1"), "one line number: {e}");
         let e = parse_line(
             br#"{"t":"metric","ts":5,"node":"n","name":"DCGM_FI_DEV_GPU_UTIL","value":1}"#,
             1,

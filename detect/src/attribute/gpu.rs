@@ -25,9 +25,16 @@ pub(super) fn family(cx: &Ctx, who: &Site, peers: &[Site], place: &str) -> (Fami
         } else {
             0.0
         };
+        // Clean, the bar is said: a clock a little under its peers' is not
+        // a throttle, and the numbers alone would seem to say it is.
+        let bar = if s == 0.0 && l.recent < l.peers.unwrap_or(0.0) {
+            " (a throttle is under 85% of peers' and 90% of its own)"
+        } else {
+            ""
+        };
         gpu.add(
             s,
-            format!("{place} SM clock {} vs {}", f(l.recent), l.against(f)),
+            format!("{place} SM clock {} vs {}{bar}", f(l.recent), l.against(f)),
         );
     }
     if let Some(l) = cx.level(who, peers, MetricName::GpuTemp, gpu_sub, Agg::Max, false) {

@@ -180,8 +180,16 @@ fn decide(
         if f.strength() >= cfg.clean {
             let text = &f.best().expect("strength implies a reading").text;
             evidence.push(format!("also abnormal ({}): {text}", family_name(*c)));
-        } else if let Some(text) = f.clean.first().or(f.best().map(|b| &b.text)) {
+        } else if let Some(text) = f.clean.first() {
             evidence.push(format!("{} ruled out: {text}", family_name(*c)));
+        } else if let Some(b) = f.best() {
+            // Off from its peers or its past, but by less than counts: not
+            // "ruled out", which its own numbers would contradict.
+            evidence.push(format!(
+                "{} off, but too little to count: {}",
+                family_name(*c),
+                b.text
+            ));
         }
     }
     let missing: Vec<&str> = families
