@@ -397,8 +397,9 @@ impl BusDetector {
         state.host_onset = Some(since);
         let mut f = finding(FindingKind::HostCpuBottleneck, Cause::Host, now, &s.node);
         f.evidence.push(format!(
-            "{}: CPU pressure {rate:.2} s/s (tasks waiting for a CPU) since {since:.1}",
-            s.node
+            "{}: CPU pressure {rate:.2} s/s (tasks waiting for a CPU) since {since_at}",
+            s.node,
+            since_at = keel_model::Clock(since)
         ));
         if let Some(c) = calm {
             f.evidence
@@ -494,10 +495,11 @@ fn saturation(
         .map(|(g, s)| format!("GPU {g} {:.0}%", s * 100.0))
         .collect();
     f.evidence.push(format!(
-        "{}: {} GPUs' PCIe links near capacity at once since {since:.1} ({})",
+        "{}: {} GPUs' PCIe links near capacity at once since {since_at} ({})",
         view.node,
         full.len(),
-        gpus.join(", ")
+        gpus.join(", "),
+        since_at = keel_model::Clock(since)
     ));
     for (g, _) in full {
         if let Some((_, _, lines)) = state.gpus.get(g).and_then(|x| x.full.as_ref()) {

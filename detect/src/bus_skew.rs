@@ -112,12 +112,13 @@ pub(super) fn thin(
     f.gpu = Some(g);
     f.job = job;
     f.evidence.push(format!(
-        "{} GPU {g} {what} {} over {:.0} s vs its {} busy peers' median {} since {since:.1}",
+        "{} GPU {g} {what} {} over {:.0} s vs its {} busy peers' median {} since {since_at}",
         view.node,
         fmt_bytes_rate(rate),
         cfg.thin_window_s,
         peers.len(),
-        fmt_bytes_rate(peer_rate)
+        fmt_bytes_rate(peer_rate),
+        since_at = keel_model::Clock(since)
     ));
     if let Some(h) = habit {
         f.evidence

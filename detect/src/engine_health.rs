@@ -129,9 +129,9 @@ impl EngineHealthDetector {
                 &s.node,
                 vec![
                     format!(
-                        "{place}: KV cache {:.1}% full since {:.1}",
+                        "{place}: KV cache {:.1}% full since {}",
                         usage * 100.0,
-                        since
+                        keel_model::Clock(since)
                     ),
                     format!(
                         "waiting queue went from {oldest_recent:.0} to {waiting:.0} in {:.0} s while {running:.0} requests run",
@@ -159,7 +159,10 @@ impl EngineHealthDetector {
                 now,
                 &s.node,
                 vec![
-                    format!("{place}: no request running since {since:.1}"),
+                    format!(
+                        "{place}: no request running since {since_at}",
+                        since_at = keel_model::Clock(since)
+                    ),
                     format!(
                         "KV cache {:.1}% full and {waiting:.0} requests waiting",
                         usage * 100.0

@@ -343,11 +343,10 @@ impl FabricDetector {
             Step::Nothing => return,
         };
         let mut evidence = vec![format!(
-            "{} {device} waits for RDMA credits {:.1}% of the time ({:.0} ms a second) since {since:.1}",
+            "{} {device} waits for RDMA credits {:.1}% of the time ({:.0} ms a second) since {since_at}",
             s.node,
             100.0 * share.min(1.0),
-            share.min(1.0) * 1e3
-        )];
+            share.min(1.0) * 1e3, since_at = keel_model::Clock(since))];
         let util = [Dir::Tx, Dir::Rx]
             .iter()
             .filter_map(|d| latest(signals, s, MetricName::DpuNicLinkUtil, &device, Some(*d)))
@@ -418,7 +417,11 @@ impl FabricDetector {
             }
             Step::Nothing => return,
         };
-        let mut evidence = vec![format!("{} {device} TX backlog since {since:.1}", s.node)];
+        let mut evidence = vec![format!(
+            "{} {device} TX backlog since {since_at}",
+            s.node,
+            since_at = keel_model::Clock(since)
+        )];
         if let Some(q) = queue {
             evidence.push(format!("{q:.0} packets queued to send"));
         }
@@ -473,8 +476,9 @@ impl FabricDetector {
             };
         strained.sort_by(|a, b| a.0.cmp(b.0));
         let mut evidence = vec![format!(
-            "{} of {seen} nodes' network signals worse at once since {since:.1}",
-            strained.len()
+            "{} of {seen} nodes' network signals worse at once since {since_at}",
+            strained.len(),
+            since_at = keel_model::Clock(since)
         )];
         evidence.extend(
             strained

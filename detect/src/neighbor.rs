@@ -160,11 +160,15 @@ impl NeighborDetector {
             let line = match (f.kind, &f.job, f.rank) {
                 (FindingKind::TpStraggler, Some(j), Some(r)) => {
                     format!(
-                        "job {j} rank {r} straggles for want of CPU (cause host) since {:.1}",
-                        f.ts
+                        "job {j} rank {r} straggles for want of CPU (cause host) since {}",
+                        keel_model::Clock(f.ts)
                     )
                 }
-                _ => format!("{} on {node} since {:.1}", f.kind.wire(), f.ts),
+                _ => format!(
+                    "{} on {node} since {}",
+                    f.kind.wire(),
+                    keel_model::Clock(f.ts)
+                ),
             };
             state.starvers.push(Starver {
                 kind: f.kind,
@@ -290,10 +294,16 @@ impl NeighborDetector {
                 };
                 f.evidence.push(match calm {
                     Some(c) => {
-                        format!("{node}: {who} takes {taken:.2} CPUs, {c:.2} before {onset:.1}")
+                        format!(
+                            "{node}: {who} takes {taken:.2} CPUs, {c:.2} before {}",
+                            keel_model::Clock(onset)
+                        )
                     }
                     None => {
-                        format!("{node}: {who} takes {taken:.2} CPUs, arrived after {onset:.1}")
+                        format!(
+                            "{node}: {who} takes {taken:.2} CPUs, arrived after {}",
+                            keel_model::Clock(onset)
+                        )
                     }
                 });
                 f.evidence

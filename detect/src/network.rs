@@ -81,8 +81,9 @@ impl NetworkDetector {
             Step::Nothing => return,
         };
         let mut evidence = vec![format!(
-            "{}: {rate:.0} TCP retransmits/s since {since:.1}",
-            s.node
+            "{}: {rate:.0} TCP retransmits/s since {since_at}",
+            s.node,
+            since_at = keel_model::Clock(since)
         )];
         if let Some(o) = out_rate {
             evidence.push(format!(
@@ -151,9 +152,10 @@ impl NetworkDetector {
             None => "",
         };
         let mut evidence = vec![format!(
-            "{} {device}{dir} at {:.0}% of line rate since {since:.1}",
+            "{} {device}{dir} at {:.0}% of line rate since {since_at}",
             s.node,
-            util * 100.0
+            util * 100.0,
+            since_at = keel_model::Clock(since)
         )];
         if let Some(q) = queue {
             evidence.push(format!("queue depth {q:.0} packets"));

@@ -148,8 +148,9 @@ impl ServingDetector {
         nodes.dedup();
         for node in nodes.into_iter().take(OOM_JOB_NODES_MAX) {
             let line = format!(
-                "Slurm ended job {} OUT_OF_MEMORY at {:.1} (a step killed for memory)",
-                j.job, j.ts
+                "Slurm ended job {} OUT_OF_MEMORY at {} (a step killed for memory)",
+                j.job,
+                keel_model::Clock(j.ts)
             );
             // On Slurm's clock: the record may be the newest thing seen.
             self.kill(node, now.max(j.ts), Some(j.job.clone()), line, out);
@@ -199,7 +200,8 @@ impl ServingDetector {
             None => s.node.to_string(),
         };
         let mut evidence = vec![format!(
-            "{place}: {rate:.1} preemptions/s since {since:.1} (vllm:num_preemptions_total)"
+            "{place}: {rate:.1} preemptions/s since {since_at} (vllm:num_preemptions_total)",
+            since_at = keel_model::Clock(since)
         )];
         if let (Some(r), Some(p)) = (running, per_running) {
             evidence.push(format!(
@@ -234,10 +236,10 @@ impl ServingDetector {
             return;
         }
         let line = format!(
-            "{}: node_vmstat_oom_kill rose from {prev:.0} to {:.0} at {:.1}: the kernel's OOM killer ended {:.0} process(es)",
+            "{}: node_vmstat_oom_kill rose from {prev:.0} to {:.0} at {}: the kernel's OOM killer ended {:.0} process(es)",
             s.node,
             s.value,
-            s.ts,
+            keel_model::Clock(s.ts),
             s.value - prev
         );
         let node = s.node.clone();

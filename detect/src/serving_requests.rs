@@ -344,11 +344,10 @@ impl RequestsDetector {
                     device: None,
                     evidence: vec![
                         format!(
-                            "job {job}: {what} p99 {:.0} ms over the last {:.0} s ({n} requests), objective {:.0} ms, since {since:.1}",
+                            "job {job}: {what} p99 {:.0} ms over the last {:.0} s ({n} requests), objective {:.0} ms, since {since_at}",
                             p99 * 1e3,
                             cfg.window_s,
-                            objective * 1e3
-                        ),
+                            objective * 1e3, since_at = keel_model::Clock(since)),
                         format!(
                             "p50 {:.0} ms holds: a tail of slow requests, not a slower service",
                             p50 * 1e3
@@ -471,7 +470,8 @@ impl RequestsDetector {
             Step::Concluded { since } => {
                 n.habit = Some(habit);
                 let mut evidence = vec![format!(
-                    "{node}: {rate:.0} requests/s arriving since {since:.0}, {:.1}x its usual {habit:.1}/s",
+                    "{node}: {rate:.0} requests/s arriving since {}, {:.1}x its usual {habit:.1}/s",
+                    keel_model::Clock(since),
                     rate / habit.max(0.1)
                 )];
                 if let Some(w) = waiting {

@@ -359,8 +359,10 @@ impl Ctx<'_> {
         }
         evidence.push(match (j.basis, j.holder) {
             (Basis::JobEnded, Some(h)) => format!(
-                "job {} that held it ended {} at {:.1}; nothing has released the memory",
-                h.job, h.state, h.since
+                "job {} that held it ended {} at {}; nothing has released the memory",
+                h.job,
+                h.state,
+                keel_model::Clock(h.since)
             ),
             (Basis::NoJob, _) => {
                 "Slurm's allocation on this node gives this GPU to no job".to_string()

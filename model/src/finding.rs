@@ -415,3 +415,35 @@ impl Basis {
         }
     }
 }
+
+/// A Unix time (s) written as the UTC time of day, `HH:MM:SS.s UTC`, for
+/// evidence an operator reads beside logs and dashboards (a finding keeps
+/// the full time in `ts`). A time outside 1970..5138 is written as it is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clock(pub f64);
+
+impl std::fmt::Display for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !(0.0..1e11).contains(&self.0) {
+            return write!(f, "{:.1}", self.0);
+        }
+        let tenths = (self.0 * 10.0).round() as i64 % 864_000;
+        let (h, m, s) = (tenths / 36_000, tenths % 36_000 / 600, tenths % 600);
+        write!(f, "{h:02}:{m:02}:{:02}.{} UTC", s / 10, s % 10)
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::Clock;
+
+    #[test]
+    fn a_unix_time_reads_as_the_utc_time_of_day() {
+        // 2025-11-22T08:26:40Z
+        assert_eq!(Clock(1_763_800_000.0).to_string(), "08:26:40.0 UTC");
+        assert_eq!(Clock(1_763_800_000.96).to_string(), "08:26:41.0 UTC");
+        assert_eq!(Clock(86_399.94).to_string(), "23:59:59.9 UTC");
+        assert_eq!(Clock(f64::NAN).to_string(), "NaN");
+        assert_eq!(Clock(-5.0).to_string(), "-5.0");
+    }
+}

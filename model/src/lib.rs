@@ -19,7 +19,7 @@ pub use envelope::{
     Ack, Command, Envelope, Message, Query, QueryReply, RaftBytes, RaftChunk, Role, Summary,
     TelemetryBatch, WIRE_VERSION,
 };
-pub use finding::{Basis, Cause, Finding, FindingKind, Locus, LocusKind, Related, Severity};
+pub use finding::{Basis, Cause, Clock, Finding, FindingKind, Locus, LocusKind, Related, Severity};
 pub use label::Label;
 pub use metric::{slurm_job_of_cgroup, Dir, MetricKind, MetricLabels, MetricName, LABEL_VALUE_MAX};
 pub use record::{
