@@ -126,8 +126,9 @@ impl Reported {
     pub fn clear(&mut self, now: Timestamp) -> Option<Finding> {
         let f = self.0.take()?;
         let line = format!(
-            "{} cleared at {now:.1}, {:.1} s after it was reported",
+            "{} cleared at {}, {:.1} s after it was reported",
             f.kind.wire(),
+            keel_model::Clock(now),
             now - f.ts
         );
         Some(Finding {

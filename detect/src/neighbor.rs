@@ -352,7 +352,8 @@ fn clearing(f: Finding, now: Timestamp, why: &str) -> Finding {
     Finding {
         ts: now,
         evidence: vec![format!(
-            "noisy_neighbor cleared at {now:.1}, {:.1} s after it was reported: {why}",
+            "noisy_neighbor cleared at {}, {:.1} s after it was reported: {why}",
+            keel_model::Clock(now),
             now - f.ts
         )],
         related: Vec::new(),
