@@ -112,6 +112,13 @@ enum Command {
         edge: bool,
     },
     /// Score findings against labels: per kind and overall precision, recall, F1, cause accuracy, latency
+    ///
+    /// The table's columns: `labels`, episodes labelled; `detected`, labels
+    /// a finding matched; `findings`, findings of the kind; `FP`, findings
+    /// that matched no label; precision, recall and F1 from those;
+    /// `cause_acc`, of detected labels that carry a cause, the share whose
+    /// first finding named it; the last three, onset to finding (s):
+    /// median, 90th percentile, worst.
     Eval {
         /// A trace to replay (with --labels)
         #[arg(long, requires = "labels")]
