@@ -114,6 +114,23 @@ fn the_real_h200_trace_is_read_and_every_episode_found_with_its_cause() {
     assert_eq!(v["kinds"]["tp_straggler"]["cause_accuracy"], 1.0);
 }
 
+/// `keel replay ARGS` with `input` on its standard input.
+fn replay_stdin(args: &[&str], input: Vec<u8>) -> std::process::Output {
+    let mut child = keel()
+        .arg("replay")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    out
+}
+
 #[test]
 fn reads_stdin_and_reports_bad_lines_by_number_without_stopping() {
     let good = std::fs::read_to_string(repo("tests/data/spec_examples.jsonl")).unwrap();
@@ -121,18 +138,7 @@ fn reads_stdin_and_reports_bad_lines_by_number_without_stopping() {
     lines.insert(3, "{\"t\":\"metric\",\"ts\":");
     lines.insert(10, "garbage");
     lines.insert(20, "{\"t\":\"kernel\",\"ts\":1763800017.0}");
-    let input = lines.join("\n");
-    let mut child = keel()
-        .args(["replay", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
+    let out = replay_stdin(&["-"], lines.join("\n").into_bytes());
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("2 malformed"), "{err}");
@@ -144,19 +150,9 @@ fn reads_stdin_and_reports_bad_lines_by_number_without_stopping() {
 
 #[test]
 fn a_file_that_is_no_trace_at_all_fails_instead_of_finding_nothing() {
-    let mut child = keel()
-        .args(["replay", "--quiet", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
     // What a gzip-compressed trace starts with, and more bytes like it.
     let input: Vec<u8> = [0x1f, 0x8b, 0x08, 0x00, b'\n', 0xff, 0x00, b'x', b'\n'].repeat(50);
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
+    let out = replay_stdin(&["--quiet", "-"], input);
     assert!(!out.status.success(), "nothing readable is a failure");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no record could be read"), "{err}");
