@@ -63,11 +63,7 @@ pub const WINDOW_COUNT_MAX: u32 = 65_536;
 /// The longest step period a summary may carry, microseconds (ten
 /// minutes: no inference or training step takes longer).
 pub const STEP_MAX_US: u32 = 600_000_000;
-/// Longest job, node or operation name accepted, in bytes: a DNS name's
-/// limit (RFC 1035, 253). Slurm job ids and NCCL operation names are far
-/// shorter; a longer name is a forgery meant to fill memory (each held job
-/// keeps its name).
-pub const NAME_LEN_MAX: usize = 253;
+pub use keel_model::NAME_LEN_MAX;
 
 /// Whether a window summary that arrived from the network could have come
 /// from [`EdgeAggregator`] on a sensor whose clock is `now` (seconds, the

@@ -21,7 +21,9 @@ pub use envelope::{
 };
 pub use finding::{Basis, Cause, Clock, Finding, FindingKind, Locus, LocusKind, Related, Severity};
 pub use label::Label;
-pub use metric::{slurm_job_of_cgroup, Dir, MetricKind, MetricLabels, MetricName, LABEL_VALUE_MAX};
+pub use metric::{
+    slurm_job_of_cgroup, Dir, MetricKind, MetricLabels, MetricName, LABEL_VALUE_MAX, NAME_LEN_MAX,
+};
 pub use record::{
     CollectiveRecord, JobRecord, JobState, MetricSample, Record, RequestPhase, RequestRecord,
 };

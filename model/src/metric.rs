@@ -128,6 +128,12 @@ pub struct MetricLabels {
     pub cgroup: Option<Name>,
 }
 
+/// Longest job, node or operation name accepted, in bytes: a DNS name's
+/// limit (RFC 1035, 253). Slurm job ids and NCCL operation names are far
+/// shorter; a longer name is a forgery meant to fill memory (each held job
+/// keeps its name). Checked at the edge, the correlator and the trace reader.
+pub const NAME_LEN_MAX: usize = 253;
+
 /// The longest label value keel keeps (bytes). Each kept value is part of
 /// a series key held for the series' life; real values are short (a NIC's
 /// name, a served model, a cgroup path of a few components), and a longer

@@ -123,6 +123,11 @@ impl<T> Reorder<T> {
         }
     }
 
+    /// Records held, both lanes.
+    pub(crate) fn len(&self) -> usize {
+        self.in_order.len() + self.late.len()
+    }
+
     /// The earliest record, however recent (the input has ended).
     pub(crate) fn drain(&mut self) -> Option<T> {
         let late = self.earliest()?;

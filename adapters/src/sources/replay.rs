@@ -18,6 +18,11 @@ use std::path::Path;
 
 /// The spec lets records arrive up to 5 s out of order.
 pub const REORDER_WINDOW_S: f64 = 5.0;
+/// Records the reorder window holds at most (about 160 bytes each). A
+/// trace that packs more into 5 s (a file repeating one instant) has its
+/// earliest record released before its time, counted in
+/// `ReadStats::released_early`: order may suffer, nothing is lost.
+pub const REORDER_RECORDS_MAX: usize = 1 << 20;
 /// A longer line is garbage (the longest real record, a job of thousands of
 /// ranks, is far below this); it is skipped without being held in memory.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
@@ -71,6 +76,9 @@ pub struct ReadStats {
     pub late: u64,
     /// Malformed lines, with their numbers and reasons (the first `KEPT_ERRORS`).
     pub errors: Vec<LineError>,
+    /// Records released before the reorder window's time because it held
+    /// `REORDER_RECORDS_MAX`.
+    pub released_early: u64,
     /// Times the cache of metric series was emptied for holding
     /// `SERIES_CACHED_MAX` (a trace of ever new series; costs speed only).
     pub series_cache_resets: u64,
@@ -156,6 +164,13 @@ impl fmt::Display for ReadStats {
         }
         if self.unknown_fields > 0 {
             writeln!(f, "ignored {} unknown fields", self.unknown_fields)?;
+        }
+        if self.released_early > 0 {
+            writeln!(
+                f,
+                "{} records released before the reorder window's time: more than {REORDER_RECORDS_MAX} records within {REORDER_WINDOW_S} s",
+                self.released_early
+            )?;
         }
         if self.series_cache_resets > 0 {
             writeln!(
@@ -356,6 +371,10 @@ impl<R: Read> Iterator for TraceReader<R> {
             if let Some(r) = self.window.ready() {
                 return Some(r);
             }
+            if self.window.len() >= REORDER_RECORDS_MAX {
+                self.stats.released_early += 1;
+                return self.window.drain();
+            }
             let Some(record) = self.pull() else {
                 self.eof = true;
                 break;
@@ -429,6 +448,23 @@ mod tests {
         let lines: Vec<u64> = stats.errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![2, 3, 6]);
         assert!(stats.to_string().contains("line 2: bad JSON"));
+    }
+
+    #[test]
+    fn a_flood_of_one_instant_is_held_to_the_bound_and_nothing_is_lost() {
+        let n = REORDER_RECORDS_MAX + 10;
+        let line = metric(1_763_800_000.0) + "\n";
+        let text = line.repeat(n);
+        let mut reader = TraceReader::new(text.as_bytes());
+        let mut got = 0;
+        let mut most = 0;
+        while reader.next().is_some() {
+            got += 1;
+            most = most.max(reader.window.len());
+        }
+        assert_eq!(got, n, "nothing accepted is lost");
+        assert!(most <= REORDER_RECORDS_MAX, "held {most}");
+        assert_eq!(reader.stats().released_early, 11);
     }
 
     #[test]

@@ -222,13 +222,14 @@ fn bad_json(e: &serde_json::Error) -> String {
     format!("bad JSON at column {}: {what}", e.column())
 }
 
-/// A name longer than this is no node's or job's: refused where it enters.
+/// A name longer than `NAME_LEN_MAX` is no node's or job's (the edge and
+/// the correlator refuse it too): refused where it enters.
 fn name_ok(name: Option<&str>, field: &str) -> Result<(), String> {
     match name {
-        Some(n) if n.len() > keel_model::LABEL_VALUE_MAX => Err(format!(
+        Some(n) if n.len() > keel_model::NAME_LEN_MAX => Err(format!(
             "field `{field}` is {} bytes, more than {}",
             n.len(),
-            keel_model::LABEL_VALUE_MAX
+            keel_model::NAME_LEN_MAX
         )),
         _ => Ok(()),
     }
@@ -561,6 +562,16 @@ mod tests {
         let e = parse_line(line.as_bytes(), 9).unwrap_err();
         assert!(e.reason.contains("`cgroup`"), "{e}");
         assert_eq!(e.line, 9);
+    }
+
+    #[test]
+    fn a_node_name_longer_than_a_dns_name_is_refused() {
+        let node = "n".repeat(keel_model::NAME_LEN_MAX + 1);
+        let line = format!(
+            r#"{{"t":"metric","ts":1763800001.0,"node":"{node}","name":"DCGM_FI_DEV_GPU_UTIL","labels":{{"gpu":"0"}},"value":1}}"#
+        );
+        let e = parse_line(line.as_bytes(), 2).unwrap_err();
+        assert!(e.reason.contains("`node`"), "{e}");
     }
 
     #[test]
