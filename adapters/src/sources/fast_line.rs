@@ -116,8 +116,13 @@ struct Scan<'a> {
 }
 
 impl<'a> Scan<'a> {
+    /// Skips JSON whitespace. Lines as writers write them have none, so
+    /// the first byte is looked at before any loop.
     #[inline]
     fn ws(&mut self) {
+        if self.b.get(self.i).is_some_and(|&c| c > b' ') {
+            return;
+        }
         while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\t' | b'\r' | b'\n') {
             self.i += 1;
         }
@@ -399,6 +404,15 @@ impl<'a> Scan<'a> {
 pub(crate) fn number_at(line: &[u8], at: usize) -> Option<(f64, usize)> {
     let mut s = Scan { b: line, i: at };
     let x = s.float()?;
+    Some((x, s.i))
+}
+
+/// The non-negative JSON integer starting at `at` in `line` (after any
+/// whitespace), and where it ends; `None` if there is none there or it
+/// does not fit a `u64`.
+pub(crate) fn uint_at(line: &[u8], at: usize) -> Option<(u64, usize)> {
+    let mut s = Scan { b: line, i: at };
+    let x = s.uint()?;
     Some((x, s.i))
 }
 

@@ -194,8 +194,10 @@ impl fmt::Display for ReadStats {
     }
 }
 
-/// Bytes asked of the source at a time.
-const CHUNK: usize = 1 << 20;
+/// Bytes asked of the source at a time: small enough that a chunk the
+/// kernel has just copied is still in the core's own cache (256 KiB of L2
+/// and up on current x86 servers) when it is parsed.
+const CHUNK: usize = 1 << 17;
 
 /// Streams time-ordered records out of a JSON Lines trace.
 ///
@@ -324,7 +326,7 @@ impl<R: Read> TraceReader<R> {
                 line = line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line);
             }
             match self.cache.read(line) {
-                Some(Hit::Sample {
+                Some(Hit::Record {
                     record,
                     unknown_fields,
                 }) => {

@@ -1,28 +1,50 @@
-//! Metric lines of a series already read, taken without parsing them again.
+//! Metric and collective lines of a series already read, taken without
+//! parsing them again.
 //!
 //! A scrape writes the same series every interval: the same node, metric
 //! name and labels, a new time and a new value. Prometheus keeps a scrape
 //! cache for that reason, keyed by the series' text as scraped; this is the
-//! same idea for trace lines. A line of the spec's own shape,
+//! same idea for trace lines. A rank's collective records likewise repeat
+//! its node, job, rank and operation, and only their timings change. A
+//! line of one of the spec's own two shapes,
 //!
 //! ```text
 //! {"t":"metric","ts":<number><middle: ,"node":..,"name":..,"labels":{..},"value":><number>}
+//! {"t":"collective","ts":<number><middle: ,"node":..,"job":..,"rank":..,"op":..,"seq":><seq>,"bytes":<bytes>,"arrive":<number>,"dur_us":<number>}
 //! ```
 //!
 //! is looked up by its middle bytes. A hit means the line is byte for byte
-//! a line the full parser accepted, but for its two numbers, which are read
+//! a line the full parser accepted, but for its numbers, which are read
 //! here (JSON's grammar, the same range checks as `trace_line`). Anything
 //! else (another key order, whitespace, a `"NaN"` value, a time out of
 //! range, a middle never seen) goes through the full parser, which then
 //! teaches the cache the series.
 
-use super::fast_line::number_at;
+use super::fast_line::{number_at, uint_at};
 use super::trace_line::{Parsed, TS_MAX, TS_MIN};
-use keel_model::{MetricLabels, MetricName, MetricSample, Name, Record};
+use keel_model::{CollectiveRecord, MetricLabels, MetricName, MetricSample, Name, Record};
+use memchr::memmem::Finder;
 use rustc_hash::FxHashMap;
 
-const PREFIX: &[u8] = br#"{"t":"metric","ts":"#;
+const METRIC_PREFIX: &[u8] = br#"{"t":"metric","ts":"#;
 const VALUE_KEY: &[u8] = br#","value":"#;
+const COLLECTIVE_PREFIX: &[u8] = br#"{"t":"collective","ts":"#;
+const SEQ_KEY: &[u8] = br#","seq":"#;
+const BYTES_KEY: &[u8] = br#","bytes":"#;
+const ARRIVE_KEY: &[u8] = br#","arrive":"#;
+const DUR_KEY: &[u8] = br#","dur_us":"#;
+/// Keys whose value the cache reads from the line itself: a middle that
+/// holds one of them as well is never learned (which of the two counts
+/// is the full parser's business).
+const OWN_KEYS: [&[u8]; 7] = [
+    br#""t":"#,
+    br#""ts":"#,
+    br#""value":"#,
+    br#""seq":"#,
+    br#""bytes":"#,
+    br#""arrive":"#,
+    br#""dur_us":"#,
+];
 /// Series remembered at once. When a new one would pass this, the cache is
 /// emptied and starts again (counted in `SeriesCache::resets`): a trace
 /// whose series keep changing costs parsing, never memory.
@@ -31,90 +53,228 @@ pub const SERIES_CACHED_MAX: usize = 32_768;
 const MIDDLE_MAX: usize = 512;
 
 /// What a series' lines have in common.
-struct Series {
-    node: Name,
-    /// The metric, or the name of one keel does not use.
-    metric: Result<MetricName, Box<str>>,
-    labels: MetricLabels,
-    unknown_fields: u32,
+enum Series {
+    Metric {
+        node: Name,
+        /// The metric, or the name of one keel does not use.
+        metric: Result<MetricName, Box<str>>,
+        labels: MetricLabels,
+        unknown_fields: u32,
+    },
+    Collective {
+        node: Name,
+        job: Name,
+        rank: u32,
+        op: Name,
+        unknown_fields: u32,
+    },
 }
 
 /// What a line turned out to be, read from the cache.
 pub(crate) enum Hit<'c> {
-    Sample { record: Record, unknown_fields: u32 },
+    Record { record: Record, unknown_fields: u32 },
     UnknownMetric(&'c str),
 }
 
-#[derive(Default)]
+/// The numbers that change from one line of a series to the next.
+#[derive(Clone, Copy, PartialEq)]
+enum Tail {
+    /// A metric's `value`.
+    Value(f64),
+    /// A collective's `seq`, `bytes`, `arrive` and `dur_us`.
+    Timing {
+        seq: u64,
+        bytes: u64,
+        arrive: f64,
+        dur_us: f64,
+    },
+}
+
 pub(crate) struct SeriesCache {
     series: FxHashMap<Box<[u8]>, Series>,
+    seq_key: Finder<'static>,
     /// Times the cache was emptied for being full.
     pub(crate) resets: u64,
 }
 
-/// A line of the cached shape: its time, its middle and its value.
-fn split(line: &[u8]) -> Option<(f64, &[u8], f64)> {
-    if !line.starts_with(PREFIX) || line.last() != Some(&b'}') {
-        return None;
+impl Default for SeriesCache {
+    fn default() -> Self {
+        SeriesCache {
+            series: FxHashMap::default(),
+            seq_key: Finder::new(SEQ_KEY),
+            resets: 0,
+        }
     }
-    let (ts, middle_at) = number_at(line, PREFIX.len())?;
-    let colon = middle_at + memchr::memrchr(b':', &line[middle_at..])?;
-    let middle = &line[middle_at..=colon];
-    if middle.len() > MIDDLE_MAX || !middle.ends_with(VALUE_KEY) {
-        return None;
-    }
-    let (value, end) = number_at(line, colon + 1)?;
-    (end + 1 == line.len() && (TS_MIN..=TS_MAX).contains(&ts)).then_some((ts, middle, value))
+}
+
+/// `line[at..]` starts with `key`; where it ends.
+fn key_at(line: &[u8], at: usize, key: &[u8]) -> Option<usize> {
+    line.get(at..)?.starts_with(key).then_some(at + key.len())
+}
+
+/// A collective's timings from `at` to the end of the line:
+/// `<seq>,"bytes":<bytes>,"arrive":<number>,"dur_us":<number>}`, with the
+/// full parser's checks (`dur_us` not negative).
+fn timing(line: &[u8], at: usize) -> Option<Tail> {
+    let (seq, at) = uint_at(line, at)?;
+    let (bytes, at) = uint_at(line, key_at(line, at, BYTES_KEY)?)?;
+    let (arrive, at) = number_at(line, key_at(line, at, ARRIVE_KEY)?)?;
+    let (dur_us, at) = number_at(line, key_at(line, at, DUR_KEY)?)?;
+    (at + 1 == line.len() && dur_us >= 0.0).then_some(Tail::Timing {
+        seq,
+        bytes,
+        arrive,
+        dur_us,
+    })
 }
 
 impl SeriesCache {
+    /// A line of a cached shape: its time, its middle and its tail.
+    fn split<'l>(&self, line: &'l [u8]) -> Option<(f64, &'l [u8], Tail)> {
+        if line.last() != Some(&b'}') {
+            return None;
+        }
+        let (ts, middle, tail) = if line.starts_with(METRIC_PREFIX) {
+            let (ts, middle_at) = number_at(line, METRIC_PREFIX.len())?;
+            let colon = middle_at + memchr::memrchr(b':', &line[middle_at..])?;
+            let middle = &line[middle_at..=colon];
+            if !middle.ends_with(VALUE_KEY) {
+                return None;
+            }
+            let (value, end) = number_at(line, colon + 1)?;
+            if end + 1 != line.len() {
+                return None;
+            }
+            (ts, middle, Tail::Value(value))
+        } else if line.starts_with(COLLECTIVE_PREFIX) {
+            let (ts, middle_at) = number_at(line, COLLECTIVE_PREFIX.len())?;
+            let seq_at = middle_at + self.seq_key.find(&line[middle_at..])? + SEQ_KEY.len();
+            (ts, &line[middle_at..seq_at], timing(line, seq_at)?)
+        } else {
+            return None;
+        };
+        (middle.len() <= MIDDLE_MAX && (TS_MIN..=TS_MAX).contains(&ts))
+            .then_some((ts, middle, tail))
+    }
+
     /// Reads `line` if its series is known.
     pub(crate) fn read(&self, line: &[u8]) -> Option<Hit<'_>> {
-        let (ts, middle, value) = split(line)?;
-        let s = self.series.get(middle)?;
-        Some(match &s.metric {
-            Ok(name) => Hit::Sample {
-                record: Record::Metric(MetricSample {
-                    ts,
-                    node: s.node.clone(),
-                    name: *name,
-                    labels: s.labels.clone(),
-                    value,
-                }),
-                unknown_fields: s.unknown_fields,
+        let (ts, middle, tail) = self.split(line)?;
+        let hit = match (self.series.get(middle)?, tail) {
+            (
+                Series::Metric {
+                    node,
+                    metric,
+                    labels,
+                    unknown_fields,
+                },
+                Tail::Value(value),
+            ) => match metric {
+                Ok(name) => Hit::Record {
+                    record: Record::Metric(MetricSample {
+                        ts,
+                        node: node.clone(),
+                        name: *name,
+                        labels: labels.clone(),
+                        value,
+                    }),
+                    unknown_fields: *unknown_fields,
+                },
+                Err(unknown) => Hit::UnknownMetric(unknown),
             },
-            Err(unknown) => Hit::UnknownMetric(unknown),
-        })
+            (
+                Series::Collective {
+                    node,
+                    job,
+                    rank,
+                    op,
+                    unknown_fields,
+                },
+                Tail::Timing {
+                    seq,
+                    bytes,
+                    arrive,
+                    dur_us,
+                },
+            ) => Hit::Record {
+                record: Record::Collective(CollectiveRecord {
+                    ts,
+                    node: node.clone(),
+                    job: job.clone(),
+                    rank: *rank,
+                    op: op.clone(),
+                    seq,
+                    bytes,
+                    arrive,
+                    dur_us,
+                }),
+                unknown_fields: *unknown_fields,
+            },
+            // A middle ends with `"value":` or `"seq":`, never both.
+            _ => return None,
+        };
+        Some(hit)
     }
 
     /// Remembers the series of a line the full parser read as `parsed`.
     pub(crate) fn learn(&mut self, line: &[u8], parsed: &Parsed<'_>) {
-        let Some((ts, middle, value)) = split(line) else {
+        let Some((ts, middle, tail)) = self.split(line) else {
             return;
         };
-        // The line's own `t`, `ts` and `value` must be the ones `split`
+        // The line's own `t`, `ts` and tail must be the ones `split`
         // found: a repeated key in the middle would override them.
-        for key in [&br#""t":"#[..], br#""ts":"#, br#""value":"#] {
-            if memchr::memmem::find(&middle[..middle.len() - VALUE_KEY.len()], key).is_some() {
-                return;
-            }
+        let keys = match tail {
+            Tail::Value(_) => &middle[..middle.len() - VALUE_KEY.len()],
+            Tail::Timing { .. } => &middle[..middle.len() - SEQ_KEY.len()],
+        };
+        if OWN_KEYS
+            .iter()
+            .any(|key| memchr::memmem::find(keys, key).is_some())
+        {
+            return;
         }
-        let series = match parsed {
-            Parsed::Record {
-                record: Record::Metric(m),
-                unknown_fields,
-            } if m.ts == ts && m.value == value => Series {
+        let series = match (parsed, tail) {
+            (
+                Parsed::Record {
+                    record: Record::Metric(m),
+                    unknown_fields,
+                },
+                Tail::Value(value),
+            ) if m.ts == ts && m.value == value => Series::Metric {
                 node: m.node.clone(),
                 metric: Ok(m.name),
                 labels: m.labels.clone(),
                 unknown_fields: *unknown_fields,
             },
-            Parsed::UnknownMetric(name) => Series {
+            (Parsed::UnknownMetric(name), Tail::Value(_)) => Series::Metric {
                 node: Name::default(),
                 metric: Err(name.as_ref().into()),
                 labels: MetricLabels::default(),
                 unknown_fields: 0,
             },
+            (
+                Parsed::Record {
+                    record: Record::Collective(c),
+                    unknown_fields,
+                },
+                Tail::Timing { .. },
+            ) if c.ts == ts
+                && tail
+                    == (Tail::Timing {
+                        seq: c.seq,
+                        bytes: c.bytes,
+                        arrive: c.arrive,
+                        dur_us: c.dur_us,
+                    }) =>
+            {
+                Series::Collective {
+                    node: c.node.clone(),
+                    job: c.job.clone(),
+                    rank: c.rank,
+                    op: c.op.clone(),
+                    unknown_fields: *unknown_fields,
+                }
+            }
             _ => return,
         };
         if self.series.len() >= SERIES_CACHED_MAX {
@@ -139,7 +299,7 @@ mod tests {
         for (n, line) in lines.iter().enumerate() {
             let full = parse_line(line.as_bytes(), n as u64 + 1);
             match cache.read(line.as_bytes()) {
-                Some(Hit::Sample {
+                Some(Hit::Record {
                     record,
                     unknown_fields,
                 }) => {
@@ -204,11 +364,75 @@ mod tests {
             let lines: Vec<String> = parts
                 .iter()
                 .map(|(ts, mid, v, tail)| {
-                    format!("{}{ts}{mid}{v}{}", std::str::from_utf8(PREFIX).unwrap(), if *tail { "}" } else { "} " })
+                    format!("{}{ts}{mid}{v}{}", std::str::from_utf8(METRIC_PREFIX).unwrap(), if *tail { "}" } else { "} " })
                 })
                 .collect();
             agree(&lines)?;
         }
+    }
+
+    fn collective_middle() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            r#","node":"n1","job":"4242","rank":0,"op":"allreduce","seq":"#,
+            r#","node":"n1","job":"4242","rank":1,"op":"allreduce","seq":"#,
+            r#","node":"n2","job":4242,"rank":3,"op":"allgather","seq":"#,
+            r#","node":"n2","job":"4242","rank":3,"op":"allreduce","extra":[1],"seq":"#,
+            r#","node":"n2","job":"4242","rank":3,"ts":5,"seq":"#,
+            r#","node":"n2","job":"4242","rank":3,"dur_us":5,"seq":"#,
+            r#","node":"n2","job":"4242","rank":-3,"seq":"#,
+            r#","node":"n\u0033","job":"4242","rank":3,"seq":"#,
+            r#","job":"4242","rank":3,"seq":"#,
+            r#" ,"node":"n1","job":"4242","rank":0,"seq":"#,
+        ])
+        .prop_map(String::from)
+    }
+
+    /// `<seq>,"bytes":..,"arrive":..,"dur_us":..`, now and then not quite.
+    fn collective_tail() -> impl Strategy<Value = String> {
+        let uint = prop_oneof![
+            (0u64..1 << 40).prop_map(|v| v.to_string()),
+            prop::sample::select(vec!["-1", "1.5", "1e3", "18446744073709551616", " 7", "01"])
+                .prop_map(String::from),
+        ];
+        (uint.clone(), uint, number(), number(), 0..4u8).prop_map(|(seq, bytes, a, d, odd)| {
+            match odd {
+                0 => format!(r#"{seq},"arrive":{a},"dur_us":{d}"#),
+                1 => format!(r#"{seq},"bytes":{bytes},"dur_us":{d},"arrive":{a}"#),
+                _ => format!(r#"{seq},"bytes":{bytes},"arrive":{a},"dur_us":{d}"#),
+            }
+        })
+    }
+
+    proptest! {
+        /// Collective lines likewise: the cache takes only what the full
+        /// parser would read the same way.
+        #[test]
+        fn collectives_from_the_cache_read_as_the_parser_reads_them(
+            parts in prop::collection::vec((number(), collective_middle(), collective_tail(), any::<bool>()), 1..40)
+        ) {
+            let lines: Vec<String> = parts
+                .iter()
+                .map(|(ts, mid, tail, end)| {
+                    format!("{}{ts}{mid}{tail}{}", std::str::from_utf8(COLLECTIVE_PREFIX).unwrap(), if *end { "}" } else { "} " })
+                })
+                .collect();
+            agree(&lines)?;
+        }
+    }
+
+    #[test]
+    fn a_ranks_collectives_after_its_first_are_read_from_the_cache() {
+        let lines: Vec<String> = (0..10)
+            .map(|i| {
+                format!(
+                    r#"{{"t":"collective","ts":{}.25,"node":"n1","job":"7","rank":1,"op":"allreduce","seq":{i},"bytes":16777216,"arrive":{}.2,"dur_us":{}31.5}}"#,
+                    1_763_800_000 + i,
+                    1_763_800_000 + i,
+                    i + 1
+                )
+            })
+            .collect();
+        assert_eq!(agree(&lines).unwrap(), 9);
     }
 
     #[test]
