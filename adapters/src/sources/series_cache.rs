@@ -22,9 +22,11 @@
 
 use super::fast_line::{number_at, uint_at};
 use super::trace_line::{Parsed, TS_MAX, TS_MIN};
+use hashbrown::HashTable;
 use keel_model::{CollectiveRecord, MetricLabels, MetricName, MetricSample, Name, Record};
 use memchr::memmem::Finder;
-use rustc_hash::FxHashMap;
+use rustc_hash::FxBuildHasher;
+use std::hash::BuildHasher;
 
 const METRIC_PREFIX: &[u8] = br#"{"t":"metric","ts":"#;
 const VALUE_KEY: &[u8] = br#","value":"#;
@@ -90,8 +92,34 @@ enum Tail {
     },
 }
 
+/// No entry.
+const NONE: u32 = u32::MAX;
+
+/// One series: where its middle lies in `SeriesCache::keys`, and the
+/// series whose line followed its own last time.
+struct Entry {
+    at: usize,
+    len: usize,
+    series: Series,
+    next: u32,
+}
+
+/// The series seen, each by its middle.
+///
+/// An exporter writes a scrape's series in the same order every time, so
+/// the series that followed a line's last time is tried first: one
+/// comparison of bytes, no hashing. Only when that guess is wrong is the
+/// middle hashed and looked up. Middles are kept once, one after another
+/// in `keys`, in the order they were learned, which is the order they come
+/// back in.
 pub(crate) struct SeriesCache {
-    series: FxHashMap<Box<[u8]>, Series>,
+    /// Entry numbers, by their middle's hash.
+    table: HashTable<u32>,
+    entries: Vec<Entry>,
+    keys: Vec<u8>,
+    hasher: FxBuildHasher,
+    /// The entry of the last line read from the cache or learned.
+    last: u32,
     seq_key: Finder<'static>,
     /// Times the cache was emptied for being full.
     pub(crate) resets: u64,
@@ -100,11 +128,21 @@ pub(crate) struct SeriesCache {
 impl Default for SeriesCache {
     fn default() -> Self {
         SeriesCache {
-            series: FxHashMap::default(),
+            table: HashTable::new(),
+            entries: Vec::new(),
+            keys: Vec::new(),
+            hasher: FxBuildHasher,
+            last: NONE,
             seq_key: Finder::new(SEQ_KEY),
             resets: 0,
         }
     }
+}
+
+/// The middle of entry `i`.
+fn key<'k>(entries: &[Entry], keys: &'k [u8], i: u32) -> &'k [u8] {
+    let e = &entries[i as usize];
+    &keys[e.at..e.at + e.len]
 }
 
 /// `line[at..]` starts with `key`; where it ends.
@@ -157,10 +195,38 @@ impl SeriesCache {
             .then_some((ts, middle, tail))
     }
 
+    /// The entry whose middle is `middle`: the one that followed the last
+    /// line's series last time, or else the one the table holds.
+    fn find(&self, middle: &[u8]) -> Option<u32> {
+        let guess = self
+            .entries
+            .get(self.last as usize)
+            .map_or(NONE, |e| e.next);
+        if guess != NONE && key(&self.entries, &self.keys, guess) == middle {
+            return Some(guess);
+        }
+        let (entries, keys) = (&self.entries, &self.keys);
+        self.table
+            .find(self.hasher.hash_one(middle), |&i| {
+                key(entries, keys, i) == middle
+            })
+            .copied()
+    }
+
+    /// Notes that entry `i`'s line followed the last one.
+    fn followed_by(&mut self, i: u32) {
+        if let Some(e) = self.entries.get_mut(self.last as usize) {
+            e.next = i;
+        }
+        self.last = i;
+    }
+
     /// Reads `line` if its series is known.
-    pub(crate) fn read(&self, line: &[u8]) -> Option<Hit<'_>> {
+    pub(crate) fn read(&mut self, line: &[u8]) -> Option<Hit<'_>> {
         let (ts, middle, tail) = self.split(line)?;
-        let hit = match (self.series.get(middle)?, tail) {
+        let i = self.find(middle)?;
+        self.followed_by(i);
+        let hit = match (&self.entries[i as usize].series, tail) {
             (
                 Series::Metric {
                     node,
@@ -277,11 +343,29 @@ impl SeriesCache {
             }
             _ => return,
         };
-        if self.series.len() >= SERIES_CACHED_MAX {
-            self.series.clear();
+        if self.find(middle).is_some() {
+            return;
+        }
+        if self.entries.len() >= SERIES_CACHED_MAX {
+            self.table.clear();
+            self.entries.clear();
+            self.keys.clear();
+            self.last = NONE;
             self.resets += 1;
         }
-        self.series.insert(middle.into(), series);
+        let i = self.entries.len() as u32;
+        self.entries.push(Entry {
+            at: self.keys.len(),
+            len: middle.len(),
+            series,
+            next: NONE,
+        });
+        self.keys.extend_from_slice(middle);
+        let (entries, keys, hasher) = (&self.entries, &self.keys, &self.hasher);
+        self.table.insert_unique(hasher.hash_one(middle), i, |&j| {
+            hasher.hash_one(key(entries, keys, j))
+        });
+        self.followed_by(i);
     }
 }
 

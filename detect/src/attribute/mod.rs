@@ -202,7 +202,9 @@ fn decide(
     }
     Attribution {
         cause,
-        confidence: confidence.clamp(0.05, 0.99),
+        // Sums of weights carry binary noise (0.95 became
+        // 0.9500000000000001): three decimals are all the weights have.
+        confidence: (confidence.clamp(0.05, 0.99) * 1000.0).round() / 1000.0,
         decisive,
         evidence,
     }
