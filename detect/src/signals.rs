@@ -59,10 +59,24 @@ impl Sub {
     }
 }
 
+/// Pushes between two sweeps of a series' points older than `HISTORY_S`.
+///
+/// Looking at the oldest point on every push costs a cache miss (it was
+/// written `HISTORY_S` ago, and a cluster has thousands of series), so
+/// points that age out stay in memory for up to this many pushes more;
+/// every reader below leaves them out, so what a series says is exactly
+/// what it would say had each been dropped at once. `HISTORY_POINTS`
+/// still bounds the memory.
+const SWEEP_EVERY: u8 = 16;
+
 /// A series' recent points: gauge values, or rates for counters.
 #[derive(Debug, Clone, Default)]
 pub struct Series {
+    /// In time order; those older than `HISTORY_S` before the newest are
+    /// aged out and never read (`cutoff`).
     points: VecDeque<(Timestamp, f64)>,
+    /// Pushes since aged-out points were last dropped.
+    since_sweep: u8,
     last_raw: Option<(Timestamp, f64)>,
     /// Counters: (time, count since the first sample, resets added up),
     /// back to the newest point at least `RATE_MIN_S` old.
@@ -79,25 +93,39 @@ pub struct Span {
 }
 
 impl Series {
+    /// Points older than this have aged out (`HISTORY_S` before the newest).
+    fn cutoff(&self) -> Timestamp {
+        self.points
+            .back()
+            .map_or(f64::NEG_INFINITY, |p| p.0 - HISTORY_S)
+    }
+
+    /// The points kept, newest first.
+    fn kept(&self) -> impl Iterator<Item = &(Timestamp, f64)> + '_ {
+        let cutoff = self.cutoff();
+        self.points.iter().rev().take_while(move |p| p.0 >= cutoff)
+    }
+
     pub fn latest(&self) -> Option<(Timestamp, f64)> {
         self.points.back().copied()
     }
 
     /// The time of the oldest point kept.
     pub fn first(&self) -> Option<Timestamp> {
-        self.points.front().map(|p| p.0)
+        let cutoff = self.cutoff();
+        self.points.iter().map(|p| p.0).find(|&ts| ts >= cutoff)
     }
 
     /// The newest `n` points, newest first.
     pub fn recent(&self, n: usize) -> impl Iterator<Item = (Timestamp, f64)> + '_ {
-        self.points.iter().rev().take(n).copied()
+        self.kept().take(n).copied()
     }
 
     /// Points with `from <= ts <= to`.
     pub fn span(&self, from: Timestamp, to: Timestamp) -> Option<Span> {
         let mut n = 0;
         let (mut sum, mut max, mut min) = (0.0, f64::NEG_INFINITY, f64::INFINITY);
-        for &(ts, v) in self.points.iter().rev() {
+        for &(ts, v) in self.kept() {
             if ts < from {
                 break;
             }
@@ -124,8 +152,7 @@ impl Series {
     pub fn baseline(&self, before: Timestamp) -> Option<f64> {
         let from = before - BASELINE_S;
         let mut v: Vec<f64> = self
-            .points
-            .iter()
+            .kept()
             .filter(|(ts, _)| *ts >= from && *ts < before)
             .map(|p| p.1)
             .collect();
@@ -210,13 +237,16 @@ impl SignalStore {
             series.last_raw = Some((sample.ts, sample.value));
         }
         series.points.push_back((sample.ts, value));
-        while series.points.len() > HISTORY_POINTS
-            || series
-                .points
-                .front()
-                .is_some_and(|p| p.0 < sample.ts - HISTORY_S)
-        {
+        if series.points.len() > HISTORY_POINTS {
             series.points.pop_front();
+        }
+        series.since_sweep += 1;
+        if series.since_sweep >= SWEEP_EVERY {
+            series.since_sweep = 0;
+            let cutoff = sample.ts - HISTORY_S;
+            while series.points.front().is_some_and(|p| p.0 < cutoff) {
+                series.points.pop_front();
+            }
         }
         Some(value)
     }
@@ -347,5 +377,24 @@ mod tests {
             .get(&"n1".into(), MetricName::GpuUtil, &Sub::Node)
             .unwrap();
         assert!(series.points.len() <= HISTORY_POINTS);
+    }
+
+    #[test]
+    fn points_older_than_the_history_are_never_read_though_still_held() {
+        let mut s = SignalStore::default();
+        let g = MetricName::GpuUtil;
+        // One point a second for 200 s: the first 50 have aged out.
+        for i in 0..200 {
+            s.push(&sample(g, 1000.0 + i as f64, i as f64));
+        }
+        let series = s.get(&"n1".into(), g, &Sub::Node).unwrap();
+        let newest = 1199.0;
+        assert_eq!(series.first(), Some(newest - HISTORY_S));
+        assert_eq!(series.recent(1000).count(), 151);
+        let all = series.span(0.0, newest).unwrap();
+        assert_eq!((all.n, all.min), (151, 49.0));
+        assert_eq!(series.baseline(newest - HISTORY_S), None);
+        assert_eq!(series.baseline(newest - HISTORY_S + 1.0), Some(49.0));
+        assert!(series.points.len() >= 151 && series.points.len() < 151 + SWEEP_EVERY as usize);
     }
 }
