@@ -192,8 +192,8 @@ fn measure(path: &std::path::Path, d: Option<f64>, split: bool) -> Result<()> {
         let mut engine = Engine::default();
         let mut out = Vec::new();
         let mut n = 0u64;
-        for record in reader.by_ref() {
-            engine.push(&record, &mut out);
+        while let Some(record) = reader.next_ref() {
+            engine.push(record, &mut out);
             out.clear();
             n += 1;
         }

@@ -39,11 +39,11 @@ pub fn replay(
     let mut pipeline = EdgePipeline::new(EdgeConfig::default(), Engine::default());
     let mut out = Vec::new();
     let mut n: u64 = 0;
-    while let Some(record) = reader.next() {
+    while let Some(record) = reader.next_ref() {
         if edge {
-            pipeline.push(&record, record.ts(), &mut out);
+            pipeline.push(record, record.ts(), &mut out);
         } else {
-            pipeline.engine.push(&record, &mut out);
+            pipeline.engine.push(record, &mut out);
         }
         for f in out.drain(..) {
             sink(&f)?;

@@ -88,7 +88,7 @@ impl<T> Reorder<T> {
     }
 
     /// Which lane holds the earliest record: `Some(true)` the heap.
-    fn earliest(&self) -> Option<bool> {
+    pub(crate) fn earliest(&self) -> Option<bool> {
         match (self.in_order.front(), self.late.peek()) {
             (None, None) => None,
             (Some(_), None) => Some(false),
@@ -97,7 +97,8 @@ impl<T> Reorder<T> {
         }
     }
 
-    fn pop(&mut self, from_late: bool) -> Option<T> {
+    /// Takes the head of a lane (`from_late`: the heap) out.
+    pub(crate) fn pop(&mut self, from_late: bool) -> Option<T> {
         let held = if from_late {
             self.late.pop()?
         } else {
@@ -107,31 +108,45 @@ impl<T> Reorder<T> {
         Some(held.item)
     }
 
-    /// The earliest record, if it is at least the window older than the
-    /// newest pushed.
-    pub(crate) fn ready(&mut self) -> Option<T> {
+    /// The lane of the earliest record, if that record is at least the
+    /// window older than the newest pushed.
+    pub(crate) fn ready_lane(&self) -> Option<bool> {
         let late = self.earliest()?;
         let ts = if late {
             self.late.peek()?.ts
         } else {
             self.in_order.front()?.ts
         };
-        if ts <= self.newest - self.window_s {
-            self.pop(late)
+        (ts <= self.newest - self.window_s).then_some(late)
+    }
+
+    /// The head of a lane (`late`: the heap), where it lies.
+    pub(crate) fn head(&self, late: bool) -> Option<&T> {
+        if late {
+            self.late.peek().map(|h| &h.item)
         } else {
-            None
+            self.in_order.front().map(|h| &h.item)
+        }
+    }
+
+    /// Releases the head of a lane without moving it out: it is dropped
+    /// where it lies.
+    pub(crate) fn discard(&mut self, late: bool) {
+        let ts = if late {
+            self.late.pop().map(|h| h.ts)
+        } else {
+            let ts = self.in_order.front().map(|h| h.ts);
+            self.in_order.drain(..ts.map_or(0, |_| 1));
+            ts
+        };
+        if let Some(ts) = ts {
+            self.released = self.released.max(ts);
         }
     }
 
     /// Records held, both lanes.
     pub(crate) fn len(&self) -> usize {
         self.in_order.len() + self.late.len()
-    }
-
-    /// The earliest record, however recent (the input has ended).
-    pub(crate) fn drain(&mut self) -> Option<T> {
-        let late = self.earliest()?;
-        self.pop(late)
     }
 }
 
@@ -145,25 +160,36 @@ mod tests {
         /// among equal times, for any input within the window; a record
         /// beyond it is handed back, never lost.
         #[test]
-        fn releases_in_stable_time_order(steps in prop::collection::vec((0u32..40, -8i32..2), 0..300)) {
+        fn releases_in_stable_time_order(steps in prop::collection::vec((0u32..40, -8i32..2, any::<bool>()), 0..300)) {
             let mut r = Reorder::new(5.0);
             let mut t = 0.0f64;
             let mut out = Vec::new();
             let mut back = Vec::new();
             let mut pushed = Vec::new();
-            for (i, (tick, jitter)) in steps.iter().enumerate() {
+            // Each release either moves the record out or reads it where
+            // it lies and then drops it there: both give the same.
+            let release = |r: &mut Reorder<(f64, usize)>, late: bool, lend: bool| {
+                if lend {
+                    let x = *r.head(late).unwrap();
+                    r.discard(late);
+                    x
+                } else {
+                    r.pop(late).unwrap()
+                }
+            };
+            for (i, (tick, jitter, lend)) in steps.iter().enumerate() {
                 t += f64::from(*tick) / 10.0;
                 let ts = t + f64::from(*jitter);
                 pushed.push((ts, i));
                 if let Err(x) = r.push(ts, (ts, i)) {
                     back.push(x);
                 }
-                while let Some(x) = r.ready() {
-                    out.push(x);
+                while let Some(late) = r.ready_lane() {
+                    out.push(release(&mut r, late, *lend));
                 }
             }
-            while let Some(x) = r.drain() {
-                out.push(x);
+            while let Some(late) = r.earliest() {
+                out.push(release(&mut r, late, out.len() % 2 == 0));
             }
             prop_assert_eq!(out.len() + back.len(), pushed.len());
             for w in out.windows(2) {
