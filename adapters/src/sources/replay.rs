@@ -92,15 +92,15 @@ impl ReadStats {
         }
     }
 
-    /// Counts `name`; allocates only for a name not seen before.
-    fn note_name(map: &mut BTreeMap<String, u64>, name: &str) {
+    /// Counts `n` lines of `name`; allocates only for a name not seen before.
+    fn note_name(map: &mut BTreeMap<String, u64>, name: &str, n: u64) {
         let full = map.len() >= KEPT_NAMES;
         match map.get_mut(name) {
-            Some(n) => *n += 1,
+            Some(count) => *count += n,
             None if !full => {
-                map.insert(name.to_string(), 1);
+                map.insert(name.to_string(), n);
             }
-            None => *map.entry("(others)".into()).or_insert(0) += 1,
+            None => *map.entry("(others)".into()).or_insert(0) += n,
         }
     }
 
@@ -115,8 +115,8 @@ impl ReadStats {
                 self.records += 1;
                 return Some(record);
             }
-            Ok(Parsed::UnknownType(t)) => ReadStats::note_name(&mut self.unknown_types, &t),
-            Ok(Parsed::UnknownMetric(m)) => ReadStats::note_name(&mut self.unknown_metrics, &m),
+            Ok(Parsed::UnknownType(t)) => ReadStats::note_name(&mut self.unknown_types, &t, 1),
+            Ok(Parsed::UnknownMetric(m)) => ReadStats::note_name(&mut self.unknown_metrics, &m, 1),
             Ok(Parsed::NonFinite) => self.non_finite += 1,
             Ok(Parsed::Blank) => {}
             Err(e) => self.note_error(e),
@@ -265,7 +265,12 @@ impl<R: Read> TraceReader<R> {
         }
     }
 
-    pub fn stats(&self) -> &ReadStats {
+    /// What the reader saw so far (the lines of unknown metrics it read
+    /// from its series cache are added up here).
+    pub fn stats(&mut self) -> &ReadStats {
+        let metrics = &mut self.stats.unknown_metrics;
+        self.cache
+            .take_skipped(|name, n| ReadStats::note_name(metrics, name, n));
         &self.stats
     }
 
@@ -349,10 +354,8 @@ impl<R: Read> TraceReader<R> {
                     self.stats.records += 1;
                     return Some(record);
                 }
-                Some(Hit::UnknownMetric(name)) => {
-                    ReadStats::note_name(&mut self.stats.unknown_metrics, name);
-                    continue;
-                }
+                // Counted in the cache, and in `stats` when asked for.
+                Some(Hit::UnknownMetric) => continue,
                 None => {}
             }
             let parsed = parse_line(line, self.stats.lines);
@@ -446,7 +449,8 @@ impl<R: Read> Iterator for TraceReader<R> {
 pub fn read_all<R: Read>(r: R) -> (Vec<Record>, ReadStats) {
     let mut reader = TraceReader::new(r);
     let records: Vec<Record> = reader.by_ref().collect();
-    (records, reader.stats)
+    let stats = reader.stats().clone();
+    (records, stats)
 }
 
 #[cfg(test)]
@@ -457,6 +461,34 @@ mod tests {
         format!(
             r#"{{"t":"metric","ts":{ts},"node":"n1","name":"DCGM_FI_DEV_GPU_UTIL","labels":{{"gpu":"0"}},"value":1}}"#
         )
+    }
+
+    #[test]
+    fn every_line_of_an_unknown_metric_is_counted_by_name() {
+        let series = crate::sources::series_cache::SERIES_CACHED_MAX + 10;
+        let line = |name: &str, i: usize| {
+            format!(
+                r#"{{"t":"metric","ts":1763800000,"node":"n{i}","name":"{name}","labels":{{}},"value":1}}"#
+            )
+        };
+        let mut text = String::new();
+        // Twice round more series than the cache holds, so that it is
+        // emptied with counts in it.
+        for _ in 0..2 {
+            for i in 0..series {
+                text += &(line("DCGM_FI_DEV_MEM_CLOCK", i) + "\n");
+            }
+        }
+        for i in 0..5 {
+            text += &(line("vendor_other", i % 2) + "\n");
+        }
+        let (_, stats) = read_all(text.as_bytes());
+        assert!(stats.series_cache_resets >= 1);
+        let want = BTreeMap::from([
+            ("DCGM_FI_DEV_MEM_CLOCK".to_string(), 2 * series as u64),
+            ("vendor_other".to_string(), 5),
+        ]);
+        assert_eq!(stats.unknown_metrics, want);
     }
 
     #[test]
