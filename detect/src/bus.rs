@@ -25,7 +25,7 @@
 
 use crate::attribute::{fmt_bytes_rate, lane_bytes_per_s};
 use crate::episode::{Episode, Reported, Step};
-use crate::signals::{SignalStore, Span, Sub};
+use crate::signals::{NodeSignals, SignalStore, Span, Sub};
 use crate::straggler::Inputs;
 use crate::topology::Topology;
 use keel_model::{Cause, Finding, FindingKind, MetricName, MetricSample, Name, Timestamp};
@@ -156,7 +156,7 @@ pub struct BusDetector {
 
 /// What the store says about one GPU now.
 struct Gpu<'a> {
-    signals: &'a SignalStore,
+    signals: NodeSignals<'a>,
     node: &'a Name,
     sub: Sub,
     now: Timestamp,
@@ -165,20 +165,16 @@ struct Gpu<'a> {
 
 impl Gpu<'_> {
     fn latest(&self, name: MetricName) -> Option<f64> {
-        let (ts, v) = self.signals.get(self.node, name, &self.sub)?.latest()?;
+        let (ts, v) = self.signals.get(name, &self.sub)?.latest()?;
         (self.now - ts <= self.fresh && v.is_finite()).then_some(v)
     }
 
     fn span(&self, name: MetricName, from: Timestamp) -> Option<Span> {
-        self.signals
-            .get(self.node, name, &self.sub)?
-            .span(from, self.now)
+        self.signals.get(name, &self.sub)?.span(from, self.now)
     }
 
     fn baseline(&self, name: MetricName, before: Timestamp) -> Option<f64> {
-        self.signals
-            .get(self.node, name, &self.sub)?
-            .baseline(before)
+        self.signals.get(name, &self.sub)?.baseline(before)
     }
 
     /// The link's capacity each way (B/s) from dcgm-exporter's generation
@@ -186,7 +182,7 @@ impl Gpu<'_> {
     /// retrains).
     fn capacity(&self) -> Option<(u32, u32, f64)> {
         let get = |n| {
-            let (_, v) = self.signals.get(self.node, n, &self.sub)?.latest()?;
+            let (_, v) = self.signals.get(n, &self.sub)?.latest()?;
             (v >= 1.0 && v.is_finite()).then(|| v.round() as u32)
         };
         let (gen, width) = (
@@ -309,7 +305,7 @@ impl BusDetector {
             return;
         }
         let view = Gpu {
-            signals,
+            signals: signals.node(&s.node),
             node: &s.node,
             sub: Sub::Gpu(g),
             now: s.ts,
@@ -426,7 +422,7 @@ fn late_doorbell(
 ) -> Option<String> {
     for &g in state.gpus.keys() {
         let view = Gpu {
-            signals,
+            signals: signals.node(node),
             node,
             sub: Sub::Gpu(g),
             now,

@@ -172,6 +172,18 @@ pub struct SignalStats {
 /// One node's series, by metric and what each is about.
 type NodeSeries = HashMap<(MetricName, Sub), Series>;
 
+/// One node's series (`SignalStore::node`); empty for a node never seen.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSignals<'a>(Option<&'a NodeSeries>);
+
+impl<'a> NodeSignals<'a> {
+    pub fn get(&self, name: MetricName, sub: &Sub) -> Option<&'a Series> {
+        // A borrowed lookup would need a key type of references; a `Sub`
+        // is small (an inline string at most), so building one is cheap.
+        self.0?.get(&(name, sub.clone()))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SignalStore {
     /// By node first: a node's series are read together (every device of
@@ -252,9 +264,12 @@ impl SignalStore {
     }
 
     pub fn get(&self, node: &Name, name: MetricName, sub: &Sub) -> Option<&Series> {
-        // A borrowed lookup would need a key type of references; a `Sub`
-        // is small (an inline string at most), so building one is cheap.
-        self.nodes.get(node)?.get(&(name, sub.clone()))
+        self.node(node).get(name, sub)
+    }
+
+    /// One node's series, its name looked up once for many questions.
+    pub fn node(&self, node: &Name) -> NodeSignals<'_> {
+        NodeSignals(self.nodes.get(node))
     }
 
     /// Every series of one metric on one node (all devices, all GPUs), with
