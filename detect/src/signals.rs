@@ -41,6 +41,25 @@ pub enum Sub {
 }
 
 impl Sub {
+    /// Whether `sample` is about this: `*self == Sub::of(sample)`, without
+    /// building one.
+    pub fn is_of(&self, sample: &MetricSample) -> bool {
+        let l = &sample.labels;
+        match (l.gpu, l.gpu_instance) {
+            (Some(g), Some(i)) => *self == Sub::MigInstance(g, i),
+            (Some(g), None) => *self == Sub::Gpu(g),
+            _ => match (self, &l.device, &l.model_name, &l.cgroup) {
+                (Sub::Device(n, dir), Some(d), _, _) => n == d && *dir == l.dir,
+                (_, Some(_), _, _) => false,
+                (Sub::Model(n), None, Some(m), _) => n == m,
+                (_, None, Some(_), _) => false,
+                (Sub::Cgroup(n), None, None, Some(c)) => n == c,
+                (_, None, None, Some(_)) => false,
+                (sub, None, None, None) => *sub == Sub::Node,
+            },
+        }
+    }
+
     pub fn of(sample: &MetricSample) -> Sub {
         let l = &sample.labels;
         if let (Some(g), Some(i)) = (l.gpu, l.gpu_instance) {
@@ -169,27 +188,58 @@ pub struct SignalStats {
     pub stale: u64,
 }
 
-/// One node's series, by metric and what each is about.
-type NodeSeries = HashMap<(MetricName, Sub), Series>;
+/// One node's series, by metric and what each is about: their slots.
+type NodeSeries = HashMap<(MetricName, Sub), u32>;
+
+/// No slot.
+const NONE: u32 = u32::MAX;
+
+/// One series and what it is about.
+#[derive(Debug)]
+struct Slot {
+    node: Name,
+    name: MetricName,
+    sub: Sub,
+    series: Series,
+    /// The slot whose sample came after this one's last time (`NONE`).
+    next: u32,
+    /// False once pruned, until used again.
+    live: bool,
+}
 
 /// One node's series (`SignalStore::node`); empty for a node never seen.
 #[derive(Debug, Clone, Copy)]
-pub struct NodeSignals<'a>(Option<&'a NodeSeries>);
+pub struct NodeSignals<'a> {
+    series: Option<&'a NodeSeries>,
+    slots: &'a [Slot],
+}
 
 impl<'a> NodeSignals<'a> {
     pub fn get(&self, name: MetricName, sub: &Sub) -> Option<&'a Series> {
         // A borrowed lookup would need a key type of references; a `Sub`
         // is small (an inline string at most), so building one is cheap.
-        self.0?.get(&(name, sub.clone()))
+        let i = *self.series?.get(&(name, sub.clone()))?;
+        Some(&self.slots[i as usize].series)
     }
 }
 
+/// Every series, in `slots`, found by node, metric and what it is about.
+///
+/// Exporters send a scrape's series in the same order every time, so the
+/// series whose sample followed the last one's last time is tried first:
+/// a comparison of its names, no hashing (a sample's node, metric and
+/// labels are compared in full; a wrong guess costs only the lookup).
 #[derive(Debug, Default)]
 pub struct SignalStore {
     /// By node first: a node's series are read together (every device of
     /// one metric on one node), and a node's map is a few hundred series
     /// where the whole store is thousands.
     nodes: HashMap<Name, NodeSeries>,
+    slots: Vec<Slot>,
+    /// Slots of pruned series, to be used again.
+    free: Vec<u32>,
+    /// The slot of the last sample pushed (`NONE` before the first).
+    last: Option<u32>,
     pub stats: SignalStats,
 }
 
@@ -198,16 +248,24 @@ impl SignalStore {
     /// counter's rate) when the sample produced a new point.
     pub fn push(&mut self, sample: &MetricSample) -> Option<f64> {
         self.stats.samples += 1;
-        // Looked up first: keys are cloned only for a new node or series.
-        let node = match self.nodes.get_mut(&sample.node) {
-            Some(n) => n,
-            None => self.nodes.entry(sample.node.clone()).or_default(),
+        let last = self.last.unwrap_or(NONE) as usize;
+        let guess = self.slots.get(last).map_or(NONE, |s| s.next);
+        let i = match self.slots.get(guess as usize) {
+            Some(s)
+                if s.live
+                    && s.name == sample.name
+                    && s.node == sample.node
+                    && s.sub.is_of(sample) =>
+            {
+                guess
+            }
+            _ => self.slot_of(sample),
         };
-        let key = (sample.name, Sub::of(sample));
-        let series = match node.get_mut(&key) {
-            Some(s) => s,
-            None => node.entry(key).or_default(),
-        };
+        if let Some(s) = self.slots.get_mut(last) {
+            s.next = i;
+        }
+        self.last = Some(i);
+        let series = &mut self.slots[i as usize].series;
         if let Some((last_ts, _)) = series.last_raw {
             if sample.ts <= last_ts {
                 self.stats.stale += 1;
@@ -263,13 +321,49 @@ impl SignalStore {
         Some(value)
     }
 
+    /// The slot of `sample`'s series, made if it is new.
+    fn slot_of(&mut self, sample: &MetricSample) -> u32 {
+        // Looked up first: keys are cloned only for a new node or series.
+        let node = match self.nodes.get_mut(&sample.node) {
+            Some(n) => n,
+            None => self.nodes.entry(sample.node.clone()).or_default(),
+        };
+        let key = (sample.name, Sub::of(sample));
+        if let Some(&i) = node.get(&key) {
+            return i;
+        }
+        let slot = Slot {
+            node: sample.node.clone(),
+            name: sample.name,
+            sub: key.1.clone(),
+            series: Series::default(),
+            next: NONE,
+            live: true,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        node.insert(key, i);
+        i
+    }
+
     pub fn get(&self, node: &Name, name: MetricName, sub: &Sub) -> Option<&Series> {
         self.node(node).get(name, sub)
     }
 
     /// One node's series, its name looked up once for many questions.
     pub fn node(&self, node: &Name) -> NodeSignals<'_> {
-        NodeSignals(self.nodes.get(node))
+        NodeSignals {
+            series: self.nodes.get(node),
+            slots: &self.slots,
+        }
     }
 
     /// Every series of one metric on one node (all devices, all GPUs), with
@@ -284,14 +378,28 @@ impl SignalStore {
             .into_iter()
             .flat_map(|n| n.iter())
             .filter(move |((n, _), _)| *n == name)
-            .map(|((_, sub), s)| (sub, s))
+            .map(|((_, sub), &i)| (sub, &self.slots[i as usize].series))
     }
 
     /// Drops series that have said nothing for `HISTORY_S`: hosts leave
     /// clusters and GPUs get renumbered, and their history must not pile up.
     pub fn prune(&mut self, now: Timestamp) {
+        let (slots, free) = (&mut self.slots, &mut self.free);
         for series in self.nodes.values_mut() {
-            series.retain(|_, s| s.last_raw.is_some_and(|(ts, _)| ts >= now - HISTORY_S));
+            series.retain(|_, &mut i| {
+                let slot = &mut slots[i as usize];
+                let keep = slot
+                    .series
+                    .last_raw
+                    .is_some_and(|(ts, _)| ts >= now - HISTORY_S);
+                if !keep {
+                    // Its history goes now; the slot waits to be used again.
+                    slot.series = Series::default();
+                    slot.live = false;
+                    free.push(i);
+                }
+                keep
+            });
         }
         self.nodes.retain(|_, series| !series.is_empty());
     }
@@ -380,6 +488,79 @@ mod tests {
         assert_eq!(series.baseline(1090.0), Some(10.0));
         let sp = series.span(1090.0, 1100.0).unwrap();
         assert_eq!((sp.n, sp.max, sp.min), (10, 50.0, 50.0));
+    }
+
+    #[test]
+    fn a_sample_is_of_the_sub_it_makes_and_of_no_other() {
+        let mut samples = Vec::new();
+        for gpu in [None, Some(0), Some(1)] {
+            for inst in [None, Some(2)] {
+                for device in [None, Some("mlx5_0"), Some("eth0")] {
+                    for dir in [None, Some(Dir::Rx), Some(Dir::Tx)] {
+                        for model in [None, Some("llama")] {
+                            for cgroup in [None, Some("/job_1")] {
+                                let mut s = sample(MetricName::GpuUtil, 1.0, 1.0);
+                                s.labels.gpu = gpu;
+                                s.labels.gpu_instance = inst;
+                                s.labels.device = device.map(Name::from);
+                                s.labels.dir = dir;
+                                s.labels.model_name = model.map(Name::from);
+                                s.labels.cgroup = cgroup.map(Name::from);
+                                samples.push(s);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for a in &samples {
+            let sub = Sub::of(a);
+            for b in &samples {
+                assert_eq!(sub.is_of(b), sub == Sub::of(b), "{sub:?} {:?}", b.labels);
+            }
+        }
+    }
+
+    #[test]
+    fn series_pruned_and_made_again_keep_their_own_histories() {
+        let mut s = SignalStore::default();
+        let g = MetricName::GpuUtil;
+        let on = |node: &str, gpu: u32, ts: f64, v: f64| {
+            let mut x = sample(g, ts, v);
+            x.node = node.into();
+            x.labels.gpu = Some(gpu);
+            x
+        };
+        // Two nodes' GPUs in one order, then a node gone and back in
+        // another order: every value lands in its own series.
+        for t in 0..10 {
+            for (node, gpu) in [("n1", 0), ("n1", 1), ("n2", 0)] {
+                s.push(&on(node, gpu, 1000.0 + t as f64, f64::from(gpu) + t as f64));
+            }
+        }
+        s.prune(1010.0 + HISTORY_S);
+        assert!(s.is_empty());
+        for t in 0..5 {
+            for (node, gpu) in [("n2", 0), ("n1", 1), ("n3", 7)] {
+                s.push(&on(
+                    node,
+                    gpu,
+                    2000.0 + t as f64,
+                    100.0 * f64::from(gpu) + t as f64,
+                ));
+            }
+        }
+        assert_eq!(s.len(), 3);
+        let latest = |node: &str, gpu| {
+            s.get(&node.into(), g, &Sub::Gpu(gpu))
+                .and_then(Series::latest)
+        };
+        assert_eq!(latest("n2", 0), Some((2004.0, 4.0)));
+        assert_eq!(latest("n1", 1), Some((2004.0, 104.0)));
+        assert_eq!(latest("n3", 7), Some((2004.0, 704.0)));
+        assert_eq!(latest("n1", 0), None);
+        let n1 = s.get(&"n1".into(), g, &Sub::Gpu(1)).unwrap();
+        assert_eq!(n1.recent(100).count(), 5);
     }
 
     #[test]

@@ -117,16 +117,18 @@ impl SquatterDetector {
         }
         let Some(gpu) = s.labels.gpu else { return };
         let key = (s.node.clone(), gpu, s.labels.gpu_instance);
-        if !self.gpus.contains_key(&key) {
-            if s.name == MetricName::PowerUsage {
-                return;
-            }
-            if self.gpus.len() >= GPUS_MAX {
+        // Looked up once; a GPU is added only for a sample that says it is
+        // in use, and only while there is room.
+        let full = self.gpus.len() >= GPUS_MAX;
+        let g = match self.gpus.get_mut(&key) {
+            Some(g) => g,
+            None if s.name == MetricName::PowerUsage => return,
+            None if full => {
                 self.stats.gpus_dropped += 1;
                 return;
             }
-        }
-        let g = self.gpus.entry(key).or_default();
+            None => self.gpus.entry(key).or_default(),
+        };
         let reading = Some((s.ts, s.value));
         match s.name {
             MetricName::FbUsed => g.fb_used = reading,
