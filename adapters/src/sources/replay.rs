@@ -360,7 +360,9 @@ impl<R: Read> TraceReader<R> {
             }
             let parsed = parse_line(line, self.stats.lines);
             if let Ok(p) = &parsed {
-                self.cache.learn(line, p);
+                let metrics = &mut self.stats.unknown_metrics;
+                self.cache
+                    .learn(line, p, |name, n| ReadStats::note_name(metrics, name, n));
                 self.stats.series_cache_resets = self.cache.resets;
             }
             if let Some(r) = self.stats.take(parsed) {

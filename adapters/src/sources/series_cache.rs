@@ -174,9 +174,6 @@ pub(crate) struct SeriesCache {
     last: u32,
     last_ts: LastTs,
     seq_key: Finder<'static>,
-    /// Counts of unknown metrics' lines whose entries were emptied away
-    /// before `take_skipped` (at most one per entry emptied).
-    orphans: Vec<(Box<str>, u64)>,
     /// Times the cache was emptied for being full.
     pub(crate) resets: u64,
 }
@@ -191,7 +188,6 @@ impl Default for SeriesCache {
             last: NONE,
             last_ts: LastTs::default(),
             seq_key: Finder::new(SEQ_KEY),
-            orphans: Vec::new(),
             resets: 0,
         }
     }
@@ -286,10 +282,7 @@ impl SeriesCache {
 
     /// Hands the lines of unknown metrics read from the cache since the
     /// last call to `f`, by name, in the order the names were first seen.
-    pub(crate) fn take_skipped(&mut self, mut f: impl FnMut(&str, u64)) {
-        for (name, n) in self.orphans.drain(..) {
-            f(&name, n);
-        }
+    pub(crate) fn take_skipped(&mut self, f: impl FnMut(&str, u64)) {
         take_skipped(&mut self.entries, f);
     }
 
@@ -370,7 +363,14 @@ impl SeriesCache {
     }
 
     /// Remembers the series of a line the full parser read as `parsed`.
-    pub(crate) fn learn(&mut self, line: &[u8], parsed: &Parsed<'_>) {
+    /// When the cache is full and emptied, the lines of unknown metrics it
+    /// counted are handed to `skipped` first, as `take_skipped` does.
+    pub(crate) fn learn(
+        &mut self,
+        line: &[u8],
+        parsed: &Parsed<'_>,
+        skipped: impl FnMut(&str, u64),
+    ) {
         let Some((ts, middle, tail)) = self.split(line) else {
             return;
         };
@@ -434,8 +434,7 @@ impl SeriesCache {
             return;
         }
         if self.entries.len() >= SERIES_CACHED_MAX {
-            let orphans = &mut self.orphans;
-            take_skipped(&mut self.entries, |name, n| orphans.push((name.into(), n)));
+            take_skipped(&mut self.entries, skipped);
             self.table.clear();
             self.entries.clear();
             self.keys.clear();
@@ -494,7 +493,7 @@ mod tests {
                 }
                 None => {
                     if let Ok(p) = &full {
-                        cache.learn(line.as_bytes(), p);
+                        cache.learn(line.as_bytes(), p, |_, _| {});
                     }
                 }
             }
