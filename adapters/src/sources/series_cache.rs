@@ -501,6 +501,18 @@ mod tests {
         Ok(hits)
     }
 
+    /// Lines of `prefix`, a time, a middle and a tail each, closed with
+    /// or without a space after.
+    fn lines(prefix: &[u8], parts: &[(String, String, String, bool)]) -> Vec<String> {
+        let prefix = std::str::from_utf8(prefix).unwrap();
+        parts
+            .iter()
+            .map(|(ts, mid, tail, tight)| {
+                format!("{prefix}{ts}{mid}{tail}{}", if *tight { "}" } else { "} " })
+            })
+            .collect()
+    }
+
     fn middle() -> impl Strategy<Value = String> {
         prop::sample::select(vec![
             r#","node":"n1","name":"DCGM_FI_DEV_GPU_UTIL","labels":{"gpu":"0"},"value":"#,
@@ -548,13 +560,7 @@ mod tests {
         fn the_cache_and_the_parser_agree(
             parts in prop::collection::vec((number(), middle(), number(), any::<bool>()), 1..40)
         ) {
-            let lines: Vec<String> = parts
-                .iter()
-                .map(|(ts, mid, v, tail)| {
-                    format!("{}{ts}{mid}{v}{}", std::str::from_utf8(METRIC_PREFIX).unwrap(), if *tail { "}" } else { "} " })
-                })
-                .collect();
-            agree(&lines)?;
+            agree(&lines(METRIC_PREFIX, &parts))?;
         }
     }
 
@@ -597,13 +603,7 @@ mod tests {
         fn collectives_from_the_cache_read_as_the_parser_reads_them(
             parts in prop::collection::vec((number(), collective_middle(), collective_tail(), any::<bool>()), 1..40)
         ) {
-            let lines: Vec<String> = parts
-                .iter()
-                .map(|(ts, mid, tail, end)| {
-                    format!("{}{ts}{mid}{tail}{}", std::str::from_utf8(COLLECTIVE_PREFIX).unwrap(), if *end { "}" } else { "} " })
-                })
-                .collect();
-            agree(&lines)?;
+            agree(&lines(COLLECTIVE_PREFIX, &parts))?;
         }
     }
 
