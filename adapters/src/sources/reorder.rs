@@ -129,21 +129,6 @@ impl<T> Reorder<T> {
         }
     }
 
-    /// Releases the head of a lane without moving it out: it is dropped
-    /// where it lies.
-    pub(crate) fn discard(&mut self, late: bool) {
-        let ts = if late {
-            self.late.pop().map(|h| h.ts)
-        } else {
-            let ts = self.in_order.front().map(|h| h.ts);
-            self.in_order.drain(..ts.map_or(0, |_| 1));
-            ts
-        };
-        if let Some(ts) = ts {
-            self.released = self.released.max(ts);
-        }
-    }
-
     /// Records held, both lanes.
     pub(crate) fn len(&self) -> usize {
         self.in_order.len() + self.late.len()
@@ -167,11 +152,11 @@ mod tests {
             let mut back = Vec::new();
             let mut pushed = Vec::new();
             // Each release either moves the record out or reads it where
-            // it lies and then drops it there: both give the same.
+            // it lies and then drops it: both give the same.
             let release = |r: &mut Reorder<(f64, usize)>, late: bool, lend: bool| {
                 if lend {
                     let x = *r.head(late).unwrap();
-                    r.discard(late);
+                    r.pop(late);
                     x
                 } else {
                     r.pop(late).unwrap()

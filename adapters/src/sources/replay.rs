@@ -390,7 +390,9 @@ impl<R: Read> TraceReader<R> {
     fn settle(&mut self) {
         match std::mem::replace(&mut self.lent, Lent::Nothing) {
             Lent::Nothing => {}
-            Lent::Window(late) => self.window.discard(late),
+            Lent::Window(late) => {
+                self.window.pop(late);
+            }
             Lent::Aside => self.aside = None,
         }
     }
