@@ -102,6 +102,13 @@ pub fn summary(report: &ReplayReport) -> String {
         e.counter_resets,
         e.stale_samples
     );
+    if e.series_dropped > 0 {
+        s.push_str(&format!(
+            "\n{} samples of new series dropped: more than {} series at once",
+            e.series_dropped,
+            keel_detect::signals::SERIES_MAX
+        ));
+    }
     let n = &e.neighbor;
     if n.nodes_dropped + n.starvers_dropped + n.cgroups_skipped > 0 {
         s.push_str(&format!(

@@ -45,6 +45,8 @@ pub struct EngineStats {
     pub findings: u64,
     pub counter_resets: u64,
     pub stale_samples: u64,
+    /// Samples of new series refused at `signals::SERIES_MAX`.
+    pub series_dropped: u64,
     pub straggler: StragglerStats,
     /// What `noisy_neighbor` left out at its bounds.
     pub neighbor: neighbor::NeighborStats,
@@ -284,6 +286,7 @@ impl Engine {
             findings: self.findings,
             counter_resets: self.signals.stats.counter_resets,
             stale_samples: self.signals.stats.stale,
+            series_dropped: self.signals.stats.series_dropped,
             straggler: self.straggler.stats,
             neighbor: self.neighbor.stats,
         }

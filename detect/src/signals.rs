@@ -21,6 +21,13 @@ pub const HISTORY_POINTS: usize = 600;
 /// 1 Hz exporter whose samples jitter still gets its rate from the last
 /// interval alone.
 pub const RATE_MIN_S: f64 = 0.75;
+/// Series kept at once, all nodes together: a 2,000-node cluster of 8
+/// GPUs, each with a few dozen series, and its NICs. A sample of a new
+/// series past it is dropped and counted (`SignalStats::series_dropped`);
+/// the series kept go on. At 1 Hz a series holds about 2.4 KB of history,
+/// so the store stays under about 1.5 GB however many series a source
+/// invents.
+pub const SERIES_MAX: usize = 1 << 19;
 /// How far back a baseline looks.
 pub const BASELINE_S: f64 = 60.0;
 /// Which quantile of that window is the baseline.
@@ -186,6 +193,8 @@ pub struct SignalStats {
     pub counter_resets: u64,
     /// Samples older than their series' newest point, which are ignored.
     pub stale: u64,
+    /// Samples of a new series refused because `SERIES_MAX` were kept.
+    pub series_dropped: u64,
 }
 
 /// One node's series, by metric and what each is about: their slots.
@@ -259,7 +268,13 @@ impl SignalStore {
             {
                 guess
             }
-            _ => self.slot_of(sample),
+            _ => match self.slot_of(sample) {
+                Some(i) => i,
+                None => {
+                    self.stats.series_dropped += 1;
+                    return None;
+                }
+            },
         };
         if let Some(s) = self.slots.get_mut(last) {
             s.next = i;
@@ -321,17 +336,21 @@ impl SignalStore {
         Some(value)
     }
 
-    /// The slot of `sample`'s series, made if it is new.
-    fn slot_of(&mut self, sample: &MetricSample) -> u32 {
-        // Looked up first: keys are cloned only for a new node or series.
+    /// The slot of `sample`'s series, made if it is new and there is
+    /// room (`SERIES_MAX`).
+    fn slot_of(&mut self, sample: &MetricSample) -> Option<u32> {
+        let key = (sample.name, Sub::of(sample));
+        if let Some(&i) = self.nodes.get(&sample.node).and_then(|n| n.get(&key)) {
+            return Some(i);
+        }
+        if self.slots.len() - self.free.len() >= SERIES_MAX {
+            return None;
+        }
+        // Keys are cloned only for a new node or series.
         let node = match self.nodes.get_mut(&sample.node) {
             Some(n) => n,
             None => self.nodes.entry(sample.node.clone()).or_default(),
         };
-        let key = (sample.name, Sub::of(sample));
-        if let Some(&i) = node.get(&key) {
-            return i;
-        }
         let slot = Slot {
             node: sample.node.clone(),
             name: sample.name,
@@ -351,7 +370,7 @@ impl SignalStore {
             }
         };
         node.insert(key, i);
-        i
+        Some(i)
     }
 
     pub fn get(&self, node: &Name, name: MetricName, sub: &Sub) -> Option<&Series> {
@@ -561,6 +580,28 @@ mod tests {
         assert_eq!(latest("n1", 0), None);
         let n1 = s.get(&"n1".into(), g, &Sub::Gpu(1)).unwrap();
         assert_eq!(n1.recent(100).count(), 5);
+    }
+
+    #[test]
+    fn series_past_the_bound_are_dropped_and_counted_and_the_kept_go_on() {
+        let mut s = SignalStore::default();
+        let g = MetricName::GpuUtil;
+        let on = |i: usize, ts: f64| {
+            let mut x = sample(g, ts, 1.0);
+            x.labels.gpu = Some(i as u32);
+            x
+        };
+        for i in 0..SERIES_MAX + 10 {
+            s.push(&on(i, 1000.0));
+        }
+        assert_eq!((s.len(), s.stats.series_dropped), (SERIES_MAX, 10));
+        assert!(s.push(&on(7, 1001.0)).is_some());
+        assert!(s.push(&on(SERIES_MAX + 3, 1001.0)).is_none());
+        assert_eq!(s.stats.series_dropped, 11);
+        // Pruned series make room again.
+        s.prune(1002.0 + HISTORY_S);
+        assert!(s.is_empty());
+        assert!(s.push(&on(SERIES_MAX + 3, 1200.0)).is_some());
     }
 
     #[test]
